@@ -1,0 +1,92 @@
+"""gpt_proxy: a streaming chat proxy in front of any OpenAI-compatible API."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Flask, g, request
+from werkzeug.exceptions import HTTPException
+
+from .config import Config, load_config
+from .errors import ProxyError
+
+__version__ = "1.0.0"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class State:
+    """What the routes share: settings, the upstream client, the role registry."""
+
+    config: Config
+    upstream: object
+    roles: object
+
+
+def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
+    """The app factory. `config`: a Config, a dict of overrides, or None for the environment."""
+    from .api import bp, error_response, new_request_id
+    from .roles import RoleRegistry
+
+    if not isinstance(config, Config):
+        config = load_config(**(config or {}))
+    if upstream is None:
+        if config.demo:
+            from .demo import DemoUpstream
+            upstream = DemoUpstream()
+        else:
+            from .upstream import OpenAIUpstream
+            upstream = OpenAIUpstream(config)
+    roles_dir = Path(config.roles_dir)
+    if not roles_dir.is_absolute():
+        roles_dir = ROOT / roles_dir
+    registry = RoleRegistry(roles_dir)
+    log = logging.getLogger("gpt_proxy")
+    for problem in registry.problems:
+        log.warning("role file skipped: %s", problem)
+
+    app = Flask(__name__, static_folder=str(ROOT / "static"), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.ensure_ascii = False
+    app.json.sort_keys = False
+    app.extensions["gpt_proxy"] = State(config=config, upstream=upstream, roles=registry)
+    app.register_blueprint(bp)
+
+    @app.get("/")
+    def index():
+        return app.send_static_file("index.html")
+
+    @app.before_request
+    def start_request():
+        g.started = time.monotonic()
+        g.request_id = new_request_id()
+
+    @app.after_request
+    def finish_request(response):
+        response.headers["X-Request-Id"] = g.get("request_id", "-")
+        if not g.get("streaming"):
+            logging.getLogger("gpt_proxy.access").info(
+                "request id=%s method=%s path=%s status=%d duration=%.0fms",
+                g.get("request_id", "-"), request.method, request.path[:200],
+                response.status_code, (time.monotonic() - g.get("started", time.monotonic())) * 1000)
+        return response
+
+    @app.errorhandler(ProxyError)
+    def proxy_error(err: ProxyError):
+        return error_response(err)
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException):
+        code = (err.name or "error").lower().replace(" ", "_").replace("'", "")
+        return error_response(ProxyError(err.description or err.name, status=err.code or 500,
+                                         code=code))
+
+    @app.errorhandler(Exception)
+    def unexpected(err: Exception):
+        logging.getLogger("gpt_proxy").exception("unexpected error")
+        return error_response(ProxyError("internal error; see the server log"))
+
+    return app

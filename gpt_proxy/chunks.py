@@ -1,0 +1,125 @@
+"""OpenAI chat-completion chunks -> deltas.
+
+Takes decoded SSE events and yields `Delta` values: text (`content`), reasoning, and at the
+end one `done` delta with the finish reason, usage and model. Tolerant of what real upstreams
+send: role-only chunks and chunks with empty `choices` (Azure's filter results, the usage-only
+chunk) produce no text, never "undefined"; content given as a list of parts is joined. An
+`{"error": ...}` chunk or `event: error` raises `UpstreamError`; so does a stream that ends
+before both `[DONE]` and a finish reason ("upstream ended early").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+from .errors import UpstreamError
+from .sse import ServerSentEvent
+
+
+class Delta(NamedTuple):
+    kind: str  # "content" | "reasoning" | "done"
+    text: str = ""
+    finish_reason: str | None = None
+    usage: dict | None = None
+    model: str | None = None
+
+
+def _text(value: object) -> str:
+    """`content` as a string: OpenAI sends a string; a few providers send a list of parts."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "".join(
+            part.get("text", "") if isinstance(part, dict) and isinstance(part.get("text"), str)
+            else part if isinstance(part, str) else ""
+            for part in value)
+    return ""
+
+
+def error_from_payload(payload: object, default: str = "the upstream reported an error") -> UpstreamError:
+    """Turn an upstream `{"error": ...}` body (or a bare string) into our error."""
+    error = payload.get("error", payload) if isinstance(payload, dict) else payload
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("detail") or default
+        code = error.get("code") or error.get("type")
+    else:
+        message, code = (str(error) if error else default), None
+    err = UpstreamError(f"upstream error: {message}"[:1000])
+    if isinstance(code, str) and code:
+        err.upstream_code = code
+    return err
+
+
+class ChunkReader:
+    """Consume events from one upstream stream and yield deltas."""
+
+    def __init__(self) -> None:
+        self.finish_reason: str | None = None
+        self.usage: dict | None = None
+        self.model: str | None = None
+        self.done = False
+
+    def deltas(self, events: Iterable[ServerSentEvent]) -> Iterator[Delta]:
+        for event in events:
+            if self.done:
+                break
+            yield from self.read(event)
+        if not self.done:
+            if self.finish_reason is None:
+                raise UpstreamError("upstream ended early: the stream closed before the reply was finished")
+            yield self.finish()
+
+    def finish(self) -> Delta:
+        self.done = True
+        return Delta("done", finish_reason=self.finish_reason, usage=self.usage, model=self.model)
+
+    def read(self, event: ServerSentEvent) -> list[Delta]:
+        """The deltas one event carries."""
+        data = event.data
+        if data == "[DONE]":
+            return [self.finish()]
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            if event.event == "error":
+                raise error_from_payload(data) from None
+            raise UpstreamError(f"upstream sent a malformed chunk: {data[:200]!r}") from None
+        if not isinstance(chunk, dict):
+            raise UpstreamError(f"upstream sent a malformed chunk: {data[:200]!r}")
+        if event.event == "error" or chunk.get("error"):
+            raise error_from_payload(chunk)
+        return self.read_chunk(chunk)
+
+    def read_chunk(self, chunk: dict) -> list[Delta]:
+        out: list[Delta] = []
+        model = chunk.get("model")
+        if isinstance(model, str) and model:
+            self.model = model
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            return out
+        for choice in choices:
+            if not isinstance(choice, dict) or choice.get("index", 0) not in (0, None):
+                continue
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                delta = choice.get("message")  # a non-streamed completion
+                if not isinstance(delta, dict):
+                    delta = {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if reasoning:
+                reasoning = _text(reasoning)
+                if reasoning:
+                    out.append(Delta("reasoning", reasoning))
+            text = _text(delta.get("content"))
+            if text:
+                out.append(Delta("content", text))
+            finish = choice.get("finish_reason")
+            if isinstance(finish, str) and finish:
+                self.finish_reason = finish
+        return out

@@ -1,0 +1,77 @@
+"""Errors as values: a code, a message and the HTTP status the edge should answer with.
+
+The service modules raise these; the blueprint turns them into a JSON body before the first
+byte, or into an SSE ``error`` event / a ``[error]`` text line after it.
+"""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    """Base class: every failure a client may see."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        self.headers = dict(headers or {})
+        self.field = field
+
+    def to_dict(self) -> dict:
+        body: dict = {"code": self.code, "message": self.message, "status": self.status}
+        if self.field is not None:
+            body["field"] = self.field
+        return {"error": body}
+
+
+class BadRequest(ProxyError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(ProxyError):
+    status = 404
+    code = "not_found"
+
+
+class UnknownRole(NotFound):
+    code = "unknown_role"
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    code = "payload_too_large"
+
+
+class RateLimited(ProxyError):
+    status = 429
+    code = "rate_limited"
+
+
+class UpstreamError(ProxyError):
+    """The upstream answered, but not with a usable stream (bad status, bad bytes, an error chunk)."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(ProxyError):
+    status = 503
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    code = "upstream_timeout"

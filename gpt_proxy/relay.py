@@ -1,0 +1,280 @@
+"""The relay: upstream deltas in, client frames out, with heartbeats and cleanup.
+
+The upstream is read by a helper thread (a greenlet under gevent) that decodes events and
+hands deltas over a queue. The response side waits on that queue with a timeout, so it can
+send `: ping` while the upstream is silent and notice a client that left, even before the first
+token, and then close the upstream at once. Every exit path closes the upstream in `finally`.
+"""
+
+from __future__ import annotations
+
+import queue
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from .chunks import ChunkReader, Delta
+from .errors import ProxyError, UpstreamError, UpstreamTimeout
+from .sse import SSEDecoder, SSEError, comment, encode_json
+
+TICK_SECONDS = 0.25  # how often an idle relay looks at its client
+_END = object()
+
+
+@dataclass
+class Outcome:
+    """What one relayed reply came to, for the access log and the JSON framing."""
+
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: dict | None = None
+    model: str | None = None
+    error: ProxyError | None = None
+    first_token_at: float | None = None
+    client_left: bool = False
+    chars: int = 0
+
+
+def read_deltas(stream, max_event_bytes: int) -> Iterator[list[Delta]]:
+    """The upstream's deltas, a batch per network read (one read often holds several chunks)."""
+    reader = ChunkReader()
+    if stream.is_json:  # an upstream that ignored stream=true: one completion object
+        body = b"".join(stream.chunks())
+        yield reader.read(_json_event(body))
+        yield [reader.finish()]
+        return
+    decoder = SSEDecoder(max_event_bytes)
+    for data in stream.chunks():
+        batch: list[Delta] = []
+        for event in decoder.feed(data):
+            batch.extend(reader.read(event))
+            if reader.done:
+                yield batch
+                return
+        if batch:
+            yield batch
+    batch = []
+    for event in decoder.close():
+        batch.extend(reader.read(event))
+        if reader.done:
+            break
+    if not reader.done:
+        if reader.finish_reason is None:
+            raise UpstreamError("upstream ended early: the stream closed before the reply was finished")
+        batch.append(reader.finish())
+    yield batch
+
+
+def _json_event(body: bytes):
+    from .sse import ServerSentEvent
+    try:
+        return ServerSentEvent(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UpstreamError("upstream sent a body that is not UTF-8") from None
+
+
+class Pump:
+    """Runs `read_deltas` in a helper thread; the queue carries batches, an error, or the end."""
+
+    def __init__(self, stream, max_event_bytes: int) -> None:
+        self.stream = stream
+        self.max_event_bytes = max_event_bytes
+        self.queue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="upstream-reader", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        put = self.queue.put
+        try:
+            for batch in read_deltas(self.stream, self.max_event_bytes):
+                put(batch)
+        except ProxyError as exc:
+            put(exc)
+        except SSEError as exc:
+            put(UpstreamError(f"upstream sent a broken event stream: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - the relay must always get an ending
+            put(UpstreamError(f"reading the upstream failed ({type(exc).__name__})"))
+        finally:
+            put(_END)
+
+    def get(self, timeout: float):
+        """A batch, an error, `_END`, or None when `timeout` passed with nothing."""
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def get_nowait(self):
+        try:
+            return self.queue.get_nowait()
+        except queue.Empty:
+            return None
+
+
+def client_watcher(environ: dict) -> Callable[[], bool]:
+    """A cheap check of whether the client closed its connection (gunicorn gives us the socket)."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return lambda: False
+
+    def gone() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                return False
+            return sock.recv(1, socket.MSG_PEEK) == b""
+        except (BlockingIOError, InterruptedError, ValueError):
+            return False  # nothing to read yet, or a TLS socket that cannot peek
+        except OSError:
+            return True
+    return gone
+
+
+class SSEFramer:
+    """`data: {"content": ...}` per delta, `event: done` / `event: error`, `: ping` comments."""
+
+    heartbeats = True
+    opening = b": stream open\n\n"
+
+    def delta(self, d: Delta) -> bytes:
+        if d.kind == "content":
+            return encode_json({"content": d.text})
+        if d.kind == "reasoning":
+            return encode_json({"reasoning": d.text})
+        return encode_json({"finish_reason": d.finish_reason, "usage": d.usage,
+                            "model": d.model}, "done")
+
+    def error(self, err: ProxyError, outcome: Outcome) -> bytes:
+        return encode_json(err.to_dict(), "error")
+
+    def ping(self) -> bytes:
+        return comment("ping")
+
+
+class TextFramer:
+    """The reply's text and nothing else; a failure ends it with a line `[error] ...`."""
+
+    heartbeats = False
+    opening = b""
+
+    def delta(self, d: Delta) -> bytes:
+        return d.text.encode("utf-8") if d.kind == "content" else b""
+
+    def error(self, err: ProxyError, outcome: Outcome) -> bytes:
+        text = "" if (not outcome.content or outcome.content[-1].endswith("\n")) else "\n"
+        return f"{text}[error] {err.message}\n".encode()
+
+    def ping(self) -> bytes:
+        return b""
+
+
+class Relay:
+    """Joins an open upstream stream to one client; iterate `frames()` for the response body."""
+
+    def __init__(self, stream, *, heartbeat: float, max_event_bytes: int,
+                 client_gone: Callable[[], bool] = lambda: False,
+                 max_seconds: float = 3600.0, tick: float = TICK_SECONDS,
+                 on_close: Callable[[Outcome], None] | None = None) -> None:
+        self.stream = stream
+        self.heartbeat = heartbeat
+        self.max_event_bytes = max_event_bytes
+        self.client_gone = client_gone
+        self.max_seconds = max_seconds
+        self.tick = min(tick, heartbeat)
+        self.on_close = on_close
+        self.outcome = Outcome()
+
+    def batches(self) -> Iterator[list[Delta] | None]:
+        """Deltas as they come, all that arrived by one wake-up in one list; None when a
+        heartbeat is due. Ends quietly if the client left; sets `outcome.error` if the upstream
+        failed. Always closes the upstream."""
+        outcome = self.outcome
+        pump = Pump(self.stream, self.max_event_bytes)
+        start = last_sent = last_check = time.monotonic()
+        deadline = start + self.max_seconds
+        try:
+            while True:
+                item = pump.get(self.tick)
+                now = time.monotonic()
+                if now - last_check >= self.tick:
+                    last_check = now
+                    if self.client_gone():
+                        outcome.client_left = True
+                        return
+                    if now >= deadline:
+                        outcome.error = UpstreamTimeout(
+                            f"the reply took longer than {self.max_seconds:g} s and was cut off")
+                        return
+                if item is None:
+                    if now - last_sent >= self.heartbeat:
+                        last_sent = now
+                        yield None
+                    continue
+                batch: list[Delta] = []
+                ended = False
+                while item is not None:
+                    if item is _END:
+                        ended = True
+                        break
+                    if isinstance(item, ProxyError):
+                        outcome.error = item
+                        ended = True
+                        break
+                    batch.extend(item)
+                    item = pump.get_nowait()
+                for d in batch:
+                    self._note(d, now)
+                if batch:
+                    last_sent = now
+                    yield batch
+                if ended:
+                    return
+        finally:
+            self.stream.close()
+
+    def _note(self, d: Delta, now: float) -> None:
+        outcome = self.outcome
+        if d.kind == "content":
+            if outcome.first_token_at is None:
+                outcome.first_token_at = now
+            outcome.content.append(d.text)
+            outcome.chars += len(d.text)
+        elif d.kind == "reasoning":
+            if outcome.first_token_at is None:
+                outcome.first_token_at = now
+            outcome.reasoning.append(d.text)
+        else:
+            outcome.finish_reason, outcome.usage, outcome.model = d.finish_reason, d.usage, d.model
+
+    def frames(self, framer) -> Iterator[bytes]:
+        """The response body for one framing: one write per wake-up, not one per token."""
+        outcome = self.outcome
+        try:
+            yield framer.opening
+            for batch in self.batches():
+                if batch is None:
+                    if framer.heartbeats:
+                        yield framer.ping()
+                    continue
+                data = b"".join([framer.delta(d) for d in batch])
+                if data:
+                    yield data
+            if outcome.error is not None and not outcome.client_left:
+                yield framer.error(outcome.error, outcome)
+        finally:
+            if self.on_close is not None:
+                self.on_close(outcome)
+
+    def collect(self) -> Outcome:
+        """Run to the end without streaming (the JSON framing)."""
+        try:
+            for _ in self.batches():
+                pass
+            return self.outcome
+        finally:
+            if self.on_close is not None:
+                self.on_close(self.outcome)

@@ -1,0 +1,138 @@
+"""Request validation for POST /api/gpt/get: a JSON body in, a `ChatRequest` out, or a 400
+naming the field. Nothing the client sent is dropped silently: unknown fields are errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+from .config import Config
+from .errors import BadRequest, PayloadTooLarge
+
+ROLE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+FIELDS = ("message", "messages", "role", "temperature", "model", "stream", "system", "max_tokens")
+HISTORY_ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    history: list[dict]
+    role: str = "default"
+    temperature: float | None = None
+    model: str = ""
+    stream: bool = True
+    system: str | None = None
+    max_tokens: int | None = None
+
+
+def parse_body(raw: bytes) -> dict:
+    if not raw.strip():
+        raise BadRequest("the body is empty: send a JSON object such as {\"message\": \"hello\"}")
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not UTF-8 text") from None
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON ({exc.msg} at position {exc.pos})") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object such as {\"message\": \"hello\"}")
+    return body
+
+
+def _history(value: object, name: str, config: Config) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise BadRequest(f"'{name}' must be a non-empty string or a non-empty array of "
+                         "{role, content} objects", field=name)
+    if len(value) > config.max_messages:
+        raise PayloadTooLarge(f"'{name}' has {len(value)} messages; at most "
+                              f"{config.max_messages} are accepted", field=name)
+    history = []
+    for i, item in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(item, dict):
+            raise BadRequest(f"'{where}' must be an object with 'role' and 'content'", field=where)
+        extra = sorted(set(item) - {"role", "content"})
+        if extra:
+            raise BadRequest(f"'{where}.{extra[0]}' is not a supported field "
+                             "(each message has only 'role' and 'content')", field=f"{where}.{extra[0]}")
+        role, content = item.get("role"), item.get("content")
+        if role not in HISTORY_ROLES:
+            raise BadRequest(f"'{where}.role' must be one of system, user, assistant",
+                             field=f"{where}.role")
+        if not isinstance(content, str):
+            raise BadRequest(f"'{where}.content' must be a string", field=f"{where}.content")
+        history.append({"role": role, "content": content})
+    if history[-1]["role"] != "user":
+        raise BadRequest(f"the last item of '{name}' must be the user's message",
+                         field=f"{name}[{len(history) - 1}].role")
+    if not history[-1]["content"].strip():
+        raise BadRequest(f"the last message of '{name}' is empty", field=f"{name}[{len(history) - 1}].content")
+    return history
+
+
+def validate(body: dict, config: Config) -> ChatRequest:
+    """Check every field; the first problem found is the 400 the client gets."""
+    for key in body:
+        if key not in FIELDS:
+            raise BadRequest(f"'{key}' is not a supported field (supported: {', '.join(FIELDS)})",
+                             field=str(key)[:100])
+    if "message" in body and "messages" in body:
+        raise BadRequest("send either 'message' or 'messages', not both", field="messages")
+    if "message" in body:
+        message = body["message"]
+        if isinstance(message, str):
+            if not message.strip():
+                raise BadRequest("'message' is empty", field="message")
+            history = [{"role": "user", "content": message}]
+        else:
+            history = _history(message, "message", config)
+    elif "messages" in body:
+        history = _history(body["messages"], "messages", config)
+    else:
+        raise BadRequest("'message' is required: a string, or an array of {role, content}",
+                         field="message")
+
+    role = body.get("role", "default")
+    if not isinstance(role, str) or not ROLE_RE.fullmatch(role):
+        raise BadRequest("'role' must be a role name like 'cli' (lowercase letters, digits, "
+                         "'-' and '_', at most 64 characters)", field="role")
+
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                or not math.isfinite(temperature) or not 0 <= temperature <= 2):
+            raise BadRequest("'temperature' must be a number from 0 to 2", field="temperature")
+        temperature = float(temperature)
+
+    model = body.get("model")
+    if model is None:
+        model = config.openai_model
+    elif not isinstance(model, str) or not model.strip() or len(model) > 200:
+        raise BadRequest("'model' must be a non-empty string of at most 200 characters",
+                         field="model")
+    if config.allowed_models and model not in config.allowed_models:
+        raise BadRequest(f"model {model!r} is not allowed here (allowed: "
+                         f"{', '.join(config.allowed_models)})", field="model", code="model_not_allowed")
+
+    stream = body.get("stream", True)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false", field="stream")
+
+    system = body.get("system")
+    if system is not None and not isinstance(system, str):
+        raise BadRequest("'system' must be a string", field="system")
+
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise BadRequest("'max_tokens' must be a positive integer", field="max_tokens")
+        if config.max_tokens_ceiling and max_tokens > config.max_tokens_ceiling:
+            raise BadRequest(f"'max_tokens' may be at most {config.max_tokens_ceiling} here",
+                             field="max_tokens")
+    elif config.max_tokens_ceiling:
+        max_tokens = config.max_tokens_ceiling
+
+    return ChatRequest(history=history, role=role, temperature=temperature, model=model,
+                       stream=stream, system=system or None, max_tokens=max_tokens)

@@ -1,0 +1,32 @@
+"""gunicorn settings for gpt_proxy; every value can be overridden from the environment.
+
+gevent: one process holds hundreds of long streams, each a greenlet (measured in the README
+against sync and gthread). `timeout` is the worker's liveness heartbeat, not a request limit,
+under gevent, so a long stream is never killed by it; `graceful_timeout` lets running
+streams finish on reload (HUP) or shutdown (TERM).
+"""
+
+import os
+
+bind = os.environ.get("BIND", "127.0.0.1:7345")
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = os.environ.get("WORKER_CLASS", "gevent")
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "2000"))
+threads = int(os.environ.get("THREADS", "64"))  # used by the gthread worker only
+timeout = int(os.environ.get("WORKER_TIMEOUT", "60"))
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "120"))
+keepalive = 5
+accesslog = None  # the app writes its own access line, with stream outcomes
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info")
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
+                             "stream": "ext://sys.stderr"}},
+    "loggers": {
+        "gpt_proxy": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        "gunicorn.error": {"level": "INFO", "handlers": ["console"], "propagate": False},
+    },
+}

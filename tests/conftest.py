@@ -1,0 +1,117 @@
+"""Shared fixtures: an app per test, a real fake upstream, and gunicorn when a test needs it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gpt_proxy import create_app
+from gpt_proxy.config import load_config
+
+from .fake_upstream import FakeUpstream
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_KEY = "sk-test-SECRET-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def fake_upstream():
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def upstream(fake_upstream):
+    """The session's fake upstream, emptied of scenarios and records for this test."""
+    fake_upstream.reset()
+    yield fake_upstream
+    fake_upstream.reset()
+
+
+def make_config(**overrides):
+    base = dict(openai_api_key=TEST_KEY, openai_base_url="http://127.0.0.1:9/v1",
+                openai_model="fake-model", heartbeat_seconds=15.0)
+    base.update(overrides)
+    return load_config({}, **base)
+
+
+@pytest.fixture()
+def app(upstream):
+    return create_app(make_config(openai_base_url=upstream.url))
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Gunicorn:
+    """The real service under gunicorn (the repo's gunicorn.conf.py), on a free port."""
+
+    def __init__(self, env: dict, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "GPT_"))}
+        full_env.update(env)
+        full_env["BIND"] = f"127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+            cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)  # polling for the port to open; not synchronising a test
+        raise RuntimeError("gunicorn did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+
+    def logs(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def gunicorn_server(fake_upstream, tmp_path_factory):
+    """gunicorn serving the app against the session's fake upstream (1 s heartbeats)."""
+    server = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": fake_upstream.url,
+                       "OPENAI_MODEL": "fake-model", "HEARTBEAT_SECONDS": "1",
+                       "WEB_CONCURRENCY": "1"},
+                      tmp_path_factory.mktemp("gunicorn") / "gunicorn.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def live(gunicorn_server, upstream):
+    """The running gunicorn, with the fake upstream emptied for this test."""
+    return gunicorn_server

@@ -1,0 +1,274 @@
+"""A real OpenAI-compatible upstream on 127.0.0.1, for integration tests and benchmarks.
+
+An asyncio HTTP/1.1 server in a background thread. Each request is answered by the next
+`Scenario` queued with `push()` (or the default one): a status, headers, and body parts written
+exactly as given — so an event, a CRLF or a UTF-8 character can be cut across writes — with
+pauses between them. It records every request (headers, JSON body) and the moment the client
+disconnected, which is how tests see that the proxy closed its upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Scenario:
+    status: int = 200
+    headers: dict = field(default_factory=lambda: {"Content-Type": "text/event-stream"})
+    parts: list = field(default_factory=list)  # bytes to write, or a float: pause that long
+    chunked: bool = True  # False: no length, the end of the body is the connection closing
+    hold_open: bool = False  # after the parts, keep the connection open until the client leaves
+    close_after: bool = False  # close the connection after the body (no keep-alive)
+
+
+@dataclass
+class Record:
+    method: str
+    path: str
+    headers: dict
+    body: bytes
+    received_at: float
+    disconnected: threading.Event = field(default_factory=threading.Event)
+    disconnected_at: float | None = None
+    completed: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def json(self):
+        return json.loads(self.body)
+
+
+def chunk_json(content=None, *, finish=None, role=None, reasoning=None, usage=None,
+               choices=True, model="fake-model", **extra) -> dict:
+    """One `chat.completion.chunk` object."""
+    body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+            "model": model}
+    if choices:
+        delta = {}
+        if role is not None:
+            delta["role"] = role
+        if content is not None:
+            delta["content"] = content
+        if reasoning is not None:
+            delta["reasoning_content"] = reasoning
+        body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+    else:
+        body["choices"] = []
+    if usage is not None:
+        body["usage"] = usage
+    body.update(extra)
+    return body
+
+
+def sse_bytes(obj, newline: str = "\n") -> bytes:
+    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+    return f"data: {data}{newline}{newline}".encode()
+
+
+def openai_stream(tokens, *, newline="\n", comments=True, empty_choices=True, usage=True,
+                  done=True, finish="stop", reasoning=()) -> bytes:
+    """The whole body an OpenAI-style upstream would send for these tokens."""
+    out = [f": keep-alive comment{newline}{newline}".encode()] if comments else []
+    out.append(sse_bytes(chunk_json("", role="assistant"), newline))
+    for r in reasoning:
+        out.append(sse_bytes(chunk_json(reasoning=r), newline))
+    if empty_choices:  # Azure sends content-filter results with no choices first
+        out.append(sse_bytes(chunk_json(choices=False, prompt_filter_results=[]), newline))
+    for token in tokens:
+        out.append(sse_bytes(chunk_json(token), newline))
+        if comments and len(out) % 5 == 0:
+            out.append(f": ping{newline}{newline}".encode())
+    if finish is not None:
+        out.append(sse_bytes(chunk_json(finish=finish), newline))
+    if usage:
+        out.append(sse_bytes(chunk_json(choices=False, usage={
+            "prompt_tokens": 5, "completion_tokens": len(tokens), "total_tokens": 5 + len(tokens)}),
+            newline))
+    if done:
+        out.append(sse_bytes("[DONE]", newline))
+    return b"".join(out)
+
+
+def cut(data: bytes, size: int = 7, pause: float = 0.0) -> list:
+    """Cut bytes into pieces of `size` (mid-character, mid-CRLF), with optional pauses."""
+    parts: list = []
+    for i in range(0, len(data), size):
+        if pause and parts:
+            parts.append(pause)
+        parts.append(data[i:i + size])
+    return parts
+
+
+def stream_scenario(tokens, *, size=7, pause=0.0, first_delay=0.0, chunked=True,
+                    hold_open=False, **kw) -> Scenario:
+    """An OpenAI-style stream of `tokens`, written in pieces of `size` bytes."""
+    parts = cut(openai_stream(tokens, **kw), size, pause)
+    if first_delay:
+        parts.insert(0, first_delay)
+    return Scenario(parts=parts, chunked=chunked, hold_open=hold_open)
+
+
+def json_scenario(status: int, body, headers=None) -> Scenario:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return Scenario(status=status, headers={"Content-Type": "application/json", **(headers or {})},
+                    parts=[data], chunked=False, close_after=False)
+
+
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+           404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
+           502: "Bad Gateway", 503: "Service Unavailable"}
+
+
+class FakeUpstream:
+    """Start with `start()`, stop with `stop()`; `url` is the base URL (ending in /v1)."""
+
+    def __init__(self, default: Scenario | None = None) -> None:
+        self.default = default or stream_scenario(["Hello", ", ", "world", "!"])
+        self.scenarios: deque[Scenario] = deque()
+        self.records: list[Record] = []
+        self.received = threading.Condition()
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def push(self, *scenarios: Scenario) -> None:
+        self.scenarios.extend(scenarios)
+
+    def reset(self) -> None:
+        self.scenarios.clear()
+        self.records.clear()
+
+    def wait_for_request(self, count: int = 1, timeout: float = 5.0) -> Record:
+        """Block until `count` requests have arrived; return the newest."""
+        with self.received:
+            if not self.received.wait_for(lambda: len(self.records) >= count, timeout):
+                raise TimeoutError(f"the fake upstream saw {len(self.records)} requests, "
+                                   f"expected {count}")
+            return self.records[count - 1]
+
+    def start(self) -> FakeUpstream:
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            self._server = self._loop.run_until_complete(
+                asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=2048))
+            self.port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="fake-upstream", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+
+        async def shutdown() -> None:
+            self._server.close()
+            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+                task.cancel()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                record = await self._read_request(reader)
+                if record is None:
+                    return
+                scenario = self.scenarios.popleft() if self.scenarios else self.default
+                with self.received:
+                    self.records.append(record)
+                    self.received.notify_all()
+                keep = await self._respond(reader, writer, record, scenario)
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return
+        finally:
+            writer.close()
+
+    async def _read_request(self, reader) -> Record | None:
+        head = await reader.readuntil(b"\r\n\r\n") if not reader.at_eof() else b""
+        if not head:
+            return None
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        return Record(method, path, headers, body, time.monotonic())
+
+    async def _respond(self, reader, writer, record: Record, scenario: Scenario) -> bool:
+        watcher = asyncio.ensure_future(self._watch(reader, record))
+        try:
+            head = [f"HTTP/1.1 {scenario.status} {REASONS.get(scenario.status, 'Status')}"]
+            head += [f"{k}: {v}" for k, v in scenario.headers.items()]
+            if scenario.chunked:
+                head.append("Transfer-Encoding: chunked")
+            else:
+                head.append("Connection: close")
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+            await writer.drain()
+            for part in scenario.parts:
+                if record.disconnected.is_set():
+                    return False
+                if isinstance(part, (int, float)):
+                    await asyncio.sleep(part)
+                    continue
+                if scenario.chunked:
+                    writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                else:
+                    writer.write(part)
+                await writer.drain()
+            if scenario.hold_open:
+                await watcher
+                return False
+            if scenario.chunked:
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+            record.completed.set()
+            return scenario.chunked and not scenario.close_after
+        except ConnectionError:
+            self._mark(record)
+            return False
+        finally:
+            watcher.cancel()
+
+    async def _watch(self, reader, record: Record) -> None:
+        """Notice the client leaving while we pause or write (it sends nothing mid-response)."""
+        try:
+            data = await reader.read(1)
+            if not data:
+                self._mark(record)
+            else:  # a pipelined request: not a disconnect; put it back is not possible, so ignore
+                pass
+        except (ConnectionError, asyncio.CancelledError):
+            if not record.completed.is_set() and not asyncio.current_task().cancelled():
+                self._mark(record)
+
+    @staticmethod
+    def _mark(record: Record) -> None:
+        if record.disconnected_at is None:
+            record.disconnected_at = time.monotonic()
+        record.disconnected.set()
