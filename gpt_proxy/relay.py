@@ -40,7 +40,8 @@ class Outcome:
 
 
 def read_deltas(stream, max_event_bytes: int) -> Iterator[list[Delta]]:
-    """The upstream's deltas, a batch per network read (one read often holds several chunks)."""
+    """The upstream's deltas, a batch per network read (one read often holds several chunks).
+    A failure raises only after the deltas that came before it were handed out."""
     reader = ChunkReader()
     if stream.is_json:  # an upstream that ignored stream=true: one completion object
         body = b"".join(stream.chunks())
@@ -48,25 +49,26 @@ def read_deltas(stream, max_event_bytes: int) -> Iterator[list[Delta]]:
         yield [reader.finish()]
         return
     decoder = SSEDecoder(max_event_bytes)
-    for data in stream.chunks():
-        batch: list[Delta] = []
-        for event in decoder.feed(data):
+    batch: list[Delta] = []
+    try:
+        for data in stream.chunks():
+            for event in decoder.feed(data):
+                batch.extend(reader.read(event))
+                if reader.done:
+                    return
+            if batch:
+                yield batch
+                batch = []
+        for event in decoder.close():
             batch.extend(reader.read(event))
             if reader.done:
-                yield batch
                 return
-        if batch:
-            yield batch
-    batch = []
-    for event in decoder.close():
-        batch.extend(reader.read(event))
-        if reader.done:
-            break
-    if not reader.done:
         if reader.finish_reason is None:
             raise UpstreamError("upstream ended early: the stream closed before the reply was finished")
         batch.append(reader.finish())
-    yield batch
+    finally:
+        if batch:
+            yield batch
 
 
 def _json_event(body: bytes):

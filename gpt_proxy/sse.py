@@ -16,10 +16,12 @@ It knows nothing of HTTP or OpenAI.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import NamedTuple
 
 DEFAULT_MAX_EVENT_BYTES = 1_048_576
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 class SSEError(ValueError):
@@ -47,9 +49,12 @@ class SSEDecoder:
         self._event = ""
         self._data: list[str] = []
         self._event_len = 0
+        self._error: SSEError | None = None
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Decode one read; return the events it completed (often none, sometimes several)."""
+        if self._error is not None:
+            raise self._error
         if not chunk:
             return []
         if self._skip_lf:
@@ -75,13 +80,21 @@ class SSEDecoder:
             self._skip_lf = True
         events: list[ServerSentEvent] = []
         for line in lines:
-            event = self._line(line.rstrip(b"\r\n"))
+            try:
+                event = self._line(line.rstrip(b"\r\n"))
+            except SSEError as exc:
+                if not events:
+                    raise
+                self._error = exc  # hand out the good events first; fail on the next call
+                break
             if event is not None:
                 events.append(event)
         return events
 
     def close(self) -> list[ServerSentEvent]:
         """End of stream: finish a last line and a last event left without a blank line."""
+        if self._error is not None:
+            raise self._error
         events: list[ServerSentEvent] = []
         if self._partial:
             line = b"".join(self._partial)
@@ -104,6 +117,7 @@ class SSEDecoder:
         self._partial_len += len(piece)
         if self._partial_len + self._event_len > self.max_event_bytes:
             self._partial.clear()
+            self._partial_len = 0
             raise SSEError(f"an event grew past {self.max_event_bytes} bytes")
 
     def _line(self, raw: bytes) -> ServerSentEvent | None:
@@ -147,11 +161,11 @@ class SSEDecoder:
 
 
 def encode(data: str, event: str | None = None) -> bytes:
-    """One event as bytes; `data` may hold newlines (each becomes its own data line)."""
+    """One event as bytes; `data` may hold line ends (each line becomes a data line)."""
     parts = []
     if event:
         parts.append(f"event: {event}\n")
-    for line in data.split("\n"):
+    for line in _LINE_END.split(data):
         parts.append(f"data: {line}\n")
     parts.append("\n")
     return "".join(parts).encode("utf-8")

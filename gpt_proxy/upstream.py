@@ -19,8 +19,15 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from .config import Config
-from .errors import (BadRequest, PayloadTooLarge, ProxyError, RateLimited, UpstreamError,
-                     UpstreamTimeout, UpstreamUnavailable)
+from .errors import (
+    BadRequest,
+    PayloadTooLarge,
+    ProxyError,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 READ_SIZE = 65536
 MAX_ERROR_BODY = 65536
@@ -54,7 +61,7 @@ class UpstreamStream:
                 if not data:
                     return
                 yield data
-        except (ReadTimeoutError, socket.timeout, TimeoutError):
+        except (ReadTimeoutError, TimeoutError):
             if self.closed:
                 return
             raise UpstreamTimeout("upstream timed out: no data within the read timeout") from None

@@ -1,0 +1,174 @@
+"""The real service under gunicorn against a real local fake upstream, over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+import requests
+
+from .fake_upstream import Scenario, chunk_json, sse_bytes, stream_scenario
+
+# CJK, emoji (4-byte), combining marks and a ZWJ sequence: cut across writes below.
+TOKENS = ["你好", "，世界", "！ ", "🙂👍🏽", " e\u0301", " 👩‍👩‍👧", "\n", "end."]
+TEXT = "".join(TOKENS)
+
+
+def post(live, headers=None, stream=True, **body):
+    body.setdefault("message", "hello")
+    return requests.post(f"{live.url}/api/gpt/get", json=body, headers=headers or {},
+                         stream=stream, timeout=20)
+
+
+def parse_sse(raw: str):
+    events = []
+    for block in raw.replace("\r\n", "\n").split("\n\n"):
+        name, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip(" ") if line[5:6] == " " else line[5:])
+        if data:
+            events.append((name, json.loads("\n".join(data))))
+    return events
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 64])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_text_framing_reassembles_exactly_the_upstream_text(live, upstream, size, newline):
+    upstream.push(stream_scenario(TOKENS, size=size, newline=newline))
+    response = post(live)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert response.content.decode("utf-8") == TEXT
+
+
+def test_sse_framing_reassembles_exactly_the_upstream_text(live, upstream):
+    upstream.push(stream_scenario(TOKENS, size=5, reasoning=["think…"]))
+    response = post(live, {"Accept": "text/event-stream"})
+    assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert "Content-Encoding" not in response.headers
+    events = parse_sse(response.content.decode("utf-8"))
+    assert "".join(d.get("content", "") for n, d in events if n == "message") == TEXT
+    assert [d["reasoning"] for n, d in events if "reasoning" in d] == ["think…"]
+    assert events[-1][0] == "done" and events[-1][1]["usage"]["completion_tokens"] == len(TOKENS)
+
+
+def test_json_framing_reassembles_exactly_the_upstream_text(live, upstream):
+    upstream.push(stream_scenario(TOKENS, size=2))
+    response = post(live, {"Accept": "application/json"})
+    assert response.status_code == 200 and response.json()["content"] == TEXT
+
+
+def test_close_delimited_upstream_body_is_relayed(live, upstream):
+    upstream.push(stream_scenario(TOKENS, size=4, chunked=False))
+    assert post(live).content.decode() == TEXT
+
+
+def test_tokens_arrive_one_by_one_not_buffered(live, upstream):
+    """Each token is written as it comes: the client sees the first before the upstream sends
+    the second (the upstream waits until the client proves it got the first)."""
+    upstream.push(stream_scenario(["first", "second"], size=10_000, comments=False,
+                                  empty_choices=False, hold_open=True))
+    response = post(live)
+    chunks = response.iter_content(chunk_size=None)
+    received = b""
+    deadline = time.monotonic() + 5
+    while b"first" not in received and time.monotonic() < deadline:
+        received += next(chunks)
+    assert b"first" in received  # the whole body is held open upstream: no buffering to the end
+    response.close()
+
+
+def test_heartbeat_comments_while_upstream_is_silent_before_first_token(live, upstream):
+    upstream.push(stream_scenario(["late"], first_delay=2.5))
+    response = post(live, {"Accept": "text/event-stream"})
+    raw = response.content.decode()
+    assert ": ping" in raw.split('"content"')[0]
+    assert "".join(d.get("content", "") for n, d in parse_sse(raw) if n == "message") == "late"
+
+
+def raw_request(live, body: dict, accept: str = "*/*") -> socket.socket:
+    """A client we can cut off at any moment: a plain socket."""
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+    sock.sendall(b"POST /api/gpt/get HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Accept: " + accept.encode() + b"\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+    return sock
+
+
+def read_body_until(sock: socket.socket, marker: bytes, limit: int = 100) -> bytes:
+    """Read a response until `marker` shows up in its body (bounded in reads)."""
+    got = b""
+    for _ in range(limit):
+        head, sep, body = got.partition(b"\r\n\r\n")
+        if sep and marker in body:
+            return body
+        data = sock.recv(4096)
+        if not data:
+            break
+        got += data
+    return got.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("accept", ["*/*", "text/event-stream"])
+def test_client_leaving_mid_stream_closes_the_upstream_within_a_second(live, upstream, accept):
+    upstream.push(Scenario(parts=[sse_bytes(chunk_json("one")), sse_bytes(chunk_json("two"))],
+                           hold_open=True))
+    sock = raw_request(live, {"message": "hi"}, accept)
+    record = upstream.wait_for_request()
+    assert b"two" in read_body_until(sock, b"two")
+    closed_at = time.monotonic()
+    sock.close()
+    assert record.disconnected.wait(3), "the upstream was never closed"
+    assert record.disconnected_at - closed_at < 1.0
+
+
+@pytest.mark.parametrize("accept", ["*/*", "application/json"])
+def test_client_leaving_before_the_first_token_closes_the_upstream_within_a_second(live, upstream, accept):
+    upstream.push(Scenario(parts=[30.0, sse_bytes(chunk_json("never"))]))
+    sock = raw_request(live, {"message": "hi"}, accept)
+    record = upstream.wait_for_request()
+    closed_at = time.monotonic()
+    sock.close()
+    assert record.disconnected.wait(3), "the upstream was never closed"
+    assert record.disconnected_at - closed_at < 1.0
+
+
+def test_upstream_error_status_is_a_real_status_over_http(live, upstream):
+    upstream.push(Scenario(status=429, headers={"Content-Type": "application/json", "Retry-After": "3"},
+                           parts=[b'{"error": {"message": "rate limited"}}']))
+    response = post(live)
+    assert response.status_code == 429 and response.headers["Retry-After"] == "3"
+    assert response.json()["error"]["code"] == "upstream_rate_limited"
+
+
+def test_error_mid_stream_ends_text_with_an_error_line(live, upstream):
+    upstream.push(Scenario(parts=[sse_bytes(chunk_json("part")), b"data: {oops\n\n"]))
+    text = post(live).content.decode()
+    assert text.startswith("part\n[error] upstream sent a malformed chunk")
+
+
+def test_many_streams_are_held_open_at_once_by_one_worker(live, upstream):
+    """20 streams that never end are all open upstream at the same time (gevent worker, 1 process)."""
+    for _ in range(20):
+        upstream.push(Scenario(parts=[sse_bytes(chunk_json("x"))], hold_open=True))
+    socks = [raw_request(live, {"message": f"m{i}"}) for i in range(20)]
+    try:
+        upstream.wait_for_request(20, timeout=10)
+        assert not any(r.disconnected.is_set() for r in upstream.records)
+        for sock in socks:  # every client is receiving its stream
+            assert b"x" in read_body_until(sock, b"x")
+    finally:
+        for sock in socks:
+            sock.close()
+    assert all(r.disconnected.wait(3) for r in upstream.records)
+
+
+def test_healthz_says_which_upstream_mode(live):
+    assert requests.get(f"{live.url}/healthz", timeout=5).json()["upstream"] == "openai"
