@@ -43,10 +43,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     roles_dir = Path(config.roles_dir)
     if not roles_dir.is_absolute():
         roles_dir = ROOT / roles_dir
-    registry = RoleRegistry(roles_dir)
-    log = logging.getLogger("gpt_proxy")
-    for problem in registry.problems:
-        log.warning("role file skipped: %s", problem)
+    registry = RoleRegistry(roles_dir)  # logs each file it cannot load, by file and line
 
     app = Flask(__name__, static_folder=str(ROOT / "static"), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
