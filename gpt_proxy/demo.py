@@ -72,6 +72,9 @@ class DemoStream:
         yield chunk([], usage=usage)
         yield b"data: [DONE]\n\n"
 
+    def drain(self) -> None:
+        """Nothing is left after `[DONE]`."""
+
     def close(self) -> None:
         self._closed.set()
 

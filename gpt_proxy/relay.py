@@ -21,6 +21,7 @@ from .errors import ProxyError, UpstreamError, UpstreamTimeout
 from .sse import SSEDecoder, SSEError, comment, encode_json
 
 TICK_SECONDS = 0.25  # how often an idle relay looks at its client
+DRAIN_SECONDS = 0.5  # how long to wait for the body's end after the final chunk
 _END = object()
 
 
@@ -94,6 +95,7 @@ class Pump:
         try:
             for batch in read_deltas(self.stream, self.max_event_bytes):
                 put(batch)
+            self.stream.drain()
         except ProxyError as exc:
             put(exc)
         except SSEError as exc:
@@ -233,6 +235,11 @@ class Relay:
                 if batch:
                     last_sent = now
                     yield batch
+                    if batch[-1].kind == "done" and not ended:
+                        # Give the reader a moment to finish the body so the connection can be
+                        # reused; an upstream that never ends its body is not waited for.
+                        pump.get(DRAIN_SECONDS)
+                        return
                 if ended:
                     return
         finally:

@@ -50,6 +50,7 @@ class UpstreamStream:
         content_type = response.headers.get("Content-Type", "")
         self.is_json = content_type.split(";")[0].strip().lower() == "application/json"
         self.closed = False
+        self.complete = False  # read to its end: the connection went back to the pool
 
     def chunks(self) -> Iterator[bytes]:
         """Bytes as the network gives them: `read1` returns what one read brings, so a token
@@ -59,6 +60,7 @@ class UpstreamStream:
             while True:
                 data = raw.read1(READ_SIZE)
                 if not data:
+                    self.complete = True
                     return
                 yield data
         except (ReadTimeoutError, TimeoutError):
@@ -71,12 +73,21 @@ class UpstreamStream:
                 return
             raise UpstreamError(f"connection to the upstream was lost ({type(exc).__name__})") from None
 
+    def drain(self, max_reads: int = 4) -> None:
+        """After `[DONE]`, read the body's last bytes (the final empty chunk), so urllib3 puts
+        the connection back in the pool: the next request skips a TCP and TLS handshake."""
+        for _ in self.chunks():
+            max_reads -= 1
+            if max_reads <= 0:
+                return
+
     def close(self) -> None:
-        """Close now. A `shutdown` first wakes a thread blocked reading this socket."""
+        """Close now. A `shutdown` first wakes a thread blocked reading this socket; a stream
+        read to its end is only released (its connection is reused)."""
         if self.closed:
             return
         self.closed = True
-        sock = _socket_of(self.response)
+        sock = None if self.complete else _socket_of(self.response)
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)

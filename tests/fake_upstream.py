@@ -34,6 +34,7 @@ class Record:
     headers: dict
     body: bytes
     received_at: float
+    peer: tuple = ()
     disconnected: threading.Event = field(default_factory=threading.Event)
     disconnected_at: float | None = None
     completed: threading.Event = field(default_factory=threading.Event)
@@ -193,6 +194,7 @@ class FakeUpstream:
                 record = await self._read_request(reader)
                 if record is None:
                     return
+                record.peer = writer.get_extra_info("peername") or ()
                 scenario = self.scenarios.popleft() if self.scenarios else self.default
                 with self.received:
                     self.records.append(record)

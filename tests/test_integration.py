@@ -170,5 +170,12 @@ def test_many_streams_are_held_open_at_once_by_one_worker(live, upstream):
     assert all(r.disconnected.wait(3) for r in upstream.records)
 
 
+def test_upstream_connection_is_reused_after_a_complete_reply(live, upstream):
+    for _ in range(3):
+        assert post(live, stream=False).status_code == 200
+    peers = {record.peer for record in upstream.records}
+    assert len(upstream.records) == 3 and len(peers) == 1
+
+
 def test_healthz_says_which_upstream_mode(live):
     assert requests.get(f"{live.url}/healthz", timeout=5).json()["upstream"] == "openai"
