@@ -1,7 +1,9 @@
-"""Entry point for gunicorn (`app:app`) and `flask run`: load `.env`, build the app."""
+"""Entry point for gunicorn (`app:app`): load `.env` (or $DOTENV_FILE), build the app."""
+import os
+
 from dotenv import load_dotenv
 
 from gpt_proxy import create_app
 
-load_dotenv()
+load_dotenv(os.environ.get("DOTENV_FILE", ".env"))
 app = create_app()

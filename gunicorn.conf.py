@@ -30,3 +30,23 @@ logconfig_dict = {
         "gunicorn.error": {"level": "INFO", "handlers": ["console"], "propagate": False},
     },
 }
+
+
+def on_starting(server):
+    """Check the configuration once, in the master, before any worker starts: a bad value
+    stops start-up with one line naming the variable instead of a traceback per worker."""
+    import os
+    import sys
+
+    from dotenv import load_dotenv
+
+    from gpt_proxy.config import ConfigError, load_config
+
+    load_dotenv(os.environ.get("DOTENV_FILE", ".env"))
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        sys.exit(f"gpt_proxy: configuration error: {exc}")
+    server.log.info("gpt_proxy: upstream %s, model %s%s", "demo (no OPENAI_API_KEY)"
+                    if config.demo else config.openai_base_url, config.openai_model,
+                    ", proxy token required" if config.proxy_token else "")

@@ -67,6 +67,7 @@ class Gunicorn:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "GPT_"))}
         full_env.update(env)
         full_env["BIND"] = f"127.0.0.1:{self.port}"
+        full_env["DOTENV_FILE"] = os.devnull  # a developer's .env must not change the tests
         self.log_path = log_path
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(

@@ -179,3 +179,18 @@ def test_upstream_connection_is_reused_after_a_complete_reply(live, upstream):
 
 def test_healthz_says_which_upstream_mode(live):
     assert requests.get(f"{live.url}/healthz", timeout=5).json()["upstream"] == "openai"
+
+
+def test_bad_configuration_stops_gunicorn_with_the_variable_named(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, free_port
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env.update(HEARTBEAT_SECONDS="soon", DOTENV_FILE=os.devnull, BIND=f"127.0.0.1:{free_port()}")
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "HEARTBEAT_SECONDS='soon' is invalid" in result.stderr
+    assert "Traceback" not in result.stderr
