@@ -85,12 +85,25 @@ class ChunkReader:
         except ValueError:
             if event.event == "error":
                 raise error_from_payload(data) from None
+            if "\n" in data:  # chunks on consecutive data lines with no blank line between
+                return self._read_lines(event)
             raise UpstreamError(f"upstream sent a malformed chunk: {data[:200]!r}") from None
         if not isinstance(chunk, dict):
             raise UpstreamError(f"upstream sent a malformed chunk: {data[:200]!r}")
         if event.event == "error" or chunk.get("error"):
             raise error_from_payload(chunk)
         return self.read_chunk(chunk)
+
+    def _read_lines(self, event: ServerSentEvent) -> list[Delta]:
+        """Some servers forget the blank line between events, so several chunks arrive as one
+        multi-line event; read each line as its own chunk rather than fail the reply."""
+        out: list[Delta] = []
+        for line in event.data.split("\n"):
+            if line.strip():
+                out.extend(self.read(ServerSentEvent(line, event.event)))
+                if self.done:
+                    break
+        return out
 
     def read_chunk(self, chunk: dict) -> list[Delta]:
         out: list[Delta] = []

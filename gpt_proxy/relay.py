@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from .chunks import ChunkReader, Delta
 from .errors import ProxyError, UpstreamError, UpstreamTimeout
 from .sse import SSEDecoder, SSEError, comment, encode_json
+from .upstream import redact
 
 TICK_SECONDS = 0.25  # how often an idle relay looks at its client
 DRAIN_SECONDS = 0.5  # how long to wait for the body's end after the final chunk
@@ -45,8 +46,13 @@ def read_deltas(stream, max_event_bytes: int) -> Iterator[list[Delta]]:
     A failure raises only after the deltas that came before it were handed out."""
     reader = ChunkReader()
     if stream.is_json:  # an upstream that ignored stream=true: one completion object
-        body = b"".join(stream.chunks())
-        yield reader.read(_json_event(body))
+        parts, size = [], 0
+        for data in stream.chunks():
+            size += len(data)
+            if size > max_event_bytes:
+                raise UpstreamError(f"upstream sent a JSON body larger than {max_event_bytes} bytes")
+            parts.append(data)
+        yield reader.read(_json_event(b"".join(parts)))
         yield [reader.finish()]
         return
     decoder = SSEDecoder(max_event_bytes)
@@ -80,6 +86,12 @@ def _json_event(body: bytes):
         raise UpstreamError("upstream sent a body that is not UTF-8") from None
 
 
+def _redacted(err: ProxyError, secret: str) -> ProxyError:
+    err.message = redact(err.message, secret)
+    err.args = (err.message,)
+    return err
+
+
 class Pump:
     """Runs `read_deltas` in a helper thread; the queue carries batches, an error, or the end."""
 
@@ -96,8 +108,8 @@ class Pump:
             for batch in read_deltas(self.stream, self.max_event_bytes):
                 put(batch)
             self.stream.drain()
-        except ProxyError as exc:
-            put(exc)
+        except ProxyError as exc:  # its text may quote the upstream, and so the key
+            put(_redacted(exc, getattr(self.stream, "secret", "")))
         except SSEError as exc:
             put(UpstreamError(f"upstream sent a broken event stream: {exc}"))
         except Exception as exc:  # noqa: BLE001 - the relay must always get an ending

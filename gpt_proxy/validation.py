@@ -27,6 +27,16 @@ class ChatRequest:
     max_tokens: int | None = None
 
 
+def _check_text(value: str, name: str) -> str:
+    """A string must be encodable as UTF-8: a lone surrogate ("\\ud800") is not a character."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"'{name}' holds an invalid character (a lone UTF-16 surrogate)",
+                         field=name) from None
+    return value
+
+
 def parse_body(raw: bytes) -> dict:
     if not raw.strip():
         raise BadRequest("the body is empty: send a JSON object such as {\"message\": \"hello\"}")
@@ -34,8 +44,10 @@ def parse_body(raw: bytes) -> dict:
         body = json.loads(raw)
     except UnicodeDecodeError:
         raise BadRequest("the body is not UTF-8 text") from None
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON ({exc.msg} at position {exc.pos})") from None
+    except (ValueError, RecursionError):
+        raise BadRequest("the body is not valid JSON (or is nested too deeply)") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object such as {\"message\": \"hello\"}")
     return body
@@ -63,7 +75,7 @@ def _history(value: object, name: str, config: Config) -> list[dict]:
                              field=f"{where}.role")
         if not isinstance(content, str):
             raise BadRequest(f"'{where}.content' must be a string", field=f"{where}.content")
-        history.append({"role": role, "content": content})
+        history.append({"role": role, "content": _check_text(content, f"{where}.content")})
     if history[-1]["role"] != "user":
         raise BadRequest(f"the last item of '{name}' must be the user's message",
                          field=f"{name}[{len(history) - 1}].role")
@@ -85,7 +97,7 @@ def validate(body: dict, config: Config) -> ChatRequest:
         if isinstance(message, str):
             if not message.strip():
                 raise BadRequest("'message' is empty", field="message")
-            history = [{"role": "user", "content": message}]
+            history = [{"role": "user", "content": _check_text(message, "message")}]
         else:
             history = _history(message, "message", config)
     elif "messages" in body:
@@ -112,6 +124,7 @@ def validate(body: dict, config: Config) -> ChatRequest:
     elif not isinstance(model, str) or not model.strip() or len(model) > 200:
         raise BadRequest("'model' must be a non-empty string of at most 200 characters",
                          field="model")
+    _check_text(model, "model")
     if config.allowed_models and model not in config.allowed_models:
         raise BadRequest(f"model {model!r} is not allowed here (allowed: "
                          f"{', '.join(config.allowed_models)})", field="model", code="model_not_allowed")
@@ -121,8 +134,10 @@ def validate(body: dict, config: Config) -> ChatRequest:
         raise BadRequest("'stream' must be true or false", field="stream")
 
     system = body.get("system")
-    if system is not None and not isinstance(system, str):
-        raise BadRequest("'system' must be a string", field="system")
+    if system is not None:
+        if not isinstance(system, str):
+            raise BadRequest("'system' must be a string", field="system")
+        _check_text(system, "system")
 
     max_tokens = body.get("max_tokens")
     if max_tokens is not None:

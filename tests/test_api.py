@@ -152,3 +152,20 @@ def test_configuration_defaults_are_safe():
     config = load_config({})
     assert config.demo and config.proxy_token == "" and config.cors_origins == ()
     assert "sk-" not in repr(load_config({"OPENAI_API_KEY": "sk-secret"}))
+
+
+@pytest.mark.parametrize("body,field", [
+    (b'{"message": "bad \\ud800 surrogate"}', "message"),
+    (b'{"message": [{"role": "user", "content": "\\udfff"}]}', "message[0].content"),
+    (b'{"message": "hi", "system": "\\ud83d"}', "system"),
+    (b'{"message": "hi", "model": "m\\ud800"}', "model"),
+])
+def test_lone_surrogates_are_a_400_not_a_crash(demo_client, body, field):
+    response = demo_client.post("/api/gpt/get", data=body, content_type="application/json")
+    assert response.status_code == 400 and response.get_json()["error"]["field"] == field
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(demo_client):
+    response = demo_client.post("/api/gpt/get", data=b"[" * 100_000 + b"]" * 100_000,
+                                content_type="application/json")
+    assert response.status_code in (400, 413) and "error" in response.get_json()

@@ -93,3 +93,9 @@ def test_non_streamed_completion_message_is_read():
     deltas = run(ev({"choices": [{"index": 0, "message": {"role": "assistant", "content": "whole"},
                                   "finish_reason": "stop"}], "usage": {"total_tokens": 1}}))
     assert [(d.kind, d.text) for d in deltas] == [("content", "whole"), ("done", "")]
+
+
+def test_chunks_on_consecutive_data_lines_without_blank_lines_are_each_read():
+    joined = "\n".join(json.dumps(c) for c in (chunk_json("a"), chunk_json("b", finish="stop")))
+    deltas = run(ServerSentEvent(joined))
+    assert [(d.kind, d.text) for d in deltas] == [("content", "a"), ("content", "b"), ("done", "")]
