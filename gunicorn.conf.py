@@ -16,6 +16,12 @@ threads = int(os.environ.get("THREADS", "64"))  # used by the gthread worker onl
 timeout = int(os.environ.get("WORKER_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "120"))
 keepalive = 5
+# gunicorn 25+ opens a control socket at one shared default path, so two instances on one
+# machine would fight over it; off unless CONTROL_SOCKET names a path for `gunicornc`.
+control_socket = os.environ.get("CONTROL_SOCKET", "") or None
+control_socket_disable = control_socket is None
+if control_socket is None:
+    del control_socket
 accesslog = None  # the app writes its own access line, with stream outcomes
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
