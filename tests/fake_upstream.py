@@ -10,6 +10,7 @@ disconnected, which is how tests see that the proxy closed its upstream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -255,7 +256,9 @@ class FakeUpstream:
             self._mark(record)
             return False
         finally:
-            watcher.cancel()
+            watcher.cancel()  # and wait for it: the next request's read must be the only reader
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
     async def _watch(self, reader, record: Record) -> None:
         """Notice the client leaving while we pause or write (it sends nothing mid-response)."""

@@ -1,0 +1,150 @@
+// The service's HTTP API as the page uses it: roles, health, and a streamed chat reply.
+// Every failure becomes an ApiError with a message and a hint a person can act on.
+
+import { readEvents } from "./sse.js";
+
+export class ApiError extends Error {
+  constructor(message, { status = 0, code = "", hint = "" } = {}) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = code;
+    this.hint = hint;
+  }
+}
+
+const HINTS = {
+  400: "check the command's options: help gpt chat",
+  401: "this server needs a proxy token: gpt token <token>",
+  404: "list the roles with: gpt role",
+  413: "the conversation is too long to send: gpt reset forgets it",
+  429: "too many requests: wait a little and try again",
+  502: "the model's API failed or refused the server's key: try again, or tell the operator",
+  503: "the server cannot reach the model's API right now: try again in a moment",
+  504: "the model's API did not answer in time: try again",
+};
+
+const STATUS_WORDS = {
+  400: "bad request", 401: "not authorised", 403: "forbidden", 404: "not found",
+  413: "too large", 429: "too many requests", 500: "server error", 502: "upstream failed",
+  503: "upstream unreachable", 504: "upstream timed out",
+};
+
+function hintFor(status, code) {
+  if (code === "unknown_role") return HINTS[404];
+  if (code === "model_not_allowed") return "pick an allowed model: gpt model <name>";
+  return HINTS[status] || "";
+}
+
+/** An ApiError for a response that is not 2xx, from its JSON error body when it has one. */
+async function httpError(response) {
+  const status = response.status;
+  let code = "";
+  let detail = "";
+  try {
+    const body = await response.json();
+    if (body && body.error) {
+      code = String(body.error.code || "");
+      detail = String(body.error.message || "");
+    }
+  } catch {
+    // not JSON (a proxy's HTML page, say): the status alone must do
+  }
+  const words = STATUS_WORDS[status] || response.statusText || "error";
+  let message = `HTTP ${status} (${words})`;
+  if (detail) message += `: ${detail}`;
+  if (status === 429) {
+    const after = response.headers.get("Retry-After");
+    if (after && /^\d+$/.test(after)) message += ` (retry after ${after} s)`;
+  }
+  return new ApiError(message, { status, code, hint: hintFor(status, code) });
+}
+
+function networkError(err) {
+  return new ApiError(`could not reach the server (${err.message || err})`, {
+    hint: "check that the service is running and the network is up, then try again",
+  });
+}
+
+function authHeaders(token) {
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+export async function getJSON(path, { token = "", signal } = {}) {
+  let response;
+  try {
+    response = await fetch(path, { headers: { Accept: "application/json", ...authHeaders(token) }, signal });
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw networkError(err);
+  }
+  if (!response.ok) throw await httpError(response);
+  return response.json();
+}
+
+export const getRoles = (options) => getJSON("/api/roles", options);
+export const getHealth = (options) => getJSON("/healthz", options);
+
+/**
+ * Ask for a reply as server-sent events and yield its parts as they come:
+ * {type: "content" | "reasoning", text} ... then {type: "done", finishReason, usage, model}.
+ * Throws ApiError for an HTTP error, an `error` event, or a stream that ends early;
+ * an AbortError when `signal` aborts (the connection closes, so the server stops too).
+ */
+export async function* chatStream({ messages, role, temperature, model, token = "", signal }) {
+  const body = { message: messages, role, stream: true };
+  if (temperature !== undefined && temperature !== null) body.temperature = temperature;
+  if (model) body.model = model;
+  let response;
+  try {
+    response = await fetch("/api/gpt/get", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...authHeaders(token) },
+      body: JSON.stringify(body),
+      signal,
+      cache: "no-store",
+    });
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw networkError(err);
+  }
+  if (!response.ok) throw await httpError(response);
+  const type = response.headers.get("Content-Type") || "";
+  if (!type.startsWith("text/event-stream") || !response.body) {
+    throw new ApiError(`the server answered with ${type || "no content type"} instead of an event stream`, {
+      hint: "is something between the page and the service rewriting replies?",
+    });
+  }
+  try {
+    for await (const event of readEvents(response.body)) {
+      let data;
+      try {
+        data = JSON.parse(event.data);
+      } catch {
+        throw new ApiError("the server sent an event that is not JSON");
+      }
+      if (event.event === "error") {
+        const error = (data && data.error) || {};
+        const status = Number(error.status) || 0;
+        throw new ApiError(`the reply failed: ${error.message || "unknown error"}`, {
+          status, code: String(error.code || ""), hint: hintFor(status, error.code),
+        });
+      }
+      if (event.event === "done") {
+        yield { type: "done", finishReason: data.finish_reason, usage: data.usage, model: data.model };
+        return;
+      }
+      if (typeof data.content === "string") yield { type: "content", text: data.content };
+      else if (typeof data.reasoning === "string") yield { type: "reasoning", text: data.reasoning };
+    }
+  } catch (err) {
+    if (err.name === "AbortError" || err instanceof ApiError) throw err;
+    if (signal && signal.aborted) throw signal.reason || err;
+    throw new ApiError(`the connection broke during the reply (${err.message || err})`, {
+      hint: "try again; a follow-up keeps the conversation so far",
+    });
+  }
+  throw new ApiError("the reply ended before it was finished (the connection closed early)", {
+    hint: "try again",
+  });
+}

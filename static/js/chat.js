@@ -1,0 +1,89 @@
+// One question and its streamed reply: a waiting indicator until the first token, reasoning
+// dimmed and apart, the answer as sanitized markdown growing in place, then the outcome.
+// The role's conversation is sent along (bounded) and the new turn is kept afterwards.
+
+import { chatStream } from "./api.js";
+import { MarkdownView } from "./markdown.js";
+import { boundedHistory, conversations } from "./store.js";
+
+const FINISH_NOTES = {
+  length: "the reply reached its length limit and was cut off",
+  content_filter: "the model's content filter stopped the reply",
+};
+
+function element(tag, className, text = null) {
+  const el = document.createElement(tag);
+  el.className = className;
+  if (text !== null) el.textContent = text;
+  return el;
+}
+
+export async function runChat(app, { message, role, temperature, model }) {
+  const { term } = app;
+  const block = term.block("reply");
+  block.setAttribute("aria-busy", "true");
+  const waiting = element("div", "waiting", "waiting for the reply");
+  waiting.setAttribute("role", "status");
+  const answer = element("div", "answer markdown");
+  block.append(waiting, answer);
+  const view = new MarkdownView(answer, { onRender: () => term.grew() });
+  let reasoning = null;
+
+  const controller = new AbortController();
+  term.busy(() => controller.abort());
+  const started = performance.now();
+  let content = "";
+  let done = null;
+  let failure = null;
+  let stopped = false;
+  try {
+    const messages = boundedHistory(conversations.get(role), message);
+    const parts = chatStream({ messages, role, temperature, model, token: app.settings.token, signal: controller.signal });
+    for await (const part of parts) {
+      if (part.type === "content") {
+        waiting.remove();
+        content += part.text;
+        view.append(part.text);
+      } else if (part.type === "reasoning") {
+        waiting.remove();
+        if (!reasoning) {
+          reasoning = element("details", "reasoning");
+          reasoning.open = true;
+          reasoning.append(element("summary", "reasoning-label", "reasoning"), element("div", "reasoning-text"));
+          block.insertBefore(reasoning, answer);
+        }
+        reasoning.lastChild.append(part.text);
+        term.grew();
+      } else if (part.type === "done") {
+        done = part;
+      }
+    }
+  } catch (err) {
+    if (err && err.name === "AbortError") stopped = true;
+    else failure = err;
+  } finally {
+    waiting.remove();
+    view.finish();
+    block.removeAttribute("aria-busy");
+    term.idle();
+  }
+
+  if (stopped) {
+    block.append(element("div", "note", "^C stopped: the reply was cut off here"));
+  } else if (failure) {
+    term.error(failure.message || String(failure), failure.hint || "");
+  } else if (done) {
+    if (!content) answer.append(element("p", "dim", "(the model sent an empty reply)"));
+    const seconds = ((performance.now() - started) / 1000).toFixed(1);
+    const tokens = done.usage && done.usage.completion_tokens;
+    const facts = [role, done.model || model, tokens ? `${tokens} tokens` : "", `${seconds} s`].filter(Boolean);
+    block.append(element("div", "reply-meta", facts.join(" · ")));
+    if (FINISH_NOTES[done.finishReason]) block.append(element("div", "note", FINISH_NOTES[done.finishReason]));
+  }
+  // A finished or deliberately stopped turn is remembered; a failed one is not, so that
+  // trying again does not send a broken answer along.
+  if (!failure && content && (done || stopped)) {
+    conversations.append(role, { role: "user", content: message }, { role: "assistant", content });
+  }
+  term.grew();
+}

@@ -1,0 +1,364 @@
+// The commands: what each one is called, its options, its help text, and what it does.
+// `help` is generated from COMMANDS, so a command cannot exist without being listed.
+
+import { UsageError, parseOptions, tokenize, unclosed } from "./args.js";
+import { ApiError, getRoles } from "./api.js";
+import { runChat } from "./chat.js";
+import { MarkdownView } from "./markdown.js";
+import { commands as commandStore, conversations, settings } from "./store.js";
+
+const ROLE_NAME = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+
+const ROLE_OPTION = { short: "r", long: "role", key: "role", value: true, valueName: "role name", example: "-r ikun" };
+export const CHAT_OPTIONS = [
+  ROLE_OPTION,
+  { short: "t", long: "temperature", key: "temperature", value: true, valueName: "number from 0 to 2", example: "-t 0.7" },
+  { short: "m", long: "model", key: "model", value: true, valueName: "model name", example: "-m gpt-4o-mini" },
+];
+
+export const COMMANDS = [
+  {
+    name: "gpt chat",
+    usage: "gpt chat [-r role] [-t temperature] [-m model] <message>",
+    about: "Ask the model. The reply streams in; Ctrl+C stops it. Quotes group words; options go before the message.",
+    options: [
+      ["-r, --role <name>", "use this role's template and conversation (default: the role set by gpt role)"],
+      ["-t, --temperature <0..2>", "lower is steadier, higher is more inventive"],
+      ["-m, --model <name>", "ask this model instead of the one set by gpt model"],
+    ],
+    examples: ["gpt chat -r ikun hi", "gpt chat -t 0.2 'what does \"tail -f\" do?'"],
+  },
+  { name: "gpt role", usage: "gpt role [name]", about: "Without a name: list the roles. With a name: make it the default role." },
+  { name: "gpt model", usage: "gpt model [name | --default]", about: "Show the model asked for, or set it (--default: the server's choice)." },
+  { name: "gpt history", usage: "gpt history [-r role]", about: "Show the role's conversation, which each follow-up sends along.", options: [["-r, --role <name>", "another role than the default"]] },
+  { name: "gpt reset", usage: "gpt reset [-r role]", about: "Forget the role's conversation and start afresh.", options: [["-r, --role <name>", "another role than the default"]] },
+  { name: "gpt token", usage: "gpt token [token | --clear]", about: "Set the proxy token, if the server asks for one (kept in this browser, never in the history)." },
+  { name: "clear", usage: "clear", about: "Clear the screen (also Ctrl+L)." },
+  { name: "history", usage: "history [-c]", about: "List the commands typed before (Up/Down walk them).", options: [["-c", "forget them"]] },
+  { name: "help", usage: "help [command]", about: "List the commands, or explain one: help gpt chat." },
+];
+
+const KEYS = [
+  ["Enter", "run the command (Shift+Enter: a new line)"],
+  ["Up / Down", "walk the command history"],
+  ["Tab", "complete a command, option or role name (Esc then Tab: move focus on)"],
+  ["Ctrl+C", "stop the running reply"],
+  ["Ctrl+L", "clear the screen"],
+];
+
+export const TOP = ["gpt", "clear", "history", "help"];
+export const GPT_SUBCOMMANDS = ["chat", "role", "model", "history", "reset", "token"];
+
+/** Run one command line. Every failure ends as a one-line explanation and a hint. */
+export async function runCommand(line, app) {
+  const { term } = app;
+  try {
+    // A chat message is the line's own text, so an apostrophe in it is no open quote.
+    const parsed = tokenize(line, { partial: true });
+    const { words } = parsed;
+    const isChat = words[0] === "gpt" && words[1] === "chat";
+    if (parsed.quote && !isChat) throw unclosed(parsed.quote);
+    if (!words.length) return;
+    const [name, ...rest] = words;
+    if (name === "gpt") await gpt(rest, app, { ...parsed, line });
+    else if (name === "clear") {
+      noArguments("clear", rest);
+      term.clear();
+    } else if (name === "history") history(rest, app);
+    else if (name === "help") help(rest, app);
+    else unknown(name, line);
+  } catch (err) {
+    if (err instanceof UsageError || err instanceof ApiError) term.error(err.message, err.hint);
+    else {
+      term.error(`something went wrong in the page: ${err.message || err}`, "reload the page; if it persists, report it");
+      console.warn(err);
+    }
+  }
+  term.grew();
+}
+
+/** Lines not to keep in the command history (a token is a secret). */
+export function isRemembered(line) {
+  return !/^\s*gpt\s+token\s+\S/.test(line);
+}
+
+function noArguments(command, rest) {
+  if (rest.length) throw new UsageError(`${command} takes no arguments (got "${rest.join(" ")}")`, `just type: ${command}`);
+}
+
+function unknown(name, line) {
+  const near = closest(name, [...TOP, ...GPT_SUBCOMMANDS]);
+  if (near && GPT_SUBCOMMANDS.includes(near) && !TOP.includes(near)) {
+    throw new UsageError(`unknown command: ${name}`, `did you mean: gpt ${near}${line.slice(name.length)}?`);
+  }
+  if (near) {
+    const guess = near === "gpt" ? `gpt${line.slice(name.length)}` : near;
+    throw new UsageError(`unknown command: ${name}`, `did you mean: ${guess}? To ask the model: gpt chat ${line}`);
+  }
+  throw new UsageError(`unknown command: ${name}`, `to ask the model, type: gpt chat ${line} (help lists every command)`);
+}
+
+async function gpt(words, app, parsed) {
+  const [sub, ...rest] = words;
+  if (sub === undefined) {
+    throw new UsageError("gpt needs a subcommand: chat, role, model, history, reset or token", "e.g. gpt chat hello (see: help gpt)");
+  }
+  switch (sub) {
+    case "chat": return chat(rest, app, parsed);
+    case "role": return role(rest, app);
+    case "model": return model(rest, app);
+    case "history": return conversationHistory(rest, app);
+    case "reset": return reset(rest, app);
+    case "token": return token(rest, app);
+    default: {
+      const near = closest(sub, GPT_SUBCOMMANDS);
+      throw new UsageError(`gpt: unknown subcommand ${sub}`,
+        near ? `did you mean: gpt ${near}?` : `to ask the model, type: gpt chat ${words.join(" ")}`);
+    }
+  }
+}
+
+function checkRole(name) {
+  if (!ROLE_NAME.test(name)) {
+    throw new UsageError(`"${name}" is not a role name (lowercase letters, digits, - and _)`, "list the roles with: gpt role");
+  }
+  return name;
+}
+
+/**
+ * The message is the rest of the line as typed (line breaks, apostrophes and inner quotes
+ * kept); only a message that is one quoted string loses its quotes.
+ */
+function chatMessage(rest, parsed) {
+  const raw = parsed.line.slice(parsed.starts[parsed.words.length - rest.length]).trim();
+  if (rest.length === 1 && !parsed.quote && /^["']/.test(raw) && raw.endsWith(raw[0])) return rest[0];
+  return raw;
+}
+
+async function chat(words, app, parsed) {
+  const { options, rest } = parseOptions(words, CHAT_OPTIONS, "gpt chat");
+  if (!rest.length && parsed.quote) throw unclosed(parsed.quote);
+  const message = rest.length ? chatMessage(rest, parsed) : "";
+  if (!message.trim()) throw new UsageError("gpt chat needs a message", "e.g. gpt chat -r ikun hi");
+  const role = checkRole(options.role || app.settings.role);
+  let temperature;
+  if (options.temperature !== undefined) {
+    temperature = Number(options.temperature);
+    if (!/^\d*\.?\d+$/.test(options.temperature) || !(temperature >= 0 && temperature <= 2)) {
+      throw new UsageError(`gpt chat: -t needs a number from 0 to 2, not "${options.temperature}"`, "e.g. gpt chat -t 0.7 hello");
+    }
+  }
+  const model = options.model || app.settings.model || "";
+  if (model.length > 200) throw new UsageError("gpt chat: the model name is too long", "see: gpt model");
+  await runChat(app, { message, role, temperature, model });
+}
+
+async function loadRoles(app) {
+  app.roles = await getRoles({ token: app.settings.token });
+  return app.roles;
+}
+
+export function roleNames(app) {
+  const names = app.roles.map((r) => r.name);
+  if (!names.includes("default")) names.unshift("default");
+  return names;
+}
+
+async function role(words, app) {
+  const { term } = app;
+  if (words.length > 1) throw new UsageError("gpt role takes one role name", "e.g. gpt role ikun");
+  await loadRoles(app);
+  const names = roleNames(app);
+  if (!words.length) {
+    const list = term.block("role-list", null, "dl");
+    for (const name of names) {
+      const info = app.roles.find((r) => r.name === name);
+      const dt = document.createElement("dt");
+      dt.textContent = name === app.settings.role ? `${name} *` : name;
+      const dd = document.createElement("dd");
+      dd.textContent = info ? info.description || "(no description)" : "no template: the model as it is";
+      list.append(dt, dd);
+    }
+    term.print("* is the default role. Set it: gpt role <name> · once: gpt chat -r <name> <message>", "dim");
+    return;
+  }
+  const name = checkRole(words[0]);
+  if (!names.includes(name)) {
+    throw new UsageError(`there is no role "${name}"`, `roles: ${names.join(", ")}`);
+  }
+  settings.set({ role: name });
+  app.settings.role = name;
+  term.setRole(name);
+  const count = conversations.get(name).length;
+  term.print(`default role: ${name}` + (count ? ` (its conversation has ${count} messages; gpt reset forgets them)` : ""), "ok");
+}
+
+function model(words, app) {
+  const { term } = app;
+  if (words.length > 1) throw new UsageError("gpt model takes one model name", "e.g. gpt model gpt-4o-mini");
+  const serverModel = (app.health && app.health.model) || "";
+  if (!words.length) {
+    if (app.settings.model) term.print(`model: ${app.settings.model}`);
+    else term.print(`model: ${serverModel || "the server's default"}${serverModel ? " (the server's default)" : ""}`);
+    term.print("Set it: gpt model <name> · back to the server's: gpt model --default", "dim");
+    return;
+  }
+  const name = words[0];
+  if (name === "--default" || name === "default") {
+    settings.set({ model: "" });
+    app.settings.model = "";
+    term.print(`model: the server's default${serverModel ? ` (${serverModel})` : ""}`, "ok");
+    return;
+  }
+  if (name.startsWith("-")) throw new UsageError(`gpt model: unknown option ${name}`, "see: help gpt model");
+  if (name.length > 200) throw new UsageError("gpt model: the name is too long", "model names are short, e.g. gpt-4o-mini");
+  settings.set({ model: name });
+  app.settings.model = name;
+  term.print(`model: ${name}`, "ok");
+}
+
+function roleOption(words, app, command) {
+  const { options, rest } = parseOptions(words, [ROLE_OPTION], command);
+  if (rest.length) throw new UsageError(`${command}: unexpected "${rest.join(" ")}"`, `to name a role: ${command} -r ikun`);
+  return checkRole(options.role || app.settings.role);
+}
+
+function conversationHistory(words, app) {
+  const { term } = app;
+  const name = roleOption(words, app, "gpt history");
+  const messages = conversations.get(name);
+  if (!messages.length) {
+    term.print(`role ${name} has no conversation yet`, "dim");
+    return;
+  }
+  term.print(`conversation of role ${name} (${messages.length} messages; gpt reset forgets it):`, "dim");
+  for (const m of messages) {
+    const block = term.block(`turn turn-${m.role}`);
+    const who = document.createElement("div");
+    who.className = "turn-who";
+    who.textContent = m.role === "user" ? "you" : name;
+    const body = document.createElement("div");
+    body.className = m.role === "user" ? "turn-text" : "answer markdown";
+    block.append(who, body);
+    if (m.role === "user") body.textContent = m.content;
+    else {
+      const view = new MarkdownView(body);
+      view.append(m.content);
+      view.finish();
+    }
+  }
+}
+
+function reset(words, app) {
+  const name = roleOption(words, app, "gpt reset");
+  const count = conversations.get(name).length;
+  conversations.reset(name);
+  app.term.print(count ? `forgot the ${count} messages of role ${name}` : `role ${name} had no conversation to forget`, "ok");
+}
+
+function token(words, app) {
+  const { term } = app;
+  if (words.length > 1) throw new UsageError("gpt token takes one token", "e.g. gpt token abc123 (or --clear)");
+  if (!words.length) {
+    term.print(app.settings.token ? `a proxy token is set (…${app.settings.token.slice(-4)})` : "no proxy token is set");
+    return;
+  }
+  const value = words[0] === "--clear" ? "" : words[0];
+  settings.set({ token: value });
+  app.settings.token = value;
+  term.print(value ? "proxy token set (kept in this browser's storage)" : "proxy token cleared", "ok");
+}
+
+function history(words, app) {
+  const { term } = app;
+  if (words.length === 1 && words[0] === "-c") {
+    commandStore.clear();
+    term.history = [];
+    term.historyIndex = 0;
+    term.print("command history forgotten", "ok");
+    return;
+  }
+  if (words.length) throw new UsageError(`history: unexpected "${words.join(" ")}"`, "history lists the commands; history -c forgets them");
+  const list = term.history;
+  if (!list.length) {
+    term.print("no commands yet", "dim");
+    return;
+  }
+  const block = term.block("history-list", null, "ol");
+  const first = Math.max(0, list.length - 100);
+  block.start = first + 1;
+  for (const line of list.slice(first)) {
+    const li = document.createElement("li");
+    li.textContent = line;
+    block.appendChild(li);
+  }
+}
+
+function findCommand(words) {
+  const name = words.join(" ");
+  return COMMANDS.find((c) => c.name === name) || COMMANDS.find((c) => c.name === `gpt ${name}`);
+}
+
+function help(words, app) {
+  const { term } = app;
+  if (!words.length) {
+    term.print("Commands:", "heading");
+    const list = term.block("help-list", null, "dl");
+    for (const command of COMMANDS) addTerm(list, command.usage, command.about);
+    term.print("Keys:", "heading");
+    const keys = term.block("help-list keys", null, "dl");
+    for (const [key, about] of KEYS) addTerm(keys, key, about);
+    term.print("More on one command: help <command>, e.g. help gpt chat", "dim");
+    return;
+  }
+  if (words.length === 1 && words[0] === "gpt") {
+    term.print("gpt <subcommand>: chat, role, model, history, reset, token", "heading");
+    const list = term.block("help-list", null, "dl");
+    for (const command of COMMANDS.filter((c) => c.name.startsWith("gpt "))) addTerm(list, command.usage, command.about);
+    return;
+  }
+  const command = findCommand(words);
+  if (!command) throw new UsageError(`help: no command "${words.join(" ")}"`, "help lists every command");
+  term.print(command.usage, "heading");
+  term.print(command.about);
+  if (command.options) {
+    const list = term.block("help-list", null, "dl");
+    for (const [flag, about] of command.options) addTerm(list, flag, about);
+  }
+  for (const example of command.examples || []) term.print(`e.g. ${example}`, "dim");
+}
+
+function addTerm(list, name, about) {
+  const dt = document.createElement("dt");
+  dt.textContent = name;
+  const dd = document.createElement("dd");
+  dd.textContent = about;
+  list.append(dt, dd);
+}
+
+function closest(word, list) {
+  let best = null;
+  let bestDistance = Math.max(2, Math.floor(word.length / 3)) + 1;
+  for (const candidate of list) {
+    const d = distance(word.toLowerCase(), candidate);
+    if (d < bestDistance) {
+      best = candidate;
+      bestDistance = d;
+    }
+  }
+  return best;
+}
+
+function distance(a, b) {
+  // Levenshtein, with a swap of two neighbours counted as one edit ("gtp" -> "gpt").
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.length][b.length];
+}

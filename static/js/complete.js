@@ -1,0 +1,62 @@
+// Tab completion: the word before the caret, completed from the commands, their options and
+// the server's role names.
+
+import { parseOptions, tokenize } from "./args.js";
+import { CHAT_OPTIONS, GPT_SUBCOMMANDS, TOP, roleNames } from "./commands.js";
+
+/** Complete the word before the caret: {text: the new text before the caret, choices}. */
+export function complete(before, app) {
+  const { words, open, quote, start } = tokenize(before, { partial: true });
+  if (quote) return { text: before, choices: [] }; // inside a quoted message
+  const current = open ? words.pop() : "";
+  const choices = candidates(words, current, app).filter((c) => c.startsWith(current));
+  if (!choices.length) return { text: before, choices: [] };
+  const insert = choices.length === 1 ? `${choices[0]} ` : commonPrefix(choices);
+  return { text: before.slice(0, start) + insert, choices };
+}
+
+function candidates(words, current, app) {
+  const [first, second] = words;
+  const last = words[words.length - 1];
+  const models = [app.settings.model, app.health && app.health.model].filter(Boolean);
+  if (!words.length) return TOP;
+  if (first === "help") {
+    if (words.length === 1) return TOP;
+    if (words.length === 2 && second === "gpt") return GPT_SUBCOMMANDS;
+    return [];
+  }
+  if (first === "history") return words.length === 1 ? ["-c"] : [];
+  if (first !== "gpt") return [];
+  if (words.length === 1) return GPT_SUBCOMMANDS;
+  if (last === "-r" || last === "--role") return roleNames(app);
+  if (last === "-m" || last === "--model") return [...new Set(models)];
+  switch (second) {
+    case "chat": {
+      const { rest } = safeOptions(words.slice(2));
+      if (rest === null || rest.length) return []; // the message has begun
+      if (last === "-t" || last === "--temperature") return [];
+      if (current.startsWith("--")) return CHAT_OPTIONS.map((o) => `--${o.long}`);
+      return current === "" || current.startsWith("-") ? CHAT_OPTIONS.map((o) => `-${o.short}`) : [];
+    }
+    case "role": return words.length === 2 ? roleNames(app) : [];
+    case "model": return words.length === 2 ? [...new Set([...models, "--default"])] : [];
+    case "history":
+    case "reset": return words.length === 2 ? ["-r"] : [];
+    case "token": return words.length === 2 ? ["--clear"] : [];
+    default: return [];
+  }
+}
+
+function safeOptions(words) {
+  try {
+    return parseOptions(words, CHAT_OPTIONS, "gpt chat");
+  } catch {
+    return { rest: null };
+  }
+}
+
+function commonPrefix(list) {
+  let prefix = list[0];
+  for (const item of list) while (!item.startsWith(prefix)) prefix = prefix.slice(0, -1);
+  return prefix;
+}

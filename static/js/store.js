@@ -1,0 +1,100 @@
+// What the page remembers in localStorage: the command history, the settings, and one
+// conversation per role. Storage may be full or switched off: then the page forgets quietly.
+
+const PREFIX = "gpt-terminal:";
+export const MAX_COMMANDS = 500;
+export const MAX_STORED_MESSAGES = 60; // per role
+export const MAX_SENT_MESSAGES = 24; // history sent with a question (the question included)
+export const MAX_SENT_CHARS = 24000;
+
+function read(key, fallback) {
+  try {
+    const raw = localStorage.getItem(PREFIX + key);
+    return raw === null ? fallback : JSON.parse(raw);
+  } catch {
+    return fallback;
+  }
+}
+
+function write(key, value) {
+  try {
+    localStorage.setItem(PREFIX + key, JSON.stringify(value));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function remove(key) {
+  try {
+    localStorage.removeItem(PREFIX + key);
+  } catch {
+    // nothing to forget
+  }
+}
+
+function isMessage(m) {
+  return m && (m.role === "user" || m.role === "assistant") && typeof m.content === "string";
+}
+
+export const commands = {
+  load() {
+    const list = read("history", []);
+    return Array.isArray(list) ? list.filter((c) => typeof c === "string") : [];
+  },
+  add(line) {
+    const list = this.load();
+    if (list[list.length - 1] !== line) list.push(line);
+    write("history", list.slice(-MAX_COMMANDS));
+  },
+  clear() {
+    remove("history");
+  },
+};
+
+const DEFAULT_SETTINGS = { role: "default", model: "", token: "" };
+
+export const settings = {
+  load() {
+    const value = read("settings", {});
+    return { ...DEFAULT_SETTINGS, ...(value && typeof value === "object" ? value : {}) };
+  },
+  set(changes) {
+    write("settings", { ...this.load(), ...changes });
+  },
+};
+
+export const conversations = {
+  get(role) {
+    const list = read(`conversation:${role}`, []);
+    return Array.isArray(list) ? list.filter(isMessage) : [];
+  },
+  append(role, ...messages) {
+    let list = this.get(role).concat(messages.filter(isMessage));
+    list = list.slice(-MAX_STORED_MESSAGES);
+    while (list.length && list[0].role !== "user") list.shift();
+    if (!write(`conversation:${role}`, list)) {
+      // Full: keep the newer half rather than nothing.
+      write(`conversation:${role}`, list.slice(-Math.floor(list.length / 2)));
+    }
+  },
+  reset(role) {
+    remove(`conversation:${role}`);
+  },
+};
+
+/**
+ * The messages to send: the conversation so far plus the new question, bounded by count and
+ * characters from the oldest end, always starting with a user message.
+ */
+export function boundedHistory(history, question) {
+  const out = [{ role: "user", content: question }];
+  let chars = question.length;
+  for (let i = history.length - 1; i >= 0 && out.length < MAX_SENT_MESSAGES; i--) {
+    chars += history[i].content.length;
+    if (chars > MAX_SENT_CHARS) break;
+    out.unshift(history[i]);
+  }
+  while (out.length > 1 && out[0].role !== "user") out.shift();
+  return out;
+}

@@ -1,0 +1,263 @@
+// The terminal's screen and keyboard: an output log, a prompt, command history on Up/Down,
+// Tab completion, Ctrl+C and Ctrl+L, and a view that follows the newest output. What a command
+// does is not its business: it calls `onCommand(line)` and `onComplete(textBeforeCaret)`.
+
+import { commands as commandStore } from "./store.js";
+
+const FOLLOW_SLACK_PX = 48; // this close to the bottom counts as "at the bottom"
+
+export class Terminal {
+  constructor({ output, input, promptRole, stop, banner, onCommand, onComplete, remember = () => true }) {
+    this.output = output;
+    this.input = input;
+    this.promptRole = promptRole;
+    this.stopButton = stop;
+    this.banner = banner;
+    this.onCommand = onCommand;
+    this.onComplete = onComplete;
+    this.remember = remember;
+    this.history = commandStore.load();
+    this.historyIndex = this.history.length;
+    this.draft = "";
+    this.running = null; // {stop()} while a command runs
+    this.follow = true;
+    this.tabLeaves = false;
+    this.bind();
+  }
+
+  bind() {
+    this.input.addEventListener("keydown", (e) => this.onInputKey(e));
+    this.input.addEventListener("input", () => this.resizeInput());
+    document.addEventListener("keydown", (e) => this.onGlobalKey(e));
+    document.addEventListener("click", (e) => this.onClick(e));
+    this.stopButton.addEventListener("click", () => this.interrupt());
+    window.addEventListener("scroll", () => {
+      this.follow = this.atBottom();
+    }, { passive: true });
+    const observer = new ResizeObserver(() => {
+      if (this.follow) this.scrollToEnd();
+    });
+    observer.observe(this.output);
+  }
+
+  // ---- output -------------------------------------------------------------------------------
+
+  /** A new block in the output; `text` is set as text, never as HTML. */
+  block(className = "line", text = null, tag = "div") {
+    const el = document.createElement(tag);
+    el.className = className;
+    if (text !== null) el.textContent = text;
+    this.output.appendChild(el);
+    return el;
+  }
+
+  print(text, className = "line") {
+    return this.block(className, text);
+  }
+
+  /** A one-line explanation and, below it, a hint of what to do instead. */
+  error(message, hint = "") {
+    const el = this.block("error");
+    el.appendChild(labelled("error", message));
+    if (hint) el.appendChild(labelled("hint", hint));
+    return el;
+  }
+
+  echo(line) {
+    const el = this.block("echo");
+    const prompt = document.createElement("span");
+    prompt.className = "echo-prompt";
+    prompt.textContent = `${this.promptRole.textContent} ❯ `;
+    const text = document.createElement("span");
+    text.className = "echo-text";
+    text.textContent = line;
+    el.append(prompt, text);
+    return el;
+  }
+
+  clear() {
+    this.output.replaceChildren();
+    this.follow = true;
+    this.scrollToEnd();
+  }
+
+  showBanner(text) {
+    this.banner.textContent = text;
+    this.banner.title = text; // a narrow screen cuts the line short
+    this.banner.hidden = false;
+  }
+
+  setRole(role) {
+    this.promptRole.textContent = role;
+  }
+
+  atBottom() {
+    const doc = document.scrollingElement || document.documentElement;
+    return doc.scrollHeight - (doc.scrollTop + window.innerHeight) <= FOLLOW_SLACK_PX;
+  }
+
+  scrollToEnd() {
+    const doc = document.scrollingElement || document.documentElement;
+    doc.scrollTop = doc.scrollHeight;
+  }
+
+  /** Called after output grew: keep the newest line in view unless the reader scrolled up. */
+  grew() {
+    if (this.follow) this.scrollToEnd();
+  }
+
+  // ---- running commands ---------------------------------------------------------------------
+
+  async submit() {
+    const line = this.input.value;
+    this.input.value = "";
+    this.resizeInput();
+    this.historyIndex = this.history.length;
+    this.draft = "";
+    this.follow = true;
+    this.echo(line);
+    this.scrollToEnd();
+    if (!line.trim()) return;
+    if (this.remember(line)) {
+      if (this.history[this.history.length - 1] !== line) this.history.push(line);
+      commandStore.add(line);
+      this.historyIndex = this.history.length;
+    }
+    await this.onCommand(line.trim());
+  }
+
+  /** Mark a command as running; `stop` is called by Ctrl+C or the Stop button. */
+  busy(stop) {
+    this.running = { stop };
+    this.stopButton.hidden = false;
+    document.body.classList.add("busy");
+  }
+
+  idle() {
+    this.running = null;
+    this.stopButton.hidden = true;
+    document.body.classList.remove("busy");
+    this.grew();
+    if (!isTouch()) this.input.focus({ preventScroll: true });
+  }
+
+  interrupt() {
+    if (this.running) {
+      this.running.stop();
+      return true;
+    }
+    return false;
+  }
+
+  // ---- keyboard -----------------------------------------------------------------------------
+
+  onGlobalKey(e) {
+    if (!e.ctrlKey || e.metaKey || e.altKey) return;
+    const key = e.key.toLowerCase();
+    if (key === "c") {
+      if (hasSelection(this.input)) return; // a person copying text: let the browser copy
+      e.preventDefault();
+      if (!this.interrupt()) {
+        // No reply running: a shell abandons the line being typed.
+        this.echo(`${this.input.value}^C`);
+        this.input.value = "";
+        this.resizeInput();
+        this.historyIndex = this.history.length;
+      }
+      this.follow = true;
+      this.scrollToEnd();
+    } else if (key === "l") {
+      e.preventDefault();
+      this.clear();
+    }
+  }
+
+  onInputKey(e) {
+    if (e.key !== "Tab") this.tabLeaves = false;
+    if (e.isComposing) return;
+    if (e.key === "Enter" && !e.shiftKey) {
+      e.preventDefault();
+      if (this.running) {
+        this.error("a reply is still running", "wait for it, or stop it with Ctrl+C (or the Stop button)");
+        this.grew();
+        return;
+      }
+      this.submit();
+    } else if (e.key === "ArrowUp" && !e.shiftKey && !this.input.value.slice(0, this.input.selectionStart).includes("\n")) {
+      if (this.walkHistory(-1)) e.preventDefault();
+    } else if (e.key === "ArrowDown" && !e.shiftKey && !this.input.value.slice(this.input.selectionEnd).includes("\n")) {
+      if (this.walkHistory(1)) e.preventDefault();
+    } else if (e.key === "Escape") {
+      this.tabLeaves = true; // the next Tab moves focus out, for keyboard users
+    } else if (e.key === "Tab" && !e.shiftKey && !e.ctrlKey && !e.altKey) {
+      if (this.tabLeaves) return;
+      e.preventDefault();
+      this.complete();
+    }
+  }
+
+  walkHistory(step) {
+    const next = this.historyIndex + step;
+    if (next < 0 || next > this.history.length) return false;
+    if (this.historyIndex === this.history.length) this.draft = this.input.value;
+    this.historyIndex = next;
+    this.input.value = next === this.history.length ? this.draft : this.history[next];
+    this.resizeInput();
+    const end = this.input.value.length;
+    this.input.setSelectionRange(end, end);
+    return true;
+  }
+
+  complete() {
+    const caret = this.input.selectionStart;
+    const before = this.input.value.slice(0, caret);
+    const after = this.input.value.slice(this.input.selectionEnd);
+    const result = this.onComplete(before);
+    if (!result) return;
+    if (result.text !== before) {
+      this.input.value = result.text + after;
+      this.input.setSelectionRange(result.text.length, result.text.length);
+      this.resizeInput();
+    } else if (result.choices.length > 1) {
+      // Nothing more to add: show the choices, as a shell does on a second Tab.
+      this.echo(this.input.value);
+      this.print(result.choices.join("   "), "choices");
+      this.follow = true;
+      this.grew();
+    }
+  }
+
+  resizeInput() {
+    // The textarea grows with its text (CSSOM writes are allowed under the page's CSP).
+    this.input.style.height = "auto";
+    this.input.style.height = `${this.input.scrollHeight}px`;
+  }
+
+  onClick(e) {
+    if (e.target.closest("a, button, input, textarea, select, summary")) return;
+    if (!window.getSelection().isCollapsed) return; // selecting text to copy
+    if (document.activeElement !== this.input) this.input.focus({ preventScroll: true });
+  }
+}
+
+function labelled(kind, text) {
+  const line = document.createElement("div");
+  line.className = `${kind}-line`;
+  const label = document.createElement("span");
+  label.className = `${kind}-label`;
+  label.textContent = `${kind}: `;
+  const body = document.createElement("span");
+  body.textContent = text;
+  line.append(label, body);
+  return line;
+}
+
+function hasSelection(input) {
+  if (document.activeElement === input && input.selectionStart !== input.selectionEnd) return true;
+  const selection = window.getSelection();
+  return Boolean(selection && !selection.isCollapsed && selection.toString());
+}
+
+function isTouch() {
+  return window.matchMedia("(pointer: coarse)").matches;
+}

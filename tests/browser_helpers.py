@@ -1,0 +1,106 @@
+"""Helpers for the browser tests: launching Debian's Chromium, a handle on the terminal page,
+and upstream replies paced token by token so a test can watch them grow."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from .fake_upstream import Scenario, chunk_json, sse_bytes
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+WAIT_MS = 10_000  # how long any one expectation may take before the test fails
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def missing(reason: str) -> None:
+    """Skip on a developer's machine; in CI a browser test that cannot run is a failure."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+def paced_stream(tokens, *, pause: float = 0.2, first_delay: float = 0.0, reasoning=(),
+                 hold_open: bool = False, complete: bool = True) -> Scenario:
+    """An OpenAI-style stream that writes one event per token with `pause` seconds between
+    them, so each token reaches the page on its own. `hold_open`: then it never ends (until
+    the client leaves); `complete=False`: it ends without a finish reason, usage or [DONE]."""
+    parts: list = []
+    if first_delay:
+        parts.append(first_delay)
+    parts.append(sse_bytes(chunk_json("", role="assistant")))
+    for text in reasoning:
+        parts += [sse_bytes(chunk_json(reasoning=text)), pause]
+    for i, token in enumerate(tokens):
+        if i:
+            parts.append(pause)
+        parts.append(sse_bytes(chunk_json(token)))
+    if complete and not hold_open:
+        parts.append(sse_bytes(chunk_json(finish="stop")))
+        parts.append(sse_bytes(chunk_json(choices=False, usage={
+            "prompt_tokens": 5, "completion_tokens": len(tokens), "total_tokens": 5 + len(tokens)})))
+        parts.append(sse_bytes("[DONE]"))
+    return Scenario(parts=parts, hold_open=hold_open)
+
+
+class TerminalPage:
+    """The web terminal in one browser page, with what it logged."""
+
+    def __init__(self, page, base_url: str) -> None:
+        self.page = page
+        self.base_url = base_url
+        self.console_errors: list[str] = []
+        self.requests: list[str] = []
+        page.on("console", self._on_console)
+        page.on("pageerror", lambda exc: self.console_errors.append(f"uncaught: {exc}"))
+        page.on("request", lambda request: self.requests.append(request.url))
+        page.set_default_timeout(WAIT_MS)
+
+    def _on_console(self, message) -> None:
+        if message.type == "error":
+            self.console_errors.append(message.text)
+
+    def open(self) -> TerminalPage:
+        self.page.goto(self.base_url + "/")
+        self.page.wait_for_selector("html[data-ready='true']")
+        return self
+
+    @property
+    def input(self):
+        return self.page.locator("#input")
+
+    @property
+    def output(self):
+        return self.page.locator("#output")
+
+    def type_command(self, line: str) -> None:
+        """Type a line into the prompt and press Enter, as a person would."""
+        self.input.click()
+        self.input.fill(line)
+        self.input.press("Enter")
+
+    def last(self, selector: str):
+        return self.page.locator(f"#output {selector}").last
+
+    def wait_idle(self) -> None:
+        """Wait until no reply is running (the terminal drops its `busy` mark)."""
+        self.page.wait_for_function("() => !document.body.classList.contains('busy')")
+
+    def chat(self, line: str) -> str:
+        """Run a chat command to its end; return the reply's text as shown."""
+        count = self.page.locator("#output .reply").count()
+        self.type_command(line)
+        self.page.wait_for_function(
+            "(n) => document.querySelectorAll('#output .reply').length > n", arg=count)
+        self.wait_idle()
+        return self.last(".reply .answer").inner_text().strip()
+
+    def errors_except(self, *allowed: str) -> list[str]:
+        """Console errors, leaving out those containing any of `allowed` (e.g. an expected 404)."""
+        return [e for e in self.console_errors if not any(a in e for a in allowed)]
