@@ -12,6 +12,12 @@ from werkzeug.exceptions import HTTPException
 
 from .config import Config, load_config
 from .errors import ProxyError
+from .security import install as install_security
+from .security import loggable
+
+ACCESS_LOGGED = "gpt_proxy.access_logged"  # environ flag: the relay wrote this request's line
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+              405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited"}
 
 __version__ = "1.0.0"
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,12 +70,17 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     @app.after_request
     def finish_request(response):
         response.headers["X-Request-Id"] = g.get("request_id", "-")
-        if not g.get("streaming"):
+        if not (g.get("streaming") or request.environ.get(ACCESS_LOGGED)):
+            chat = g.get("chat") or {}
             logging.getLogger("gpt_proxy.access").info(
-                "request id=%s method=%s path=%s status=%d duration=%.0fms",
-                g.get("request_id", "-"), request.method, request.path[:200],
-                response.status_code, (time.monotonic() - g.get("started", time.monotonic())) * 1000)
+                "request id=%s client=%s method=%s path=%s status=%d role=%s model=%s "
+                "duration=%.0fms", g.get("request_id", "-"), request.remote_addr,
+                loggable(request.method, 20), loggable(request.path), response.status_code,
+                loggable(chat.get("role", "-")), loggable(chat.get("model", "-")),
+                (time.monotonic() - g.get("started", time.monotonic())) * 1000)
         return response
+
+    install_security(app, config)  # after start_request: its checks need the request id
 
     @app.errorhandler(ProxyError)
     def proxy_error(err: ProxyError):
@@ -77,9 +88,14 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
-        code = (err.name or "error").lower().replace(" ", "_").replace("'", "")
-        return error_response(ProxyError(err.description or err.name, status=err.code or 500,
-                                         code=code))
+        if err.code is not None and err.code < 400:  # a redirect is not an error
+            return err
+        status = err.code or 500
+        code = HTTP_CODES.get(status) or (err.name or "error").lower().replace(" ", "_")
+        headers = {name: value for name, value in err.get_headers()
+                   if name.lower() in ("allow", "retry-after", "www-authenticate")}
+        return error_response(ProxyError(err.description or err.name, status=status,
+                                         code=code.replace("'", ""), headers=headers))
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception):

@@ -103,22 +103,33 @@ def chat():
 
 
 def _access_logger(environ, request_id, started, info, content):
-    """The stream's access line is written when the stream ends, with what it came to."""
+    """The access line of a relayed reply, written when it ends, with what it came to: one
+    line per request (the app's own line is skipped for it). Never the key; the message text
+    only when LOG_CONTENT is on."""
+    from . import ACCESS_LOGGED
+    from .security import loggable
+
     started = started or time.monotonic()
+    client = environ.get("REMOTE_ADDR", "-")
 
     def write(outcome) -> None:
+        environ[ACCESS_LOGGED] = True
         now = time.monotonic()
         ttft = (f"{(outcome.first_token_at - started) * 1000:.0f}ms"
                 if outcome.first_token_at else "-")
-        usage = outcome.usage or {}
-        status = ("client_left" if outcome.client_left else
-                  f"error:{outcome.error.code}" if outcome.error else "ok")
-        extra = f" content={content!r}" if content else ""
-        log.info("stream id=%s role=%s model=%s framing=%s result=%s ttft=%s duration=%.0fms "
-                 "chars=%d prompt_tokens=%s completion_tokens=%s%s", request_id, info["role"],
-                 info["model"], info["framing"], status, ttft, (now - started) * 1000,
-                 outcome.chars, usage.get("prompt_tokens", "-"),
-                 usage.get("completion_tokens", "-"), extra)
+        usage = outcome.usage if isinstance(outcome.usage, dict) else {}
+        error = outcome.error
+        status = error.status if (error is not None and info["framing"] == JSON) else 200
+        result = ("client_left" if outcome.client_left else
+                  f"error:{error.code}" if error is not None else "ok")
+        extra = f" content={loggable(content, 2000)}" if content else ""
+        log.info("request id=%s client=%s method=POST path=%s status=%d role=%s model=%s "
+                 "framing=%s result=%s ttft=%s duration=%.0fms chars=%d prompt_tokens=%s "
+                 "completion_tokens=%s%s", request_id, client, environ.get("PATH_INFO", "-"),
+                 status, loggable(info["role"]), loggable(info["model"]), info["framing"],
+                 loggable(result, 60), ttft, (now - started) * 1000, outcome.chars,
+                 loggable(usage.get("prompt_tokens", "-"), 20),
+                 loggable(usage.get("completion_tokens", "-"), 20), extra)
     return write
 
 

@@ -33,6 +33,7 @@ class Config:
     roles_dir: str = "roles"
     proxy_token: str = field(default="", repr=False)
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = 1_000_000
     max_history_chars: int = 100_000
     max_messages: int = 200
@@ -99,6 +100,32 @@ def _url(value: str) -> str:
     return value
 
 
+def _token(value: str) -> str:
+    value = value.strip()
+    if value and not re.fullmatch(r"[\x21-\x7e]+", value):
+        raise ValueError("must be printable ASCII with no spaces (it is sent as a Bearer token)")
+    return value
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    origins = _list(value)
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(
+                r"https?://[A-Za-z0-9.-]+(:\d{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?", origin):
+            raise ValueError(f"{origin!r} is not an origin like https://chat.example.com "
+                             "(scheme and host, optional port, no path), or *")
+    return origins
+
+
+def _hosts(value: str) -> tuple[str, ...]:
+    hosts = _list(value)
+    for host in hosts:
+        if not re.fullmatch(r"\.?[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host):
+            raise ValueError(f"{host!r} is not a host name like chat.example.com "
+                             "(no port; a leading dot allows every subdomain)")
+    return hosts
+
+
 def _rate_limit(value: str) -> str:
     value = value.strip()
     pattern = r"\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?"
@@ -125,8 +152,9 @@ PARSERS = {
     "heartbeat_seconds": _float(0.1, 300),
     "max_stream_seconds": _float(1, 86400),
     "roles_dir": _text,
-    "proxy_token": _text,
-    "cors_origins": _list,
+    "proxy_token": _token,
+    "cors_origins": _origins,
+    "allowed_hosts": _hosts,
     "max_body_bytes": _int(1024, 100_000_000),
     "max_history_chars": _int(100, 10_000_000),
     "max_messages": _int(1, 10_000),
