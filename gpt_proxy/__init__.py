@@ -70,6 +70,11 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     @app.after_request
     def finish_request(response):
         response.headers["X-Request-Id"] = g.get("request_id", "-")
+        if request.path == "/" or request.path.startswith("/static/"):
+            # Unversioned names: the page and its modules are revalidated (ETag -> 304) on
+            # every load; the vendored libraries change only with a release.
+            vendor = request.path.startswith("/static/vendor/")
+            response.headers["Cache-Control"] = "public, max-age=86400" if vendor else "no-cache"
         if not (g.get("streaming") or request.environ.get(ACCESS_LOGGED)):
             chat = g.get("chat") or {}
             logging.getLogger("gpt_proxy.access").info(

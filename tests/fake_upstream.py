@@ -203,7 +203,8 @@ class FakeUpstream:
                 keep = await self._respond(reader, writer, record, scenario)
                 if not keep:
                     return
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                RuntimeError):
             return
         finally:
             writer.close()

@@ -169,3 +169,16 @@ def test_deeply_nested_json_is_a_400_not_a_crash(demo_client):
     response = demo_client.post("/api/gpt/get", data=b"[" * 100_000 + b"]" * 100_000,
                                 content_type="application/json")
     assert response.status_code in (400, 413) and "error" in response.get_json()
+
+
+def test_page_and_modules_are_revalidated_and_vendored_files_cached(demo_client):
+    page = demo_client.get("/")
+    assert page.status_code == 200 and page.headers["Cache-Control"] == "no-cache"
+    assert "text/html" in page.headers["Content-Type"]
+    module = demo_client.get("/static/js/main.js")
+    assert module.headers["Cache-Control"] == "no-cache"
+    assert module.headers["Content-Type"].startswith("text/javascript")
+    again = demo_client.get("/static/js/main.js", headers={"If-None-Match": module.headers["ETag"]})
+    assert again.status_code == 304
+    vendor = demo_client.get("/static/vendor/marked/marked.esm.js")
+    assert vendor.status_code == 200 and "max-age=86400" in vendor.headers["Cache-Control"]
