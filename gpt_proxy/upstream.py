@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
+import time
 from collections.abc import Iterator
 
 import requests
@@ -42,21 +44,78 @@ def redact(text: str, secret: str = "") -> str:
 
 
 class UpstreamStream:
-    """An open upstream response: raw reads as they arrive, and an abort that works from any thread."""
+    """An open upstream response: raw reads as they arrive, and an abort that works from any thread.
 
-    def __init__(self, response: requests.Response, secret: str = "") -> None:
+    A relay that reads in its own thread sets `wait`: a read then gives up after that many
+    seconds and `chunks()` yields None, so the relay can send heartbeats and look at its client
+    without a helper thread; `read_timeout` without any data is still an `UpstreamTimeout`."""
+
+    def __init__(self, response: requests.Response, secret: str = "",
+                 read_timeout: float | None = None) -> None:
         self.response = response
         self.secret = secret
         content_type = response.headers.get("Content-Type", "")
         self.is_json = content_type.split(";")[0].strip().lower() == "application/json"
         self.closed = False
         self.complete = False  # read to its end: the connection went back to the pool
+        self.wait: float | None = None  # seconds a read may wait; None: until `read_timeout`
+        self.read_timeout = read_timeout
+        self._body = None  # the plain body reader (False: none fits), made at the first read
+        self._sock = None  # the socket, once reads go to it directly (timed reads)
+        self._sock_wait: float | None = None
+        self._last_data = time.monotonic()
 
-    def chunks(self) -> Iterator[bytes]:
+    def timed_reads(self) -> bool:
+        """Whether reads can honour `wait` (a plain body over a socket we can reach)."""
+        if self.read_timeout is None or _socket_of(self.response) is None:
+            return False
+        if self._body is None:
+            self._body = _plain_body(self.response.raw, self._read1) or False
+        return self._body is not False
+
+    def _read1(self, size: int) -> bytes | None:
+        """One network read for the plain body; None when `wait` passed with nothing."""
+        if self._sock is None:
+            if self.wait is None:
+                return self.response.raw._fp.fp.read1(size)
+            # From here on read the socket itself (a timed-out buffered reader is unusable),
+            # after handing out what the buffered reader already holds.
+            self._sock = sock = _socket_of(self.response)
+            self._sock_wait = sock.gettimeout()
+            sock.settimeout(0.0)
+            try:
+                data = self.response.raw._fp.fp.read1(size)  # no I/O if it holds bytes
+            except (BlockingIOError, ssl.SSLWantReadError):  # TLS: nothing decrypted yet
+                data = b""
+            if data:
+                self._last_data = time.monotonic()
+                return data
+        wait = self.read_timeout if self.wait is None else self.wait
+        if wait != self._sock_wait:
+            self._sock.settimeout(wait)
+            self._sock_wait = wait
+        try:
+            data = self._sock.recv(size)
+        except TimeoutError:
+            if self.wait is None or time.monotonic() - self._last_data >= (self.read_timeout or 0):
+                raise
+            return None
+        self._last_data = time.monotonic()
+        return data
+
+    def chunks(self) -> Iterator[bytes | None]:
         """Bytes as the network gives them: `read1` returns what one read brings, so a token
-        is never held back waiting for a buffer to fill (chunked or close-delimited alike)."""
+        is never held back waiting for a buffer to fill (chunked or close-delimited alike).
+        None: `wait` passed with nothing read."""
         raw = self.response.raw
         try:
+            if self._body is None:
+                self._body = _plain_body(raw, self._read1) or False
+            if self._body is not False:
+                for data in self._body:  # not `yield from`: a stopped reader resumes in drain()
+                    yield data
+                self.complete = True
+                return
             while True:
                 data = raw.read1(READ_SIZE)
                 if not data:
@@ -97,6 +156,110 @@ class UpstreamStream:
             self.response.close()
         except Exception:  # noqa: BLE001 - closing must never raise into the relay
             pass
+
+    def _finished(self) -> None:
+        """The body's end: the connection goes back to the pool, as urllib3 itself would do."""
+        if self._sock is not None:
+            self._sock.settimeout(self.read_timeout)
+        raw = self.response.raw
+        raw._fp.close()
+        raw.release_conn()
+
+
+def _plain_body(raw, read1) -> Iterator[bytes | None] | None:
+    """The body's bytes read straight from the connection, one network read per step, with
+    chunked framing undone here (several chunks of one read come out as one piece). It skips
+    urllib3's and http.client's per-chunk layers, the costliest part of the relay per token.
+    Only for a body without Content-Encoding (else None: urllib3 decodes it)."""
+    response = getattr(raw, "_fp", None)  # http.client.HTTPResponse
+    reader = getattr(response, "fp", None)
+    if (reader is None or not hasattr(reader, "read1") or getattr(raw, "_fp_bytes_read", 1)
+            or raw.headers.get("Content-Encoding", "identity").strip().lower() != "identity"):
+        return None
+    finished = read1.__self__._finished
+    if response.chunked:
+        return _dechunked(read1, finished) if response.chunk_left is None else None
+    return _sized(read1, response.length, finished)
+
+
+def _sized(read1, length: int | None, finished) -> Iterator[bytes | None]:
+    """A body of a known length, or one that ends when the upstream closes the connection."""
+    while length is None or length > 0:
+        data = read1(READ_SIZE if length is None else min(READ_SIZE, length))
+        if data is None:
+            yield None
+            continue
+        if not data:
+            if length is None:
+                break
+            raise ProtocolError("Response ended prematurely")
+        if length is not None:
+            length -= len(data)
+        yield data
+    finished()
+
+
+def _dechunked(read1, finished) -> Iterator[bytes | None]:
+    """Chunked transfer coding undone incrementally; trailers are read and dropped. A framing
+    error is raised only after the good bytes before it were handed out."""
+    pending = b""
+    left = 0  # chunk bytes still to come; -1: the CRLF after a chunk is due
+    trailers = False
+    while True:
+        data = read1(READ_SIZE)
+        if data is None:
+            yield None
+            continue
+        if not data:
+            raise ProtocolError("Response ended prematurely")
+        if pending:
+            data, pending = pending + data, b""
+        pos, size, out, error, ended = 0, len(data), [], None, False
+        while pos < size:
+            if left > 0:
+                end = pos + left
+                out.append(data[pos:end] if pos or end < size else data)
+                left = max(end - size, 0) or -1
+                pos = end
+            elif left == -1:
+                if size - pos < 2:
+                    pending = data[pos:]
+                    break
+                if data[pos:pos + 2] != b"\r\n":
+                    error = "bad chunked encoding"
+                    break
+                pos += 2
+                left = 0
+            else:
+                eol = data.find(b"\n", pos)
+                if eol < 0:
+                    pending = data[pos:]
+                    if len(pending) > 4096:
+                        error = "chunk header too long"
+                    break
+                line = data[pos:eol]
+                pos = eol + 1
+                if trailers:
+                    if not line.strip():
+                        ended = True
+                        break
+                    continue
+                try:
+                    left = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    error = "bad chunked encoding"
+                    break
+                if left < 0:
+                    error = "bad chunked encoding"
+                    break
+                trailers = left == 0
+        if out:
+            yield out[0] if len(out) == 1 else b"".join(out)
+        if error is not None:
+            raise ProtocolError(error)
+        if ended:
+            finished()
+            return
 
 
 def _socket_of(response: requests.Response):
@@ -148,12 +311,20 @@ class OpenAIUpstream:
             raise UpstreamUnavailable("upstream unreachable: the connection failed") from None
         except requests.RequestException as exc:
             raise UpstreamError(f"upstream request failed ({type(exc).__name__})") from None
-        if response.status_code == 200:
-            return UpstreamStream(response, key)
+        if response.status_code == 200 and not _is_web_page(response):
+            return UpstreamStream(response, key, self.config.upstream_read_timeout)
         try:
+            if response.status_code == 200:  # a web page is never a stream: a wrong base URL
+                raise UpstreamError("the upstream answered with a web page, not an event "
+                                    "stream; check OPENAI_BASE_URL")
             raise status_error(response, payload.get("model", ""), key)
         finally:
             response.close()
+
+
+def _is_web_page(response: requests.Response) -> bool:
+    content_type = response.headers.get("Content-Type", "")
+    return content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml")
 
 
 def _error_text(response: requests.Response, secret: str) -> str:

@@ -1,0 +1,103 @@
+"""Profile the service's hot path: `python -m bench.profile [--scenario latency|fast|wide]`.
+
+Starts the bench upstream and the service (one gevent worker unless told otherwise), runs one
+scenario through it while py-spy samples the worker, and prints the functions holding the most
+samples, inclusive and self. The collapsed stacks go to bench/results/profile-*.txt (feed them
+to any flame-graph tool). py-spy needs `pip install py-spy` and the right to ptrace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .load import Load, service_target
+from .run import FAST, LATENCY, RESULTS, WIDE, Bench, Scenario
+from .service import BenchUpstream, Service
+from .upstream import loop_factory
+
+SCENARIOS = {"latency": LATENCY, "fast": FAST, "wide": WIDE,
+             "requests": Scenario("1-token replies", 50, 1, 1.0, rounds=10)}
+
+
+def summarise(raw: Path, top: int) -> str:
+    inclusive: collections.Counter = collections.Counter()
+    own: collections.Counter = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        for frame in set(frames):
+            inclusive[frame] += n
+        own[frames[-1]] += n
+    out = [f"{total} samples"]
+    for title, counter in (("inclusive", inclusive), ("self", own)):
+        out.append(f"-- top {top} by {title} --")
+        for frame, n in counter.most_common(top):
+            out.append(f"{100 * n / max(total, 1):5.1f}%  {frame}")
+    return "\n".join(out)
+
+
+async def run(args) -> None:
+    upstream = BenchUpstream()
+    service = None
+    spy = None
+    try:
+        service = Service(upstream.url, RESULTS / "gunicorn-profile.log",
+                          worker_class=args.worker_class, workers=args.workers)
+        bench = Bench(upstream, service)
+        await bench.warm_up()
+        sc = SCENARIOS[args.scenario]
+        raw = RESULTS / f"profile-{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+        pids = service.worker_pids()
+        spy = subprocess.Popen(
+            [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
+             "--format", "raw", "--nonblocking", "--rate", str(args.rate), "--output", str(raw),
+             "--duration", str(args.seconds), "--pid", str(pids[0])] + (["--idle"] if args.idle else []),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.0)
+        load = Load()
+        deadline = time.monotonic() + args.seconds
+        while time.monotonic() < deadline - 1:
+            await load.run(service_target(service.port), users=sc.users, rounds=sc.rounds,
+                           tokens=sc.tokens, rate=sc.rate, stagger=sc.spread)
+        err = spy.communicate(timeout=args.seconds + 30)[1]
+        if spy.returncode:
+            print(err.decode(errors="replace")[-2000:])
+        print(summarise(raw, args.top))
+        print(f"collapsed stacks: {raw}")
+    finally:
+        if spy is not None and spy.poll() is None:
+            spy.terminate()
+        if service is not None:
+            service.stop()
+        upstream.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="profile the relay under load with py-spy")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="latency")
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--rate", type=int, default=250, help="samples per second")
+    parser.add_argument("--worker-class", default="gevent")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--idle", action="store_true", help="count idle (waiting) samples too")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

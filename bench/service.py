@@ -1,0 +1,153 @@
+"""The processes under test: the bench upstream and the service under gunicorn, with their CPU
+time and memory read through psutil (master and workers added up)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _raise_fd_limit() -> None:
+    """1,000 streams need about 2,000 sockets in one worker (client side and upstream side)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not open port {port}")
+
+
+def _conf_defaults(root: Path) -> dict:
+    """gunicorn.conf.py's own values (the bench never sets these variables in its own env)."""
+    import runpy
+    try:
+        return runpy.run_path(str(root / "gunicorn.conf.py"))
+    except Exception:  # noqa: BLE001 - only used to label the results
+        return {}
+
+
+class Measured:
+    """CPU seconds and RSS of a process and its children."""
+
+    proc: subprocess.Popen
+    _procs: list[psutil.Process] | None = None
+
+    def procs(self) -> list[psutil.Process]:
+        if self._procs is None or any(not p.is_running() for p in self._procs):
+            root = psutil.Process(self.proc.pid)
+            self._procs = [root] + root.children(recursive=True)
+        return self._procs
+
+    def cpu(self) -> float:
+        total = 0.0
+        for p in self.procs():
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def rss(self) -> int:
+        total = 0
+        for p in self.procs():
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def _stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class BenchUpstream(Measured):
+    """`python -m bench.upstream` in its own process, so its CPU is not the service's."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.upstream"], cwd=ROOT, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, preexec_fn=_raise_fd_limit)
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            raise RuntimeError("the bench upstream did not start")
+        self.port = int(line)
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        self._stop()
+
+
+class Service(Measured):
+    """gunicorn with the repo's gunicorn.conf.py, configured only through the environment."""
+
+    def __init__(self, upstream_url: str, log_path: Path, *, worker_class: str = "",
+                 workers: int = 0, threads: int = 0, connections: int = 0,
+                 extra_env: dict | None = None, root: Path = ROOT) -> None:
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "GPT_"))}
+        env.update({"BIND": f"127.0.0.1:{self.port}", "OPENAI_API_KEY": "sk-bench-not-a-key",
+                    "OPENAI_BASE_URL": upstream_url, "HEARTBEAT_SECONDS": "15",
+                    "LOG_LEVEL": "warning"})
+        if worker_class:
+            env["WORKER_CLASS"] = worker_class
+        if workers:
+            env["WEB_CONCURRENCY"] = str(workers)
+        if threads:
+            env["THREADS"] = str(threads)
+        if connections:
+            env["WORKER_CONNECTIONS"] = str(connections)
+        env.update(extra_env or {})
+        conf = _conf_defaults(root)
+        kind = env.get("WORKER_CLASS", conf.get("worker_class", "?"))
+        self.describe = f"{kind} workers={env.get('WEB_CONCURRENCY', conf.get('workers', '?'))}"
+        if kind == "gthread":
+            self.describe += f" threads={env.get('THREADS', conf.get('threads', '?'))}"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+            cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=_raise_fd_limit)
+        wait_port(self.port, self.proc, "gunicorn")
+
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self.procs()[1:]]
+
+    def stop(self) -> None:
+        self._stop()
+        self.log.close()
