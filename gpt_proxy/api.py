@@ -96,7 +96,8 @@ def chat():
         return jsonify(body)
     framer = relay_mod.SSEFramer() if framing == SSE else relay_mod.TextFramer()
     mimetype = "text/event-stream" if framing == SSE else "text/plain"
-    response = Response(relay.frames(framer), mimetype=mimetype, headers=STREAM_HEADERS)
+    response = Response(relay.frames(framer), mimetype=mimetype, headers=STREAM_HEADERS,
+                        direct_passthrough=True)  # bytes already: no per-item re-encoding
     response.charset = "utf-8"
     g.streaming = True
     return response

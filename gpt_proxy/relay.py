@@ -24,6 +24,7 @@ from .sse import SSEDecoder, SSEError, comment, encode_json, encode_text
 from .upstream import redact
 
 TICK_SECONDS = 0.25  # how often an idle relay looks at its client
+QUEUE_BATCHES = 64  # batches a reader thread may run ahead of a slow client
 DRAIN_SECONDS = 0.5  # how long to wait for the body's end after the final chunk
 _END = object()
 
@@ -102,21 +103,38 @@ def _redacted(err: ProxyError, secret: str) -> ProxyError:
 
 
 class Pump:
-    """Runs `read_deltas` in a helper thread; the queue carries batches, an error, or the end."""
+    """Runs `read_deltas` in a helper thread; the queue carries batches, an error, or the end.
+
+    The queue is bounded: when the client reads slower than the upstream writes, the reader
+    waits (and TCP pushes back on the upstream) instead of piling the reply up in memory."""
 
     def __init__(self, stream, max_event_bytes: int) -> None:
         self.stream = stream
         self.max_event_bytes = max_event_bytes
-        self.queue = queue.SimpleQueue()
+        self.queue = queue.Queue(maxsize=QUEUE_BATCHES)
+        self.stopped = False
         self.thread = threading.Thread(target=self._run, name="upstream-reader", daemon=True)
         self.thread.start()
 
+    def close(self) -> None:
+        """The relay is done: a reader waiting for room in the queue gives up."""
+        self.stopped = True
+
+    def _put(self, item) -> bool:
+        while not self.stopped:
+            try:
+                self.queue.put(item, timeout=TICK_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _run(self) -> None:
-        put = self.queue.put
+        put = self._put
         try:
             for batch in read_deltas(self.stream, self.max_event_bytes):
-                if batch is not None:
-                    put(batch)
+                if batch is not None and not put(batch):
+                    return
             self.stream.drain()
         except ProxyError as exc:  # its text may quote the upstream, and so the key
             put(_redacted(exc, getattr(self.stream, "secret", "")))
@@ -176,6 +194,9 @@ class Inline:
 
     def get_nowait(self):
         return _END if self.ended else None
+
+    def close(self) -> None:
+        """Nothing runs on its own here."""
 
 
 def reader_for(stream, max_event_bytes: int):
@@ -310,6 +331,7 @@ class Relay:
                 if ended:
                     return
         finally:
+            pump.close()
             self.stream.close()
 
     def _note(self, d: Delta, now: float) -> None:

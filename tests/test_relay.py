@@ -186,3 +186,41 @@ def test_non_utf8_bytes_from_upstream_are_a_clean_error(api, mocked):
 def test_crlf_and_comment_lines_from_upstream_are_handled(api, mocked):
     mocked.post(URL, **stream_body(openai_stream(["x", "y", "z"], newline="\r\n")))
     assert post(api).get_data(as_text=True) == "xyz"
+
+
+def test_a_reader_thread_waits_for_a_slow_client_instead_of_buffering_the_reply():
+    """The demo-style reader (a helper thread) may run at most QUEUE_BATCHES ahead."""
+    import threading
+
+    from gpt_proxy import relay
+
+    produced = threading.Event()
+    count = {"n": 0}
+
+    class EndlessStream:
+        is_json = False
+        closed = False
+
+        def chunks(self):
+            while not self.closed:
+                count["n"] += 1
+                if count["n"] > relay.QUEUE_BATCHES + 10:
+                    produced.set()
+                yield sse_bytes(chunk_json("x"))
+
+        def drain(self):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    stream = EndlessStream()
+    pump = relay.Pump(stream, 1 << 20)
+    try:
+        assert not produced.wait(0.5)  # nobody reads: the reader stops at the bound
+        assert count["n"] <= relay.QUEUE_BATCHES + 2
+    finally:
+        pump.close()
+        stream.close()
+    pump.thread.join(2)
+    assert not pump.thread.is_alive()
