@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -50,6 +51,21 @@ def app(upstream):
 @pytest.fixture()
 def client(app):
     return app.test_client()
+
+
+def sse_events(text: str) -> list[tuple[str, dict]]:
+    """(event name, parsed JSON data) for each event of an SSE body written by the relay."""
+    events = []
+    for block in text.split("\n\n"):
+        name, data = "message", None
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+        if data is not None:
+            events.append((name, data))
+    return events
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ same faults all at once against one real gunicorn worker.
 
 from __future__ import annotations
 
-import json
 import random
 import socket
 import threading
@@ -21,7 +20,7 @@ import requests
 
 from gpt_proxy import create_app
 
-from .conftest import TEST_KEY, Gunicorn, free_port, make_config
+from .conftest import TEST_KEY, Gunicorn, free_port, make_config, sse_events
 from .fake_upstream import Scenario, chunk_json, openai_stream, sse_bytes
 
 CHAT = "/api/gpt/get"
@@ -41,20 +40,6 @@ def ask(client, accept):
     response = client.post(CHAT, json={"message": "hi"}, headers={"Accept": accept})
     text = response.get_data(as_text=True)
     return response, text, time.monotonic() - started
-
-
-def sse_events(text):
-    events = []
-    for block in text.split("\n\n"):
-        name, data = "message", None
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-        if data is not None:
-            events.append((name, data))
-    return events
 
 
 def client_error(response, text, accept) -> tuple[int, str, str]:

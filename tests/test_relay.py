@@ -10,7 +10,7 @@ import responses
 
 from gpt_proxy import create_app
 
-from .conftest import TEST_KEY, make_config
+from .conftest import TEST_KEY, make_config, sse_events
 from .fake_upstream import chunk_json, openai_stream, sse_bytes
 
 URL = "http://upstream.test/v1/chat/completions"
@@ -30,20 +30,6 @@ def api(mocked):
 
 def stream_body(body: bytes, status=200, content_type="text/event-stream"):
     return dict(body=body, status=status, content_type=content_type)
-
-
-def sse_events(text: str) -> list[tuple[str, dict | None]]:
-    events = []
-    for block in text.split("\n\n"):
-        name, data = "message", None
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-        if data is not None:
-            events.append((name, data))
-    return events
 
 
 def post(api, headers=None, **body):
