@@ -349,11 +349,13 @@ class Relay:
             outcome.finish_reason, outcome.usage, outcome.model = d.finish_reason, d.usage, d.model
 
     def frames(self, framer) -> Iterator[bytes]:
-        """The response body for one framing: one write per wake-up, not one per token."""
+        """The response body for one framing: one write per wake-up, not one per token.
+        Closed early (the server could not write to the client): the upstream is closed too."""
         outcome = self.outcome
+        batches = self.batches()
         try:
             yield framer.opening
-            for batch in self.batches():
+            for batch in batches:
                 if batch is None:
                     if framer.heartbeats:
                         yield framer.ping()
@@ -363,7 +365,12 @@ class Relay:
                     yield data
             if outcome.error is not None and not outcome.client_left:
                 yield framer.error(outcome.error, outcome)
+        except GeneratorExit:
+            outcome.client_left = True
+            raise
         finally:
+            batches.close()
+            self.stream.close()  # also when the body was abandoned before the first read
             if self.on_close is not None:
                 self.on_close(outcome)
 

@@ -210,3 +210,19 @@ def test_a_reader_thread_waits_for_a_slow_client_instead_of_buffering_the_reply(
         stream.close()
     pump.thread.join(2)
     assert not pump.thread.is_alive()
+
+
+@pytest.mark.parametrize("reads", [1, 2])
+def test_a_body_abandoned_by_the_server_closes_the_upstream_and_says_client_left(reads):
+    from gpt_proxy.demo import DemoStream
+    from gpt_proxy.relay import Relay, TextFramer
+
+    stream = DemoStream({"messages": [{"role": "user", "content": "hi"}]}, delay=0.05)
+    outcomes = []
+    relay = Relay(stream, heartbeat=15, max_event_bytes=1 << 20, on_close=outcomes.append)
+    body = relay.frames(TextFramer())
+    for _ in range(reads):  # 1: only the opening was written, the upstream never read
+        next(body)
+    body.close()
+    assert stream._closed.is_set()
+    assert len(outcomes) == 1 and outcomes[0].client_left
