@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 
 import requests
+import requests.auth
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
@@ -272,6 +273,20 @@ def _socket_of(response: requests.Response):
     return sock
 
 
+class BearerAuth(requests.auth.AuthBase):
+    """`Authorization: Bearer <key>`; its repr never shows the key."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    def __call__(self, request):
+        request.headers["Authorization"] = f"Bearer {self._key}"
+        return request
+
+    def __repr__(self) -> str:
+        return "BearerAuth([redacted])"
+
+
 class OpenAIUpstream:
     """Any OpenAI-compatible chat-completions API."""
 
@@ -284,9 +299,10 @@ class OpenAIUpstream:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=1024, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.session.trust_env = False  # no proxies or .netrc credentials picked up silently
+        # The key goes in through `auth`: with an auth set, requests never consults .netrc,
+        # while the environment's HTTPS_PROXY / NO_PROXY and REQUESTS_CA_BUNDLE still apply.
+        self.session.auth = BearerAuth(config.openai_api_key)
         self.headers = {
-            "Authorization": f"Bearer {config.openai_api_key}",
             "Content-Type": "application/json",
             "Accept": "text/event-stream",
             "Accept-Encoding": "identity",

@@ -84,6 +84,7 @@ class Gunicorn:
         full_env.update(env)
         full_env["BIND"] = f"127.0.0.1:{self.port}"
         full_env["DOTENV_FILE"] = os.devnull  # a developer's .env must not change the tests
+        full_env["NO_PROXY"] = full_env["no_proxy"] = "127.0.0.1,localhost"  # fakes are local
         self.log_path = log_path
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(

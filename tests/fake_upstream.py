@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import threading
 import time
 from collections import deque
@@ -129,7 +130,8 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
 class FakeUpstream:
     """Start with `start()`, stop with `stop()`; `url` is the base URL (ending in /v1)."""
 
-    def __init__(self, default: Scenario | None = None) -> None:
+    def __init__(self, default: Scenario | None = None, tls: tuple[str, str] | None = None) -> None:
+        self.tls = tls  # (certificate file, key file): serve HTTPS
         self.default = default or stream_scenario(["Hello", ", ", "world", "!"])
         self.scenarios: deque[Scenario] = deque()
         self.records: list[Record] = []
@@ -141,7 +143,8 @@ class FakeUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/v1"
 
     def push(self, *scenarios: Scenario) -> None:
         self.scenarios.extend(scenarios)
@@ -164,8 +167,12 @@ class FakeUpstream:
         def run() -> None:
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
+            context = None
+            if self.tls:
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                context.load_cert_chain(*self.tls)
             self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=2048))
+                asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=2048, ssl=context))
             self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
             self._loop.run_forever()

@@ -194,3 +194,47 @@ def test_bad_configuration_stops_gunicorn_with_the_variable_named(tmp_path):
     assert result.returncode != 0
     assert "HEARTBEAT_SECONDS='soon' is invalid" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def tls_upstream(tmp_path_factory):
+    """The fake upstream over HTTPS, with a self-signed certificate for 127.0.0.1."""
+    import subprocess
+
+    from .fake_upstream import FakeUpstream
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server = FakeUpstream(tls=(str(cert), str(key))).start()
+    yield server, cert
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_live(tls_upstream, tmp_path_factory):
+    from .conftest import TEST_KEY, Gunicorn
+    server, cert = tls_upstream
+    service = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": server.url,
+                        "OPENAI_MODEL": "fake-model", "HEARTBEAT_SECONDS": "1",
+                        "WEB_CONCURRENCY": "1", "REQUESTS_CA_BUNDLE": str(cert)},
+                       tmp_path_factory.mktemp("tls-gunicorn") / "gunicorn.log")
+    yield service
+    service.stop()
+
+
+def test_https_upstream_streams_exactly_reuses_its_connection_and_is_cancelled(tls_live, tls_upstream):
+    server, _ = tls_upstream
+    server.reset()
+    server.push(stream_scenario(TOKENS, size=3), stream_scenario(TOKENS, size=5, first_delay=1.5))
+    assert post(tls_live).content.decode("utf-8") == TEXT
+    events = parse_sse(post(tls_live, {"Accept": "text/event-stream"}).content.decode())
+    assert "".join(d.get("content", "") for n, d in events if n == "message") == TEXT
+    assert len({r.peer for r in server.records}) == 1  # the TLS connection was reused
+    server.push(Scenario(parts=[30.0, sse_bytes(chunk_json("never"))]))
+    sock = raw_request(tls_live, {"message": "hi"})
+    record = server.wait_for_request(3)
+    closed_at = time.monotonic()
+    sock.close()
+    assert record.disconnected.wait(3) and record.disconnected_at - closed_at < 1.0
