@@ -67,9 +67,13 @@ class ChunkReader:
                 break
             yield from self.read(event)
         if not self.done:
-            if self.finish_reason is None:
-                raise UpstreamError("upstream ended early: the stream closed before the reply was finished")
-            yield self.finish()
+            yield self.end()
+
+    def end(self) -> Delta:
+        """The stream closed without `[DONE]`: fine after a finish reason, else an early end."""
+        if self.finish_reason is None:
+            raise UpstreamError("upstream ended early: the stream closed before the reply was finished")
+        return self.finish()
 
     def finish(self) -> Delta:
         self.done = True

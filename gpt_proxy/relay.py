@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .chunks import ChunkReader, Delta
 from .errors import ProxyError, UpstreamError, UpstreamTimeout
-from .sse import SSEDecoder, SSEError, comment, encode_json, encode_text
+from .sse import ServerSentEvent, SSEDecoder, SSEError, comment, encode_json, encode_text
 from .upstream import redact
 
 TICK_SECONDS = 0.25  # how often an idle relay looks at its client
@@ -41,7 +41,11 @@ class Outcome:
     error: ProxyError | None = None
     first_token_at: float | None = None
     client_left: bool = False
-    chars: int = 0
+
+    @property
+    def chars(self) -> int:
+        """Characters of reply text relayed (counted once, for the access line)."""
+        return sum(map(len, self.content))
 
 
 def read_deltas(stream, max_event_bytes: int) -> Iterator[list[Delta] | None]:
@@ -80,26 +84,29 @@ def read_deltas(stream, max_event_bytes: int) -> Iterator[list[Delta] | None]:
             batch.extend(reader.read(event))
             if reader.done:
                 return
-        if reader.finish_reason is None:
-            raise UpstreamError("upstream ended early: the stream closed before the reply was finished")
-        batch.append(reader.finish())
+        batch.append(reader.end())
     finally:
         if batch:
             yield batch
 
 
-def _json_event(body: bytes):
-    from .sse import ServerSentEvent
+def _json_event(body: bytes) -> ServerSentEvent:
     try:
         return ServerSentEvent(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise UpstreamError("upstream sent a body that is not UTF-8") from None
 
 
-def _redacted(err: ProxyError, secret: str) -> ProxyError:
-    err.message = redact(err.message, secret)
-    err.args = (err.message,)
-    return err
+def _as_error(exc: Exception, stream) -> ProxyError:
+    """What a failed read hands the client: our own error with its text redacted (it may quote
+    the upstream, and so the key), a decoding failure, or any other failure by its name."""
+    if isinstance(exc, ProxyError):
+        exc.message = redact(exc.message, getattr(stream, "secret", ""))
+        exc.args = (exc.message,)
+        return exc
+    if isinstance(exc, SSEError):
+        return UpstreamError(f"upstream sent a broken event stream: {exc}")
+    return UpstreamError(f"reading the upstream failed ({type(exc).__name__})")
 
 
 class Pump:
@@ -136,12 +143,8 @@ class Pump:
                 if batch is not None and not put(batch):
                     return
             self.stream.drain()
-        except ProxyError as exc:  # its text may quote the upstream, and so the key
-            put(_redacted(exc, getattr(self.stream, "secret", "")))
-        except SSEError as exc:
-            put(UpstreamError(f"upstream sent a broken event stream: {exc}"))
         except Exception as exc:  # noqa: BLE001 - the relay must always get an ending
-            put(UpstreamError(f"reading the upstream failed ({type(exc).__name__})"))
+            put(_as_error(exc, self.stream))
         finally:
             put(_END)
 
@@ -182,15 +185,9 @@ class Inline:
             except ProxyError:
                 pass  # the reply is whole; only the connection is not reused
             return _END
-        except ProxyError as exc:  # its text may quote the upstream, and so the key
-            self.ended = True
-            return _redacted(exc, getattr(self.stream, "secret", ""))
-        except SSEError as exc:
-            self.ended = True
-            return UpstreamError(f"upstream sent a broken event stream: {exc}")
         except Exception as exc:  # noqa: BLE001 - the relay must always get an ending
             self.ended = True
-            return UpstreamError(f"reading the upstream failed ({type(exc).__name__})")
+            return _as_error(exc, self.stream)
 
     def get_nowait(self):
         return _END if self.ended else None
@@ -340,7 +337,6 @@ class Relay:
             if outcome.first_token_at is None:
                 outcome.first_token_at = now
             outcome.content.append(d.text)
-            outcome.chars += len(d.text)
         elif d.kind == "reasoning":
             if outcome.first_token_at is None:
                 outcome.first_token_at = now
