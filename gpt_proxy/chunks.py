@@ -38,18 +38,18 @@ def _text(value: object) -> str:
     return ""
 
 
-def error_from_payload(payload: object, default: str = "the upstream reported an error") -> UpstreamError:
-    """Turn an upstream `{"error": ...}` body (or a bare string) into our error."""
+def payload_message(payload: object) -> str:
+    """The message of an upstream error body: `{"error": {"message"|"detail": ...}}`, a bare
+    `{"message": ...}`, `{"error": "text"}` or plain text; "" when it names none."""
     error = payload.get("error", payload) if isinstance(payload, dict) else payload
     if isinstance(error, dict):
-        message = error.get("message") or error.get("detail") or default
-        code = error.get("code") or error.get("type")
-    else:
-        message, code = (str(error) if error else default), None
-    err = UpstreamError(f"upstream error: {message}"[:1000])
-    if isinstance(code, str) and code:
-        err.upstream_code = code
-    return err
+        error = error.get("message") or error.get("detail")
+    return str(error) if error else ""
+
+
+def error_from_payload(payload: object, default: str = "the upstream reported an error") -> UpstreamError:
+    """Turn an upstream `{"error": ...}` body (or a bare string) into our error."""
+    return UpstreamError(f"upstream error: {payload_message(payload) or default}"[:1000])
 
 
 class ChunkReader:

@@ -21,6 +21,7 @@ import requests.auth
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
+from .chunks import payload_message
 from .config import Config
 from .errors import (
     BadRequest,
@@ -55,8 +56,7 @@ class UpstreamStream:
                  read_timeout: float | None = None) -> None:
         self.response = response
         self.secret = secret
-        content_type = response.headers.get("Content-Type", "")
-        self.is_json = content_type.split(";")[0].strip().lower() == "application/json"
+        self.is_json = media_type(response) == "application/json"
         self.closed = False
         self.complete = False  # read to its end: the connection went back to the pool
         self.wait: float | None = None  # seconds a read may wait; None: until `read_timeout`
@@ -338,9 +338,13 @@ class OpenAIUpstream:
             response.close()
 
 
+def media_type(response: requests.Response) -> str:
+    """The Content-Type without its parameters, lower-cased ("" when absent)."""
+    return response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+
 def _is_web_page(response: requests.Response) -> bool:
-    content_type = response.headers.get("Content-Type", "")
-    return content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml")
+    return media_type(response) in ("text/html", "application/xhtml+xml")
 
 
 def _error_text(response: requests.Response, secret: str) -> str:
@@ -354,10 +358,7 @@ def _error_text(response: requests.Response, secret: str) -> str:
         data = json.loads(text)
     except ValueError:
         return redact(text.strip()[:300], secret)
-    error = data.get("error", data) if isinstance(data, dict) else data
-    if isinstance(error, dict):
-        error = error.get("message") or error.get("detail") or ""
-    return redact(str(error)[:500], secret)
+    return redact(payload_message(data)[:500], secret)
 
 
 def status_error(response: requests.Response, model: str, secret: str) -> ProxyError:
