@@ -9,7 +9,7 @@ import uuid
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import relay as relay_mod
-from .errors import BadRequest, PayloadTooLarge, ProxyError
+from .errors import PayloadTooLarge, ProxyError
 from .roles import assemble_messages
 from .validation import parse_body, validate
 
@@ -95,8 +95,7 @@ def chat():
             body["reasoning"] = "".join(outcome.reasoning)
         return jsonify(body)
     framer = relay_mod.SSEFramer() if framing == SSE else relay_mod.TextFramer()
-    mimetype = "text/event-stream" if framing == SSE else "text/plain"
-    response = Response(relay.frames(framer), mimetype=mimetype, headers=STREAM_HEADERS,
+    response = Response(relay.frames(framer), mimetype=framing, headers=STREAM_HEADERS,
                         direct_passthrough=True)  # bytes already: no per-item re-encoding
     response.charset = "utf-8"
     g.streaming = True
@@ -160,5 +159,3 @@ def error_response(err: ProxyError):
         response.headers[name] = value
     return response
 
-
-__all__ = ["bp", "error_response", "new_request_id", "BadRequest"]
