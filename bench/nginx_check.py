@@ -26,7 +26,7 @@ import numpy as np
 
 from .load import Load, direct_target, fetch_json, service_target
 from .run import RESULTS, analyse
-from .service import BenchUpstream, Service, free_port, wait_port
+from .service import BenchUpstream, Service, free_port, stop_process, wait_port
 from .upstream import loop_factory
 
 NGINX = "/usr/sbin/nginx"
@@ -71,13 +71,7 @@ class Nginx:
         wait_port(self.port, self.proc, "nginx")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import resource
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
+
+from tests.processes import free_port, stop_process, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,25 +22,6 @@ def _raise_fd_limit() -> None:
     want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not open port {port}")
 
 
 def _conf_defaults(root: Path) -> dict:
@@ -84,13 +65,7 @@ class Measured:
         return total
 
     def _stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 15)
 
 
 class BenchUpstream(Measured):

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from gpt_proxy import create_app
 from gpt_proxy.config import load_config
 
 from .fake_upstream import FakeUpstream
+from .processes import free_port, stop_process, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_KEY = "sk-test-SECRET-0123456789abcdef"
@@ -53,6 +52,16 @@ def client(app):
     return app.test_client()
 
 
+class FakeClock:
+    """A monotonic clock the test moves by hand, so reload checks are deterministic."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def sse_events(text: str) -> list[tuple[str, dict]]:
     """(event name, parsed JSON data) for each event of an SSE body written by the relay."""
     events = []
@@ -66,12 +75,6 @@ def sse_events(text: str) -> list[tuple[str, dict]]:
         if data is not None:
             events.append((name, data))
     return events
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Gunicorn:
@@ -93,24 +96,13 @@ class Gunicorn:
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)  # polling for the port to open; not synchronising a test
-        raise RuntimeError("gunicorn did not start")
+        try:
+            wait_port(self.port, self.proc, "gunicorn", timeout)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {self.log_path.read_text()[-2000:]}") from None
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc)
         self.log.close()
 
     def logs(self) -> str:

@@ -17,6 +17,8 @@ from gpt_proxy import roles
 from gpt_proxy.errors import BadRequest, PayloadTooLarge, UnknownRole
 from gpt_proxy.roles import RoleFileError, RoleRegistry, assemble_messages, parse_role
 
+from .conftest import FakeClock
+
 SHIPPED = Path(__file__).resolve().parent.parent / "roles"
 
 SIMPLE = """\
@@ -32,16 +34,6 @@ hi
 # ASSISTANT
 hello
 """
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand, so reload checks are deterministic."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def write(folder: Path, name: str, text: str, mtime: int | None = None) -> Path:

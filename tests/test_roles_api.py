@@ -9,7 +9,7 @@ import pytest
 from gpt_proxy import create_app
 from gpt_proxy.roles import RoleRegistry
 
-from .conftest import make_config
+from .conftest import FakeClock, make_config
 
 ROLE = """---
 description: Test role
@@ -23,14 +23,6 @@ ping
 # ASSISTANT
 pong
 """
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture()

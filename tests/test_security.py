@@ -23,6 +23,7 @@ from gpt_proxy.config import ConfigError, load_config
 
 from .conftest import ROOT, TEST_KEY, free_port, make_config
 from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes
+from .processes import stop_process
 
 TOKEN = "proxy-token-0123456789-abcdef"
 CHAT = "/api/gpt/get"
@@ -223,8 +224,7 @@ def redis_url(tmp_path_factory):
                 raise RuntimeError("redis-server did not start") from None
             time.sleep(0.05)  # polling for the port to open; not synchronising a test
     yield url
-    proc.terminate()
-    proc.wait(10)
+    stop_process(proc)
 
 
 def test_two_instances_share_their_rate_limits_through_redis(upstream, redis_url):
