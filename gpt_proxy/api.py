@@ -138,6 +138,16 @@ def roles():
     return jsonify(current_app.extensions["gpt_proxy"].roles.list())
 
 
+@bp.get("/api/limits")
+def limits():
+    """The limits a client should know before it sends (the page checks a role it keeps
+    against `max_system_chars` when it is saved, not when it is first used)."""
+    config = current_app.extensions["gpt_proxy"].config
+    return jsonify({"max_system_chars": min(config.max_system_chars, config.max_history_chars - 1),
+                    "max_history_chars": config.max_history_chars,
+                    "max_messages": config.max_messages, "max_body_bytes": config.max_body_bytes})
+
+
 @bp.get("/healthz")
 def healthz():
     state = current_app.extensions["gpt_proxy"]

@@ -36,6 +36,7 @@ class Config:
     allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = 1_000_000
     max_history_chars: int = 100_000
+    max_system_chars: int = 20_000
     max_messages: int = 200
     max_tokens_ceiling: int = 0
     rate_limit: str = ""
@@ -157,6 +158,7 @@ PARSERS = {
     "allowed_hosts": _hosts,
     "max_body_bytes": _int(1024, 100_000_000),
     "max_history_chars": _int(100, 10_000_000),
+    "max_system_chars": _int(1, 10_000_000),
     "max_messages": _int(1, 10_000),
     "max_tokens_ceiling": _int(0, 10_000_000),
     "rate_limit": _rate_limit,

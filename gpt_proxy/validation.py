@@ -138,6 +138,10 @@ def validate(body: dict, config: Config) -> ChatRequest:
         if not isinstance(system, str):
             raise BadRequest("'system' must be a string", field="system")
         _check_text(system, "system")
+        if len(system) > config.max_system_chars:
+            raise PayloadTooLarge(f"'system' is {len(system)} characters long; at most "
+                                  f"{config.max_system_chars} are accepted (MAX_SYSTEM_CHARS)",
+                                  field="system", code="system_too_long")
 
     max_tokens = body.get("max_tokens")
     if max_tokens is not None:

@@ -182,3 +182,20 @@ def test_page_and_modules_are_revalidated_and_vendored_files_cached(demo_client)
     assert again.status_code == 304
     vendor = demo_client.get("/static/vendor/marked/marked.esm.js")
     assert vendor.status_code == 200 and "max-age=86400" in vendor.headers["Cache-Control"]
+
+
+def test_system_text_over_its_limit_is_a_413_naming_the_limit(upstream):
+    client = create_app(make_config(openai_base_url=upstream.url, max_system_chars=10)).test_client()
+    response = client.post("/api/gpt/get", json={"message": "hi", "system": "s" * 11})
+    error = response.get_json()["error"]
+    assert response.status_code == 413 and error["field"] == "system"
+    assert "10" in error["message"] and error["code"] == "system_too_long"
+    assert upstream.records == []
+
+
+def test_limits_route_tells_the_client_what_the_server_accepts(upstream):
+    client = create_app(make_config(openai_base_url=upstream.url, max_system_chars=500,
+                                    max_history_chars=300, max_messages=7)).test_client()
+    limits = client.get("/api/limits").get_json()
+    assert limits == {"max_system_chars": 299, "max_history_chars": 300, "max_messages": 7,
+                      "max_body_bytes": 1_000_000}
