@@ -55,6 +55,14 @@ def service_target(port: int, accept: str = "text/event-stream", host: str = "12
                   lambda sid, n, rate: {"message": f"bench sid={sid} n={n} rate={rate:g}"}, end)
 
 
+def openai_target(port: int, host: str = "127.0.0.1") -> Target:
+    """The service's OpenAI API (/v1/chat/completions), streamed."""
+    return Target("service /v1", host, port, "/v1/chat/completions", {},
+                  lambda sid, n, rate: {"model": "bench-model", "stream": True, "messages": [
+                      {"role": "user", "content": f"bench sid={sid} n={n} rate={rate:g}"}]},
+                  b"[DONE]")
+
+
 def direct_target(port: int) -> Target:
     return Target("direct", "127.0.0.1", port, "/v1/chat/completions",
                   {"Accept": "text/event-stream"},
@@ -176,7 +184,8 @@ class Client(asyncio.Protocol):
         if stream.error is None:
             if error is not None:
                 stream.error = error
-            elif b"event: error" in stream.tail or b"[error]" in stream.tail:
+            elif (b"event: error" in stream.tail or b"[error]" in stream.tail
+                  or b'data: {"error"' in stream.tail):
                 stream.error = "error event: " + stream.tail[-200:].decode("utf-8", "replace")
             elif self.end_marker and self.end_marker not in stream.tail:
                 stream.error = "reply ended without its end marker"

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from .load import Load, Phase, direct_target, fetch_json, service_target
+from .load import Load, Phase, direct_target, fetch_json, openai_target, service_target
 from .service import ROOT, BenchUpstream, Service, _raise_fd_limit
 from .upstream import loop_factory
 
@@ -103,6 +103,7 @@ class Bench:
         self.load = Load()
         self.direct = direct_target(upstream.port)
         self.through = service_target(service.port)
+        self.openai = openai_target(service.port)
         self.baseline_rss = 0
         self.me = psutil.Process()
 
@@ -119,16 +120,17 @@ class Bench:
         sent = await fetch_json("127.0.0.1", self.upstream.port, "/_bench/collect")
         return analyse(phase, sent), phase
 
-    async def pair(self, sc: Scenario, first_service: bool) -> dict:
+    async def pair(self, sc: Scenario, first_service: bool, target=None) -> dict:
         """One floor run and one service run, in the given order; the service's CPU and RSS."""
         out = {}
+        target = target or self.through
         for which in (("service", "direct") if first_service else ("direct", "service")):
             if which == "direct":
                 out["direct"], _ = await self.phase(self.direct, sc)
                 continue
             cpu0 = self.service.cpu()
             machine0, ours0 = self.busy()
-            stats, phase = await self.phase(self.through, sc, sampler=self.service.rss)
+            stats, phase = await self.phase(target, sc, sampler=self.service.rss)
             cpu = self.service.cpu() - cpu0
             machine1, ours1 = self.busy()
             wall = (phase.ended - phase.started) / 1e9
@@ -147,12 +149,13 @@ class Bench:
             out["added_" + key] = out["service"][key] - out["direct"][key]
         return out
 
-    async def scenario(self, sc: Scenario, repeats: int, log) -> list[dict]:
+    async def scenario(self, sc: Scenario, repeats: int, log, target=None) -> list[dict]:
         runs = []
         for i in range(repeats):
-            run = await self.pair(sc, first_service=bool(i % 2))
+            run = await self.pair(sc, first_service=bool(i % 2), target=target)
             s, d = run["service"], run["direct"]
-            log(f"  {sc.name} #{i + 1}: added tok p50 {run['added_tok_p50']:.3f} ms, "
+            via = f" via {target.path}" if target is not None else ""
+            log(f"  {sc.name}{via} #{i + 1}: added tok p50 {run['added_tok_p50']:.3f} ms, "
                 f"p99 {run['added_tok_p99']:.3f} ms, ttft p99 {run['added_ttft_p99']:.2f} ms; "
                 f"cpu {s['cpu_ms_per_1k']:.1f} ms/1k; {s['tok_per_s']:.0f} tok/s "
                 f"(floor {d['tok_per_s']:.0f}); errors {s['errors']}/{d['errors']}, "
@@ -190,6 +193,7 @@ def total(runs: list[dict], key: str) -> int:
 
 def table(results: dict) -> tuple[str, list[bool]]:
     lat, wide, fast = results["latency"], results["wide"], results["fast"]
+    oai = results.get("latency_openai") or []
     rows = [
         ("added time to first token, p99 (100x50)", "<= 5 ms", "ms",
          med(lat, "direct", "ttft_p99"), med(lat, "service", "ttft_p99"),
@@ -216,6 +220,19 @@ def table(results: dict) -> tuple[str, list[bool]]:
         ("RSS per open stream (1000x5)", "<= 50 KB", "KB",
          None, None, med(wide, "service", "rss_kb_per_stream"), lambda v: v <= 50),
     ]
+    if oai:
+        old_cpu = med(lat, "service", "cpu_ms_per_1k")
+        rows += [
+            ("/v1 route: added per-token latency, p50 (100x50)", "<= 1.1x /api/gpt/get", "ms",
+             med(oai, "direct", "tok_p50"), med(oai, "service", "tok_p50"),
+             med(oai, "added_tok_p50"), lambda v: v <= 1.1 * max(med(lat, "added_tok_p50"), 0)),
+            ("/v1 route: added per-token latency, p99 (100x50)", "<= 1.1x /api/gpt/get", "ms",
+             med(oai, "direct", "tok_p99"), med(oai, "service", "tok_p99"),
+             med(oai, "added_tok_p99"), lambda v: v <= 1.1 * max(med(lat, "added_tok_p99"), 0)),
+            ("/v1 route: service CPU per 1,000 tokens (100x50)", f"<= {1.1 * old_cpu:.1f} ms",
+             "ms", None, None, med(oai, "service", "cpu_ms_per_1k"),
+             lambda v: v <= 1.1 * old_cpu),
+        ]
 
     def fmt(v, unit):
         if v is None:
@@ -280,7 +297,10 @@ async def main_bench(args, log) -> dict:
             f"over {len(service.procs())} processes")
         repeats = args.repeats or (1 if args.quick else 5)
         results = {"config": service.describe, "repeats": repeats}
-        results["latency"] = await bench.scenario(LATENCY, repeats, log)
+        results["latency"], results["latency_openai"] = [], []
+        for _ in range(repeats):  # the two routes interleaved, so drift hits both alike
+            results["latency"] += await bench.scenario(LATENCY, 1, log)
+            results["latency_openai"] += await bench.scenario(LATENCY, 1, log, bench.openai)
         results["wide"] = await bench.scenario(WIDE, max(1, repeats - 2), log)
         fast = FAST if not args.quick else Scenario("fast upstream", 20, 2000, 0.0, rounds=1)
         results["fast"] = await bench.scenario(fast, max(1, repeats - 2), log)
@@ -398,8 +418,8 @@ def main() -> int:
     (args.json or RESULTS / f"bench-{stamp}.json").write_text(json.dumps(results, indent=1))
     text, met = table(results)
     print()
-    other = statistics.median(run["service"]["other_cores"] for key in ("latency", "wide", "fast")
-                              for run in results[key])
+    other = statistics.median(run["service"]["other_cores"] for key in (
+        "latency", "latency_openai", "wide", "fast") for run in results[key])
     print(f"gpt_proxy relay benchmark: {results['config']}, medians of {results['repeats']} "
           f"run(s); {psutil.cpu_count()} cores shared by load generator, upstream and service; "
           f"other processes used a median {other:.2f} cores meanwhile")

@@ -15,7 +15,6 @@ from .errors import ProxyError
 from .security import install as install_security
 from .security import loggable
 
-ACCESS_LOGGED = "gpt_proxy.access_logged"  # environ flag: the relay wrote this request's line
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited"}
 
@@ -25,16 +24,28 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass
 class State:
-    """What the routes share: settings, the upstream client, the role registry."""
+    """What the routes share: settings, the upstream client, the role registry, and the client
+    protocols (modules with a blueprint `bp`, `owns(path)` and `error_response(err)`; the
+    first that owns a path shapes its errors)."""
 
     config: Config
     upstream: object
     roles: object
+    protocols: tuple = ()
+    started: float = 0.0  # time.time() at start-up
+
+    def respond(self, err: ProxyError):
+        """The error response in the shape of the protocol the request came in by."""
+        for protocol in self.protocols:
+            if protocol.owns(request.path):
+                return protocol.error_response(err)
+        raise RuntimeError("no protocol owns this path")  # `api` owns every path
 
 
 def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     """The app factory. `config`: a Config, a dict of overrides, or None for the environment."""
-    from .api import bp, error_response, new_request_id
+    from . import api, openai_api
+    from .pipeline import ACCESS_LOGGED
     from .roles import RoleRegistry
 
     if not isinstance(config, Config):
@@ -55,8 +66,12 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.ensure_ascii = False
     app.json.sort_keys = False
-    app.extensions["gpt_proxy"] = State(config=config, upstream=upstream, roles=registry)
-    app.register_blueprint(bp)
+    protocols = (openai_api, api)  # `api` last: it owns every path the others do not
+    state = State(config=config, upstream=upstream, roles=registry, protocols=protocols,
+                  started=time.time())
+    app.extensions["gpt_proxy"] = state
+    for protocol in protocols:
+        app.register_blueprint(protocol.bp)
 
     @app.get("/")
     def index():
@@ -65,7 +80,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     @app.before_request
     def start_request():
         g.started = time.monotonic()
-        g.request_id = new_request_id()
+        g.request_id = api.new_request_id()
 
     @app.after_request
     def finish_request(response):
@@ -78,10 +93,11 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
         if not (g.get("streaming") or request.environ.get(ACCESS_LOGGED)):
             chat = g.get("chat") or {}
             logging.getLogger("gpt_proxy.access").info(
-                "request id=%s client=%s method=%s path=%s status=%d role=%s model=%s "
-                "duration=%.0fms", g.get("request_id", "-"), request.remote_addr,
+                "request id=%s client=%s method=%s path=%s status=%d protocol=%s role=%s "
+                "model=%s duration=%.0fms", g.get("request_id", "-"), request.remote_addr,
                 loggable(request.method, 20), loggable(request.path), response.status_code,
-                loggable(chat.get("role", "-")), loggable(chat.get("model", "-")),
+                chat.get("protocol", "-"), loggable(chat.get("role", "-")),
+                loggable(chat.get("model", "-")),
                 (time.monotonic() - g.get("started", time.monotonic())) * 1000)
         return response
 
@@ -89,7 +105,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
 
     @app.errorhandler(ProxyError)
     def proxy_error(err: ProxyError):
-        return error_response(err)
+        return state.respond(err)
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
@@ -99,12 +115,12 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
         code = HTTP_CODES.get(status) or (err.name or "error").lower().replace(" ", "_")
         headers = {name: value for name, value in err.get_headers()
                    if name.lower() in ("allow", "retry-after", "www-authenticate")}
-        return error_response(ProxyError(err.description or err.name, status=status,
-                                         code=code.replace("'", ""), headers=headers))
+        return state.respond(ProxyError(err.description or err.name, status=status,
+                                        code=code.replace("'", ""), headers=headers))
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception):
         logging.getLogger("gpt_proxy").exception("unexpected error")
-        return error_response(ProxyError("internal error; see the server log"))
+        return state.respond(ProxyError("internal error; see the server log"))
 
     return app

@@ -1,22 +1,22 @@
-"""Routes: parse and validate, pick the framing, delegate to the relay. Nothing else."""
+"""The service's own protocol, POST /api/gpt/get, and its other routes: parse and validate,
+pick the framing, delegate to the shared pipeline; the framers and the error shape of this
+protocol. Nothing else."""
 
 from __future__ import annotations
 
-import logging
-import time
 import uuid
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
-from . import relay as relay_mod
-from .errors import PayloadTooLarge, ProxyError
-from .roles import assemble_messages
+from . import pipeline
+from .chunks import Delta
+from .errors import ProxyError
+from .relay import Framer, Outcome
+from .sse import encode_json, encode_text
 from .validation import parse_body, validate
 
 bp = Blueprint("api", __name__)
-log = logging.getLogger("gpt_proxy.access")
 
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE, JSON, TEXT = "text/event-stream", "application/json", "text/plain"
 
 
@@ -45,46 +45,50 @@ def choose_framing(accept: str, stream: bool) -> str:
     return best
 
 
-def _read_body(config) -> bytes:
-    length = request.content_length
-    if length is not None and length > config.max_body_bytes:
-        raise PayloadTooLarge(f"the body is {length} bytes; at most {config.max_body_bytes} "
-                              "are accepted")
-    data = request.stream.read(config.max_body_bytes + 1)
-    if len(data) > config.max_body_bytes:
-        raise PayloadTooLarge(f"the body is larger than {config.max_body_bytes} bytes")
-    return data
+class SSEFramer(Framer):
+    """`data: {"content": ...}` per delta, `event: done` / `event: error`, `: ping` comments."""
+
+    opening = b": stream open\n\n"
+
+    def delta(self, d: Delta) -> bytes:
+        if d.kind == "content":
+            return encode_text("content", d.text)
+        if d.kind == "reasoning":
+            return encode_text("reasoning", d.text)
+        return encode_json({"finish_reason": d.finish_reason, "usage": d.usage,
+                            "model": d.model}, "done")
+
+    def error(self, err: ProxyError, outcome: Outcome) -> bytes:
+        return encode_json(err.to_dict(), "error")
 
 
-def _payload(chat, messages) -> dict:
-    payload = {"model": chat.model, "messages": messages, "stream": True,
-               "stream_options": {"include_usage": True}}
-    if chat.temperature is not None:
-        payload["temperature"] = chat.temperature
-    if chat.max_tokens is not None:
-        payload["max_tokens"] = chat.max_tokens
-    return payload
+class TextFramer(Framer):
+    """The reply's text and nothing else; a failure ends it with a line `[error] ...`."""
+
+    heartbeats = False
+
+    def delta(self, d: Delta) -> bytes:
+        return d.text.encode("utf-8") if d.kind == "content" else b""
+
+    def error(self, err: ProxyError, outcome: Outcome) -> bytes:
+        text = "" if (not outcome.content or outcome.content[-1].endswith("\n")) else "\n"
+        return f"{text}[error] {err.message}\n".encode()
 
 
 @bp.post("/api/gpt/get")
 def chat():
-    state = current_app.extensions["gpt_proxy"]
-    config = state.config
-    body = parse_body(_read_body(config))
-    chat_request = validate(body, config)
-    role = state.roles.get(chat_request.role)
-    messages = assemble_messages(role.render(), chat_request.history,
-                                 system=chat_request.system,
-                                 max_chars=config.max_history_chars)
+    config = current_app.extensions["gpt_proxy"].config
+    chat_request = validate(parse_body(pipeline.read_body(config)), config)
     framing = choose_framing(request.headers.get("Accept", ""), chat_request.stream)
-    g.chat = {"role": chat_request.role, "model": chat_request.model, "framing": framing}
-    stream = state.upstream.open(_payload(chat_request, messages))
-    relay = relay_mod.Relay(
-        stream, heartbeat=config.heartbeat_seconds, max_event_bytes=config.max_event_bytes,
-        client_gone=relay_mod.client_watcher(request.environ),
-        max_seconds=config.max_stream_seconds,
-        on_close=_access_logger(request.environ, g.get("request_id", "-"), g.get("started"),
-                                g.chat, config.log_content and chat_request.history[-1]["content"]))
+    options = {}
+    if chat_request.temperature is not None:
+        options["temperature"] = chat_request.temperature
+    if chat_request.max_tokens is not None:
+        options["max_tokens"] = chat_request.max_tokens
+    relay = pipeline.start(pipeline.Turn(
+        "gpt", framing, chat_request.history, chat_request.model, role=chat_request.role,
+        system=chat_request.system, options=options,
+        log_text=chat_request.history[-1]["content"]))
     if framing == JSON:
         outcome = relay.collect()
         if outcome.error is not None:
@@ -94,43 +98,8 @@ def chat():
         if outcome.reasoning:
             body["reasoning"] = "".join(outcome.reasoning)
         return jsonify(body)
-    framer = relay_mod.SSEFramer() if framing == SSE else relay_mod.TextFramer()
-    response = Response(relay.frames(framer), mimetype=framing, headers=STREAM_HEADERS,
-                        direct_passthrough=True)  # bytes already: no per-item re-encoding
-    response.charset = "utf-8"
-    g.streaming = True
-    return response
-
-
-def _access_logger(environ, request_id, started, info, content):
-    """The access line of a relayed reply, written when it ends, with what it came to: one
-    line per request (the app's own line is skipped for it). Never the key; the message text
-    only when LOG_CONTENT is on."""
-    from . import ACCESS_LOGGED
-    from .security import loggable
-
-    started = started or time.monotonic()
-    client = environ.get("REMOTE_ADDR", "-")
-
-    def write(outcome) -> None:
-        environ[ACCESS_LOGGED] = True
-        now = time.monotonic()
-        ttft = (f"{(outcome.first_token_at - started) * 1000:.0f}ms"
-                if outcome.first_token_at else "-")
-        usage = outcome.usage if isinstance(outcome.usage, dict) else {}
-        error = outcome.error
-        status = error.status if (error is not None and info["framing"] == JSON) else 200
-        result = ("client_left" if outcome.client_left else
-                  f"error:{error.code}" if error is not None else "ok")
-        extra = f" content={loggable(content, 2000)}" if content else ""
-        log.info("request id=%s client=%s method=POST path=%s status=%d role=%s model=%s "
-                 "framing=%s result=%s ttft=%s duration=%.0fms chars=%d prompt_tokens=%s "
-                 "completion_tokens=%s%s", request_id, client, environ.get("PATH_INFO", "-"),
-                 status, loggable(info["role"]), loggable(info["model"]), info["framing"],
-                 loggable(result, 60), ttft, (now - started) * 1000, outcome.chars,
-                 loggable(usage.get("prompt_tokens", "-"), 20),
-                 loggable(usage.get("completion_tokens", "-"), 20), extra)
-    return write
+    return pipeline.stream_response(relay.frames(SSEFramer() if framing == SSE else TextFramer()),
+                           framing)
 
 
 @bp.get("/api/roles")
@@ -162,7 +131,13 @@ def new_request_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def owns(path: str) -> bool:
+    """Every path not claimed by another protocol answers errors in this one's shape."""
+    return True
+
+
 def error_response(err: ProxyError):
+    """`{"error": {"code", "message", "status"[, "field"]}}` with the error's status."""
     response = jsonify(err.to_dict())
     response.status_code = err.status
     for name, value in err.headers.items():

@@ -6,6 +6,11 @@ send: role-only chunks and chunks with empty `choices` (Azure's filter results, 
 chunk) produce no text, never "undefined"; content given as a list of parts is joined. An
 `{"error": ...}` chunk or `event: error` raises `UpstreamError`; so does a stream that ends
 before both `[DONE]` and a finish reason ("upstream ended early").
+
+With `raw=True` each chunk also comes out whole, as a `chunk` delta ahead of the deltas read
+from it (a `completion` delta for an upstream that answered with one completion object): its
+JSON text on one line and the parsed object, so a protocol that relays the upstream's own
+chunks (the OpenAI API) passes on every field, including ones this module does not know.
 """
 
 from __future__ import annotations
@@ -19,15 +24,17 @@ from .sse import ServerSentEvent
 
 
 class Delta(NamedTuple):
-    kind: str  # "content" | "reasoning" | "done"
-    text: str = ""
+    kind: str  # "content" | "reasoning" | "done"; with raw: also "chunk" | "completion"
+    text: str = ""  # chunk/completion: the upstream's JSON text
     finish_reason: str | None = None
     usage: dict | None = None
     model: str | None = None
+    chunk: dict | None = None  # chunk/completion: the parsed object
 
 
-def _text(value: object) -> str:
-    """`content` as a string: OpenAI sends a string; a few providers send a list of parts."""
+def text_of(value: object) -> str:
+    """`content` as a string: a string as it is, or the text of a list of parts (OpenAI's
+    message parts, and a few providers' chunks); "" for anything else."""
     if isinstance(value, str):
         return value
     if isinstance(value, list):
@@ -55,7 +62,8 @@ def error_from_payload(payload: object, default: str = "the upstream reported an
 class ChunkReader:
     """Consume events from one upstream stream and yield deltas."""
 
-    def __init__(self) -> None:
+    def __init__(self, raw: bool = False) -> None:
+        self.raw = raw
         self.finish_reason: str | None = None
         self.usage: dict | None = None
         self.model: str | None = None
@@ -79,8 +87,9 @@ class ChunkReader:
         self.done = True
         return Delta("done", finish_reason=self.finish_reason, usage=self.usage, model=self.model)
 
-    def read(self, event: ServerSentEvent) -> list[Delta]:
-        """The deltas one event carries."""
+    def read(self, event: ServerSentEvent, whole: bool = False) -> list[Delta]:
+        """The deltas one event carries; `whole`: the event is a completion object (the
+        upstream answered with JSON instead of a stream)."""
         data = event.data
         if data == "[DONE]":
             return [self.finish()]
@@ -96,7 +105,13 @@ class ChunkReader:
             raise UpstreamError(f"upstream sent a malformed chunk: {data[:200]!r}")
         if event.event == "error" or chunk.get("error"):
             raise error_from_payload(chunk)
-        return self.read_chunk(chunk)
+        if not self.raw:
+            return self.read_chunk(chunk)
+        if whole:
+            return [Delta("completion", data, chunk=chunk), *self.read_chunk(chunk)]
+        if "\n" in data:  # JSON spread over several data lines: one line for the client
+            data = data.replace("\n", " ")  # (raw line ends in JSON can only be whitespace)
+        return [Delta("chunk", data, chunk=chunk), *self.read_chunk(chunk)]
 
     def _read_lines(self, event: ServerSentEvent) -> list[Delta]:
         """Some servers forget the blank line between events, so several chunks arrive as one
@@ -130,10 +145,10 @@ class ChunkReader:
                     delta = {}
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning:
-                reasoning = _text(reasoning)
+                reasoning = text_of(reasoning)
                 if reasoning:
                     out.append(Delta("reasoning", reasoning))
-            text = _text(delta.get("content"))
+            text = text_of(delta.get("content"))
             if text:
                 out.append(Delta("content", text))
             finish = choice.get("finish_reason")

@@ -13,13 +13,16 @@ import threading
 import time
 from collections.abc import Iterator
 
+from .chunks import text_of
+
 DEMO_MODEL = "demo"
 
 
 def demo_reply(payload: dict) -> str:
     messages = payload.get("messages") or []
-    last = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
-    system = next((m.get("content", "") for m in messages if m.get("role") == "system"), "")
+    last = next((text_of(m.get("content")) for m in reversed(messages)
+                 if m.get("role") == "user"), "")
+    system = next((text_of(m.get("content")) for m in messages if m.get("role") == "system"), "")
     quoted = last if len(last) <= 200 else last[:200] + "…"
     lines = [
         "**[demo]** This is gpt_proxy's demo upstream: no `OPENAI_API_KEY` is set, "
@@ -42,16 +45,30 @@ def _tokens(text: str) -> list[str]:
 
 
 class DemoStream:
-    is_json = False
+    """A streamed reply, or one completion object when the request said `stream: false`."""
 
     def __init__(self, payload: dict, delay: float) -> None:
         self.payload = payload
         self.delay = delay
+        self.is_json = payload.get("stream") is False
         self._closed = threading.Event()
+
+    def _usage(self, pieces: list[str]) -> dict:
+        prompt = sum(len(_tokens(text_of(m.get("content"))))
+                     for m in self.payload.get("messages", []))
+        return {"prompt_tokens": prompt, "completion_tokens": len(pieces),
+                "total_tokens": prompt + len(pieces)}
 
     def chunks(self) -> Iterator[bytes]:
         base = {"id": "chatcmpl-demo", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": DEMO_MODEL}
+        if self.is_json:
+            text = demo_reply(self.payload)
+            yield json.dumps(dict(base, object="chat.completion", choices=[{
+                "index": 0, "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop"}], usage=self._usage(_tokens(text))),
+                ensure_ascii=False).encode()
+            return
 
         def chunk(choices: list, **extra) -> bytes:
             body = dict(base, choices=choices, **extra)
@@ -65,11 +82,7 @@ class DemoStream:
                 return
             yield chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
         yield chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])
-        usage = {"prompt_tokens": sum(len(_tokens(m.get("content", "")))
-                                      for m in self.payload.get("messages", [])),
-                 "completion_tokens": len(pieces)}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        yield chunk([], usage=usage)
+        yield chunk([], usage=self._usage(pieces))
         yield b"data: [DONE]\n\n"
 
     def drain(self) -> None:

@@ -6,6 +6,10 @@ upstream at once. A real upstream stream times its own reads (`Inline`: no helpe
 path per token); any other stream (the demo, a test's fake) is read by a helper thread (a
 greenlet under gevent) that hands deltas over a queue (`Pump`). Every exit path closes the
 upstream in `finally`.
+
+It knows nothing of client protocols: each protocol hands it a `Framer` (its bytes for a
+batch of deltas, an error, a heartbeat), and a framer that relays the upstream's own chunks
+says so with `raw`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 
 from .chunks import ChunkReader, Delta
 from .errors import ProxyError, UpstreamError, UpstreamTimeout
-from .sse import ServerSentEvent, SSEDecoder, SSEError, comment, encode_json, encode_text
+from .sse import ServerSentEvent, SSEDecoder, SSEError, comment
 from .upstream import redact
 
 TICK_SECONDS = 0.25  # how often an idle relay looks at its client
@@ -41,6 +45,7 @@ class Outcome:
     error: ProxyError | None = None
     first_token_at: float | None = None
     client_left: bool = False
+    chunks: list[Delta] = field(default_factory=list)  # the upstream's own, when collected raw
 
     @property
     def chars(self) -> int:
@@ -48,11 +53,12 @@ class Outcome:
         return sum(map(len, self.content))
 
 
-def read_deltas(stream, max_event_bytes: int) -> Iterator[list[Delta] | None]:
+def read_deltas(stream, max_event_bytes: int, raw: bool = False) -> Iterator[list[Delta] | None]:
     """The upstream's deltas, a batch per network read (one read often holds several chunks),
     or None for a read that brought none (or a timed read that gave up: see `Inline`).
-    A failure raises only after the deltas that came before it were handed out."""
-    reader = ChunkReader()
+    A failure raises only after the deltas that came before it were handed out. `raw`: the
+    upstream's chunks come out too (see `ChunkReader`)."""
+    reader = ChunkReader(raw)
     if stream.is_json:  # an upstream that ignored stream=true: one completion object
         parts, size = [], 0
         for data in stream.chunks():
@@ -63,7 +69,7 @@ def read_deltas(stream, max_event_bytes: int) -> Iterator[list[Delta] | None]:
             if size > max_event_bytes:
                 raise UpstreamError(f"upstream sent a JSON body larger than {max_event_bytes} bytes")
             parts.append(data)
-        yield reader.read(_json_event(b"".join(parts)))
+        yield reader.read(_json_event(b"".join(parts)), whole=True)
         yield [reader.finish()]
         return
     decoder = SSEDecoder(max_event_bytes)
@@ -115,9 +121,10 @@ class Pump:
     The queue is bounded: when the client reads slower than the upstream writes, the reader
     waits (and TCP pushes back on the upstream) instead of piling the reply up in memory."""
 
-    def __init__(self, stream, max_event_bytes: int) -> None:
+    def __init__(self, stream, max_event_bytes: int, raw: bool = False) -> None:
         self.stream = stream
         self.max_event_bytes = max_event_bytes
+        self.raw = raw
         self.queue = queue.Queue(maxsize=QUEUE_BATCHES)
         self.stopped = False
         self.thread = threading.Thread(target=self._run, name="upstream-reader", daemon=True)
@@ -139,7 +146,7 @@ class Pump:
     def _run(self) -> None:
         put = self._put
         try:
-            for batch in read_deltas(self.stream, self.max_event_bytes):
+            for batch in read_deltas(self.stream, self.max_event_bytes, self.raw):
                 if batch is not None and not put(batch):
                     return
             self.stream.drain()
@@ -166,9 +173,9 @@ class Inline:
     """What `Pump` does, in the relay's own thread (greenlet): no helper, no queue, two fewer
     switches per token. For a stream whose reads give up after `stream.wait` seconds."""
 
-    def __init__(self, stream, max_event_bytes: int) -> None:
+    def __init__(self, stream, max_event_bytes: int, raw: bool = False) -> None:
         self.stream = stream
-        self.deltas = read_deltas(stream, max_event_bytes)
+        self.deltas = read_deltas(stream, max_event_bytes, raw)
         self.ended = False
 
     def get(self, timeout: float):
@@ -196,12 +203,12 @@ class Inline:
         """Nothing runs on its own here."""
 
 
-def reader_for(stream, max_event_bytes: int):
+def reader_for(stream, max_event_bytes: int, raw: bool = False):
     """`Inline` when the stream can time its reads, else a `Pump` thread."""
     timed = getattr(stream, "timed_reads", None)
     if timed is not None and timed():
-        return Inline(stream, max_event_bytes)
-    return Pump(stream, max_event_bytes)
+        return Inline(stream, max_event_bytes, raw)
+    return Pump(stream, max_event_bytes, raw)
 
 
 def client_watcher(environ: dict) -> Callable[[], bool]:
@@ -223,42 +230,26 @@ def client_watcher(environ: dict) -> Callable[[], bool]:
     return gone
 
 
-class SSEFramer:
-    """`data: {"content": ...}` per delta, `event: done` / `event: error`, `: ping` comments."""
+class Framer:
+    """How one client protocol writes a reply: bytes for a batch of deltas, for an error after
+    the first byte, for a heartbeat. A protocol subclasses it (see `api`, `openai_api`)."""
 
-    heartbeats = True
-    opening = b": stream open\n\n"
+    heartbeats = True  # send `ping()` while the upstream is silent
+    raw = False  # wants the upstream's own chunks as `chunk` / `completion` deltas
+    opening = b""  # written at once, before the upstream's first byte
+
+    def batch(self, deltas: list[Delta]) -> bytes:
+        """Everything that arrived by one wake-up: written with one write."""
+        return b"".join([self.delta(d) for d in deltas])
 
     def delta(self, d: Delta) -> bytes:
-        if d.kind == "content":
-            return encode_text("content", d.text)
-        if d.kind == "reasoning":
-            return encode_text("reasoning", d.text)
-        return encode_json({"finish_reason": d.finish_reason, "usage": d.usage,
-                            "model": d.model}, "done")
+        return b""
 
     def error(self, err: ProxyError, outcome: Outcome) -> bytes:
-        return encode_json(err.to_dict(), "error")
+        return b""
 
     def ping(self) -> bytes:
         return comment("ping")
-
-
-class TextFramer:
-    """The reply's text and nothing else; a failure ends it with a line `[error] ...`."""
-
-    heartbeats = False
-    opening = b""
-
-    def delta(self, d: Delta) -> bytes:
-        return d.text.encode("utf-8") if d.kind == "content" else b""
-
-    def error(self, err: ProxyError, outcome: Outcome) -> bytes:
-        text = "" if (not outcome.content or outcome.content[-1].endswith("\n")) else "\n"
-        return f"{text}[error] {err.message}\n".encode()
-
-    def ping(self) -> bytes:
-        return b""
 
 
 class Relay:
@@ -276,13 +267,15 @@ class Relay:
         self.tick = min(tick, heartbeat)
         self.on_close = on_close
         self.outcome = Outcome()
+        self.raw = False  # read the upstream's chunks too (set from the framer)
+        self.keep_chunks = False  # and keep them in the outcome (collect)
 
     def batches(self) -> Iterator[list[Delta] | None]:
         """Deltas as they come, all that arrived by one wake-up in one list; None when a
         heartbeat is due. Ends quietly if the client left; sets `outcome.error` if the upstream
         failed. Always closes the upstream."""
         outcome = self.outcome
-        pump = reader_for(self.stream, self.max_event_bytes)
+        pump = reader_for(self.stream, self.max_event_bytes, self.raw)
         start = last_sent = last_check = time.monotonic()
         deadline = start + self.max_seconds
         try:
@@ -341,13 +334,16 @@ class Relay:
             if outcome.first_token_at is None:
                 outcome.first_token_at = now
             outcome.reasoning.append(d.text)
-        else:
+        elif d.kind == "done":
             outcome.finish_reason, outcome.usage, outcome.model = d.finish_reason, d.usage, d.model
+        elif self.keep_chunks:
+            outcome.chunks.append(d)
 
-    def frames(self, framer) -> Iterator[bytes]:
+    def frames(self, framer: Framer) -> Iterator[bytes]:
         """The response body for one framing: one write per wake-up, not one per token.
         Closed early (the server could not write to the client): the upstream is closed too."""
         outcome = self.outcome
+        self.raw = framer.raw
         batches = self.batches()
         try:
             yield framer.opening
@@ -356,7 +352,7 @@ class Relay:
                     if framer.heartbeats:
                         yield framer.ping()
                     continue
-                data = b"".join([framer.delta(d) for d in batch])
+                data = framer.batch(batch)
                 if data:
                     yield data
             if outcome.error is not None and not outcome.client_left:
@@ -370,8 +366,10 @@ class Relay:
             if self.on_close is not None:
                 self.on_close(outcome)
 
-    def collect(self) -> Outcome:
-        """Run to the end without streaming (the JSON framing)."""
+    def collect(self, raw: bool = False) -> Outcome:
+        """Run to the end without streaming (a whole-reply framing); `raw`: keep the upstream's
+        own chunks in `outcome.chunks`."""
+        self.raw = self.keep_chunks = raw
         try:
             for _ in self.batches():
                 pass

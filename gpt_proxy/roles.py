@@ -69,6 +69,7 @@ from pathlib import Path
 from string import Template
 from types import MappingProxyType
 
+from .chunks import text_of
 from .errors import BadRequest, PayloadTooLarge, UnknownRole
 
 log = logging.getLogger(__name__)
@@ -453,24 +454,33 @@ def validate_role_name(name: object) -> str:
 # --- message assembly ----------------------------------------------------------------------
 
 def assemble_messages(role_messages: Sequence[Mapping[str, str]],
-                      history: Sequence[Mapping[str, str]], *,
-                      system: str | None = None, max_chars: int) -> list[dict[str, str]]:
+                      history: Sequence[Mapping[str, object]], *,
+                      system: str | None = None, max_chars: int,
+                      last_from_user: bool = True) -> list[dict]:
     """Role messages, then the ad-hoc ``system`` message, then the history trimmed to fit.
 
-    ``history`` was validated by the caller and ends with a user message. The characters of
-    ``system`` plus the kept history stay within ``max_chars``; the oldest turns go first, the
-    newest user message and the role/system messages never. Role-template characters do not
-    count. If trimming dropped anything, assistant turns left at the front are dropped too, so
-    the history starts at a user (or system) turn.
+    ``history`` was validated by the caller and, with ``last_from_user``, ends with a user
+    message (the OpenAI API also lets a conversation end with tool results). The characters
+    of ``system`` plus the kept history stay within ``max_chars``; the oldest turns go first,
+    the newest message and the role/system messages never. Role-template characters do not
+    count. If trimming dropped anything, the kept history starts at a user (or system) turn,
+    so no answer or tool result is left without what it answered. A message's characters are
+    those of its text (a string content, or the text parts of a list); every other field of
+    a message is passed on as it is.
     """
-    if not history or history[-1].get("role") != "user":
+    if not history or (last_from_user and history[-1].get("role") != "user"):
         raise BadRequest("the conversation must end with a user message", field="message")
     budget = max_chars - len(system or "")
-    _check_newest_fits(len(history[-1]["content"]), budget, max_chars)
+    _check_newest_fits(message_chars(history[-1]), budget, max_chars)
     head = [{"role": m["role"], "content": m["content"]} for m in role_messages]
     if system:
         head.append({"role": "system", "content": system})
     return head + _trim_history(history, budget)
+
+
+def message_chars(message: Mapping[str, object]) -> int:
+    """The characters of a message's text: a string content, or the text of its parts."""
+    return len(text_of(message.get("content")))
 
 
 def _check_newest_fits(newest: int, budget: int, max_chars: int) -> None:
@@ -484,14 +494,17 @@ def _check_newest_fits(newest: int, budget: int, max_chars: int) -> None:
                               code="message_too_long")
 
 
-def _trim_history(history: Sequence[Mapping[str, str]], budget: int) -> list[dict[str, str]]:
-    """The longest suffix of ``history`` whose characters fit in ``budget``."""
+def _trim_history(history: Sequence[Mapping[str, object]], budget: int) -> list[dict]:
+    """The longest suffix of ``history`` whose characters fit in ``budget``, starting at a
+    user or system turn when anything was dropped (the newest message is always kept)."""
     start, total = len(history), 0
-    while start > 0 and total + len(history[start - 1]["content"]) <= budget:
+    while start > 0 and total + (size := message_chars(history[start - 1])) <= budget:
         start -= 1
-        total += len(history[start]["content"])
-    kept = list(history[start:])
+        total += size
     if start > 0:
-        while kept[0]["role"] == "assistant":  # ends at the user message, so this stops
-            kept.pop(0)
-    return [{"role": m["role"], "content": m["content"]} for m in kept]
+        while start < len(history) - 1 and history[start].get("role") not in _OPENERS:
+            start += 1
+    return [dict(m) for m in history[start:]]
+
+
+_OPENERS = ("user", "system", "developer")

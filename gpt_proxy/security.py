@@ -12,7 +12,8 @@ headers every response carries. `install(app, config)` wires it all into the app
   (memory, or Redis shared by every instance). A Redis outage falls back to per-process
   memory limits, never to a 500 and never to no limit. Checked before the token, so guessing
   the token is rate limited too.
-- `PROXY_TOKEN`: `Authorization: Bearer <token>` on every `/api/` route, compared in constant
+- `PROXY_TOKEN`: `Authorization: Bearer <token>` on every `/api/` and `/v1/` route (the
+  OpenAI SDKs send their `api_key` so), compared in constant
   time. `/healthz`, the page and its static files stay open.
 - Every response: CSP without inline script, `nosniff`, `Referrer-Policy`, no framing.
 """
@@ -23,7 +24,7 @@ import hmac
 import logging
 import time
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.sansio.utils import host_is_trusted
 
@@ -65,7 +66,8 @@ def install(app: Flask, config: Config) -> None:
 
 
 def _is_api(path: str) -> bool:
-    return path.startswith("/api/")
+    """The routes that spend the key or show what it serves: every client protocol's."""
+    return path.startswith(("/api/", "/v1/"))
 
 
 # --- host and origin ------------------------------------------------------------------------
@@ -108,7 +110,8 @@ def _origin_check(allowed: tuple[str, ...]):
 def _install_cors(app: Flask, origins: tuple[str, ...]) -> None:
     from flask_cors import CORS
 
-    CORS(app, resources={r"/api/*": {"origins": "*" if "*" in origins else list(origins)}},
+    allowed = {"origins": "*" if "*" in origins else list(origins)}
+    CORS(app, resources={r"/api/*": allowed, r"/v1/*": allowed},
          methods=["GET", "POST", "OPTIONS"],
          allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-Id"],
          expose_headers=["X-Request-Id", "Retry-After"], supports_credentials=False,
@@ -136,10 +139,8 @@ def _install_limiter(app: Flask, config: Config) -> None:
 
     @app.errorhandler(RateLimitExceeded)
     def rate_limited(err: RateLimitExceeded):
-        from .api import error_response
-
         retry = _retry_after(limiter, err)
-        return error_response(RateLimited(
+        return current_app.extensions["gpt_proxy"].respond(RateLimited(
             f"too many requests from this client: the limit is {err.limit.limit}; "
             f"retry in {retry} s", headers={"Retry-After": str(retry)}))
 

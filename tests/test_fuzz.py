@@ -1,6 +1,7 @@
 """Fuzzing the HTTP surface (Hypothesis, Flask's test client, the offline demo upstream): any
-body, header or method gets an answer below 500, never a traceback, and every error is our
-JSON error shape. A few hundred examples in all, so the suite stays fast."""
+body, header or method gets an answer below 500, never a traceback, and every error is JSON in
+the shape of the protocol the path belongs to (ours, or OpenAI's under /v1). A few hundred
+examples in all, so the suite stays fast."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ FIELDS = ["message", "messages", "role", "temperature", "model", "stream", "syst
           "max_tokens", "prompt", ""]
 PATHS = ["/api/gpt/get", "/api/roles", "/healthz", "/", "/static/js/api.js", "/api/",
          "/api/gpt/get/", "/static/../gpt_proxy/config.py", "/static/%2e%2e/app.py",
-         "/api/gpt/get?x=1", "//api/roles", "/favicon.ico"]
+         "/api/gpt/get?x=1", "//api/roles", "/favicon.ico", "/v1/chat/completions",
+         "/v1/models", "/v1/models/role:cli", "/v1/models/a/b", "/v1/", "/v1", "/v1/embeddings"]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "PROPFIND"]
 HEADER_NAMES = ["Accept", "Content-Type", "Authorization", "X-Request-Id", "Origin",
                 "Sec-Fetch-Site", "X-Forwarded-For", "X-Forwarded-Proto", "Content-Encoding",
@@ -93,7 +95,7 @@ def guarded_client():
                        allowed_models=("fake-model",))
 
 
-def check(response, errors, method="POST") -> None:
+def check(response, errors, method="POST", path="/api/gpt/get") -> None:
     body = response.get_data()
     assert response.status_code < 500, body[:500]
     assert b"Traceback" not in body
@@ -105,7 +107,11 @@ def check(response, errors, method="POST") -> None:
         error = json.loads(body)["error"]
         assert isinstance(error["code"], str) and error["code"]
         assert isinstance(error["message"], str) and error["message"]
-        assert error["status"] == response.status_code
+        if path.split("?")[0].startswith("/v1"):
+            assert set(error) == {"message", "type", "param", "code"}
+            assert isinstance(error["type"], str) and error["type"]
+        else:
+            assert error["status"] == response.status_code
     assert errors.records == [], errors.records[0].getMessage()
 
 
@@ -134,7 +140,27 @@ def test_any_method_path_and_headers_get_a_reply_or_a_json_error(
         extra = {**extra, "Authorization": f"Bearer {TOKEN}"}
     path = "/" + path.lstrip("/") if not path.startswith("/") else path
     response = guarded_client.open(path, method=method, headers=extra, data=body)
-    check(response, errors, method)
+    check(response, errors, method, path)
+
+
+OPENAI_FIELDS = ["model", "messages", "stream", "stream_options", "max_tokens",
+                 "max_completion_tokens", "n", "tools", "temperature", ""]
+openai_bodies = st.dictionaries(
+    st.sampled_from(OPENAI_FIELDS),
+    st.one_of(json_values, messages, st.sampled_from(["fake-model", "role:cli", "role:x", "role:"]),
+              st.integers(-5, 10_000_000), st.booleans()),
+    max_size=5)
+
+
+@FUZZ
+@given(body=openai_bodies | bodies.map(lambda raw: raw), guarded=st.booleans())
+def test_any_openai_request_gets_a_reply_or_an_openai_error(open_client, guarded_client, errors,
+                                                            body, guarded):
+    client = guarded_client if guarded else open_client
+    kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
+    response = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {TOKEN}"},
+                           **kwargs)
+    check(response, errors, path="/v1/chat/completions")
 
 
 def test_the_fuzzed_clients_do_serve_a_valid_request(open_client, guarded_client, errors):
@@ -143,3 +169,8 @@ def test_the_fuzzed_clients_do_serve_a_valid_request(open_client, guarded_client
     response = guarded_client.post("/api/gpt/get", json={"message": "hi"},
                                    headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 200 and "[demo]" in response.get_data(as_text=True)
+    for client in (open_client, guarded_client):
+        response = client.post("/v1/chat/completions", json={"messages": [
+            {"role": "user", "content": "hi"}], "model": "role:cli", "stream": True},
+            headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 200 and "[demo]" in response.get_data(as_text=True)

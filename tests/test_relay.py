@@ -214,8 +214,9 @@ def test_a_reader_thread_waits_for_a_slow_client_instead_of_buffering_the_reply(
 
 @pytest.mark.parametrize("reads", [1, 2])
 def test_a_body_abandoned_by_the_server_closes_the_upstream_and_says_client_left(reads):
+    from gpt_proxy.api import TextFramer
     from gpt_proxy.demo import DemoStream
-    from gpt_proxy.relay import Relay, TextFramer
+    from gpt_proxy.relay import Relay
 
     stream = DemoStream({"messages": [{"role": "user", "content": "hi"}]}, delay=0.05)
     outcomes = []

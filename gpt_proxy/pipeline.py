@@ -1,0 +1,140 @@
+"""The one pipeline behind every client protocol: a parsed request in, a running relay out.
+
+Each protocol module (`api` for /api/gpt/get, `openai_api` for /v1) parses its own request
+into a `Turn`, the value this module takes; from there everything is shared: the role
+template and the history budget (`payload`), the upstream request, the relay with its
+heartbeats and cancellation, and the access line written when the reply ends (`start`).
+The protocol then frames the relay's deltas in its own shape and shapes its own errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from flask import Response, current_app, g, request
+
+from .config import Config
+from .errors import PayloadTooLarge
+from .relay import Outcome, Relay, client_watcher
+from .roles import DEFAULT_ROLE, assemble_messages
+from .security import loggable
+
+log = logging.getLogger("gpt_proxy.access")
+ACCESS_LOGGED = "gpt_proxy.access_logged"  # environ flag: the relay wrote this request's line
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One chat request, whatever door it came in by."""
+
+    protocol: str  # for the access line: "gpt", "openai", ...
+    framing: str  # the reply's media type: a stream, or application/json (a whole reply)
+    history: list[dict]  # the client's conversation, validated by its protocol
+    model: str  # the model asked of the upstream
+    role: str = DEFAULT_ROLE  # the role template put before the conversation
+    system: str | None = None  # an ad-hoc system message from the client
+    options: Mapping[str, object] = field(default_factory=dict)  # other upstream fields, as sent
+    stream: bool = True  # ask the upstream for a stream
+    last_from_user: bool = True  # the conversation must end with the user's message
+    log_text: str | None = None  # the user's message for the access line (LOG_CONTENT)
+
+    @property
+    def whole(self) -> bool:
+        """The client gets one reply at the end, so an error becomes the HTTP status."""
+        return self.framing == "application/json"
+
+
+def read_body(config: Config) -> bytes:
+    """The request body, at most MAX_BODY_BYTES of it (413 beyond: by Content-Length before
+    reading, or by counting for a chunked body)."""
+    length = request.content_length
+    if length is not None and length > config.max_body_bytes:
+        raise PayloadTooLarge(f"the body is {length} bytes; at most {config.max_body_bytes} "
+                              "are accepted")
+    data = request.stream.read(config.max_body_bytes + 1)
+    if len(data) > config.max_body_bytes:
+        raise PayloadTooLarge(f"the body is larger than {config.max_body_bytes} bytes")
+    return data
+
+
+def payload(turn: Turn, roles, config: Config) -> dict:
+    """The upstream request body: role messages, system text and the history within its
+    budget, the protocol's other fields as they are; streams report their usage."""
+    role = roles.get(turn.role)
+    messages = assemble_messages(role.render(), turn.history, system=turn.system,
+                                 max_chars=config.max_history_chars,
+                                 last_from_user=turn.last_from_user)
+    body = {**turn.options, "model": turn.model, "messages": messages, "stream": turn.stream}
+    if turn.stream:
+        options = turn.options.get("stream_options")
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                  "include_usage": True}
+    return body
+
+
+def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Relay:
+    """Open the upstream for `turn` (its status checked: a failure raises the error the client
+    gets) and return the relay that will carry the reply, with the access line attached."""
+    state = current_app.extensions["gpt_proxy"]
+    config = state.config
+    g.chat = {"role": turn.role, "model": turn.model, "framing": turn.framing,
+              "protocol": turn.protocol}
+    body = payload(turn, state.roles, config)
+    stream = state.upstream.open(body)
+    write_line = access_logger(request.environ, g.get("request_id", "-"), g.get("started"),
+                               turn, config.log_content and turn.log_text)
+    if on_close is not None:
+        def closed(outcome: Outcome) -> None:
+            try:
+                on_close(outcome)
+            finally:
+                write_line(outcome)
+    else:
+        closed = write_line
+    return Relay(stream, heartbeat=config.heartbeat_seconds,
+                 max_event_bytes=config.max_event_bytes,
+                 client_gone=client_watcher(request.environ),
+                 max_seconds=config.max_stream_seconds, on_close=closed)
+
+
+def stream_response(frames, mimetype: str) -> Response:
+    """A streamed reply: never cached or buffered by a proxy on the way, never compressed."""
+    response = Response(frames, mimetype=mimetype, headers=STREAM_HEADERS,
+                        direct_passthrough=True)  # bytes already: no per-item re-encoding
+    response.charset = "utf-8"
+    g.streaming = True
+    return response
+
+
+def access_logger(environ: dict, request_id: str, started: float | None, turn: Turn,
+                  content: str | None) -> Callable[[Outcome], None]:
+    """The access line of a relayed reply, written when it ends, with what it came to: one
+    line per request (the app's own line is skipped for it). Never the key; the message text
+    only when LOG_CONTENT is on."""
+    started = started or time.monotonic()
+    client = environ.get("REMOTE_ADDR", "-")
+
+    def write(outcome: Outcome) -> None:
+        environ[ACCESS_LOGGED] = True
+        now = time.monotonic()
+        ttft = (f"{(outcome.first_token_at - started) * 1000:.0f}ms"
+                if outcome.first_token_at else "-")
+        usage = outcome.usage if isinstance(outcome.usage, dict) else {}
+        error = outcome.error
+        status = error.status if (error is not None and turn.whole) else 200
+        result = ("client_left" if outcome.client_left else
+                  f"error:{error.code}" if error is not None else "ok")
+        extra = f" content={loggable(content, 2000)}" if content else ""
+        log.info("request id=%s client=%s method=POST path=%s status=%d protocol=%s role=%s "
+                 "model=%s framing=%s result=%s ttft=%s duration=%.0fms chars=%d "
+                 "prompt_tokens=%s completion_tokens=%s%s", request_id, client,
+                 loggable(environ.get("PATH_INFO", "-")), status, turn.protocol,
+                 loggable(turn.role), loggable(turn.model), turn.framing,
+                 loggable(result, 60), ttft, (now - started) * 1000, outcome.chars,
+                 loggable(usage.get("prompt_tokens", "-"), 20),
+                 loggable(usage.get("completion_tokens", "-"), 20), extra)
+    return write
