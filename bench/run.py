@@ -57,11 +57,13 @@ class Scenario:
 LATENCY = Scenario("100 streams x 50 tok/s", 100, 100, 50.0)
 WIDE = Scenario("1000 streams x 5 tok/s", 1000, 20, 5.0)
 FAST = Scenario("fast upstream", 20, 5000, 0.0, rounds=1)
+BURST = Scenario("burst of 1000 in 100 ms", 1000, 20, 20.0, rounds=1, stagger=0.1)
 
 
-def analyse(phase: Phase, sent: dict) -> dict:
+def analyse(phase: Phase, collected: dict) -> dict:
     """Errors, missing/reordered tokens, latency percentiles, throughput of one phase."""
-    lat, ttft = [], []
+    sent, received = collected["sent"], collected["received"]
+    lat, ttft, reach = [], [], []
     errors = missing = reordered = tokens = 0
     error_kinds: dict[str, int] = {}
     for s in phase.streams:
@@ -82,8 +84,12 @@ def analyse(phase: Phase, sent: dict) -> dict:
             lat.append(np.frombuffer(s.times, dtype=np.int64)[ok] - sent_ns[seqs[ok]])
         if s.first:
             ttft.append(s.first - s.start)
+        arrived = received.get(str(s.sid))
+        if arrived is not None:
+            reach.append(arrived - s.start)
     lat_ms = np.concatenate(lat) / 1e6 if lat else np.zeros(1)
     ttft_ms = np.asarray(ttft) / 1e6 if ttft else np.zeros(1)
+    reach_ms = np.asarray(reach) / 1e6 if reach else np.zeros(1)
     ends = [s.end for s in phase.streams if s.end]
     wall = (max(ends) - min(s.start for s in phase.streams)) / 1e9 if ends else 1.0
     return {
@@ -92,6 +98,8 @@ def analyse(phase: Phase, sent: dict) -> dict:
         "tok_p50": float(np.percentile(lat_ms, 50)), "tok_p99": float(np.percentile(lat_ms, 99)),
         "tok_max": float(lat_ms.max()),
         "ttft_p50": float(np.percentile(ttft_ms, 50)), "ttft_p99": float(np.percentile(ttft_ms, 99)),
+        "reach_p50": float(np.percentile(reach_ms, 50)),
+        "reach_p99": float(np.percentile(reach_ms, 99)),
         "tok_per_s": tokens / wall, "wall_s": wall,
     }
 
@@ -117,8 +125,8 @@ class Bench:
     async def phase(self, target, sc: Scenario, sampler=None) -> tuple[dict, Phase]:
         phase = await self.load.run(target, users=sc.users, rounds=sc.rounds, tokens=sc.tokens,
                                     rate=sc.rate, stagger=sc.spread, sampler=sampler)
-        sent = await fetch_json("127.0.0.1", self.upstream.port, "/_bench/collect")
-        return analyse(phase, sent), phase
+        collected = await fetch_json("127.0.0.1", self.upstream.port, "/_bench/collect")
+        return analyse(phase, collected), phase
 
     async def pair(self, sc: Scenario, first_service: bool, target=None) -> dict:
         """One floor run and one service run, in the given order; the service's CPU and RSS."""
@@ -145,7 +153,7 @@ class Bench:
                 stats["rss_peak_mb"] = rss / 2**20
                 stats["rss_kb_per_stream"] = (rss - self.baseline_rss) / 1024 / max(n_open, 1)
             out["service"] = stats
-        for key in ("tok_p50", "tok_p99", "ttft_p50", "ttft_p99"):
+        for key in ("tok_p50", "tok_p99", "ttft_p50", "ttft_p99", "reach_p50", "reach_p99"):
             out["added_" + key] = out["service"][key] - out["direct"][key]
         return out
 

@@ -7,7 +7,8 @@ a role chunk, then `n` content chunks, a finish chunk, a usage chunk and `[DONE]
 Token `i` carries the tag `~<i, 6 digits>~` in its content, so a client can tell which token
 arrived when, through the proxy or straight from here. rate=0 means as fast as the socket
 takes them. Each token's send time (time.monotonic_ns, right before the write) is recorded per
-stream; POST /_bench/collect returns them all as JSON `{sid: [ns, ...]}` and forgets them.
+stream, and the moment its request arrived; POST /_bench/collect returns them all as JSON
+`{"sent": {sid: [ns, ...]}, "received": {sid: ns}}` and forgets them.
 
 Chunks are pre-encoded once and the server is a bare asyncio Protocol (uvloop when it is
 installed), so the floor it adds to every figure stays small.
@@ -67,6 +68,7 @@ class Frames:
 
 FRAMES = Frames()
 SENT: dict[int, array] = {}  # sid -> send time of each token, ns
+RECEIVED: dict[int, int] = {}  # sid -> when its request was read, ns
 
 
 def _response(status: int, body: bytes, ctype: str = "application/json") -> bytes:
@@ -84,6 +86,7 @@ class Upstream(asyncio.Protocol):
         self.task: asyncio.Task | None = None
         self.closed = False
         self.can_write: asyncio.Future | None = None
+        self.arrived = 0
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -102,6 +105,7 @@ class Upstream(asyncio.Protocol):
         self.can_write = None
 
     def data_received(self, data: bytes) -> None:
+        self.arrived = time.monotonic_ns()
         self.buf += data
         if self.task is None or self.task.done():
             self._next()
@@ -127,8 +131,10 @@ class Upstream(asyncio.Protocol):
     async def _answer(self, method: str, path: str, body: bytes) -> None:
         write = self.transport.write
         if path == "/_bench/collect":
-            data = {str(sid): list(times) for sid, times in SENT.items()}
+            data = {"sent": {str(sid): list(times) for sid, times in SENT.items()},
+                    "received": {str(sid): ns for sid, ns in RECEIVED.items()}}
             SENT.clear()
+            RECEIVED.clear()
             write(_response(200, json.dumps(data).encode()))
             return
         if method != "POST" or not path.endswith("/chat/completions"):
@@ -143,6 +149,7 @@ class Upstream(asyncio.Protocol):
         except (ValueError, KeyError, IndexError, TypeError):
             write(_response(400, b'{"error":{"message":"not a bench request"}}'))
             return
+        RECEIVED[sid] = self.arrived
         frames = FRAMES.upto(n)
         sent = SENT[sid] = array("q", bytes(8 * n))
         clock = time.monotonic_ns

@@ -35,7 +35,11 @@ class State:
     started: float = 0.0  # time.time() at start-up
 
     def respond(self, err: ProxyError):
-        """The error response in the shape of the protocol the request came in by."""
+        """The error response in the shape of the protocol the request came in by (what is
+        left of the request body is read first, so the client can read the answer)."""
+        from .pipeline import drain_body
+
+        drain_body(request.environ)
         for protocol in self.protocols:
             if protocol.owns(request.path):
                 return protocol.error_response(err)
@@ -55,8 +59,8 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
             from .demo import DemoUpstream
             upstream = DemoUpstream()
         else:
-            from .upstream import OpenAIUpstream
-            upstream = OpenAIUpstream(config)
+            from .failover import Upstreams
+            upstream = Upstreams(config)
     roles_dir = Path(config.roles_dir)
     if not roles_dir.is_absolute():
         roles_dir = ROOT / roles_dir
@@ -94,10 +98,10 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
             chat = g.get("chat") or {}
             logging.getLogger("gpt_proxy.access").info(
                 "request id=%s client=%s method=%s path=%s status=%d protocol=%s role=%s "
-                "model=%s duration=%.0fms", g.get("request_id", "-"), request.remote_addr,
-                loggable(request.method, 20), loggable(request.path), response.status_code,
-                chat.get("protocol", "-"), loggable(chat.get("role", "-")),
-                loggable(chat.get("model", "-")),
+                "model=%s upstream=%s tried=%s duration=%.0fms", g.get("request_id", "-"),
+                request.remote_addr, loggable(request.method, 20), loggable(request.path),
+                response.status_code, chat.get("protocol", "-"), loggable(chat.get("role", "-")),
+                loggable(chat.get("model", "-")), chat.get("upstream", "-"), chat.get("tried", 0),
                 (time.monotonic() - g.get("started", time.monotonic())) * 1000)
         return response
 

@@ -9,15 +9,37 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
 from urllib.parse import urlparse
 
-DEMO_BASE_URL = "demo:"
+ROOT = Path(__file__).resolve().parent.parent  # relative paths in settings start here
+AZURE_API_VERSION = "2024-10-21"
+UPSTREAM_KINDS = ("openai", "azure")
 
 
 class ConfigError(ValueError):
     """A variable has a value the service cannot run with."""
+
+
+@dataclass(frozen=True)
+class UpstreamSpec:
+    """One upstream: an OpenAI-compatible API, or an Azure OpenAI resource."""
+
+    name: str
+    base_url: str
+    key: str = field(repr=False)
+    kind: str = "openai"
+    models: tuple[str, ...] = ()  # the models it serves; empty: any
+    priority: int = 0  # lower first; equal priorities take turns
+    api_version: str = AZURE_API_VERSION  # azure only
+    deployments: Mapping[str, str] = field(default_factory=dict)  # azure: model -> deployment
+
+    def serves(self, model: str) -> bool:
+        return not self.models or model in self.models
 
 
 @dataclass(frozen=True)
@@ -44,11 +66,26 @@ class Config:
     trusted_proxies: int = 0
     log_content: bool = False
     max_event_bytes: int = 1_048_576
+    upstreams_file: str = ""
+    failover_seconds: float = 30.0
+    upstream_failures: int = 3
+    upstream_cooldown: float = 30.0
+    connect_retries: int = 2
+    upstreams: tuple[UpstreamSpec, ...] = ()  # read from UPSTREAMS_FILE
+
+    def endpoints(self) -> tuple[UpstreamSpec, ...]:
+        """The upstreams in the order they are tried: UPSTREAMS_FILE's, else the one of
+        OPENAI_API_KEY / OPENAI_BASE_URL, else none (the demo)."""
+        if self.upstreams:
+            return self.upstreams
+        if self.openai_api_key:
+            return (UpstreamSpec("openai", self.openai_base_url, self.openai_api_key),)
+        return ()
 
     @property
     def demo(self) -> bool:
-        """No key: answer from the built-in demo upstream, never the network."""
-        return not self.openai_api_key
+        """No upstream: answer from the built-in demo upstream, never the network."""
+        return not self.endpoints()
 
     @property
     def upstream_mode(self) -> str:
@@ -166,6 +203,11 @@ PARSERS = {
     "trusted_proxies": _int(0, 10),
     "log_content": _bool,
     "max_event_bytes": _int(1024, 100_000_000),
+    "upstreams_file": _text,
+    "failover_seconds": _float(0, 600),
+    "upstream_failures": _int(1, 1000),
+    "upstream_cooldown": _float(0, 86400),
+    "connect_retries": _int(0, 10),
 }
 
 
@@ -183,9 +225,109 @@ def load_config(environ: Mapping[str, str] | None = None, **overrides) -> Config
             raise ConfigError(f"{name.upper()}={raw!r} is invalid: {exc}") from None
     values.update(overrides)
     config = Config(**values)
+    if config.upstreams_file and "upstreams" not in overrides:
+        config = config.replace(upstreams=load_upstreams(config.upstreams_file, environ))
     if config.openai_model == "":
         raise ConfigError("OPENAI_MODEL must not be empty")
     if config.allowed_models and config.openai_model not in config.allowed_models:
         raise ConfigError(
             f"OPENAI_MODEL={config.openai_model!r} is not in ALLOWED_MODELS")
+    endpoints = config.endpoints()
+    for model in (config.openai_model, *config.allowed_models):
+        if endpoints and not any(spec.serves(model) for spec in endpoints):
+            raise ConfigError(f"no upstream in UPSTREAMS_FILE serves model {model!r} "
+                              "(OPENAI_MODEL or ALLOWED_MODELS names it)")
     return config
+
+
+# --- the upstream list ----------------------------------------------------------------------
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_UPSTREAM_KEYS = {"name", "kind", "base_url", "key_env", "models", "priority", "api_version",
+                  "deployments"}
+
+
+def load_upstreams(path: str, environ: Mapping[str, str]) -> tuple[UpstreamSpec, ...]:
+    """Read UPSTREAMS_FILE: a TOML file of `[[upstream]]` tables, tried in order of
+    `priority` (default: the order in the file). Each key is read from the environment
+    variable its `key_env` names, so the file itself holds no secret."""
+    file = Path(path) if Path(path).is_absolute() else ROOT / path
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"UPSTREAMS_FILE={path!r} cannot be read ({exc.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"UPSTREAMS_FILE={path!r} is not valid TOML: {exc}") from None
+    extra = sorted(set(data) - {"upstream"})
+    if extra:
+        raise ConfigError(f"UPSTREAMS_FILE={path!r}: unknown table or key {extra[0]!r} "
+                          "(the file holds [[upstream]] tables)")
+    entries = data.get("upstream")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"UPSTREAMS_FILE={path!r} holds no [[upstream]] table")
+    specs = [_upstream(entry, i, path, environ) for i, entry in enumerate(entries)]
+    names = [spec.name for spec in specs]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"UPSTREAMS_FILE={path!r}: the name {name!r} is used twice")
+    return tuple(sorted(specs, key=lambda spec: spec.priority))  # stable: file order kept
+
+
+def _upstream(entry: object, index: int, path: str, environ: Mapping[str, str]) -> UpstreamSpec:
+    where = f"UPSTREAMS_FILE={path!r}: upstream #{index + 1}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} is not a table")
+    name = entry.get("name")
+    if isinstance(name, str) and _NAME.fullmatch(name):
+        where += f" ({name})"
+    else:
+        raise ConfigError(f"{where}: 'name' must be 1-64 letters, digits, '.', '_' or '-'")
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"{where}: {message}")
+
+    extra = sorted(set(entry) - _UPSTREAM_KEYS)
+    if extra:
+        raise fail(f"unknown key {extra[0]!r} (known: {', '.join(sorted(_UPSTREAM_KEYS))})")
+    kind = entry.get("kind", "openai")
+    if kind not in UPSTREAM_KINDS:
+        raise fail(f"'kind' must be one of {', '.join(UPSTREAM_KINDS)}")
+    try:
+        base_url = _url(entry.get("base_url", "") if isinstance(entry.get("base_url"), str) else "")
+    except ValueError as exc:
+        raise fail(f"'base_url' {exc}") from None
+    key_env = entry.get("key_env")
+    if not isinstance(key_env, str) or not _ENV_NAME.fullmatch(key_env):
+        raise fail("'key_env' must name the environment variable that holds its key")
+    key = environ.get(key_env, "").strip()
+    if not key:
+        raise fail(f"its key variable {key_env} is not set")
+    try:
+        key = _token(key)
+    except ValueError as exc:
+        raise fail(f"{key_env} {exc}") from None
+    models = _strings(entry.get("models", []), "models", fail)
+    priority = entry.get("priority", index)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise fail("'priority' must be an integer")
+    api_version = entry.get("api_version", AZURE_API_VERSION)
+    deployments = entry.get("deployments", {})
+    if kind != "azure" and ("api_version" in entry or "deployments" in entry):
+        raise fail("'api_version' and 'deployments' are for kind = \"azure\" only")
+    if not isinstance(api_version, str) or not re.fullmatch(r"[0-9A-Za-z.-]{1,40}", api_version):
+        raise fail("'api_version' must look like 2024-10-21")
+    if not isinstance(deployments, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v)
+            for k, v in deployments.items()):
+        raise fail("'deployments' must map model names to deployment names")
+    if kind == "azure" and not models:
+        models = tuple(deployments)
+    return UpstreamSpec(name, base_url, key, kind, models, priority, api_version,
+                        MappingProxyType(dict(deployments)))
+
+
+def _strings(value: object, name: str, fail) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise fail(f"'{name}' must be a list of names")
+    return tuple(v.strip() for v in value)

@@ -98,5 +98,11 @@ class DemoUpstream:
     def __init__(self, delay: float = 0.03) -> None:
         self.delay = delay
 
-    def open(self, payload: dict) -> DemoStream:
+    def open(self, payload: dict, gone=None) -> DemoStream:
         return DemoStream(payload, self.delay)
+
+    def serves(self, model: str) -> bool:
+        return True
+
+    def models(self) -> list[str]:
+        return []

@@ -60,6 +60,14 @@ class RateLimited(ProxyError):
     code = "rate_limited"
 
 
+class ClientLeft(ProxyError):
+    """The client went away before its reply started (nobody reads this answer; it names the
+    outcome in the access log, as nginx's 499 does)."""
+
+    status = 499
+    code = "client_left"
+
+
 class UpstreamError(ProxyError):
     """The upstream answered, but not with a usable stream (bad status, bad bytes, an error chunk)."""
 

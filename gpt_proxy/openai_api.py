@@ -2,7 +2,8 @@
 run (the openai SDKs, LangChain, chat UIs, editor plugins): base URL `http://host:7345/v1`,
 API key = PROXY_TOKEN.
 
-- Models are the ones a request may name (ALLOWED_MODELS, else OPENAI_MODEL) plus one
+- Models are the ones a request may name (ALLOWED_MODELS, else OPENAI_MODEL and the models
+  the upstreams in UPSTREAMS_FILE name) plus one
   `role:<name>` per role template: that role's messages go before the client's, and the
   default model is asked. A plain model name gets the `default` role (none, unless the
   operator wrote `roles/default.md`), as on /api/gpt/get.
@@ -78,8 +79,10 @@ def _models() -> list[dict]:
     state = current_app.extensions["gpt_proxy"]
     config = state.config
     created = int(state.started)
+    names = config.allowed_models or dict.fromkeys([config.openai_model,
+                                                    *state.upstream.models()])
     models = [{"id": model, "object": "model", "created": created, "owned_by": "upstream"}
-              for model in (config.allowed_models or (config.openai_model,))]
+              for model in names]
     for role in state.roles.list():
         if role["name"] != DEFAULT_ROLE:
             models.append({"id": ROLE_PREFIX + role["name"], "object": "model",
@@ -170,7 +173,7 @@ def _lone_surrogate(value: object, path: str) -> str | None:
     return None
 
 
-def parse_request(raw: bytes, config, roles) -> tuple[pipeline.Turn, bool]:
+def parse_request(raw: bytes, config, roles, upstream) -> tuple[pipeline.Turn, bool]:
     """The request body -> the shared `Turn`, and whether the client asked for usage."""
     body = parse_body(raw)
     if _SURROGATE.search(raw):
@@ -193,7 +196,8 @@ def parse_request(raw: bytes, config, roles) -> tuple[pipeline.Turn, bool]:
         except ProxyError:
             raise _unknown_model(model) from None
         upstream_model = config.openai_model
-    elif config.allowed_models and model not in config.allowed_models:
+    elif (config.allowed_models and model not in config.allowed_models
+          or not upstream.serves(model)):
         raise _unknown_model(model)
     else:
         upstream_model = model
@@ -222,7 +226,7 @@ def parse_request(raw: bytes, config, roles) -> tuple[pipeline.Turn, bool]:
 def chat_completions():
     state = current_app.extensions["gpt_proxy"]
     turn, wants_usage = parse_request(pipeline.read_body(state.config), state.config,
-                                      state.roles)
+                                      state.roles, state.upstream)
     relay = pipeline.start(turn)
     if turn.stream:
         return pipeline.stream_response(relay.frames(ChunkFramer(wants_usage)), SSE)

@@ -15,9 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from flask import Response, current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .config import Config
-from .errors import PayloadTooLarge
+from .errors import PayloadTooLarge, ProxyError
 from .relay import Outcome, Relay, client_watcher
 from .roles import DEFAULT_ROLE, assemble_messages
 from .security import loggable
@@ -50,15 +51,60 @@ class Turn:
 
 def read_body(config: Config) -> bytes:
     """The request body, at most MAX_BODY_BYTES of it (413 beyond: by Content-Length before
-    reading, or by counting for a chunked body)."""
+    reading, or by counting for a chunked body, whose reads may each return only a part)."""
+    limit = config.max_body_bytes
     length = request.content_length
-    if length is not None and length > config.max_body_bytes:
-        raise PayloadTooLarge(f"the body is {length} bytes; at most {config.max_body_bytes} "
-                              "are accepted")
-    data = request.stream.read(config.max_body_bytes + 1)
-    if len(data) > config.max_body_bytes:
-        raise PayloadTooLarge(f"the body is larger than {config.max_body_bytes} bytes")
-    return data
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"the body is {length} bytes; at most {limit} are accepted")
+    stream = request.stream
+    parts, size = [], 0
+    try:
+        while size <= limit:
+            data = stream.read(limit + 1 - size)
+            if not data:
+                break
+            parts.append(data)
+            size += len(data)
+    except RequestEntityTooLarge:  # werkzeug counts a chunked body against the same limit
+        size = limit + 1
+    if size > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    return b"".join(parts)
+
+
+DRAIN_BYTES = 64 * 1024 * 1024  # the most of an unread body read and dropped before an error
+DRAIN_SECONDS = 10.0
+
+
+def drain_body(environ: dict) -> None:
+    """Read and drop what is left of the request body (at most DRAIN_BYTES, DRAIN_SECONDS),
+    before an error answer: a client that sends its whole body before reading (urllib, many
+    HTTP libraries, browsers) would otherwise see the connection reset instead of the error
+    when the server closes with its body unread."""
+    stream = environ.get("wsgi.input")
+    sock = environ.get("gunicorn.socket")
+    if stream is None or (environ.get("CONTENT_LENGTH") in (None, "", "0")
+                          and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower()):
+        return
+    old = sock.gettimeout() if sock is not None else None
+    deadline = time.monotonic() + DRAIN_SECONDS
+    try:
+        if sock is not None:
+            sock.settimeout(DRAIN_SECONDS)
+        left = DRAIN_BYTES
+        while left > 0 and time.monotonic() < deadline:
+            data = stream.read(min(65536, left))
+            if not data:
+                return
+            left -= len(data)
+    except (OSError, ValueError):
+        return  # the client is gone, or too slow: the error goes out as it can
+    finally:
+        if sock is not None:
+            try:
+                sock.settimeout(old)
+            except OSError:
+                pass
 
 
 def payload(turn: Turn, roles, config: Config) -> dict:
@@ -84,9 +130,14 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
     g.chat = {"role": turn.role, "model": turn.model, "framing": turn.framing,
               "protocol": turn.protocol}
     body = payload(turn, state.roles, config)
-    stream = state.upstream.open(body)
+    gone = client_watcher(request.environ)
+    try:
+        stream = state.upstream.open(body, gone)
+    except ProxyError as err:  # for the access line of this error
+        g.chat["upstream"], g.chat["tried"] = getattr(err, "upstream", "-"), getattr(err, "tried", 0)
+        raise
     write_line = access_logger(request.environ, g.get("request_id", "-"), g.get("started"),
-                               turn, config.log_content and turn.log_text)
+                               turn, config.log_content and turn.log_text, stream)
     if on_close is not None:
         def closed(outcome: Outcome) -> None:
             try:
@@ -96,8 +147,7 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
     else:
         closed = write_line
     return Relay(stream, heartbeat=config.heartbeat_seconds,
-                 max_event_bytes=config.max_event_bytes,
-                 client_gone=client_watcher(request.environ),
+                 max_event_bytes=config.max_event_bytes, client_gone=gone,
                  max_seconds=config.max_stream_seconds, on_close=closed)
 
 
@@ -111,12 +161,14 @@ def stream_response(frames, mimetype: str) -> Response:
 
 
 def access_logger(environ: dict, request_id: str, started: float | None, turn: Turn,
-                  content: str | None) -> Callable[[Outcome], None]:
+                  content: str | None, stream=None) -> Callable[[Outcome], None]:
     """The access line of a relayed reply, written when it ends, with what it came to: one
     line per request (the app's own line is skipped for it). Never the key; the message text
     only when LOG_CONTENT is on."""
     started = started or time.monotonic()
     client = environ.get("REMOTE_ADDR", "-")
+    upstream = getattr(stream, "upstream", "demo")
+    tried = getattr(stream, "tried", 1)
 
     def write(outcome: Outcome) -> None:
         environ[ACCESS_LOGGED] = True
@@ -130,10 +182,10 @@ def access_logger(environ: dict, request_id: str, started: float | None, turn: T
                   f"error:{error.code}" if error is not None else "ok")
         extra = f" content={loggable(content, 2000)}" if content else ""
         log.info("request id=%s client=%s method=POST path=%s status=%d protocol=%s role=%s "
-                 "model=%s framing=%s result=%s ttft=%s duration=%.0fms chars=%d "
-                 "prompt_tokens=%s completion_tokens=%s%s", request_id, client,
+                 "model=%s upstream=%s tried=%d framing=%s result=%s ttft=%s duration=%.0fms "
+                 "chars=%d prompt_tokens=%s completion_tokens=%s%s", request_id, client,
                  loggable(environ.get("PATH_INFO", "-")), status, turn.protocol,
-                 loggable(turn.role), loggable(turn.model), turn.framing,
+                 loggable(turn.role), loggable(turn.model), upstream, tried, turn.framing,
                  loggable(result, 60), ttft, (now - started) * 1000, outcome.chars,
                  loggable(usage.get("prompt_tokens", "-"), 20),
                  loggable(usage.get("completion_tokens", "-"), 20), extra)

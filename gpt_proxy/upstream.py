@@ -10,19 +10,21 @@ could hold the key (the upstream echoes masked keys in 401 messages) reaches a r
 from __future__ import annotations
 
 import json
+import random
 import re
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from urllib.parse import quote
 
 import requests
 import requests.auth
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ProtocolError, ReadTimeoutError
+from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
 
 from .chunks import payload_message
-from .config import Config
+from .config import Config, UpstreamSpec
 from .errors import (
     BadRequest,
     PayloadTooLarge,
@@ -287,55 +289,111 @@ class BearerAuth(requests.auth.AuthBase):
         return "BearerAuth([redacted])"
 
 
-class OpenAIUpstream:
-    """Any OpenAI-compatible chat-completions API."""
+class AzureKeyAuth(requests.auth.AuthBase):
+    """Azure OpenAI's `api-key: <key>` header; its repr never shows the key."""
 
-    mode = "openai"
+    def __init__(self, key: str) -> None:
+        self._key = key
 
-    def __init__(self, config: Config, session: requests.Session | None = None) -> None:
+    def __call__(self, request):
+        request.headers["api-key"] = self._key
+        return request
+
+    def __repr__(self) -> str:
+        return "AzureKeyAuth([redacted])"
+
+
+HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream",
+           "Accept-Encoding": "identity", "User-Agent": "gpt_proxy/1.0"}
+
+
+def new_session(pools: int = 4) -> requests.Session:
+    """One pooled session for every upstream: a kept-alive connection per host is reused
+    (no TCP and TLS handshake per request); urllib3 never retries on its own."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=max(4, pools), pool_maxsize=1024, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class Endpoint:
+    """One upstream: where a chat completion is posted, with which key, and what its failures
+    mean. `open()` sends the request and checks the status before anything reaches our client,
+    so failures become real statuses (see the module docstring)."""
+
+    def __init__(self, spec: UpstreamSpec, config: Config, session: requests.Session,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.spec = spec
+        self.name = spec.name
         self.config = config
-        self.url = config.openai_base_url + "/chat/completions"
-        self.session = session or requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=1024, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.session = session
+        self.sleep = sleep
         # The key goes in through `auth`: with an auth set, requests never consults .netrc,
         # while the environment's HTTPS_PROXY / NO_PROXY and REQUESTS_CA_BUNDLE still apply.
-        self.session.auth = BearerAuth(config.openai_api_key)
-        self.headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream",
-            "Accept-Encoding": "identity",
-            "User-Agent": "gpt_proxy/1.0",
-        }
+        if spec.kind == "azure":
+            self.auth: requests.auth.AuthBase = AzureKeyAuth(spec.key)
+        else:
+            self.auth = BearerAuth(spec.key)
+            self.url = spec.base_url + "/chat/completions"
 
-    def open(self, payload: dict) -> UpstreamStream:
-        """Send the request; return the open stream, or raise the error our client should get."""
-        key = self.config.openai_api_key
-        try:
-            response = self.session.post(
-                self.url, data=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
-                headers=self.headers, stream=True,
-                timeout=(self.config.upstream_connect_timeout, self.config.upstream_read_timeout))
-        except requests.exceptions.ConnectTimeout:
-            raise UpstreamTimeout("upstream timed out while connecting") from None
-        except requests.exceptions.ReadTimeout:
-            raise UpstreamTimeout("upstream timed out before it answered") from None
-        except requests.exceptions.SSLError:
-            raise UpstreamUnavailable("upstream TLS handshake failed") from None
-        except (requests.exceptions.ConnectionError, OSError):
-            raise UpstreamUnavailable("upstream unreachable: the connection failed") from None
-        except requests.RequestException as exc:
-            raise UpstreamError(f"upstream request failed ({type(exc).__name__})") from None
+    def url_for(self, model: str) -> str:
+        """OpenAI: `{base}/chat/completions`; Azure: the model's deployment, with the API
+        version as a query parameter."""
+        if self.spec.kind != "azure":
+            return self.url
+        deployment = self.spec.deployments.get(model, model)
+        return (f"{self.spec.base_url}/openai/deployments/{quote(deployment, safe='')}"
+                f"/chat/completions?api-version={quote(self.spec.api_version, safe='')}")
+
+    def open(self, payload: dict, data: bytes, timeout: tuple[float, float]) -> UpstreamStream:
+        """Send the request; return the open stream, or raise the error our client should get.
+        A connection that failed before the request left (refused, no route, a failed name
+        lookup) is tried again after a short backoff, up to CONNECT_RETRIES times."""
+        key = self.spec.key
+        url = self.url_for(payload.get("model", ""))
+        for attempt in range(self.config.connect_retries + 1):
+            try:
+                response = self.session.post(url, data=data, headers=HEADERS, auth=self.auth,
+                                             stream=True, timeout=timeout)
+                break
+            except requests.exceptions.ConnectTimeout:
+                raise UpstreamTimeout("upstream timed out while connecting") from None
+            except requests.exceptions.ReadTimeout:
+                raise UpstreamTimeout("upstream timed out before it answered") from None
+            except requests.exceptions.SSLError:
+                raise UpstreamUnavailable("upstream TLS handshake failed") from None
+            except (requests.exceptions.ConnectionError, OSError) as exc:
+                if attempt < self.config.connect_retries and not_sent(exc):
+                    self.sleep(CONNECT_BACKOFF * 2 ** attempt * (1 + random.random()))
+                    continue
+                raise UpstreamUnavailable("upstream unreachable: the connection failed") from None
+            except requests.RequestException as exc:
+                raise UpstreamError(f"upstream request failed ({type(exc).__name__})") from None
         if response.status_code == 200 and not _is_web_page(response):
-            return UpstreamStream(response, key, self.config.upstream_read_timeout)
+            stream = UpstreamStream(response, key, self.config.upstream_read_timeout)
+            if timeout[1] != self.config.upstream_read_timeout:  # a shortened wait for headers
+                sock = _socket_of(response)
+                if sock is not None:
+                    sock.settimeout(self.config.upstream_read_timeout)
+            return stream
         try:
             if response.status_code == 200:  # a web page is never a stream: a wrong base URL
                 raise UpstreamError("the upstream answered with a web page, not an event "
-                                    "stream; check OPENAI_BASE_URL")
+                                    "stream; check its base URL (OPENAI_BASE_URL, or its base_url)")
             raise status_error(response, payload.get("model", ""), key)
         finally:
             response.close()
+
+
+CONNECT_BACKOFF = 0.05  # seconds before the first retry of a connection that failed
+
+
+def not_sent(exc: BaseException) -> bool:
+    """Whether a failed request certainly never reached the upstream: the connection itself
+    failed (refused, unreachable, name lookup), so trying again cannot run it twice."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError) or isinstance(exc, ConnectionRefusedError)
 
 
 def media_type(response: requests.Response) -> str:
@@ -362,11 +420,19 @@ def _error_text(response: requests.Response, secret: str) -> str:
 
 
 def status_error(response: requests.Response, model: str, secret: str) -> ProxyError:
-    """Map an upstream status to the error our client gets."""
+    """Map an upstream status to the error our client gets (the status stays on it as
+    `upstream_status`, for failover)."""
+    error = _status_error(response, model, secret)
+    error.upstream_status = response.status_code
+    return error
+
+
+def _status_error(response: requests.Response, model: str, secret: str) -> ProxyError:
     status = response.status_code
     if status in (401, 403):
         return UpstreamError(
-            f"the upstream refused the proxy's API key (HTTP {status}); check OPENAI_API_KEY",
+            f"the upstream refused the proxy's API key (HTTP {status}); check its key "
+            "(OPENAI_API_KEY, or its key_env)",
             code="upstream_auth")
     detail = _error_text(response, secret)
     suffix = f": {detail}" if detail else ""

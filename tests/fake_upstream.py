@@ -27,6 +27,7 @@ class Scenario:
     chunked: bool = True  # False: no length, the end of the body is the connection closing
     hold_open: bool = False  # after the parts, keep the connection open until the client leaves
     close_after: bool = False  # close the connection after the body (no keep-alive)
+    head_delay: float = 0.0  # seconds before the status line (an upstream queueing the request)
 
 
 @dataclass
@@ -130,13 +131,14 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
 class FakeUpstream:
     """Start with `start()`, stop with `stop()`; `url` is the base URL (ending in /v1)."""
 
-    def __init__(self, default: Scenario | None = None, tls: tuple[str, str] | None = None) -> None:
+    def __init__(self, default: Scenario | None = None, tls: tuple[str, str] | None = None,
+                 port: int = 0) -> None:
         self.tls = tls  # (certificate file, key file): serve HTTPS
         self.default = default or stream_scenario(["Hello", ", ", "world", "!"])
         self.scenarios: deque[Scenario] = deque()
         self.records: list[Record] = []
         self.received = threading.Condition()
-        self.port = 0
+        self.port = port  # 0: any free port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server = None
@@ -172,7 +174,8 @@ class FakeUpstream:
                 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 context.load_cert_chain(*self.tls)
             self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=2048, ssl=context))
+                asyncio.start_server(self._handle, "127.0.0.1", self.port, backlog=2048,
+                                     ssl=context))
             self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
             self._loop.run_forever()
@@ -233,6 +236,10 @@ class FakeUpstream:
     async def _respond(self, reader, writer, record: Record, scenario: Scenario) -> bool:
         watcher = asyncio.ensure_future(self._watch(reader, record))
         try:
+            if scenario.head_delay:
+                await asyncio.wait([watcher], timeout=scenario.head_delay)
+                if record.disconnected.is_set():
+                    return False
             head = [f"HTTP/1.1 {scenario.status} {REASONS.get(scenario.status, 'Status')}"]
             head += [f"{k}: {v}" for k, v in scenario.headers.items()]
             if scenario.chunked:
