@@ -1,5 +1,6 @@
 """Helpers for the browser tests: launching Debian's Chromium, a handle on the terminal page,
-and upstream replies paced token by token so a test can watch them grow."""
+and upstream replies paced token by token so a test can watch them grow. The fixtures that use
+them are in `browser_fixtures.py`."""
 
 from __future__ import annotations
 
@@ -104,3 +105,10 @@ class TerminalPage:
     def errors_except(self, *allowed: str) -> list[str]:
         """Console errors, leaving out those containing any of `allowed` (e.g. an expected 404)."""
         return [e for e in self.console_errors if not any(a in e for a in allowed)]
+
+
+def expect():
+    """Playwright's `expect`, waiting up to WAIT_MS."""
+    from playwright.sync_api import expect as playwright_expect
+    playwright_expect.set_options(timeout=WAIT_MS)
+    return playwright_expect

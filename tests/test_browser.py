@@ -8,62 +8,18 @@ Waiting is always Playwright's (`wait_for_*`, `expect`) or a threading Event, ne
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from .browser_helpers import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, TerminalPage, missing, paced_stream
+from .browser_helpers import WAIT_MS, expect, paced_stream
 from .fake_upstream import json_scenario, stream_scenario
 
 pytestmark = pytest.mark.browser
+pytest_plugins = ["tests.browser_fixtures"]  # the chromium, open_terminal and term fixtures
 
 TOKENS = ["Hello", " there,", " this", " reply", " grows", " in", " steps."]
 COMMANDS = ["gpt chat", "gpt role", "gpt model", "gpt history", "gpt reset", "clear", "history",
             "help"]
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    """One headless Chromium for the whole session; each test gets a fresh context."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("Playwright for Python is not installed")
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture()
-def open_terminal(chromium, live):
-    """Open the terminal in a fresh context (empty localStorage) at a given viewport."""
-    contexts = []
-
-    def open_(width: int = 1000, height: int = 640, setup=None) -> TerminalPage:
-        context = chromium.new_context(viewport={"width": width, "height": height})
-        contexts.append(context)
-        term = TerminalPage(context.new_page(), live.url)
-        if setup is not None:
-            setup(term.page)
-        return term.open()
-
-    yield open_
-    for context in contexts:
-        context.close()
-
-
-@pytest.fixture()
-def term(open_terminal):
-    return open_terminal()
-
-
-def expect():
-    from playwright.sync_api import expect as playwright_expect
-    playwright_expect.set_options(timeout=WAIT_MS)
-    return playwright_expect
 
 
 def test_page_loads_under_its_csp_with_no_console_errors(term, live):
