@@ -47,7 +47,14 @@ const KEYS = [
 ];
 
 export const TOP = ["gpt", "clear", "history", "help"];
-export const GPT_SUBCOMMANDS = ["chat", "role", "model", "history", "reset", "token"];
+export const GPT_SUBCOMMANDS = COMMANDS.filter((c) => c.name.startsWith("gpt ")).map((c) => c.name.slice(4));
+
+/** `gpt` alone: for the hint line and `help gpt`. */
+export const GPT_COMMAND = {
+  name: "gpt",
+  usage: `gpt <${GPT_SUBCOMMANDS.join(" | ")}> ...`,
+  about: "Talk to the model and manage its roles; help gpt explains each.",
+};
 
 /** Run one command line. Every failure ends as a one-line explanation and a hint. */
 export async function runCommand(line, app) {
@@ -101,7 +108,7 @@ function unknown(name, line) {
 async function gpt(words, app, parsed) {
   const [sub, ...rest] = words;
   if (sub === undefined) {
-    throw new UsageError("gpt needs a subcommand: chat, role, model, history, reset or token", "e.g. gpt chat hello (see: help gpt)");
+    throw new UsageError(`gpt needs a subcommand: ${GPT_SUBCOMMANDS.join(", ")}`, "e.g. gpt chat hello (see: help gpt)");
   }
   switch (sub) {
     case "chat": return chat(rest, app, parsed);
@@ -312,7 +319,8 @@ function help(words, app) {
     return;
   }
   if (words.length === 1 && words[0] === "gpt") {
-    term.print("gpt <subcommand>: chat, role, model, history, reset, token", "heading");
+    term.print(GPT_COMMAND.usage, "heading");
+    term.print(GPT_COMMAND.about);
     const list = term.block("help-list", null, "dl");
     for (const command of COMMANDS.filter((c) => c.name.startsWith("gpt "))) addTerm(list, command.usage, command.about);
     return;

@@ -1,20 +1,23 @@
 // The terminal's screen and keyboard: an output log, a prompt, command history on Up/Down,
-// Tab completion, Ctrl+C and Ctrl+L, and a view that follows the newest output. What a command
-// does is not its business: it calls `onCommand(line)` and `onComplete(textBeforeCaret)`.
+// Tab completion, Ctrl+C and Ctrl+L, a hint line under the prompt, and a view that follows the
+// newest output. What a command does is not its business: it calls `onCommand(line)`,
+// `onComplete(textBeforeCaret)` and `onHint(line)`.
 
 import { commands as commandStore } from "./store.js";
 
 const FOLLOW_SLACK_PX = 48; // this close to the bottom counts as "at the bottom"
 
 export class Terminal {
-  constructor({ output, input, promptRole, stop, banner, onCommand, onComplete, remember = () => true }) {
+  constructor({ output, input, promptRole, stop, banner, hint, onCommand, onComplete, onHint = () => null, remember = () => true }) {
     this.output = output;
     this.input = input;
     this.promptRole = promptRole;
     this.stopButton = stop;
     this.banner = banner;
+    this.hint = hint;
     this.onCommand = onCommand;
     this.onComplete = onComplete;
+    this.onHint = onHint;
     this.remember = remember;
     this.history = commandStore.load();
     this.historyIndex = this.history.length;
@@ -22,12 +25,14 @@ export class Terminal {
     this.running = null; // {stop()} while a command runs
     this.follow = true;
     this.tabLeaves = false;
+    this.hintFrame = 0;
+    this.hintShown = null;
     this.bind();
   }
 
   bind() {
     this.input.addEventListener("keydown", (e) => this.onInputKey(e));
-    this.input.addEventListener("input", () => this.resizeInput());
+    this.input.addEventListener("input", () => this.changed());
     document.addEventListener("keydown", (e) => this.onGlobalKey(e));
     document.addEventListener("click", (e) => this.onClick(e));
     this.stopButton.addEventListener("click", () => this.interrupt());
@@ -111,7 +116,7 @@ export class Terminal {
   async submit() {
     const line = this.input.value;
     this.input.value = "";
-    this.resizeInput();
+    this.changed();
     this.historyIndex = this.history.length;
     this.draft = "";
     this.follow = true;
@@ -161,7 +166,7 @@ export class Terminal {
         // No reply running: a shell abandons the line being typed.
         this.echo(`${this.input.value}^C`);
         this.input.value = "";
-        this.resizeInput();
+        this.changed();
         this.historyIndex = this.history.length;
       }
       this.follow = true;
@@ -202,7 +207,7 @@ export class Terminal {
     if (this.historyIndex === this.history.length) this.draft = this.input.value;
     this.historyIndex = next;
     this.input.value = next === this.history.length ? this.draft : this.history[next];
-    this.resizeInput();
+    this.changed();
     const end = this.input.value.length;
     this.input.setSelectionRange(end, end);
     return true;
@@ -217,7 +222,7 @@ export class Terminal {
     if (result.text !== before) {
       this.input.value = result.text + after;
       this.input.setSelectionRange(result.text.length, result.text.length);
-      this.resizeInput();
+      this.changed();
     } else if (result.choices.length > 1) {
       // Nothing more to add: show the choices, as a shell does on a second Tab.
       this.echo(this.input.value);
@@ -225,6 +230,28 @@ export class Terminal {
       this.follow = true;
       this.grew();
     }
+  }
+
+  /** The input's text changed (typed or set): fit its height, and renew the hint line. */
+  changed() {
+    this.resizeInput();
+    // At most one hint per frame, however fast the keys come; the work is one pass over the line.
+    if (!this.hintFrame) this.hintFrame = requestAnimationFrame(() => this.showHint());
+  }
+
+  showHint() {
+    this.hintFrame = 0;
+    const text = this.input.value;
+    const hint = text.trim() ? this.onHint(text) : null;
+    const key = hint ? `${hint.usage}\n${hint.about || ""}\n${hint.warn ? 1 : 0}` : "";
+    if (key === this.hintShown) return; // unchanged: leave the DOM alone
+    this.hintShown = key;
+    this.hint.classList.toggle("empty", !hint);
+    this.hint.classList.toggle("warn", Boolean(hint && hint.warn));
+    const [usage, about] = this.hint.children;
+    usage.textContent = hint ? hint.usage : "";
+    about.textContent = hint && hint.about ? hint.about : "";
+    if (this.follow) this.scrollToEnd(); // the hint is the last line: keep it in view
   }
 
   resizeInput() {
