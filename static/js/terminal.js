@@ -1,7 +1,7 @@
 // The terminal's screen and keyboard: an output log, a prompt, command history on Up/Down,
-// Tab completion, Ctrl+C and Ctrl+L, a hint line under the prompt, and a view that follows the
-// newest output. What a command does is not its business: it calls `onCommand(line)`,
-// `onComplete(textBeforeCaret)` and `onHint(line)`.
+// Tab completion, Ctrl+C and Ctrl+L, a hint line under the prompt, questions a command asks,
+// and a view that follows the newest output. What a command does is not its business: it
+// calls `onCommand(line)`, `onComplete(textBeforeCaret)` and `onHint(line)`.
 
 import { commands as commandStore } from "./store.js";
 
@@ -23,6 +23,8 @@ export class Terminal {
     this.historyIndex = this.history.length;
     this.draft = "";
     this.running = null; // {stop()} while a command runs
+    this.question = null; // {hint(text), resolve(answer)} while a command waits for an answer
+    this.role = "";
     this.follow = true;
     this.tabLeaves = false;
     this.hintFrame = 0;
@@ -93,7 +95,8 @@ export class Terminal {
   }
 
   setRole(role) {
-    this.promptRole.textContent = role;
+    this.role = role;
+    if (!this.question) this.promptRole.textContent = role;
   }
 
   atBottom() {
@@ -146,6 +149,37 @@ export class Terminal {
     if (!isTouch()) this.input.focus({ preventScroll: true });
   }
 
+  /**
+   * Ask for an answer at the prompt, which shows `label` instead of the role: resolves with the
+   * text on Enter (Shift+Enter adds a line), or null on Ctrl+C. `hint(text)` fills the hint
+   * line as the answer is typed; `value` starts the answer (to correct a refused one).
+   */
+  ask({ label, hint = () => null, value = "" }) {
+    return new Promise((resolve) => {
+      this.question = { hint, resolve };
+      this.promptRole.textContent = label;
+      this.input.value = value;
+      this.changed();
+      this.input.setSelectionRange(value.length, value.length);
+      if (!isTouch()) this.input.focus({ preventScroll: true });
+      this.follow = true;
+      this.grew();
+    });
+  }
+
+  /** End the question with `answer` (null: cancelled), echoing it after the question's label. */
+  answer(answer) {
+    const { resolve } = this.question;
+    this.echo(answer === null ? `${this.input.value}^C` : answer);
+    this.question = null;
+    this.promptRole.textContent = this.role;
+    this.input.value = "";
+    this.changed();
+    this.follow = true;
+    this.scrollToEnd();
+    resolve(answer);
+  }
+
   interrupt() {
     if (this.running) {
       this.running.stop();
@@ -162,7 +196,8 @@ export class Terminal {
     if (key === "c") {
       if (hasSelection(this.input)) return; // a person copying text: let the browser copy
       e.preventDefault();
-      if (!this.interrupt()) {
+      if (this.question) this.answer(null);
+      else if (!this.interrupt()) {
         // No reply running: a shell abandons the line being typed.
         this.echo(`${this.input.value}^C`);
         this.input.value = "";
@@ -180,6 +215,18 @@ export class Terminal {
   onInputKey(e) {
     if (e.key !== "Tab") this.tabLeaves = false;
     if (e.isComposing) return;
+    if (this.question) {
+      // An answer: Enter gives it, arrows move in it, Tab completes nothing.
+      if (e.key === "Enter" && !e.shiftKey) {
+        e.preventDefault();
+        this.answer(this.input.value);
+      } else if (e.key === "Escape") {
+        this.tabLeaves = true;
+      } else if (e.key === "Tab" && !this.tabLeaves) {
+        e.preventDefault();
+      }
+      return;
+    }
     if (e.key === "Enter" && !e.shiftKey) {
       e.preventDefault();
       if (this.running) {
@@ -242,7 +289,7 @@ export class Terminal {
   showHint() {
     this.hintFrame = 0;
     const text = this.input.value;
-    const hint = text.trim() ? this.onHint(text) : null;
+    const hint = this.question ? this.question.hint(text) : text.trim() ? this.onHint(text) : null;
     const key = hint ? `${hint.usage}\n${hint.about || ""}\n${hint.warn ? 1 : 0}` : "";
     if (key === this.hintShown) return; // unchanged: leave the DOM alone
     this.hintShown = key;
