@@ -18,8 +18,8 @@ pytestmark = pytest.mark.browser
 pytest_plugins = ["tests.browser_fixtures"]  # the chromium, open_terminal and term fixtures
 
 TOKENS = ["Hello", " there,", " this", " reply", " grows", " in", " steps."]
-COMMANDS = ["gpt chat", "gpt role", "gpt model", "gpt history", "gpt reset", "clear", "history",
-            "help"]
+COMMANDS = ["gpt chat", "gpt role", "gpt diy", "gpt model", "gpt history", "gpt reset", "clear",
+            "history", "help"]
 
 
 def test_page_loads_under_its_csp_with_no_console_errors(term, live):
@@ -187,6 +187,19 @@ def test_help_lists_every_command_with_its_options(term):
         assert any(t.startswith(flag) for t in term.output.locator(".help-list dt").all_inner_texts())
 
 
+def test_help_gpt_diy_explains_making_using_and_managing_own_roles(term):
+    term.type_command("help gpt diy")
+    expect()(term.last(".heading")).to_contain_text("gpt diy -k <keyword> -n <name> -d <description>")
+    about = term.last(".heading + .line")
+    for words in ("definition", "Ctrl+C", "kept in this browser", "gpt chat -r <keyword>"):
+        expect()(about).to_contain_text(words)
+    flags = term.last(".help-list").locator("dt").all_inner_texts()
+    for flag in ("-k, --keyword", "-n, --name", "-d, --description", "--list", "--show",
+                 "--export", "--delete"):
+        assert any(t.startswith(flag) for t in flags), (flag, flags)
+    expect()(term.output).to_contain_text('e.g. gpt diy -k poet -n "Haiku poet"')
+
+
 @pytest.mark.parametrize("line, message, hint", [
     ("foo bar", "unknown command: foo", "gpt chat foo bar"),
     ("chat hi", "unknown command: chat", "gpt chat hi"),
@@ -201,6 +214,15 @@ def test_help_lists_every_command_with_its_options(term):
     ('gpt chat -m "my model hi', "quote is not closed", "gpt role"),
     ("gpt role nobody", 'there is no role "nobody"', "ikun"),
     ("help nothing", 'no command "nothing"', "help"),
+    ("gpt diy", "gpt diy needs -k, -n and -d", "gpt diy -k poet"),
+    ("gpt diy -k poet -n Poet", "gpt diy needs a description", "-d"),
+    ("gpt diy -k Poet! -n Poet -d Haiku", '"Poet!" cannot be a keyword', "-k poet-"),
+    ("gpt diy -k poet -n Haiku poet -d Haiku", 'unexpected "poet -d Haiku"', "quote a name"),
+    ("gpt diy -k poet -n Poet -d '   '", "the description is empty", "gpt diy -k poet"),
+    ("gpt diy --list --show poet", "one thing at a time", "gpt diy --list"),
+    ("gpt diy --show", "option --show needs a keyword", "gpt diy --show poet"),
+    ("gpt diy --export nobody", 'you have no role "nobody"', "make one"),
+    ("gpt diy -x", "unknown option -x", "help gpt diy"),
 ])
 def test_mistakes_get_a_one_line_explanation_and_a_hint(term, upstream, line, message, hint):
     term.type_command(line)
