@@ -1,5 +1,6 @@
 """Helpers for the browser tests: launching Debian's Chromium, a handle on the terminal page,
-and upstream replies paced token by token so a test can watch them grow."""
+and upstream replies paced token by token so a test can watch them grow. The fixtures that use
+them are in `browser_fixtures.py`."""
 
 from __future__ import annotations
 
@@ -57,10 +58,16 @@ class TerminalPage:
         self.base_url = base_url
         self.console_errors: list[str] = []
         self.requests: list[str] = []
+        self.chat_bodies: list[dict] = []  # what the page POSTed to /api/gpt/get
         page.on("console", self._on_console)
         page.on("pageerror", lambda exc: self.console_errors.append(f"uncaught: {exc}"))
-        page.on("request", lambda request: self.requests.append(request.url))
+        page.on("request", self._on_request)
         page.set_default_timeout(WAIT_MS)
+
+    def _on_request(self, request) -> None:
+        self.requests.append(request.url)
+        if request.method == "POST" and request.url.endswith("/api/gpt/get"):
+            self.chat_bodies.append(request.post_data_json)
 
     def _on_console(self, message) -> None:
         if message.type == "error":
@@ -85,6 +92,27 @@ class TerminalPage:
         self.input.fill(line)
         self.input.press("Enter")
 
+    @property
+    def prompt_role(self):
+        """What the prompt shows before its sign: the role, or the question being asked."""
+        return self.page.locator("#prompt-role")
+
+    @property
+    def hint(self):
+        return self.page.locator("#hint")
+
+    def make_role(self, keyword: str, definition: str, *, name: str = "A role",
+                  description: str = "made by a test") -> None:
+        """Make an own role through the prompts, as a person would: gpt diy, then the
+        definition at the question it asks, then wait for it to be kept."""
+        made = self.page.locator("#output .ok", has_text=f"made your role {keyword}:")
+        count = made.count()
+        self.type_command(f"gpt diy -k {keyword} -n '{name}' -d '{description}'")
+        self.page.locator("#prompt-role", has_text=f"{keyword} definition").wait_for()
+        self.input.fill(definition)
+        self.input.press("Enter")
+        made.nth(count).wait_for()
+
     def last(self, selector: str):
         return self.page.locator(f"#output {selector}").last
 
@@ -104,3 +132,10 @@ class TerminalPage:
     def errors_except(self, *allowed: str) -> list[str]:
         """Console errors, leaving out those containing any of `allowed` (e.g. an expected 404)."""
         return [e for e in self.console_errors if not any(a in e for a in allowed)]
+
+
+def expect():
+    """Playwright's `expect`, waiting up to WAIT_MS."""
+    from playwright.sync_api import expect as playwright_expect
+    playwright_expect.set_options(timeout=WAIT_MS)
+    return playwright_expect

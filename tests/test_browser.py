@@ -8,62 +8,18 @@ Waiting is always Playwright's (`wait_for_*`, `expect`) or a threading Event, ne
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from .browser_helpers import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, TerminalPage, missing, paced_stream
+from .browser_helpers import WAIT_MS, expect, paced_stream
 from .fake_upstream import json_scenario, stream_scenario
 
 pytestmark = pytest.mark.browser
+pytest_plugins = ["tests.browser_fixtures"]  # the chromium, open_terminal and term fixtures
 
 TOKENS = ["Hello", " there,", " this", " reply", " grows", " in", " steps."]
-COMMANDS = ["gpt chat", "gpt role", "gpt model", "gpt history", "gpt reset", "clear", "history",
-            "help"]
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    """One headless Chromium for the whole session; each test gets a fresh context."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("Playwright for Python is not installed")
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture()
-def open_terminal(chromium, live):
-    """Open the terminal in a fresh context (empty localStorage) at a given viewport."""
-    contexts = []
-
-    def open_(width: int = 1000, height: int = 640, setup=None) -> TerminalPage:
-        context = chromium.new_context(viewport={"width": width, "height": height})
-        contexts.append(context)
-        term = TerminalPage(context.new_page(), live.url)
-        if setup is not None:
-            setup(term.page)
-        return term.open()
-
-    yield open_
-    for context in contexts:
-        context.close()
-
-
-@pytest.fixture()
-def term(open_terminal):
-    return open_terminal()
-
-
-def expect():
-    from playwright.sync_api import expect as playwright_expect
-    playwright_expect.set_options(timeout=WAIT_MS)
-    return playwright_expect
+COMMANDS = ["gpt chat", "gpt role", "gpt diy", "gpt model", "gpt history", "gpt reset", "clear",
+            "history", "help"]
 
 
 def test_page_loads_under_its_csp_with_no_console_errors(term, live):
@@ -231,6 +187,19 @@ def test_help_lists_every_command_with_its_options(term):
         assert any(t.startswith(flag) for t in term.output.locator(".help-list dt").all_inner_texts())
 
 
+def test_help_gpt_diy_explains_making_using_and_managing_own_roles(term):
+    term.type_command("help gpt diy")
+    expect()(term.last(".heading")).to_contain_text("gpt diy -k <keyword> -n <name> -d <description>")
+    about = term.last(".heading + .line")
+    for words in ("definition", "Ctrl+C", "kept in this browser", "gpt chat -r <keyword>"):
+        expect()(about).to_contain_text(words)
+    flags = term.last(".help-list").locator("dt").all_inner_texts()
+    for flag in ("-k, --keyword", "-n, --name", "-d, --description", "--list", "--show",
+                 "--export", "--delete"):
+        assert any(t.startswith(flag) for t in flags), (flag, flags)
+    expect()(term.output).to_contain_text('e.g. gpt diy -k poet -n "Haiku poet"')
+
+
 @pytest.mark.parametrize("line, message, hint", [
     ("foo bar", "unknown command: foo", "gpt chat foo bar"),
     ("chat hi", "unknown command: chat", "gpt chat hi"),
@@ -245,6 +214,15 @@ def test_help_lists_every_command_with_its_options(term):
     ('gpt chat -m "my model hi', "quote is not closed", "gpt role"),
     ("gpt role nobody", 'there is no role "nobody"', "ikun"),
     ("help nothing", 'no command "nothing"', "help"),
+    ("gpt diy", "gpt diy needs -k, -n and -d", "gpt diy -k poet"),
+    ("gpt diy -k poet -n Poet", "gpt diy needs a description", "-d"),
+    ("gpt diy -k Poet! -n Poet -d Haiku", '"Poet!" cannot be a keyword', "-k poet-"),
+    ("gpt diy -k poet -n Haiku poet -d Haiku", 'unexpected "poet -d Haiku"', "quote a name"),
+    ("gpt diy -k poet -n Poet -d '   '", "the description is empty", "gpt diy -k poet"),
+    ("gpt diy --list --show poet", "one thing at a time", "gpt diy --list"),
+    ("gpt diy --show", "option --show needs a keyword", "gpt diy --show poet"),
+    ("gpt diy --export nobody", 'you have no role "nobody"', "make one"),
+    ("gpt diy -x", "unknown option -x", "help gpt diy"),
 ])
 def test_mistakes_get_a_one_line_explanation_and_a_hint(term, upstream, line, message, hint):
     term.type_command(line)

@@ -1,4 +1,4 @@
-// The service's HTTP API as the page uses it: roles, health, and a streamed chat reply.
+// The service's HTTP API as the page uses it: roles, limits, health, and a streamed chat reply.
 // Every failure becomes an ApiError with a message and a hint a person can act on.
 
 import { readEvents } from "./sse.js";
@@ -33,6 +33,7 @@ const STATUS_WORDS = {
 function hintFor(status, code) {
   if (code === "unknown_role") return HINTS[404];
   if (code === "model_not_allowed") return "pick an allowed model: gpt model <name>";
+  if (code === "system_too_long") return "this role's definition is longer than the server now accepts: gpt diy --show <keyword>, then make a shorter role";
   return HINTS[status] || "";
 }
 
@@ -85,14 +86,29 @@ export async function getJSON(path, { token = "", signal } = {}) {
 export const getRoles = (options) => getJSON("/api/roles", options);
 export const getHealth = (options) => getJSON("/healthz", options);
 
+/** The server's limits; `max_system_chars` is the longest definition an own role may have. */
+export async function getLimits(options) {
+  const limits = await getJSON("/api/limits", options);
+  const max = limits && limits.max_system_chars;
+  if (!Number.isSafeInteger(max) || max < 1) {
+    throw new ApiError("the server did not say how long a role's definition may be", {
+      hint: "is the server older than this page? Reload the page, or tell the operator",
+    });
+  }
+  return limits;
+}
+
 /**
- * Ask for a reply as server-sent events and yield its parts as they come:
+ * Ask for a reply as server-sent events and yield its parts as they come (`role`: a server
+ * role, or none; `system`: a system message of the page's own, e.g. an own role's definition):
  * {type: "content" | "reasoning", text} ... then {type: "done", finishReason, usage, model}.
  * Throws ApiError for an HTTP error, an `error` event, or a stream that ends early;
  * an AbortError when `signal` aborts (the connection closes, so the server stops too).
  */
-export async function* chatStream({ messages, role, temperature, model, token = "", signal }) {
-  const body = { message: messages, role, stream: true };
+export async function* chatStream({ messages, role, system, temperature, model, token = "", signal }) {
+  const body = { message: messages, stream: true };
+  if (role) body.role = role;
+  if (system) body.system = system;
   if (temperature !== undefined && temperature !== null) body.temperature = temperature;
   if (model) body.model = model;
   let response;

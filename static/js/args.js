@@ -59,14 +59,20 @@ export function unclosed(quote) {
     `close it, e.g. gpt role ${quote}ikun${quote}`);
 }
 
+/** How an option is named in a message: its short form when it has one. */
+export function optionName(option) {
+  return option.short ? `-${option.short}` : `--${option.long}`;
+}
+
 /**
- * Read options from the front of `words` by `spec`: [{short: "r", long: "role", key, value: true}].
- * Options come before the other words; "--" ends them. Returns {options, rest}.
+ * Read options from the front of `words` by `spec`: [{short: "r", long: "role", key, value: true}]
+ * (`short` may be left out: then only --long works). Options come before the other words;
+ * "--" ends them. Returns {options, rest}.
  */
 export function parseOptions(words, spec, command) {
   const options = {};
   let i = 0;
-  const known = spec.map((o) => `-${o.short}`).join(", ");
+  const known = spec.map(optionName).join(", ");
   for (; i < words.length; i++) {
     const word = words[i];
     if (word === "--") {
@@ -81,7 +87,7 @@ export function parseOptions(words, spec, command) {
       option = spec.find((o) => o.long === name);
       if (value.length) inline = value.join("=");
     } else {
-      option = spec.find((o) => o.short === word[1]);
+      option = spec.find((o) => o.short && o.short === word[1]);
       if (word.length > 2) inline = word.slice(2);
     }
     if (!option) {
@@ -91,7 +97,7 @@ export function parseOptions(words, spec, command) {
     if (option.value) {
       const value = inline !== null ? inline : words[++i];
       if (value === undefined || value === "") {
-        throw new UsageError(`${command}: option -${option.short} needs a ${option.valueName || "value"}`,
+        throw new UsageError(`${command}: option ${optionName(option)} needs a ${option.valueName || "value"}`,
           `e.g. ${option.example || `help ${command}`}`);
       }
       options[option.key] = value;

@@ -1,6 +1,7 @@
 // One question and its streamed reply: a waiting indicator until the first token, reasoning
 // dimmed and apart, the answer as sanitized markdown growing in place, then the outcome.
-// The role's conversation is sent along (bounded) and the new turn is kept afterwards.
+// The role's conversation is sent along (bounded) and the new turn is kept afterwards. A
+// server role is named in the request; an own role sends its definition as `system` instead.
 
 import { chatStream } from "./api.js";
 import { MarkdownView } from "./markdown.js";
@@ -18,6 +19,7 @@ function element(tag, className, text = null) {
   return el;
 }
 
+/** `role` is what `resolveRole` made of the name: {name, own, key}. */
 export async function runChat(app, { message, role, temperature, model }) {
   const { term } = app;
   const block = term.block("reply");
@@ -37,8 +39,13 @@ export async function runChat(app, { message, role, temperature, model }) {
   let failure = null;
   let stopped = false;
   try {
-    const messages = boundedHistory(conversations.get(role), message);
-    const parts = chatStream({ messages, role, temperature, model, token: app.settings.token, signal: controller.signal });
+    const messages = boundedHistory(conversations.get(role.key), message);
+    const parts = chatStream({
+      messages,
+      role: role.own ? undefined : role.name,
+      system: role.own ? role.own.definition : undefined,
+      temperature, model, token: app.settings.token, signal: controller.signal,
+    });
     for await (const part of parts) {
       if (part.type === "content") {
         waiting.remove();
@@ -76,14 +83,14 @@ export async function runChat(app, { message, role, temperature, model }) {
     if (!content) answer.append(element("p", "dim", "(the model sent an empty reply)"));
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     const tokens = done.usage && done.usage.completion_tokens;
-    const facts = [role, done.model || model, tokens ? `${tokens} tokens` : "", `${seconds} s`].filter(Boolean);
+    const facts = [role.own ? `${role.name} (own)` : role.name, done.model || model, tokens ? `${tokens} tokens` : "", `${seconds} s`].filter(Boolean);
     block.append(element("div", "reply-meta", facts.join(" · ")));
     if (FINISH_NOTES[done.finishReason]) block.append(element("div", "note", FINISH_NOTES[done.finishReason]));
   }
   // A finished or deliberately stopped turn is remembered; a failed one is not, so that
   // trying again does not send a broken answer along.
   if (!failure && content && (done || stopped)) {
-    conversations.append(role, { role: "user", content: message }, { role: "assistant", content });
+    conversations.append(role.key, { role: "user", content: message }, { role: "assistant", content });
   }
   term.grew();
 }

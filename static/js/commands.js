@@ -2,12 +2,12 @@
 // `help` is generated from COMMANDS, so a command cannot exist without being listed.
 
 import { UsageError, parseOptions, tokenize, unclosed } from "./args.js";
-import { ApiError, getRoles } from "./api.js";
+import { ApiError } from "./api.js";
 import { runChat } from "./chat.js";
+import { diy, ownRoleList } from "./diy.js";
 import { MarkdownView } from "./markdown.js";
+import { checkRole, loadRoles, resolveRole, roleNames, serverRoleNames } from "./roles.js";
 import { commands as commandStore, conversations, settings } from "./store.js";
-
-const ROLE_NAME = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 
 const ROLE_OPTION = { short: "r", long: "role", key: "role", value: true, valueName: "role name", example: "-r ikun" };
 export const CHAT_OPTIONS = [
@@ -28,7 +28,24 @@ export const COMMANDS = [
     ],
     examples: ["gpt chat -r ikun hi", "gpt chat -t 0.2 'what does \"tail -f\" do?'"],
   },
-  { name: "gpt role", usage: "gpt role [name]", about: "Without a name: list the roles. With a name: make it the default role." },
+  { name: "gpt role", usage: "gpt role [name]", about: "Without a name: list the roles, the server's and your own. With a name: make it the default role." },
+  {
+    name: "gpt diy",
+    usage: "gpt diy -k <keyword> -n <name> -d <description> | --list | --show <keyword> | --export <keyword> | --delete <keyword>",
+    about: "Make a role of your own, kept in this browser: the terminal then asks for its definition, the system prompt " +
+      "sent with every message to it (Enter saves, Shift+Enter adds a line, Ctrl+C cancels; the server sets the longest " +
+      "allowed). Use it like any role: gpt chat -r <keyword>, gpt role <keyword>. Each keeps its own conversation.",
+    options: [
+      ["-k, --keyword <keyword>", "what to call it by: lowercase letters, digits, - and _; not a server role's name or another of yours"],
+      ["-n, --name <name>", "its name, shown in the lists (quote it if it has spaces)"],
+      ["-d, --description <text>", "what it does, shown by gpt role"],
+      ["--list", "list your own roles"],
+      ["--show <keyword>", "show one, with its definition"],
+      ["--export <keyword>", "print it as a roles/<keyword>.md file for the server's operator to install"],
+      ["--delete <keyword>", "forget it and its conversation"],
+    ],
+    examples: ['gpt diy -k poet -n "Haiku poet" -d "Answers in haiku"', "gpt chat -r poet the sea at night", "gpt diy --export poet"],
+  },
   { name: "gpt model", usage: "gpt model [name | --default]", about: "Show the model asked for, or set it (--default: the server's choice)." },
   { name: "gpt history", usage: "gpt history [-r role]", about: "Show the role's conversation, which each follow-up sends along.", options: [["-r, --role <name>", "another role than the default"]] },
   { name: "gpt reset", usage: "gpt reset [-r role]", about: "Forget the role's conversation and start afresh.", options: [["-r, --role <name>", "another role than the default"]] },
@@ -47,7 +64,14 @@ const KEYS = [
 ];
 
 export const TOP = ["gpt", "clear", "history", "help"];
-export const GPT_SUBCOMMANDS = ["chat", "role", "model", "history", "reset", "token"];
+export const GPT_SUBCOMMANDS = COMMANDS.filter((c) => c.name.startsWith("gpt ")).map((c) => c.name.slice(4));
+
+/** `gpt` alone: for the hint line and `help gpt`. */
+export const GPT_COMMAND = {
+  name: "gpt",
+  usage: `gpt <${GPT_SUBCOMMANDS.join(" | ")}> ...`,
+  about: "Talk to the model and manage its roles; help gpt explains each.",
+};
 
 /** Run one command line. Every failure ends as a one-line explanation and a hint. */
 export async function runCommand(line, app) {
@@ -101,11 +125,12 @@ function unknown(name, line) {
 async function gpt(words, app, parsed) {
   const [sub, ...rest] = words;
   if (sub === undefined) {
-    throw new UsageError("gpt needs a subcommand: chat, role, model, history, reset or token", "e.g. gpt chat hello (see: help gpt)");
+    throw new UsageError(`gpt needs a subcommand: ${GPT_SUBCOMMANDS.join(", ")}`, "e.g. gpt chat hello (see: help gpt)");
   }
   switch (sub) {
     case "chat": return chat(rest, app, parsed);
     case "role": return role(rest, app);
+    case "diy": return diy(rest, app);
     case "model": return model(rest, app);
     case "history": return conversationHistory(rest, app);
     case "reset": return reset(rest, app);
@@ -116,13 +141,6 @@ async function gpt(words, app, parsed) {
         near ? `did you mean: gpt ${near}?` : `to ask the model, type: gpt chat ${words.join(" ")}`);
     }
   }
-}
-
-function checkRole(name) {
-  if (!ROLE_NAME.test(name)) {
-    throw new UsageError(`"${name}" is not a role name (lowercase letters, digits, - and _)`, "list the roles with: gpt role");
-  }
-  return name;
 }
 
 /**
@@ -140,7 +158,7 @@ async function chat(words, app, parsed) {
   if (!rest.length && parsed.quote) throw unclosed(parsed.quote);
   const message = rest.length ? chatMessage(rest, parsed) : "";
   if (!message.trim()) throw new UsageError("gpt chat needs a message", "e.g. gpt chat -r ikun hi");
-  const role = checkRole(options.role || app.settings.role);
+  const role = resolveRole(app, checkRole(options.role || app.settings.role));
   let temperature;
   if (options.temperature !== undefined) {
     temperature = Number(options.temperature);
@@ -153,25 +171,13 @@ async function chat(words, app, parsed) {
   await runChat(app, { message, role, temperature, model });
 }
 
-async function loadRoles(app) {
-  app.roles = await getRoles({ token: app.settings.token });
-  return app.roles;
-}
-
-export function roleNames(app) {
-  const names = app.roles.map((r) => r.name);
-  if (!names.includes("default")) names.unshift("default");
-  return names;
-}
-
 async function role(words, app) {
   const { term } = app;
   if (words.length > 1) throw new UsageError("gpt role takes one role name", "e.g. gpt role ikun");
   await loadRoles(app);
-  const names = roleNames(app);
   if (!words.length) {
     const list = term.block("role-list", null, "dl");
-    for (const name of names) {
+    for (const name of serverRoleNames(app)) {
       const info = app.roles.find((r) => r.name === name);
       const dt = document.createElement("dt");
       dt.textContent = name === app.settings.role ? `${name} *` : name;
@@ -179,18 +185,27 @@ async function role(words, app) {
       dd.textContent = info ? info.description || "(no description)" : "no template: the model as it is";
       list.append(dt, dd);
     }
+    const own = ownRoleList(app);
+    if (own) {
+      term.print("Your own roles (gpt diy, kept in this browser):", "heading own-heading");
+      term.output.appendChild(own);
+    }
     term.print("* is the default role. Set it: gpt role <name> · once: gpt chat -r <name> <message>", "dim");
+    if (!own) term.print("Make a role of your own: gpt diy (see: help gpt diy)", "dim");
     return;
   }
+  const names = roleNames(app);
   const name = checkRole(words[0]);
   if (!names.includes(name)) {
     throw new UsageError(`there is no role "${name}"`, `roles: ${names.join(", ")}`);
   }
+  const chosen = resolveRole(app, name);
   settings.set({ role: name });
   app.settings.role = name;
   term.setRole(name);
-  const count = conversations.get(name).length;
-  term.print(`default role: ${name}` + (count ? ` (its conversation has ${count} messages; gpt reset forgets them)` : ""), "ok");
+  const count = conversations.get(chosen.key).length;
+  term.print(`default role: ${name}${chosen.own ? " (your own)" : ""}` +
+    (count ? ` (its conversation has ${count} messages; gpt reset forgets them)` : ""), "ok");
 }
 
 function model(words, app) {
@@ -217,16 +232,18 @@ function model(words, app) {
   term.print(`model: ${name}`, "ok");
 }
 
+/** The role named by -r (or the default), resolved to a server role or an own one. */
 function roleOption(words, app, command) {
   const { options, rest } = parseOptions(words, [ROLE_OPTION], command);
   if (rest.length) throw new UsageError(`${command}: unexpected "${rest.join(" ")}"`, `to name a role: ${command} -r ikun`);
-  return checkRole(options.role || app.settings.role);
+  return resolveRole(app, checkRole(options.role || app.settings.role));
 }
 
 function conversationHistory(words, app) {
   const { term } = app;
-  const name = roleOption(words, app, "gpt history");
-  const messages = conversations.get(name);
+  const role = roleOption(words, app, "gpt history");
+  const { name } = role;
+  const messages = conversations.get(role.key);
   if (!messages.length) {
     term.print(`role ${name} has no conversation yet`, "dim");
     return;
@@ -250,9 +267,10 @@ function conversationHistory(words, app) {
 }
 
 function reset(words, app) {
-  const name = roleOption(words, app, "gpt reset");
-  const count = conversations.get(name).length;
-  conversations.reset(name);
+  const role = roleOption(words, app, "gpt reset");
+  const { name } = role;
+  const count = conversations.get(role.key).length;
+  conversations.reset(role.key);
   app.term.print(count ? `forgot the ${count} messages of role ${name}` : `role ${name} had no conversation to forget`, "ok");
 }
 
@@ -312,7 +330,8 @@ function help(words, app) {
     return;
   }
   if (words.length === 1 && words[0] === "gpt") {
-    term.print("gpt <subcommand>: chat, role, model, history, reset, token", "heading");
+    term.print(GPT_COMMAND.usage, "heading");
+    term.print(GPT_COMMAND.about);
     const list = term.block("help-list", null, "dl");
     for (const command of COMMANDS.filter((c) => c.name.startsWith("gpt "))) addTerm(list, command.usage, command.about);
     return;

@@ -1,8 +1,11 @@
 // Tab completion: the word before the caret, completed from the commands, their options and
-// the server's role names.
+// the role names (the server's and the user's own).
 
-import { parseOptions, tokenize } from "./args.js";
-import { CHAT_OPTIONS, GPT_SUBCOMMANDS, TOP, roleNames } from "./commands.js";
+import { optionName, parseOptions, tokenize } from "./args.js";
+import { CHAT_OPTIONS, GPT_SUBCOMMANDS, TOP } from "./commands.js";
+import { DIY_OPTIONS } from "./diy.js";
+import { roleNames } from "./roles.js";
+import { ownRoles } from "./store.js";
 
 /** Complete the word before the caret: {text: the new text before the caret, choices}. */
 export function complete(before, app) {
@@ -43,8 +46,17 @@ function candidates(words, current, app) {
     case "history":
     case "reset": return words.length === 2 ? ["-r"] : [];
     case "token": return words.length === 2 ? ["--clear"] : [];
+    case "diy": return diyCandidates(words, last, current);
     default: return [];
   }
+}
+
+function diyCandidates(words, last, current) {
+  if (["--show", "--export", "--delete"].includes(last)) return ownRoles.list().map((r) => r.keyword);
+  const option = DIY_OPTIONS.find((o) => optionName(o) === last || `--${o.long}` === last);
+  if (option && option.value) return []; // a new keyword, name or description: nothing to offer
+  if (current.startsWith("--")) return DIY_OPTIONS.map((o) => `--${o.long}`);
+  return current === "" || current.startsWith("-") ? DIY_OPTIONS.map(optionName) : [];
 }
 
 function safeOptions(words) {

@@ -3,6 +3,7 @@
 import { getHealth, getRoles } from "./api.js";
 import { isRemembered, runCommand } from "./commands.js";
 import { complete } from "./complete.js";
+import { usageHint } from "./hint.js";
 import { settings } from "./store.js";
 import { Terminal } from "./terminal.js";
 
@@ -18,8 +19,10 @@ app.term = new Terminal({
   promptRole: $("prompt-role"),
   stop: $("stop"),
   banner: $("banner"),
+  hint: $("hint"),
   onCommand: (line) => runCommand(line, app),
   onComplete: (before) => complete(before, app),
+  onHint: usageHint,
   remember: isRemembered,
 });
 

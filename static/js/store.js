@@ -1,5 +1,6 @@
-// What the page remembers in localStorage: the command history, the settings, and one
-// conversation per role. Storage may be full or switched off: then the page forgets quietly.
+// What the page remembers in localStorage: the command history, the settings, one
+// conversation per role, and the user's own roles. Storage may be full or switched off: then
+// the page forgets quietly, except an own role, whose save reports whether it was kept.
 
 const PREFIX = "gpt-terminal:";
 export const MAX_COMMANDS = 500;
@@ -80,6 +81,43 @@ export const conversations = {
   },
   reset(role) {
     remove(`conversation:${role}`);
+  },
+};
+
+const OWN_ROLES_VERSION = 1;
+function isOwnRole(r) {
+  return r && typeof r === "object" && typeof r.keyword === "string" && r.keyword !== ""
+    && typeof r.name === "string" && typeof r.description === "string"
+    && typeof r.definition === "string" && r.definition.trim() !== "";
+}
+
+/**
+ * The user's own roles (`gpt diy`), under "own-roles" as
+ * {"version": 1, "roles": [{keyword, name, description, definition, created}]}, oldest first.
+ * Read on every use, so another tab's changes are seen; entries that are not whole are skipped.
+ */
+export const ownRoles = {
+  list() {
+    const value = read("own-roles", null);
+    if (!value || value.version !== OWN_ROLES_VERSION || !Array.isArray(value.roles)) return [];
+    const roles = new Map();
+    for (const r of value.roles) if (isOwnRole(r) && !roles.has(r.keyword)) roles.set(r.keyword, r);
+    return [...roles.values()];
+  },
+  get(keyword) {
+    return this.list().find((r) => r.keyword === keyword) || null;
+  },
+  /** Keep `role` (replacing one of the same keyword); false if the browser would not store it. */
+  save(role) {
+    const roles = this.list().filter((r) => r.keyword !== role.keyword);
+    roles.push(role);
+    return write("own-roles", { version: OWN_ROLES_VERSION, roles });
+  },
+  remove(keyword) {
+    const roles = this.list();
+    const kept = roles.filter((r) => r.keyword !== keyword);
+    if (kept.length === roles.length) return false;
+    return write("own-roles", { version: OWN_ROLES_VERSION, roles: kept });
   },
 };
 

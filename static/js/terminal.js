@@ -1,33 +1,40 @@
 // The terminal's screen and keyboard: an output log, a prompt, command history on Up/Down,
-// Tab completion, Ctrl+C and Ctrl+L, and a view that follows the newest output. What a command
-// does is not its business: it calls `onCommand(line)` and `onComplete(textBeforeCaret)`.
+// Tab completion, Ctrl+C and Ctrl+L, a hint line under the prompt, questions a command asks,
+// and a view that follows the newest output. What a command does is not its business: it
+// calls `onCommand(line)`, `onComplete(textBeforeCaret)` and `onHint(line)`.
 
 import { commands as commandStore } from "./store.js";
 
 const FOLLOW_SLACK_PX = 48; // this close to the bottom counts as "at the bottom"
 
 export class Terminal {
-  constructor({ output, input, promptRole, stop, banner, onCommand, onComplete, remember = () => true }) {
+  constructor({ output, input, promptRole, stop, banner, hint, onCommand, onComplete, onHint = () => null, remember = () => true }) {
     this.output = output;
     this.input = input;
     this.promptRole = promptRole;
     this.stopButton = stop;
     this.banner = banner;
+    this.hint = hint;
     this.onCommand = onCommand;
     this.onComplete = onComplete;
+    this.onHint = onHint;
     this.remember = remember;
     this.history = commandStore.load();
     this.historyIndex = this.history.length;
     this.draft = "";
     this.running = null; // {stop()} while a command runs
+    this.question = null; // {hint(text), resolve(answer)} while a command waits for an answer
+    this.role = "";
     this.follow = true;
     this.tabLeaves = false;
+    this.hintFrame = 0;
+    this.hintShown = null;
     this.bind();
   }
 
   bind() {
     this.input.addEventListener("keydown", (e) => this.onInputKey(e));
-    this.input.addEventListener("input", () => this.resizeInput());
+    this.input.addEventListener("input", () => this.changed());
     document.addEventListener("keydown", (e) => this.onGlobalKey(e));
     document.addEventListener("click", (e) => this.onClick(e));
     this.stopButton.addEventListener("click", () => this.interrupt());
@@ -88,7 +95,8 @@ export class Terminal {
   }
 
   setRole(role) {
-    this.promptRole.textContent = role;
+    this.role = role;
+    if (!this.question) this.promptRole.textContent = role;
   }
 
   atBottom() {
@@ -111,7 +119,7 @@ export class Terminal {
   async submit() {
     const line = this.input.value;
     this.input.value = "";
-    this.resizeInput();
+    this.changed();
     this.historyIndex = this.history.length;
     this.draft = "";
     this.follow = true;
@@ -141,6 +149,37 @@ export class Terminal {
     if (!isTouch()) this.input.focus({ preventScroll: true });
   }
 
+  /**
+   * Ask for an answer at the prompt, which shows `label` instead of the role: resolves with the
+   * text on Enter (Shift+Enter adds a line), or null on Ctrl+C. `hint(text)` fills the hint
+   * line as the answer is typed; `value` starts the answer (to correct a refused one).
+   */
+  ask({ label, hint = () => null, value = "" }) {
+    return new Promise((resolve) => {
+      this.question = { hint, resolve };
+      this.promptRole.textContent = label;
+      this.input.value = value;
+      this.changed();
+      this.input.setSelectionRange(value.length, value.length);
+      if (!isTouch()) this.input.focus({ preventScroll: true });
+      this.follow = true;
+      this.grew();
+    });
+  }
+
+  /** End the question with `answer` (null: cancelled), echoing it after the question's label. */
+  answer(answer) {
+    const { resolve } = this.question;
+    this.echo(answer === null ? `${this.input.value}^C` : answer);
+    this.question = null;
+    this.promptRole.textContent = this.role;
+    this.input.value = "";
+    this.changed();
+    this.follow = true;
+    this.scrollToEnd();
+    resolve(answer);
+  }
+
   interrupt() {
     if (this.running) {
       this.running.stop();
@@ -157,11 +196,12 @@ export class Terminal {
     if (key === "c") {
       if (hasSelection(this.input)) return; // a person copying text: let the browser copy
       e.preventDefault();
-      if (!this.interrupt()) {
+      if (this.question) this.answer(null);
+      else if (!this.interrupt()) {
         // No reply running: a shell abandons the line being typed.
         this.echo(`${this.input.value}^C`);
         this.input.value = "";
-        this.resizeInput();
+        this.changed();
         this.historyIndex = this.history.length;
       }
       this.follow = true;
@@ -175,6 +215,18 @@ export class Terminal {
   onInputKey(e) {
     if (e.key !== "Tab") this.tabLeaves = false;
     if (e.isComposing) return;
+    if (this.question) {
+      // An answer: Enter gives it, arrows move in it, Tab completes nothing.
+      if (e.key === "Enter" && !e.shiftKey) {
+        e.preventDefault();
+        this.answer(this.input.value);
+      } else if (e.key === "Escape") {
+        this.tabLeaves = true;
+      } else if (e.key === "Tab" && !this.tabLeaves) {
+        e.preventDefault();
+      }
+      return;
+    }
     if (e.key === "Enter" && !e.shiftKey) {
       e.preventDefault();
       if (this.running) {
@@ -202,7 +254,7 @@ export class Terminal {
     if (this.historyIndex === this.history.length) this.draft = this.input.value;
     this.historyIndex = next;
     this.input.value = next === this.history.length ? this.draft : this.history[next];
-    this.resizeInput();
+    this.changed();
     const end = this.input.value.length;
     this.input.setSelectionRange(end, end);
     return true;
@@ -217,7 +269,7 @@ export class Terminal {
     if (result.text !== before) {
       this.input.value = result.text + after;
       this.input.setSelectionRange(result.text.length, result.text.length);
-      this.resizeInput();
+      this.changed();
     } else if (result.choices.length > 1) {
       // Nothing more to add: show the choices, as a shell does on a second Tab.
       this.echo(this.input.value);
@@ -225,6 +277,28 @@ export class Terminal {
       this.follow = true;
       this.grew();
     }
+  }
+
+  /** The input's text changed (typed or set): fit its height, and renew the hint line. */
+  changed() {
+    this.resizeInput();
+    // At most one hint per frame, however fast the keys come; the work is one pass over the line.
+    if (!this.hintFrame) this.hintFrame = requestAnimationFrame(() => this.showHint());
+  }
+
+  showHint() {
+    this.hintFrame = 0;
+    const text = this.input.value;
+    const hint = this.question ? this.question.hint(text) : text.trim() ? this.onHint(text) : null;
+    const key = hint ? `${hint.usage}\n${hint.about || ""}\n${hint.warn ? 1 : 0}` : "";
+    if (key === this.hintShown) return; // unchanged: leave the DOM alone
+    this.hintShown = key;
+    this.hint.classList.toggle("empty", !hint);
+    this.hint.classList.toggle("warn", Boolean(hint && hint.warn));
+    const [usage, about] = this.hint.children;
+    usage.textContent = hint ? hint.usage : "";
+    about.textContent = hint && hint.about ? hint.about : "";
+    if (this.follow) this.scrollToEnd(); // the hint is the last line: keep it in view
   }
 
   resizeInput() {

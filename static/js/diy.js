@@ -1,0 +1,219 @@
+// `gpt diy`: roles of the user's own, kept in this browser. Making one asks for its definition
+// (the system prompt) at the prompt; the definition is checked against the server's limit
+// (GET /api/limits) when it is saved, so a role that is kept is one the server will accept.
+// Names, descriptions and definitions are the user's text: they are only ever set as text.
+
+import { UsageError, parseOptions } from "./args.js";
+import { getLimits } from "./api.js";
+import { DEFAULT_ROLE, ROLE_NAME, loadRoles, resolveRole, serverRoleNames } from "./roles.js";
+import { roleFile } from "./rolefile.js";
+import { conversations, ownRoles, settings } from "./store.js";
+
+const EXAMPLE = `gpt diy -k poet -n "Haiku poet" -d "Answers in haiku"`;
+const MAX_NAME_CHARS = 100;
+const MAX_DESCRIPTION_CHARS = 300;
+
+export const DIY_OPTIONS = [
+  { short: "k", long: "keyword", key: "keyword", value: true, valueName: "keyword", example: EXAMPLE },
+  { short: "n", long: "name", key: "name", value: true, valueName: "name", example: EXAMPLE },
+  { short: "d", long: "description", key: "description", value: true, valueName: "description", example: EXAMPLE },
+  { long: "list", key: "list" },
+  { long: "show", key: "show", value: true, valueName: "keyword", example: "gpt diy --show poet" },
+  { long: "export", key: "export", value: true, valueName: "keyword", example: "gpt diy --export poet" },
+  { long: "delete", key: "delete", value: true, valueName: "keyword", example: "gpt diy --delete poet" },
+];
+const ACTIONS = ["list", "show", "export", "delete"];
+const MAKING = ["keyword", "name", "description"];
+
+export async function diy(words, app) {
+  const { options, rest } = parseOptions(words, DIY_OPTIONS, "gpt diy");
+  if (rest.length) {
+    throw new UsageError(`gpt diy: unexpected "${rest.join(" ")}" (a value with spaces needs quotes)`,
+      `quote a name or description that has spaces: ${EXAMPLE}`);
+  }
+  const actions = ACTIONS.filter((a) => options[a] !== undefined);
+  const making = MAKING.some((k) => options[k] !== undefined);
+  if (!actions.length && !making) {
+    throw new UsageError("gpt diy needs -k, -n and -d to make a role, or one of --list, --show, --export, --delete", `e.g. ${EXAMPLE}`);
+  }
+  if (actions.length + (making ? 1 : 0) > 1) {
+    throw new UsageError("gpt diy does one thing at a time", `e.g. gpt diy --list, or ${EXAMPLE}`);
+  }
+  switch (actions[0]) {
+    case "list": return list(app);
+    case "show": return show(app, options.show);
+    case "export": return exportRole(app, options.export);
+    case "delete": return remove(app, options.delete);
+    default: return make(app, options);
+  }
+}
+
+/** Characters as the server counts them (code points: an emoji is one, not two). */
+export function charCount(text) {
+  let count = 0;
+  for (const _ of text) count++;
+  return count;
+}
+
+function oneLine(value, what, flag, max) {
+  if (value === undefined) throw new UsageError(`gpt diy needs a ${what}: ${flag} <${what}>`, `e.g. ${EXAMPLE}`);
+  const text = value.trim();
+  if (!text) throw new UsageError(`gpt diy: the ${what} is empty`, `e.g. ${EXAMPLE}`);
+  if (/[\r\n]/.test(text)) throw new UsageError(`gpt diy: the ${what} must be one line`, `e.g. ${EXAMPLE}`);
+  if (charCount(text) > max) throw new UsageError(`gpt diy: the ${what} is longer than ${max} characters`, "the definition is the place for the details");
+  return text;
+}
+
+function checkKeyword(keyword) {
+  if (keyword === undefined) throw new UsageError("gpt diy needs a keyword: -k <keyword>", `e.g. ${EXAMPLE}`);
+  if (!ROLE_NAME.test(keyword)) {
+    const better = keyword.toLowerCase().replace(/[^a-z0-9_-]+/g, "-").replace(/^[-_]+/, "").slice(0, 64) || "my-role";
+    throw new UsageError(`"${keyword}" cannot be a keyword: lowercase letters, digits, - and _ (at most 64, starting with a letter or digit)`, `e.g. -k ${better}`);
+  }
+  return keyword;
+}
+
+/** Refuse a keyword that a server role or another own role already has. */
+function checkFree(app, keyword) {
+  if (serverRoleNames(app).includes(keyword)) {
+    throw new UsageError(`"${keyword}" is a role on the server; your own role needs a keyword of its own`,
+      `pick another, e.g. -k ${`my-${keyword}`.slice(0, 64)}`);
+  }
+  if (ownRoles.get(keyword)) {
+    throw new UsageError(`you already have a role "${keyword}"`, `pick another keyword, or first: gpt diy --delete ${keyword}`);
+  }
+}
+
+function definitionProblem(definition, max) {
+  if (!definition) return ["the definition is empty", "type the system prompt and press Enter, or Ctrl+C to cancel"];
+  if (typeof definition.isWellFormed === "function" && !definition.isWellFormed()) {
+    return ["the definition holds a broken character (half of a UTF-16 pair)", "retype or remove it, or Ctrl+C to cancel"];
+  }
+  const count = charCount(definition);
+  if (count > max) {
+    return [`the definition is ${count} characters long; this server accepts at most ${max}`,
+      "shorten it and press Enter again, or Ctrl+C to cancel"];
+  }
+  return null;
+}
+
+function definitionHint(text, max) {
+  const count = charCount(text.trim());
+  return { usage: "Enter saves · Shift+Enter: new line · Ctrl+C cancels", about: `${count} of at most ${max} characters`, warn: count > max };
+}
+
+async function make(app, options) {
+  const { term } = app;
+  const keyword = checkKeyword(options.keyword);
+  const name = oneLine(options.name, "name", "-n", MAX_NAME_CHARS);
+  const description = oneLine(options.description, "description", "-d", MAX_DESCRIPTION_CHARS);
+  await loadRoles(app); // the server's roles as they are now
+  checkFree(app, keyword);
+  const max = (await getLimits({ token: app.settings.token })).max_system_chars;
+  term.print(`The definition of ${keyword}: the system prompt the model gets with every message to this role. ` +
+    `Enter saves it, Shift+Enter starts a new line, Ctrl+C cancels. At most ${max} characters.`, "dim");
+  let value = "";
+  for (;;) {
+    const answer = await term.ask({ label: `${keyword} definition`, value, hint: (text) => definitionHint(text, max) });
+    if (answer === null) {
+      term.print(`cancelled: no role ${keyword} was made`, "dim");
+      return;
+    }
+    const definition = answer.trim();
+    const problem = definitionProblem(definition, max) || (ownRoles.get(keyword) && [
+      `you already have a role "${keyword}" (made meanwhile, in another tab?)`, "Ctrl+C, then pick another keyword"]);
+    if (!problem) {
+      save(app, { keyword, name, description, definition, created: new Date().toISOString() });
+      return;
+    }
+    term.error(...problem);
+    value = answer;
+  }
+}
+
+function save(app, role) {
+  if (!ownRoles.save(role)) {
+    throw new UsageError("could not keep the role: this browser's storage is full or switched off",
+      "make room (gpt reset forgets a role's conversation, history -c the commands) and make it again");
+  }
+  conversations.reset(`own:${role.keyword}`); // nothing left over from an earlier role of this keyword
+  app.term.print(`made your role ${role.keyword}: gpt chat -r ${role.keyword} <message> · make it the default: gpt role ${role.keyword}`, "ok");
+}
+
+function find(keyword) {
+  const role = ownRoles.get(keyword);
+  if (!role) {
+    const mine = ownRoles.list().map((r) => r.keyword);
+    throw new UsageError(`you have no role "${keyword}"`, mine.length ? `your roles: ${mine.join(", ")}` : `make one: ${EXAMPLE}`);
+  }
+  return role;
+}
+
+function hiddenNote(app, keyword) {
+  return serverRoleNames(app).includes(keyword) ? " (hidden: the server now has a role of this name, which -r uses)" : "";
+}
+
+/** The user's own roles as a list (empty: null); `gpt role` shows it under the server's. */
+export function ownRoleList(app) {
+  const roles = ownRoles.list();
+  if (!roles.length) return null;
+  const list = document.createElement("dl");
+  list.className = "role-list own-roles";
+  for (const role of roles) {
+    const dt = document.createElement("dt");
+    dt.textContent = role.keyword === app.settings.role ? `${role.keyword} *` : role.keyword;
+    const dd = document.createElement("dd");
+    dd.textContent = `${role.name}: ${role.description}${hiddenNote(app, role.keyword)}`;
+    list.append(dt, dd);
+  }
+  return list;
+}
+
+function list(app) {
+  const { term } = app;
+  const roles = ownRoleList(app);
+  if (!roles) {
+    term.print("you have no roles of your own yet", "dim");
+    term.print(`make one: ${EXAMPLE}`, "dim");
+    return;
+  }
+  term.print("Your own roles (kept in this browser):", "heading");
+  term.output.appendChild(roles);
+  term.print("Use one: gpt chat -r <keyword> <message> · more: gpt diy --show <keyword>", "dim");
+}
+
+function show(app, keyword) {
+  const { term } = app;
+  const role = find(keyword);
+  term.print(`${role.keyword}: ${role.name}${hiddenNote(app, keyword)}`, "heading");
+  term.print(role.description);
+  if (role.created) term.print(`made ${role.created.slice(0, 10)} · ${charCount(role.definition)} characters`, "dim");
+  term.block("definition", role.definition);
+}
+
+function exportRole(app, keyword) {
+  const { term } = app;
+  const { text, notes } = roleFile(find(keyword));
+  term.print(`To install it on the server, save this as roles/${keyword}.md in the server's roles folder (ROLES_DIR); ` +
+    `it loads within a second. The server's role then takes the place of yours (gpt diy --delete ${keyword} tidies up).`, "dim");
+  term.block("role-file", text, "pre");
+  for (const note of notes) term.print(`note: ${note}`, "note");
+}
+
+function remove(app, keyword) {
+  const { term } = app;
+  find(keyword);
+  const wasDefault = app.settings.role === keyword && resolveRole(app, keyword).own !== null;
+  const count = conversations.get(`own:${keyword}`).length;
+  if (!ownRoles.remove(keyword)) {
+    throw new UsageError("could not forget the role: this browser's storage refused the change", "reload the page and try again");
+  }
+  conversations.reset(`own:${keyword}`);
+  term.print(`deleted your role ${keyword}` + (count ? ` and its conversation (${count} messages)` : ""), "ok");
+  if (wasDefault) {
+    settings.set({ role: DEFAULT_ROLE });
+    app.settings.role = DEFAULT_ROLE;
+    term.setRole(DEFAULT_ROLE);
+    term.print(`default role: ${DEFAULT_ROLE}`, "ok");
+  }
+}
