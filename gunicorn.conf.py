@@ -48,6 +48,7 @@ def on_starting(server):
 
     from gpt_proxy.config import ConfigError, load_config
 
+    _raise_open_files_limit(server)
     load_dotenv(os.environ.get("DOTENV_FILE", ".env"))
     try:
         config = load_config()
@@ -56,3 +57,18 @@ def on_starting(server):
     server.log.info("gpt_proxy: upstream %s, model %s%s", "demo (no OPENAI_API_KEY)"
                     if config.demo else config.openai_base_url, config.openai_model,
                     ", proxy token required" if config.proxy_token else "")
+
+
+def _raise_open_files_limit(server) -> None:
+    """Each open stream holds two sockets (the client's and the upstream's), so a worker with
+    1,000 streams needs more than the usual soft limit of 1,024 files: raise it to the hard
+    limit (workers inherit it), or a burst of clients fails with 'too many open files'."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            server.log.warning("gpt_proxy: cannot raise the open files limit from %d", soft)

@@ -173,7 +173,8 @@ class Upstreams:
                 tried.append(endpoint.name)
                 try:
                     stream = endpoint.open(payload, data, timeout)
-                except ClientLeft:
+                except ClientLeft as err:
+                    err.upstream, err.tried = endpoint.name, len(tried)
                     breaker.released()
                     raise
                 except ProxyError as err:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,18 @@ class Gunicorn:
     def logs(self) -> str:
         self.log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, *parts: str, timeout: float = 5.0) -> str:
+        """The first log line holding every one of `parts` (say, a request's `id=`), once the
+        server wrote it: an access line is written when a request ends, which may be after
+        its client saw the end."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.logs().splitlines():
+                if all(part in line for part in parts):
+                    return line
+            time.sleep(0.05)  # polling the log file for a line; not synchronising a test
+        raise AssertionError(f"no log line with {parts} within {timeout} s")
 
 
 @pytest.fixture(scope="session")
