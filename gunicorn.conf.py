@@ -8,7 +8,13 @@ streams finish on reload (HUP) or shutdown (TERM).
 
 import os
 
-bind = os.environ.get("BIND", "127.0.0.1:7345")
+from dotenv import load_dotenv
+
+# .env first, so BIND and the rest below can come from it too (the environment still wins).
+load_dotenv(os.environ.get("DOTENV_FILE", ".env"))
+
+_metrics_bind = os.environ.get("METRICS_BIND", "127.0.0.1:7346").strip()
+bind = [os.environ.get("BIND", "127.0.0.1:7345")] + ([_metrics_bind] if _metrics_bind else [])
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = os.environ.get("WORKER_CLASS", "gevent")
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "2000"))
@@ -41,22 +47,57 @@ logconfig_dict = {
 def on_starting(server):
     """Check the configuration once, in the master, before any worker starts: a bad value
     stops start-up with one line naming the variable instead of a traceback per worker."""
-    import os
     import sys
-
-    from dotenv import load_dotenv
 
     from gpt_proxy.config import ConfigError, load_config
 
     _raise_open_files_limit(server)
-    load_dotenv(os.environ.get("DOTENV_FILE", ".env"))
+    _metrics_directory(server)
     try:
         config = load_config()
     except ConfigError as exc:
         sys.exit(f"gpt_proxy: configuration error: {exc}")
-    server.log.info("gpt_proxy: upstream %s, model %s%s", "demo (no OPENAI_API_KEY)"
-                    if config.demo else config.openai_base_url, config.openai_model,
-                    ", proxy token required" if config.proxy_token else "")
+    upstreams = ", ".join(f"{spec.name} ({spec.base_url})" for spec in config.endpoints())
+    server.log.info("gpt_proxy: upstream %s, model %s%s%s", upstreams or "demo (no key)",
+                    config.openai_model, ", proxy token required" if config.proxy_token else "",
+                    f", metrics on http://{_metrics_bind}/metrics" if _metrics_bind else "")
+
+
+_created_metrics_dir = ""
+
+
+def _metrics_directory(server) -> None:
+    """prometheus_client's multiprocess mode: one directory of metric files for this server
+    start, set before any worker imports the library. A directory given in
+    PROMETHEUS_MULTIPROC_DIR is emptied (counts start at zero with the server); else a fresh
+    one is made and removed on exit."""
+    global _created_metrics_dir
+    import glob
+    import tempfile
+
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for path in glob.glob(os.path.join(given, "*.db")):
+            os.remove(path)
+    else:
+        _created_metrics_dir = tempfile.mkdtemp(prefix="gpt_proxy-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created_metrics_dir
+
+
+def child_exit(server, worker):
+    """A worker ended (or was killed): its live gauges (streams open) no longer count; its
+    counters and histograms stay, so nothing it counted is lost."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _created_metrics_dir:
+        import shutil
+
+        shutil.rmtree(_created_metrics_dir, ignore_errors=True)
 
 
 def _raise_open_files_limit(server) -> None:

@@ -94,7 +94,9 @@ class Service(Measured):
                  extra_env: dict | None = None, root: Path = ROOT) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "GPT_"))}
+        self.metrics_port = free_port()
         env.update({"BIND": f"127.0.0.1:{self.port}", "OPENAI_API_KEY": "sk-bench-not-a-key",
+                    "METRICS_BIND": f"127.0.0.1:{self.metrics_port}",
                     "OPENAI_BASE_URL": upstream_url, "HEARTBEAT_SECONDS": "15",
                     "LOG_LEVEL": "warning"})
         if worker_class:

@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Flask, g, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException, NotFound
 
 from .config import Config, load_config
 from .errors import ProxyError
@@ -33,6 +33,7 @@ class State:
     roles: object
     protocols: tuple = ()
     started: float = 0.0  # time.time() at start-up
+    metrics: object = None
 
     def respond(self, err: ProxyError):
         """The error response in the shape of the protocol the request came in by (what is
@@ -40,6 +41,7 @@ class State:
         from .pipeline import drain_body
 
         drain_body(request.environ)
+        g.error_code = err.code
         for protocol in self.protocols:
             if protocol.owns(request.path):
                 return protocol.error_response(err)
@@ -49,18 +51,21 @@ class State:
 def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     """The app factory. `config`: a Config, a dict of overrides, or None for the environment."""
     from . import api, openai_api
+    from .metrics import Metrics
     from .pipeline import ACCESS_LOGGED
     from .roles import RoleRegistry
 
     if not isinstance(config, Config):
         config = load_config(**(config or {}))
+    named = [spec_model for spec in config.endpoints() for spec_model in spec.models]
+    metrics = Metrics(models=config.allowed_models or (config.openai_model, *named))
     if upstream is None:
         if config.demo:
             from .demo import DemoUpstream
             upstream = DemoUpstream()
         else:
             from .failover import Upstreams
-            upstream = Upstreams(config)
+            upstream = Upstreams(config, metrics=metrics)
     roles_dir = Path(config.roles_dir)
     if not roles_dir.is_absolute():
         roles_dir = ROOT / roles_dir
@@ -72,7 +77,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     app.json.sort_keys = False
     protocols = (openai_api, api)  # `api` last: it owns every path the others do not
     state = State(config=config, upstream=upstream, roles=registry, protocols=protocols,
-                  started=time.time())
+                  started=time.time(), metrics=metrics)
     app.extensions["gpt_proxy"] = state
     for protocol in protocols:
         app.register_blueprint(protocol.bp)
@@ -85,6 +90,16 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     def start_request():
         g.started = time.monotonic()
         g.request_id = api.new_request_id()
+        # The metrics listener serves /metrics and nothing else; the others never serve it.
+        on_metrics_port = (config.metrics_bind != ""
+                           and request.environ.get("SERVER_PORT") == config.metrics_port)
+        if on_metrics_port != (request.path == "/metrics"):
+            raise NotFound()
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        body, content_type = metrics.exposition()
+        return Response(body, content_type=content_type)
 
     @app.after_request
     def finish_request(response):
@@ -96,6 +111,12 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
             response.headers["Cache-Control"] = "public, max-age=86400" if vendor else "no-cache"
         if not (g.get("streaming") or request.environ.get(ACCESS_LOGGED)):
             chat = g.get("chat") or {}
+            if request.path != "/metrics":
+                metrics.answered(request.url_rule.rule if request.url_rule else "unmatched",
+                                 chat.get("protocol", "-"), chat.get("framing", "-"),
+                                 g.get("error_code") or (
+                                     "ok" if response.status_code < 400 else
+                                     HTTP_CODES.get(response.status_code, "error")))
             logging.getLogger("gpt_proxy.access").info(
                 "request id=%s client=%s method=%s path=%s status=%d protocol=%s role=%s "
                 "model=%s upstream=%s tried=%s duration=%.0fms", g.get("request_id", "-"),

@@ -71,6 +71,7 @@ class Config:
     upstream_failures: int = 3
     upstream_cooldown: float = 30.0
     connect_retries: int = 2
+    metrics_bind: str = "127.0.0.1:7346"
     upstreams: tuple[UpstreamSpec, ...] = ()  # read from UPSTREAMS_FILE
 
     def endpoints(self) -> tuple[UpstreamSpec, ...]:
@@ -81,6 +82,11 @@ class Config:
         if self.openai_api_key:
             return (UpstreamSpec("openai", self.openai_base_url, self.openai_api_key),)
         return ()
+
+    @property
+    def metrics_port(self) -> str:
+        """The port of the metrics listener ("" when metrics are off)."""
+        return self.metrics_bind.rpartition(":")[2]
 
     @property
     def demo(self) -> bool:
@@ -173,6 +179,13 @@ def _rate_limit(value: str) -> str:
     return value
 
 
+def _bind(value: str) -> str:
+    value = value.strip()
+    if value and not re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}", value):
+        raise ValueError("must be host:port, such as 127.0.0.1:7346 (empty: no metrics)")
+    return value
+
+
 def _storage(value: str) -> str:
     value = value.strip() or "memory://"
     if not re.match(r"(memory|redis|rediss|redis\+sentinel|redis\+cluster)://", value):
@@ -208,6 +221,7 @@ PARSERS = {
     "upstream_failures": _int(1, 1000),
     "upstream_cooldown": _float(0, 86400),
     "connect_retries": _int(0, 10),
+    "metrics_bind": _bind,
 }
 
 
@@ -217,7 +231,7 @@ def load_config(environ: Mapping[str, str] | None = None, **overrides) -> Config
     values: dict = {}
     for name, parse in PARSERS.items():
         raw = environ.get(name.upper())
-        if raw is None or (raw.strip() == "" and name != "openai_api_key"):
+        if raw is None or (raw.strip() == "" and name not in ("openai_api_key", "metrics_bind")):
             continue
         try:
             values[name] = parse(raw)

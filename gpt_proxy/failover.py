@@ -38,6 +38,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .metrics import NoMetrics
 from .upstream import Endpoint, UpstreamStream, new_session
 
 TICK = 0.25  # how often a request waiting for an upstream looks at its client
@@ -107,10 +108,11 @@ class Upstreams:
 
     def __init__(self, config: Config, session=None, *,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, metrics=None) -> None:
         specs = config.endpoints()
         self.config = config
         self.clock = clock
+        self.metrics = metrics or NoMetrics()
         self.session = session or new_session(len({spec.base_url for spec in specs}))
         self.endpoints = [Endpoint(spec, config, self.session, sleep) for spec in specs]
         self.breakers = {ep.name: Breaker(config.upstream_failures, config.upstream_cooldown)
@@ -180,9 +182,12 @@ class Upstreams:
                 except ProxyError as err:
                     err.upstream, err.tried = endpoint.name, len(tried)
                     if not worth_failover(err):
-                        breaker.succeeded()  # it answered: the request was at fault
+                        self._succeeded(endpoint, breaker)  # it answered: the request erred
                         raise
-                    breaker.failed(self.clock(), _retry_after(err))
+                    now = self.clock()
+                    breaker.failed(now, _retry_after(err))
+                    self.metrics.upstream_failed(endpoint.name, err.code, moved_on=not last)
+                    self.metrics.breaker(endpoint.name, breaker.until - now, breaker.failures)
                     error = err
                     if last:
                         break
@@ -190,7 +195,7 @@ class Upstreams:
                 except BaseException:
                     breaker.released()
                     raise
-                breaker.succeeded()
+                self._succeeded(endpoint, breaker)
                 stream.upstream, stream.tried = endpoint.name, len(tried)
                 return stream
         if gone is not None and gone():
@@ -200,6 +205,11 @@ class Upstreams:
             error.message = f"{error.message} (tried {len(tried)} upstreams)"
             error.args = (error.message,)
         raise error
+
+    def _succeeded(self, endpoint: Endpoint, breaker: Breaker) -> None:
+        if breaker.failures:
+            self.metrics.breaker(endpoint.name, 0, 0)
+        breaker.succeeded()
 
     def health(self) -> list[dict]:
         """Each upstream's name and breaker state (for metrics and operators)."""

@@ -136,16 +136,22 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
     except ProxyError as err:  # for the access line of this error
         g.chat["upstream"], g.chat["tried"] = getattr(err, "upstream", "-"), getattr(err, "tried", 0)
         raise
-    write_line = access_logger(request.environ, g.get("request_id", "-"), g.get("started"),
+    started = g.get("started") or time.monotonic()
+    write_line = access_logger(request.environ, g.get("request_id", "-"), started,
                                turn, config.log_content and turn.log_text, stream)
-    if on_close is not None:
-        def closed(outcome: Outcome) -> None:
-            try:
+    metrics = state.metrics
+    route = request.url_rule.rule if request.url_rule else "unmatched"
+    metrics.stream_started(turn.protocol)
+
+    def closed(outcome: Outcome) -> None:
+        try:
+            if on_close is not None:
                 on_close(outcome)
-            finally:
-                write_line(outcome)
-    else:
-        closed = write_line
+        finally:
+            write_line(outcome)
+            metrics.stream_ended(route=route, protocol=turn.protocol, framing=turn.framing,
+                                 model=turn.model, role=turn.role, outcome=outcome,
+                                 started=started, upstream=getattr(stream, "upstream", "demo"))
     return Relay(stream, heartbeat=config.heartbeat_seconds,
                  max_event_bytes=config.max_event_bytes, client_gone=gone,
                  max_seconds=config.max_stream_seconds, on_close=closed)

@@ -46,6 +46,7 @@ class Outcome:
     first_token_at: float | None = None
     client_left: bool = False
     chunks: list[Delta] = field(default_factory=list)  # the upstream's own, when collected raw
+    heartbeats: int = 0  # pings sent while the upstream was silent
 
     @property
     def chars(self) -> int:
@@ -350,6 +351,7 @@ class Relay:
             for batch in batches:
                 if batch is None:
                     if framer.heartbeats:
+                        outcome.heartbeats += 1
                         yield framer.ping()
                     continue
                 data = framer.batch(batch)

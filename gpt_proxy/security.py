@@ -42,7 +42,7 @@ HEADERS = {
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
-OPEN_PATHS = ("/healthz",)  # never behind the host check, the token or a rate limit
+OPEN_PATHS = ("/healthz", "/metrics")  # never behind the host check, token or rate limit
 
 
 def install(app: Flask, config: Config) -> None:
@@ -140,7 +140,10 @@ def _install_limiter(app: Flask, config: Config) -> None:
     @app.errorhandler(RateLimitExceeded)
     def rate_limited(err: RateLimitExceeded):
         retry = _retry_after(limiter, err)
-        return current_app.extensions["gpt_proxy"].respond(RateLimited(
+        state = current_app.extensions["gpt_proxy"]
+        state.metrics.refused_by_rate_limit(request.url_rule.rule if request.url_rule
+                                            else "unmatched")
+        return state.respond(RateLimited(
             f"too many requests from this client: the limit is {err.limit.limit}; "
             f"retry in {retry} s", headers={"Retry-After": str(retry)}))
 

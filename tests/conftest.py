@@ -84,9 +84,11 @@ class Gunicorn:
     def __init__(self, env: dict, log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "GPT_"))}
         full_env.update(env)
         full_env["BIND"] = f"127.0.0.1:{self.port}"
+        full_env.setdefault("METRICS_BIND", self.metrics_url[len("http://"):-len("/metrics")])
         full_env["DOTENV_FILE"] = os.devnull  # a developer's .env must not change the tests
         full_env["NO_PROXY"] = full_env["no_proxy"] = "127.0.0.1,localhost"  # fakes are local
         self.log_path = log_path

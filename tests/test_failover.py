@@ -408,3 +408,25 @@ def test_stream_json_upstream_events_pass_through_failover_untouched(fakes):
     assert a.records[0].body == b.records[0].body
     assert json.loads(b.records[0].body)["messages"][-1]["content"] == "你好 🙂"
     assert TEST_KEY not in a.records[0].body.decode()
+
+
+def test_failovers_and_benched_upstreams_show_in_the_metrics(fakes):
+    from prometheus_client import generate_latest
+
+    from gpt_proxy.metrics import Metrics
+
+    from .test_metrics import samples, value
+
+    a, b, _ = fakes
+    a.push(json_scenario(429, {"error": {"message": "slow"}}, headers={"Retry-After": "20"}))
+    metrics = Metrics()
+    config = load_config({}, openai_model="fake-model", upstreams=(
+        spec("a", a.url, priority=1), spec("b", b.url, KEY_B, priority=2)))
+    upstreams = Upstreams(config, clock=FakeClock(), sleep=lambda s: None, metrics=metrics)
+    upstreams.open({"model": "fake-model", "messages": []}).close()
+    m = samples(generate_latest(metrics.registry).decode())
+    assert value(m, "gpt_proxy_failovers_total", upstream="a") == 1
+    assert value(m, "gpt_proxy_upstream_errors_total", upstream="a",
+                 kind="upstream_rate_limited") == 1
+    assert value(m, "gpt_proxy_upstream_benched_until_seconds", upstream="a") > time.time() + 15
+    assert value(m, "gpt_proxy_upstream_failures_in_a_row", upstream="a") == 1

@@ -1,0 +1,168 @@
+"""Prometheus metrics: what a person running the service needs to see, from every worker.
+
+The rules it follows:
+- prometheus_client, the well-kept library, in its multiprocess mode under gunicorn:
+  `gunicorn.conf.py` gives each server start a fresh directory (PROMETHEUS_MULTIPROC_DIR)
+  before any worker starts, and tells the library when a worker dies, so that worker's live
+  gauges (streams open) are dropped while its counters and histograms stay: counts are never
+  lost when a worker is killed, and never doubled (its replacement writes files of its own).
+  Without that directory (a single process, the tests) each app has a registry of its own.
+- Served at GET /metrics on METRICS_BIND only: a listener of its own, off the public surface,
+  so a scraper needs no proxy token and no client can read the operator's figures.
+- Labels stay bounded: a model is its name only when the service is configured for it
+  (ALLOWED_MODELS, OPENAI_MODEL, the models the upstreams name), else `other`; a role is a
+  loaded role's name; routes are URL rules; outcomes and error kinds are the service's own
+  codes; upstreams are the configured names. Nothing a client sends becomes a series.
+- Cheap: a relayed reply updates its counters once, when it ends (from the relay's outcome),
+  plus one gauge step when it starts; nothing is done per token.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+FRAMINGS = {"text/event-stream": "sse", "text/plain": "text", "application/json": "json",
+            "application/octet-stream": "ndjson"}
+OTHER = "other"
+
+
+def multiprocess_dir() -> str:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+
+class Metrics:
+    """The service's metrics, in a registry of this app's own (single process) or in the
+    shared multiprocess files (gunicorn)."""
+
+    def __init__(self, models: tuple[str, ...] = ()) -> None:
+        self.models = frozenset(models)
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gpt_proxy_requests", "Requests answered, by route, protocol, framing and "
+            "outcome (ok, client_left, or the error code)",
+            ["route", "protocol", "framing", "outcome"], registry=r)
+        self.streams_open = Gauge(
+            "gpt_proxy_streams_open", "Replies being relayed now", ["protocol"], registry=r,
+            multiprocess_mode="livesum")
+        self.ttft = Histogram(
+            "gpt_proxy_time_to_first_token_seconds", "From the request to the first token "
+            "relayed", ["protocol", "model"], buckets=TTFT_BUCKETS, registry=r)
+        self.duration = Histogram(
+            "gpt_proxy_stream_duration_seconds", "From the request to the end of its reply "
+            "(outcome: ok, error, client_left)",
+            ["protocol", "outcome"], buckets=DURATION_BUCKETS, registry=r)
+        self.characters = Counter(
+            "gpt_proxy_relayed_characters", "Characters of reply text relayed",
+            ["model", "role"], registry=r)
+        self.tokens = Counter(
+            "gpt_proxy_upstream_tokens", "Tokens the upstream reported using (its usage)",
+            ["model", "role", "kind"], registry=r)
+        self.upstream_errors = Counter(
+            "gpt_proxy_upstream_errors", "Upstream failures, before or after the first byte, "
+            "by upstream and kind (our error code)", ["upstream", "kind"], registry=r)
+        self.failovers = Counter(
+            "gpt_proxy_failovers", "Requests moved on to another upstream, by the upstream "
+            "that failed", ["upstream"], registry=r)
+        self.benched_until = Gauge(
+            "gpt_proxy_upstream_benched_until_seconds", "Unix time until which the circuit "
+            "breaker skips the upstream (in the past: in use)", ["upstream"], registry=r,
+            multiprocess_mode="livemax")
+        self.failures_in_a_row = Gauge(
+            "gpt_proxy_upstream_failures_in_a_row", "Failures in a row of the upstream "
+            "(the breaker opens at UPSTREAM_FAILURES)", ["upstream"], registry=r,
+            multiprocess_mode="livemax")
+        self.rate_limited = Counter(
+            "gpt_proxy_rate_limited", "Requests refused by RATE_LIMIT", ["route"], registry=r)
+        self.heartbeats = Counter(
+            "gpt_proxy_heartbeats", "Heartbeat comments sent while an upstream was silent",
+            ["protocol"], registry=r)
+
+    # --- labels -------------------------------------------------------------------------
+
+    def model(self, model: str) -> str:
+        return model if model in self.models else OTHER
+
+    # --- events -------------------------------------------------------------------------
+
+    def answered(self, route: str, protocol: str, framing: str, outcome: str) -> None:
+        """A request that did not relay a reply (an error before the first byte, a listing)."""
+        self.requests.labels(route, protocol, FRAMINGS.get(framing, framing), outcome).inc()
+
+    def stream_started(self, protocol: str) -> None:
+        self.streams_open.labels(protocol).inc()
+
+    def stream_ended(self, *, route: str, protocol: str, framing: str, model: str, role: str,
+                     outcome, started: float, upstream: str) -> None:
+        """Everything one relayed reply came to, counted once when it ended."""
+        now = time.monotonic()
+        error = outcome.error
+        result = ("client_left" if outcome.client_left else
+                  error.code if error is not None else "ok")
+        model = self.model(model)
+        self.streams_open.labels(protocol).dec()
+        self.requests.labels(route, protocol, FRAMINGS.get(framing, framing), result).inc()
+        ended = "client_left" if outcome.client_left else "error" if error is not None else "ok"
+        self.duration.labels(protocol, ended).observe(now - started)
+        if outcome.first_token_at is not None:
+            self.ttft.labels(protocol, model).observe(outcome.first_token_at - started)
+        chars = outcome.chars
+        if chars:
+            self.characters.labels(model, role).inc(chars)
+        usage = outcome.usage if isinstance(outcome.usage, dict) else {}
+        for kind in ("prompt", "completion"):
+            count = usage.get(f"{kind}_tokens")
+            if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+                self.tokens.labels(model, role, kind).inc(count)
+        if error is not None and not outcome.client_left and error.code.startswith("upstream"):
+            self.upstream_errors.labels(upstream, error.code).inc()
+        if outcome.heartbeats:
+            self.heartbeats.labels(protocol).inc(outcome.heartbeats)
+
+    def upstream_failed(self, upstream: str, code: str, moved_on: bool) -> None:
+        self.upstream_errors.labels(upstream, code).inc()
+        if moved_on:
+            self.failovers.labels(upstream).inc()
+
+    def breaker(self, upstream: str, benched_for: float, failures: int) -> None:
+        """The breaker of `upstream` changed: benched for that many more seconds (0: in use)."""
+        self.benched_until.labels(upstream).set(time.time() + benched_for if benched_for > 0
+                                                else 0)
+        self.failures_in_a_row.labels(upstream).set(failures)
+
+    def refused_by_rate_limit(self, route: str) -> None:
+        self.rate_limited.labels(route).inc()
+
+    # --- exposition ---------------------------------------------------------------------
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format: every worker's figures under gunicorn, else this app's."""
+        if multiprocess_dir():
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class NoMetrics:
+    """What the failover router calls when no metrics are kept (its unit tests)."""
+
+    def upstream_failed(self, upstream: str, code: str, moved_on: bool) -> None:
+        pass
+
+    def breaker(self, upstream: str, benched_for: float, failures: int) -> None:
+        pass
