@@ -125,3 +125,33 @@ def gunicorn_server(fake_upstream, tmp_path_factory):
 def live(gunicorn_server, upstream):
     """The running gunicorn, with the fake upstream emptied for this test."""
     return gunicorn_server
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free port, 127.0.0.1 only, no persistence; shared by the
+    session (each test uses its own keys, or empties the database first)."""
+    import shutil
+
+    import redis
+
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(binary):
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_port(port, proc, "redis-server", 10)
+        redis.Redis.from_url(url, socket_timeout=2).ping()
+    except (RuntimeError, redis.RedisError):
+        stop_process(proc)
+        raise
+    yield url
+    stop_process(proc)
