@@ -35,7 +35,9 @@ class State:
     started: float = 0.0  # time.time() at start-up
 
     def respond(self, err: ProxyError):
-        """The error response in the shape of the protocol the request came in by."""
+        """The error response in the shape of the protocol the request came in by. The access
+        line keeps the error's own status, also when a protocol answers it with another."""
+        g.error_status = err.status
         for protocol in self.protocols:
             if protocol.owns(request.path):
                 return protocol.error_response(err)
@@ -95,7 +97,8 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
             logging.getLogger("gpt_proxy.access").info(
                 "request id=%s client=%s method=%s path=%s status=%d protocol=%s role=%s "
                 "model=%s duration=%.0fms", g.get("request_id", "-"), request.remote_addr,
-                loggable(request.method, 20), loggable(request.path), response.status_code,
+                loggable(request.method, 20), loggable(request.path),
+                g.get("error_status", response.status_code),
                 chat.get("protocol", "-"), loggable(chat.get("role", "-")),
                 loggable(chat.get("model", "-")),
                 (time.monotonic() - g.get("started", time.monotonic())) * 1000)
