@@ -44,6 +44,9 @@ class Config:
     trusted_proxies: int = 0
     log_content: bool = False
     max_event_bytes: int = 1_048_576
+    conversation_store: str = field(default="sqlite:///data/conversations.db", repr=False)
+    conversation_ttl_days: float = 30.0
+    chat_process_role: str = "default"
 
     @property
     def demo(self) -> bool:
@@ -143,6 +146,24 @@ def _storage(value: str) -> str:
     return value
 
 
+def _conversation_store(value: str) -> str:
+    value = value.strip()
+    if value.startswith("sqlite:///") and value[len("sqlite:///"):].strip("/"):
+        return value
+    if re.match(r"rediss?://", value) and urlparse(value).hostname:
+        return value
+    raise ValueError("must be sqlite:///relative/path.db (relative to the project), "
+                     "sqlite:////absolute/path.db or a redis://host:6379/0 URL")
+
+
+def _role_name(value: str) -> str:
+    value = value.strip()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", value):
+        raise ValueError("must be a role name like 'cli' (lowercase letters, digits, '-' and "
+                         "'_', at most 64 characters)")
+    return value
+
+
 PARSERS = {
     "openai_api_key": _text,
     "openai_base_url": _url,
@@ -166,6 +187,9 @@ PARSERS = {
     "trusted_proxies": _int(0, 10),
     "log_content": _bool,
     "max_event_bytes": _int(1024, 100_000_000),
+    "conversation_store": _conversation_store,
+    "conversation_ttl_days": _float(0.001, 36500),
+    "chat_process_role": _role_name,
 }
 
 

@@ -11,6 +11,7 @@ import uuid
 import pytest
 import redis
 
+from gpt_proxy.config import ConfigError, load_config
 from gpt_proxy.conversations import (
     PURGE_BATCH,
     RedisStore,
@@ -95,7 +96,13 @@ def test_the_walk_keeps_the_newest_within_the_message_and_character_budgets(back
     newest = messages[-1].id
     assert texts(resolve(store, newest, max_messages=3, max_chars=1000)) == [
         "c" * 10, "d" * 10, "e" * 10]
-    assert texts(resolve(store, newest, max_messages=10, max_chars=25)) == ["d" * 10, "e" * 10]
+    assert texts(resolve(store, newest, max_messages=10, max_chars=35)) == [
+        "c" * 10, "d" * 10, "e" * 10]
+    # cut short, the history starts at a user message, never at an answer to nothing
+    assert texts(resolve(store, newest, max_messages=2, max_chars=1000)) == ["e" * 10]
+    assert texts(resolve(store, newest, max_messages=10, max_chars=25)) == ["e" * 10]
+    assert texts(resolve(store, messages[-2].id, max_messages=2, max_chars=1000)) == [
+        "c" * 10, "d" * 10]
     # the newest message is kept even alone over the budget: the shared trimming decides
     assert texts(resolve(store, newest, max_messages=10, max_chars=5)) == ["e" * 10]
 
@@ -281,3 +288,27 @@ def test_the_setting_picks_the_backend_and_resolves_relative_paths(tmp_path, red
     finally:
         sqlite_store.close()
         redis_store.close()
+
+
+@pytest.mark.parametrize("name,value", [
+    ("CONVERSATION_STORE", "postgres://db/x"), ("CONVERSATION_STORE", "sqlite://x.db"),
+    ("CONVERSATION_STORE", "sqlite:///"), ("CONVERSATION_STORE", "redis://"),
+    ("CONVERSATION_STORE", "data/conversations.db"), ("CONVERSATION_TTL_DAYS", "0"),
+    ("CONVERSATION_TTL_DAYS", "forever"), ("CHAT_PROCESS_ROLE", "../etc"),
+    ("CHAT_PROCESS_ROLE", "Big Role"),
+])
+def test_a_bad_store_setting_stops_start_up_naming_the_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        load_config({name: value})
+
+
+def test_the_store_settings_and_their_defaults():
+    config = load_config({})
+    assert config.conversation_store == "sqlite:///data/conversations.db"
+    assert (config.conversation_ttl_days, config.chat_process_role) == (30.0, "default")
+    config = load_config({"CONVERSATION_STORE": "rediss://:pw@cache.example:6380/2",
+                          "CONVERSATION_TTL_DAYS": "0.5", "CHAT_PROCESS_ROLE": "cli"})
+    assert config.conversation_store == "rediss://:pw@cache.example:6380/2"
+    assert (config.conversation_ttl_days, config.chat_process_role) == (0.5, "cli")
+    assert load_config({"CONVERSATION_STORE": "sqlite:////var/lib/gpt/c.db"}).conversation_store \
+        == "sqlite:////var/lib/gpt/c.db"
