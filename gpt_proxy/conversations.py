@@ -134,6 +134,9 @@ def resolve(store: Store, parent_id: str | None, *, max_messages: int,
         chain.append(node)
         seen.add(node.id)
         node = store.get(node.parent_id) if node.parent_id else None
+    if node is not None:  # cut short: start at a question, never at an answer to nothing
+        while len(chain) > 1 and chain[-1].role != "user":
+            chain.pop()
     chain.reverse()
     return Resolved(start, chain, followed_reply=followed)
 
