@@ -112,11 +112,14 @@ class Gunicorn:
 
 @pytest.fixture(scope="session")
 def gunicorn_server(fake_upstream, tmp_path_factory):
-    """gunicorn serving the app against the session's fake upstream (1 s heartbeats)."""
+    """gunicorn serving the app against the session's fake upstream (1 s heartbeats), its
+    conversations in a temporary SQLite file (never the project's data/)."""
+    folder = tmp_path_factory.mktemp("gunicorn")
     server = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": fake_upstream.url,
                        "OPENAI_MODEL": "fake-model", "HEARTBEAT_SECONDS": "1",
-                       "WEB_CONCURRENCY": "1"},
-                      tmp_path_factory.mktemp("gunicorn") / "gunicorn.log")
+                       "WEB_CONCURRENCY": "1",
+                       "CONVERSATION_STORE": f"sqlite:///{folder}/conversations.db"},
+                      folder / "gunicorn.log")
     yield server
     server.stop()
 
