@@ -158,3 +158,21 @@ def redis_url(tmp_path_factory):
         raise
     yield url
     stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium for the whole session (Playwright's sync API runs one instance
+    per thread, so every browser test shares it); each test opens a fresh context."""
+    from .browser_helpers import CHROMIUM, CHROMIUM_ARGS, missing
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("Playwright for Python is not installed")
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

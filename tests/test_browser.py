@@ -8,11 +8,10 @@ Waiting is always Playwright's (`wait_for_*`, `expect`) or a threading Event, ne
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from .browser_helpers import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, TerminalPage, missing, paced_stream
+from .browser_helpers import WAIT_MS, TerminalPage, paced_stream
 from .fake_upstream import json_scenario, stream_scenario
 
 pytestmark = pytest.mark.browser
@@ -20,21 +19,6 @@ pytestmark = pytest.mark.browser
 TOKENS = ["Hello", " there,", " this", " reply", " grows", " in", " steps."]
 COMMANDS = ["gpt chat", "gpt role", "gpt model", "gpt history", "gpt reset", "clear", "history",
             "help"]
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    """One headless Chromium for the whole session; each test gets a fresh context."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("Playwright for Python is not installed")
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture()
