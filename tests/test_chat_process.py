@@ -156,7 +156,7 @@ def test_a_missing_or_wrong_token_is_the_unauthorized_envelope(make, upstream, c
 
 def test_a_reply_is_lines_each_holding_the_reply_so_far(client, upstream, caplog):
     caplog.set_level(logging.INFO)
-    upstream.push(stream_scenario(TOKENS, size=5, pause=0.02))
+    upstream.push(stream_scenario(TOKENS, size=30, pause=0.02))
     response = chat(client, "hello")
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("application/octet-stream")
