@@ -273,11 +273,14 @@ class LineFramer(Framer):
 
     def line(self, delta: str, text: str | None = None, **extra) -> bytes:
         """The reply so far as one line (after a line end, unless it is the first)."""
-        data = json.dumps({**self.head, "text": self.text if text is None else text,
-                           "delta": delta, "detail": self.detail, **extra},
-                          ensure_ascii=False, separators=(",", ":"))
+        value = {**self.head, "text": self.text if text is None else text, "delta": delta,
+                 "detail": self.detail, **extra}
+        try:
+            data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate in the upstream's chunk: escape it
+            data = json.dumps(value, separators=(",", ":")).encode("ascii")
         self.lines += 1
-        return (data if self.lines == 1 else "\n" + data).encode("utf-8")
+        return data if self.lines == 1 else b"\n" + data
 
     def batch(self, deltas: list[Delta]) -> bytes:
         new: list[str] = []

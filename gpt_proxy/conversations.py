@@ -15,7 +15,8 @@ Rules it follows:
   forgets expired conversations). Each statement is small and indexed: the store is called
   from gevent workers, where a blocking call holds the whole worker.
 - Any failure to read or write is a `StoreError` with a message naming the store, never a
-  result that silently lost what was asked for.
+  result that silently lost what was asked for. Text is stored as UTF-8: a lone UTF-16
+  surrogate (which UTF-8 cannot hold) is stored as U+FFFD rather than failing the write.
 - The walk (`history`) is bounded in messages and characters, newest kept first; it also
   follows a client that names a user message when it means that message's reply (see
   `resolve`).
@@ -67,6 +68,17 @@ class Message:
         value = json.loads(data)
         return cls(value["id"], value["parent_id"], value["role"], value["text"],
                    float(value["created"]), float(value["expires"]))
+
+
+def storable(text: str) -> str:
+    """`text` as UTF-8 can hold it: surrogate pairs joined, a lone surrogate as U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def new_id() -> str:
@@ -199,6 +211,7 @@ class SQLiteStore:
 
     def add(self, id: str, parent_id: str | None, role: str, text: str) -> Message:
         now = self.clock()
+        text = storable(text)
         message = Message(id, parent_id, role, text, now, now + self.ttl)
         self._run("cannot be written",
                   f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
@@ -267,7 +280,7 @@ class RedisStore:
 
     def add(self, id: str, parent_id: str | None, role: str, text: str) -> Message:
         now = self.clock()
-        message = Message(id, parent_id, role, text, now, now + self.ttl)
+        message = Message(id, parent_id, role, storable(text), now, now + self.ttl)
         try:
             with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(f"{self.prefix}:msg:{id}", message.to_json(), ex=self._seconds())

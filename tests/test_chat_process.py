@@ -249,6 +249,19 @@ def test_a_failure_mid_reply_keeps_the_text_and_adds_an_error_mark(client, upstr
                                        {"role": "user", "content": "go on"}]
 
 
+def test_a_lone_surrogate_from_the_upstream_never_breaks_a_line(client, upstream):
+    raw = b'data: {"choices":[{"index":0,"delta":{"content":"ok \\ud83d"},"x":"\\udc00"}]}\n\n'
+    upstream.push(Scenario(parts=[raw, sse_bytes(chunk_json(finish="stop")), b"data: [DONE]\n\n"]),
+                  stream_scenario(["fine"]))
+    response = chat(client)
+    data = response.get_data()
+    data.decode("utf-8")  # valid UTF-8 throughout
+    got = lines(response)
+    assert got[-1]["text"] == "ok " and got[1]["detail"]["choices"][0]["x"] == "\udc00"
+    chat(client, "next", parent=got[-1]["id"])
+    assert sent_messages(upstream)[1] == {"role": "assistant", "content": "ok "}
+
+
 # --- memory ---------------------------------------------------------------------------------
 
 def test_a_follow_up_with_the_reply_id_sends_the_earlier_turns(client, upstream, caplog):

@@ -80,6 +80,13 @@ def test_a_message_is_stored_and_read_back_as_it_was(backend, clock):
     assert store.get("id-2") is None
 
 
+def test_text_utf8_cannot_hold_is_stored_with_a_replacement_character(backend, clock):
+    store = backend(clock)
+    message = store.add("odd", None, "assistant", "cut \ud83d here, whole \ud83d\ude00")
+    assert message.text == "cut \ufffd here, whole \U0001F600"
+    assert store.get("odd") == message
+
+
 def test_the_history_is_rebuilt_by_walking_parent_ids(backend, clock):
     store = backend(clock)
     messages = chain(store, "u1", "a1", "u2", "a2")
