@@ -100,6 +100,11 @@ class Store(Protocol):
     def reply_to(self, id: str) -> Message | None:
         """The newest assistant message whose parent is `id`, or None."""
 
+    def ancestors(self, id: str, limit: int, max_chars: int) -> list[Message]:
+        """The message `id`, its parent, its parent's parent...: newest first, at most `limit`,
+        ending at the first unknown or expired one, or once their text passed `max_chars`
+        (the message that passed it included)."""
+
     def close(self) -> None:
         """Release the connection."""
 
@@ -137,16 +142,14 @@ def resolve(store: Store, parent_id: str | None, *, max_messages: int,
             start, followed = reply, True
     chain: list[Message] = []
     chars = 0
-    node: Message | None = start
-    seen: set[str] = set()
-    while node is not None and len(chain) < max_messages and node.id not in seen:
-        chars += len(node.text)
-        if chain and chars > max_chars:
+    cut = False
+    for message in store.ancestors(start.id, max_messages + 1, max_chars):
+        chars += len(message.text)
+        if len(chain) == max_messages or (chain and chars > max_chars):
+            cut = True
             break
-        chain.append(node)
-        seen.add(node.id)
-        node = store.get(node.parent_id) if node.parent_id else None
-    if node is not None:  # cut short: start at a question, never at an answer to nothing
+        chain.append(message)
+    if cut:  # cut short: start at a question, never at an answer to nothing
         while len(chain) > 1 and chain[-1].role != "user":
             chain.pop()
     chain.reverse()
@@ -233,6 +236,16 @@ class SQLiteStore:
                          (id, self.clock()))
         return Message(*rows[0]) if rows else None
 
+    def ancestors(self, id: str, limit: int, max_chars: int) -> list[Message]:
+        found: list[Message] = []
+        chars = 0
+        message = self.get(id)
+        while message is not None and len(found) < limit and chars <= max_chars:
+            found.append(message)
+            chars += len(message.text)
+            message = self.get(message.parent_id) if message.parent_id else None
+        return found
+
     def purge(self, now: float | None = None) -> int:
         """Delete up to PURGE_BATCH expired messages; how many went."""
         now = self.clock() if now is None else now
@@ -248,6 +261,25 @@ class SQLiteStore:
 
 
 # --- Redis ---------------------------------------------------------------------------------
+
+# Follows parent ids from ARGV[2] under the key prefix ARGV[1]: at most ARGV[3] messages,
+# stopping after the one whose text brings the total past ARGV[4] bytes. The keys are named
+# by the data, so this needs a single Redis server (not Redis Cluster).
+_WALK = """
+local prefix, id, limit, max_bytes = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local found, total = {}, 0
+while #found < limit and total <= max_bytes do
+  local value = redis.call('GET', prefix .. id)
+  if not value then break end
+  found[#found + 1] = value
+  local ok, message = pcall(cjson.decode, value)
+  if not ok or type(message.parent_id) ~= 'string' then break end
+  total = total + string.len(message.text or '')
+  id = message.parent_id
+end
+return found
+"""
+
 
 class RedisStore:
     """Messages as JSON strings under `<prefix>:msg:<id>`, and for each user message the id of
@@ -270,6 +302,7 @@ class RedisStore:
         except (ValueError, *self._errors) as exc:
             raise StoreError(f"the conversation store ({self.description}) cannot be opened: "
                              f"{exc}") from None
+        self._walk = self._redis.register_script(_WALK)
 
     def _error(self, what: str, exc: BaseException) -> StoreError:
         return StoreError(f"the conversation store ({self.description}) {what}: "
@@ -313,6 +346,25 @@ class RedisStore:
             return None
         reply = self.get(reply_id)
         return reply if reply is not None and reply.parent_id == id else None
+
+    def ancestors(self, id: str, limit: int, max_chars: int) -> list[Message]:
+        """One round trip: a server-side script follows the parent ids (bounded by `limit` and
+        by bytes, at most 4 per character, so it never stops before `max_chars` would)."""
+        try:
+            values = self._walk(args=[f"{self.prefix}:msg:", id, limit, 4 * max_chars])
+        except self._errors as exc:
+            raise self._error("cannot be read", exc) from None
+        found: list[Message] = []
+        now = self.clock()
+        for value in values:
+            try:
+                message = Message.from_json(value)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise self._error("holds a broken entry", exc) from None
+            if message.expires <= now:
+                break
+            found.append(message)
+        return found
 
     def close(self) -> None:
         self._redis.close()

@@ -250,14 +250,14 @@ def test_a_failure_mid_reply_keeps_the_text_and_adds_an_error_mark(client, upstr
 
 
 def test_a_lone_surrogate_from_the_upstream_never_breaks_a_line(client, upstream):
-    raw = b'data: {"choices":[{"index":0,"delta":{"content":"ok \\ud83d"},"x":"\\udc00"}]}\n\n'
-    upstream.push(Scenario(parts=[raw, sse_bytes(chunk_json(finish="stop")), b"data: [DONE]\n\n"]),
-                  stream_scenario(["fine"]))
+    raw = (b'data: {"choices":[{"index":0,"delta":{"content":"ok \\ud83d"},"x":"\\udc00",'
+           b'"finish_reason":"stop"}]}\n\n')
+    upstream.push(Scenario(parts=[raw, b"data: [DONE]\n\n"]), stream_scenario(["fine"]))
     response = chat(client)
     data = response.get_data()
     data.decode("utf-8")  # valid UTF-8 throughout
     got = lines(response)
-    assert got[-1]["text"] == "ok " and got[1]["detail"]["choices"][0]["x"] == "\udc00"
+    assert got[-1]["text"] == "ok " and got[-1]["detail"]["choices"][0]["x"] == "\udc00"
     chat(client, "next", parent=got[-1]["id"])
     assert sent_messages(upstream)[1] == {"role": "assistant", "content": "ok "}
 

@@ -114,6 +114,18 @@ def test_the_walk_keeps_the_newest_within_the_message_and_character_budgets(back
     assert texts(resolve(store, newest, max_messages=10, max_chars=5)) == ["e" * 10]
 
 
+def test_ancestors_stop_at_the_limit_or_just_past_the_characters(backend, clock):
+    store = backend(clock)
+    messages = chain(store, *[f"m{i:02}" + "é" * 6 for i in range(30)])  # 9 characters each
+    newest = messages[-1].id
+    assert [m.text[:3] for m in store.ancestors(newest, 4, 10_000)] == ["m29", "m28", "m27",
+                                                                         "m26"]
+    enough = store.ancestors(newest, 100, 20)  # 27 characters: the one that passed 20 is in
+    assert len(enough) >= 3 and [m.text[:3] for m in enough[:3]] == ["m29", "m28", "m27"]
+    assert len(enough) <= 12  # and not the whole chain (Redis counts bytes: up to 4 each)
+    assert store.ancestors("unknown", 10, 100) == []
+
+
 def test_an_unknown_or_missing_id_is_a_fresh_conversation(backend, clock):
     store = backend(clock)
     chain(store, "u1", "a1")
