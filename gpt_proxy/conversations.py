@@ -12,8 +12,9 @@ Rules it follows:
   `sqlite:///relative/path.db` or `sqlite:////absolute/path.db` (an embedded database file,
   WAL, shared by every process on the machine, created on first use), and
   `redis://host:port/db` (several instances share it; each key carries a TTL, so Redis itself
-  forgets expired conversations). Each statement is small and indexed: the store is called
-  from gevent workers, where a blocking call holds the whole worker.
+  forgets expired conversations; a history is read in one round trip by a server-side
+  script, so a single server, not Redis Cluster). Each SQLite statement is small and
+  indexed: the store is called from gevent workers, where a blocking call holds the worker.
 - Any failure to read or write is a `StoreError` with a message naming the store, never a
   result that silently lost what was asked for. Text is stored as UTF-8: a lone UTF-16
   surrogate (which UTF-8 cannot hold) is stored as U+FFFD rather than failing the write.
