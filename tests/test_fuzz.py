@@ -91,9 +91,9 @@ def open_client(tmp_path_factory):
 @pytest.fixture(scope="module")
 def guarded_client(tmp_path_factory):
     return make_client(tmp_path_factory.mktemp("fuzz-guarded"), proxy_token=TOKEN,
-                       cors_origins=("https://ok.example",), allowed_hosts=("localhost",), rate_limit="100000/minute",
-                       trusted_proxies=1, max_body_bytes=4096, max_messages=3,
-                       max_history_chars=200, max_tokens_ceiling=100,
+                       cors_origins=("https://ok.example",), allowed_hosts=("localhost",),
+                       rate_limit="100000/minute", trusted_proxies=1, max_body_bytes=4096,
+                       max_messages=3, max_history_chars=200, max_tokens_ceiling=100,
                        allowed_models=("fake-model",))
 
 
