@@ -24,6 +24,10 @@ COPY --chown=root:root gpt_proxy/ gpt_proxy/
 COPY --chown=root:root roles/ roles/
 COPY --chown=root:root static/ static/
 
+# The default conversation store (CONVERSATION_STORE) is a SQLite file under data/: writable
+# by the service's user; mount a volume there (-v gpt_proxy_data:/app/data) to keep it.
+RUN mkdir -p /app/data && chown app:app /app/data
+
 USER app
 EXPOSE 7345 7346
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \

@@ -37,11 +37,13 @@ class State:
 
     def respond(self, err: ProxyError):
         """The error response in the shape of the protocol the request came in by (what is
-        left of the request body is read first, so the client can read the answer)."""
+        left of the request body is read first, so the client can read the answer). The
+        access line keeps the error's own status, also when a protocol answers it with
+        another."""
         from .pipeline import drain_body
 
         drain_body(request.environ)
-        g.error_code = err.code
+        g.error_code, g.error_status = err.code, err.status
         for protocol in self.protocols:
             if protocol.owns(request.path):
                 return protocol.error_response(err)
@@ -50,7 +52,7 @@ class State:
 
 def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     """The app factory. `config`: a Config, a dict of overrides, or None for the environment."""
-    from . import api, openai_api
+    from . import api, chat_process, openai_api
     from .metrics import Metrics
     from .pipeline import ACCESS_LOGGED
     from .roles import RoleRegistry
@@ -75,7 +77,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.ensure_ascii = False
     app.json.sort_keys = False
-    protocols = (openai_api, api)  # `api` last: it owns every path the others do not
+    protocols = (openai_api, chat_process, api)  # `api` last: it owns every path left
     state = State(config=config, upstream=upstream, roles=registry, protocols=protocols,
                   started=time.time(), metrics=metrics)
     app.extensions["gpt_proxy"] = state
@@ -121,8 +123,9 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
                 "request id=%s client=%s method=%s path=%s status=%d protocol=%s role=%s "
                 "model=%s upstream=%s tried=%s duration=%.0fms", g.get("request_id", "-"),
                 request.remote_addr, loggable(request.method, 20), loggable(request.path),
-                response.status_code, chat.get("protocol", "-"), loggable(chat.get("role", "-")),
-                loggable(chat.get("model", "-")), chat.get("upstream", "-"), chat.get("tried", 0),
+                g.get("error_status", response.status_code), chat.get("protocol", "-"),
+                loggable(chat.get("role", "-")), loggable(chat.get("model", "-")),
+                chat.get("upstream", "-"), chat.get("tried", 0),
                 (time.monotonic() - g.get("started", time.monotonic())) * 1000)
         return response
 

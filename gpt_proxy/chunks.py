@@ -7,6 +7,11 @@ chunk) produce no text, never "undefined"; content given as a list of parts is j
 `{"error": ...}` chunk or `event: error` raises `UpstreamError`; so does a stream that ends
 before both `[DONE]` and a finish reason ("upstream ended early").
 
+Text is always writable as UTF-8: JSON may escape a lone UTF-16 surrogate ("\\ud83d"), and
+some upstreams split an emoji's surrogate pair across two chunks. A high surrogate that ends a
+delta waits for the next delta of the same kind and is joined with it; any other lone
+surrogate becomes U+FFFD (a framer's `encode("utf-8")` would otherwise fail mid-reply).
+
 With `raw=True` each chunk also comes out whole, as a `chunk` delta ahead of the deltas read
 from it (a `completion` delta for an upstream that answered with one completion object): its
 JSON text on one line and the parsed object, so a protocol that relays the upstream's own
@@ -16,11 +21,14 @@ chunks (the OpenAI API) passes on every field, including ones this module does n
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from .errors import UpstreamError
 from .sse import ServerSentEvent
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Delta(NamedTuple):
@@ -68,6 +76,7 @@ class ChunkReader:
         self.usage: dict | None = None
         self.model: str | None = None
         self.done = False
+        self._high = {"content": "", "reasoning": ""}  # a pair's first half, from the last delta
 
     def deltas(self, events: Iterable[ServerSentEvent]) -> Iterator[Delta]:
         for event in events:
@@ -145,13 +154,24 @@ class ChunkReader:
                     delta = {}
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning:
-                reasoning = text_of(reasoning)
+                reasoning = self._whole("reasoning", text_of(reasoning))
                 if reasoning:
                     out.append(Delta("reasoning", reasoning))
-            text = text_of(delta.get("content"))
+            text = self._whole("content", text_of(delta.get("content")))
             if text:
                 out.append(Delta("content", text))
             finish = choice.get("finish_reason")
             if isinstance(finish, str) and finish:
                 self.finish_reason = finish
         return out
+
+    def _whole(self, kind: str, text: str) -> str:
+        """`text` with whole characters only (see the module's docstring)."""
+        high = self._high[kind]
+        if high:
+            text, self._high[kind] = high + text, ""
+        if text.isascii() or not _SURROGATE.search(text):
+            return text
+        if "\ud800" <= text[-1] <= "\udbff":  # the next delta may hold its second half
+            text, self._high[kind] = text[:-1], text[-1]
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")

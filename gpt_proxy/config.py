@@ -72,6 +72,9 @@ class Config:
     upstream_cooldown: float = 30.0
     connect_retries: int = 2
     metrics_bind: str = "127.0.0.1:7346"
+    conversation_store: str = field(default="sqlite:///data/conversations.db", repr=False)
+    conversation_ttl_days: float = 30.0
+    chat_process_role: str = "default"
     upstreams: tuple[UpstreamSpec, ...] = ()  # read from UPSTREAMS_FILE
 
     def endpoints(self) -> tuple[UpstreamSpec, ...]:
@@ -193,6 +196,24 @@ def _storage(value: str) -> str:
     return value
 
 
+def _conversation_store(value: str) -> str:
+    value = value.strip()
+    if value.startswith("sqlite:///") and value[len("sqlite:///"):].strip("/"):
+        return value
+    if re.match(r"rediss?://", value) and urlparse(value).hostname:
+        return value
+    raise ValueError("must be sqlite:///relative/path.db (relative to the project), "
+                     "sqlite:////absolute/path.db or a redis://host:6379/0 URL")
+
+
+def _role_name(value: str) -> str:
+    value = value.strip()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", value):
+        raise ValueError("must be a role name like 'cli' (lowercase letters, digits, '-' and "
+                         "'_', at most 64 characters)")
+    return value
+
+
 PARSERS = {
     "openai_api_key": _text,
     "openai_base_url": _url,
@@ -222,6 +243,9 @@ PARSERS = {
     "upstream_cooldown": _float(0, 86400),
     "connect_retries": _int(0, 10),
     "metrics_bind": _bind,
+    "conversation_store": _conversation_store,
+    "conversation_ttl_days": _float(0.001, 36500),
+    "chat_process_role": _role_name,
 }
 
 

@@ -42,6 +42,7 @@ class Turn:
     stream: bool = True  # ask the upstream for a stream
     last_from_user: bool = True  # the conversation must end with the user's message
     log_text: str | None = None  # the user's message for the access line (LOG_CONTENT)
+    log_fields: Mapping[str, object] = field(default_factory=dict)  # more `name=value` for it
 
     @property
     def whole(self) -> bool:
@@ -186,7 +187,9 @@ def access_logger(environ: dict, request_id: str, started: float | None, turn: T
         status = error.status if (error is not None and turn.whole) else 200
         result = ("client_left" if outcome.client_left else
                   f"error:{error.code}" if error is not None else "ok")
-        extra = f" content={loggable(content, 2000)}" if content else ""
+        extra = "".join(f" {name}={loggable(value, 100)}"
+                        for name, value in turn.log_fields.items())
+        extra += f" content={loggable(content, 2000)}" if content else ""
         log.info("request id=%s client=%s method=POST path=%s status=%d protocol=%s role=%s "
                  "model=%s upstream=%s tried=%d framing=%s result=%s ttft=%s duration=%.0fms "
                  "chars=%d prompt_tokens=%s completion_tokens=%s%s", request_id, client,

@@ -14,7 +14,9 @@ headers every response carries. `install(app, config)` wires it all into the app
   the token is rate limited too.
 - `PROXY_TOKEN`: `Authorization: Bearer <token>` on every `/api/` and `/v1/` route (the
   OpenAI SDKs send their `api_key` so), compared in constant
-  time. `/healthz`, the page and its static files stay open.
+  time. `/healthz`, the page and its static files stay open, and so do the routes a protocol
+  marks with `no_token` (a client asks them whether it needs a token, or checks one): they
+  stay behind the host, origin and rate-limit checks.
 - Every response: CSP without inline script, `nosniff`, `Referrer-Policy`, no framing.
 """
 
@@ -23,6 +25,8 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from flask import Flask, current_app, request
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -32,6 +36,7 @@ from .config import Config
 from .errors import BadRequest, ProxyError, RateLimited, Unauthorized
 
 log = logging.getLogger("gpt_proxy.security")
+View = TypeVar("View", bound=Callable[..., object])
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -172,9 +177,19 @@ def token_matches(given: str, expected: str) -> bool:
                                expected.encode("utf-8", "replace"))
 
 
+def no_token(view: View) -> View:
+    """Mark a route that answers without the proxy token (still host-checked and rate
+    limited): one a client calls to learn whether a token is needed, or to check one."""
+    view.token_exempt = True
+    return view
+
+
 def _token_check(expected: str):
     def check() -> None:
         if request.method == "OPTIONS" or not _is_api(request.path):
+            return
+        view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
+        if getattr(view, "token_exempt", False):
             return
         given = bearer_token(request.headers.get("Authorization", ""))
         if given and token_matches(given, expected):

@@ -1,29 +1,12 @@
-"""The browser fixtures, as a pytest plugin: each browser test module names it in
-`pytest_plugins`, so all of them share one Chromium for the session (a fixture defined in each
-module would launch one per module)."""
+"""The web terminal's browser fixtures, as a pytest plugin each terminal test module names in
+`pytest_plugins`; they open pages in the session's one Chromium (the `chromium` fixture in
+conftest.py)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from .browser_helpers import CHROMIUM, CHROMIUM_ARGS, TerminalPage, missing
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    """One headless Chromium for the whole session; each test gets a fresh context."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("Playwright for Python is not installed")
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+from .browser_helpers import TerminalPage
 
 
 @pytest.fixture()

@@ -127,11 +127,14 @@ class Gunicorn:
 
 @pytest.fixture(scope="session")
 def gunicorn_server(fake_upstream, tmp_path_factory):
-    """gunicorn serving the app against the session's fake upstream (1 s heartbeats)."""
+    """gunicorn serving the app against the session's fake upstream (1 s heartbeats), its
+    conversations in a temporary SQLite file (never the project's data/)."""
+    folder = tmp_path_factory.mktemp("gunicorn")
     server = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": fake_upstream.url,
                        "OPENAI_MODEL": "fake-model", "HEARTBEAT_SECONDS": "1",
-                       "WEB_CONCURRENCY": "1"},
-                      tmp_path_factory.mktemp("gunicorn") / "gunicorn.log")
+                       "WEB_CONCURRENCY": "1",
+                       "CONVERSATION_STORE": f"sqlite:///{folder}/conversations.db"},
+                      folder / "gunicorn.log")
     yield server
     server.stop()
 
@@ -140,3 +143,51 @@ def gunicorn_server(fake_upstream, tmp_path_factory):
 def live(gunicorn_server, upstream):
     """The running gunicorn, with the fake upstream emptied for this test."""
     return gunicorn_server
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free port, 127.0.0.1 only, no persistence; shared by the
+    session (each test uses its own keys, or empties the database first)."""
+    import shutil
+
+    import redis
+
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(binary):
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_port(port, proc, "redis-server", 10)
+        redis.Redis.from_url(url, socket_timeout=2).ping()
+    except (RuntimeError, redis.RedisError):
+        stop_process(proc)
+        raise
+    yield url
+    stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium for the whole session (Playwright's sync API runs one instance
+    per thread, so every browser test shares it); each test opens a fresh context."""
+    from .browser_helpers import CHROMIUM, CHROMIUM_ARGS, missing
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("Playwright for Python is not installed")
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -99,3 +99,17 @@ def test_chunks_on_consecutive_data_lines_without_blank_lines_are_each_read():
     joined = "\n".join(json.dumps(c) for c in (chunk_json("a"), chunk_json("b", finish="stop")))
     deltas = run(ServerSentEvent(joined))
     assert [(d.kind, d.text) for d in deltas] == [("content", "a"), ("content", "b"), ("done", "")]
+
+
+def test_a_surrogate_pair_split_across_chunks_is_joined_and_a_lone_one_replaced():
+    raw = ['{"choices":[{"index":0,"delta":{"content":"ok \\ud83d"}}]}',
+           '{"choices":[{"index":0,"delta":{"content":"\\ude00!"}}]}',
+           '{"choices":[{"index":0,"delta":{"content":"a\\ude00b\\ud83dc"}}]}',
+           '{"choices":[{"index":0,"delta":{"reasoning_content":"\\ud83e"}}]}',
+           '{"choices":[{"index":0,"delta":{"reasoning_content":"\\udd14"}}]}']
+    deltas = run(*[ev(text) for text in raw], ev(chunk_json(finish="stop")))
+    texts = [(d.kind, d.text) for d in deltas[:-1]]
+    assert texts == [("content", "ok "), ("content", "\U0001F600!"), ("content", "a\ufffdb\ufffdc"),
+                     ("reasoning", "\U0001F914")]
+    for _, text in texts:
+        text.encode("utf-8")  # every delta can be written

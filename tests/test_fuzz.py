@@ -22,7 +22,8 @@ FIELDS = ["message", "messages", "role", "temperature", "model", "stream", "syst
 PATHS = ["/api/gpt/get", "/api/roles", "/healthz", "/", "/static/js/api.js", "/api/",
          "/api/gpt/get/", "/static/../gpt_proxy/config.py", "/static/%2e%2e/app.py",
          "/api/gpt/get?x=1", "//api/roles", "/favicon.ico", "/v1/chat/completions",
-         "/v1/models", "/v1/models/role:cli", "/v1/models/a/b", "/v1/", "/v1", "/v1/embeddings"]
+         "/v1/models", "/v1/models/role:cli", "/v1/models/a/b", "/v1/", "/v1", "/v1/embeddings",
+         "/api/chat-process", "/api/session", "/api/verify", "/api/config"]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "PROPFIND"]
 HEADER_NAMES = ["Accept", "Content-Type", "Authorization", "X-Request-Id", "Origin",
                 "Sec-Fetch-Site", "X-Forwarded-For", "X-Forwarded-Proto", "Content-Encoding",
@@ -75,23 +76,24 @@ def errors():
     logger.removeHandler(handler)
 
 
-def make_client(**overrides):
+def make_client(folder, **overrides):
     config = load_config({}, openai_api_key="sk-fuzz-not-used", openai_model="fake-model",
+                         conversation_store=f"sqlite:///{folder}/conversations.db",
                          **overrides)
     return create_app(config, upstream=DemoUpstream(delay=0)).test_client()
 
 
 @pytest.fixture(scope="module")
-def open_client():
-    return make_client()
+def open_client(tmp_path_factory):
+    return make_client(tmp_path_factory.mktemp("fuzz-open"))
 
 
 @pytest.fixture(scope="module")
-def guarded_client():
-    return make_client(proxy_token=TOKEN, cors_origins=("https://ok.example",),
-                       allowed_hosts=("localhost",), rate_limit="100000/minute",
-                       trusted_proxies=1, max_body_bytes=4096, max_messages=3,
-                       max_history_chars=200, max_tokens_ceiling=100,
+def guarded_client(tmp_path_factory):
+    return make_client(tmp_path_factory.mktemp("fuzz-guarded"), proxy_token=TOKEN,
+                       cors_origins=("https://ok.example",), allowed_hosts=("localhost",),
+                       rate_limit="100000/minute", trusted_proxies=1, max_body_bytes=4096,
+                       max_messages=3, max_history_chars=200, max_tokens_ceiling=100,
                        allowed_models=("fake-model",))
 
 

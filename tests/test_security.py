@@ -7,11 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
-import shutil
-import subprocess
-import time
 from html.parser import HTMLParser
 
 import pytest
@@ -23,7 +19,6 @@ from gpt_proxy.config import ConfigError, load_config
 
 from .conftest import ROOT, TEST_KEY, free_port, make_config
 from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes
-from .processes import stop_process
 
 TOKEN = "proxy-token-0123456789-abcdef"
 CHAT = "/api/gpt/get"
@@ -196,35 +191,6 @@ def test_token_guesses_count_against_the_rate_limit(upstream):
     client = make_client(upstream, rate_limit="3/minute", proxy_token=TOKEN)
     codes = [chat_as(client, "10.0.0.1", auth(f"guess-{i}")).status_code for i in range(4)]
     assert codes == [401, 401, 401, 429]
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    """A real redis-server on a free port, 127.0.0.1 only, no persistence."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not os.path.exists(binary):
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (apt-get install redis-server)")
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            if redis.Redis.from_url(url, socket_timeout=0.5).ping():
-                break
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)  # polling for the port to open; not synchronising a test
-    yield url
-    stop_process(proc)
 
 
 def test_two_instances_share_their_rate_limits_through_redis(upstream, redis_url):

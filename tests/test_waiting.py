@@ -16,8 +16,6 @@ import pytest
 
 from .fake_upstream import Scenario, chunk_json, sse_bytes
 
-pytest_plugins = ["tests.browser_fixtures"]  # the chromium fixture
-
 USER = [{"role": "user", "content": "hi"}]
 
 

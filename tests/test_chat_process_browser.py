@@ -1,0 +1,180 @@
+"""The chat-process frontends' reading loop in Debian's Chromium, deployed as the README says:
+nginx serves the frontend's files at / and passes /api/ to the service under gunicorn. A test
+page (tests/chat_process_page/) stands in for the built `dist/`: an XMLHttpRequest whose
+progress events parse the last line received, as chatgpt-web and GPT Terminal do.
+
+Waiting is Playwright's (`wait_for_function`) or a threading Event, never a sleep."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from .browser_helpers import WAIT_MS, missing
+from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes
+from .processes import free_port, stop_process, wait_port
+from .test_integration import TEXT, TOKENS
+
+pytestmark = pytest.mark.browser
+
+PAGE = Path(__file__).resolve().parent / "chat_process_page"
+NGINX = "/usr/sbin/nginx"
+# The README's recipe (a `server` block), plus what a standalone nginx.conf needs around it.
+CONF = """worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    types {{ text/html html; text/javascript js; }}
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {dir}/dist;
+        location / {{
+            try_files $uri $uri/ /index.html;
+        }}
+        location /api/ {{
+            proxy_pass http://127.0.0.1:{service};
+            proxy_http_version 1.1;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_read_timeout 1h;
+        }}
+    }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def site(gunicorn_server):
+    """nginx on a free port: the test page at /, the service at /api/."""
+    binary = NGINX if os.path.exists(NGINX) else shutil.which("nginx")
+    if not binary:
+        missing("nginx is not installed (apt-get install nginx)")
+    folder = Path(tempfile.mkdtemp(prefix="chat-process-nginx-"))
+    proc = None
+    try:
+        folder.chmod(0o755)  # nginx's workers run as nobody
+        shutil.copytree(PAGE, folder / "dist")
+        port = free_port()
+        conf = folder / "nginx.conf"
+        conf.write_text(CONF.format(dir=folder, port=port, service=gunicorn_server.port))
+        proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(folder)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port, proc, "nginx")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if proc is not None:
+            stop_process(proc)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture()
+def page(chromium, site, live):
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(site + "/")
+        page.wait_for_selector("html[data-ready='true']")
+        yield page
+        assert errors == []
+    finally:
+        context.close()
+
+
+def cut_in_characters(tokens, pause: float = 0.15) -> Scenario:
+    """One chunk per token, each written in three pieces cut inside its UTF-8 characters (a
+    CJK character, an emoji), `pause` seconds between tokens so the page sees them grow."""
+    parts: list = [sse_bytes(chunk_json("", role="assistant"))]
+    for token in tokens:
+        data = sse_bytes(chunk_json(token))
+        encoded = json.dumps(token, ensure_ascii=False)[1:-1].encode("utf-8")  # as in the JSON
+        start = data.index(encoded)
+        cuts = sorted({start + 1, start + max(2, len(encoded) // 2)})
+        pieces = [data[i:j] for i, j in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        parts.append(pause)
+        for piece in filter(None, pieces):  # an empty piece would end a chunked body
+            parts += [piece, 0.01]
+    parts += [sse_bytes(chunk_json(finish="stop")), sse_bytes("[DONE]")]
+    return Scenario(parts=parts)
+
+
+def sent(upstream, index: int = -1) -> list[dict]:
+    return [{"role": m["role"], "content": m["content"]}
+            for m in upstream.records[index].json["messages"]]
+
+
+def test_the_reading_loop_shows_the_reply_growing_to_exactly_the_upstream_text(page, upstream):
+    upstream.push(cut_in_characters(TOKENS), cut_in_characters(["好的", "。"]))
+    result = page.evaluate("chat({prompt: 'hello', options: {}})")
+    assert result["outcome"] == "load" and result["status"] == 200
+    assert result["envelope"] is None  # never read as a one-value envelope (an error)
+    shown = result["shown"]
+    assert shown[-1] == TEXT
+    assert len([text for text in shown if text and text != TEXT]) >= 2, shown  # several steps
+    assert all(TEXT.startswith(text) for text in shown), shown
+    assert [len(text) for text in shown] == sorted(len(text) for text in shown)
+    last = result["last"]
+    assert last["detail"]["choices"][0]["finish_reason"] == "stop"
+    follow = page.evaluate("(id) => chat({prompt: 'and then?', options: {parentMessageId: id}})",
+                           last["id"])
+    assert follow["shown"][-1] == "好的。"
+    assert sent(upstream) == [{"role": "user", "content": "hello"},
+                              {"role": "assistant", "content": TEXT},
+                              {"role": "user", "content": "and then?"}]
+
+
+def test_stop_closes_the_upstream_within_a_second_and_a_follow_up_sees_the_cut_reply(
+        page, upstream, live):
+    upstream.push(Scenario(parts=[sse_bytes(chunk_json("", role="assistant")),
+                                  sse_bytes(chunk_json("Once upon")),
+                                  sse_bytes(chunk_json(" a time"))], hold_open=True),
+                  cut_in_characters(["…and so on."]))
+    page.evaluate("startChat({prompt: 'a long story', "
+                  "headers: {'X-Request-Id': 'browser-stop-1'}})")
+    page.wait_for_function("() => window.current.last?.text === 'Once upon a time'")
+    record = upstream.wait_for_request()
+    stopped_at = time.monotonic()
+    page.evaluate("window.current.xhr.abort()")
+    assert record.disconnected.wait(5), "the service kept its upstream open"
+    assert record.disconnected_at - stopped_at < 1.0
+    reply_id = page.evaluate("window.current.last.id")
+    deadline = time.monotonic() + 10
+    while "id=browser-stop-1 " not in live.logs():  # written once the cut reply is stored
+        assert time.monotonic() < deadline, live.logs()[-2000:]
+        time.sleep(0.05)  # polling the log file for a line the server writes
+    follow = page.evaluate("(id) => chat({prompt: 'go on', options: {parentMessageId: id}})",
+                           reply_id)
+    assert follow["shown"][-1] == "…and so on."
+    assert sent(upstream) == [{"role": "user", "content": "a long story"},
+                              {"role": "assistant", "content": "Once upon a time"},
+                              {"role": "user", "content": "go on"}]
+
+
+def test_an_error_before_the_first_byte_is_the_envelope_the_frontends_show(page, upstream):
+    upstream.push(json_scenario(429, {"error": {"message": "slow down"}},
+                                {"Retry-After": "9"}))
+    result = page.evaluate("chat({prompt: 'hi'})")
+    assert result["status"] == 200 and result["shown"] == []
+    assert result["envelope"]["status"] == "Fail"
+    assert "rate limiting" in result["envelope"]["message"]
+    assert "retry in 9 s" in result["envelope"]["message"]
+    bad = page.evaluate("chat({prompt: '', options: {parentMessageId: 42}})")
+    assert bad["envelope"]["status"] == "Fail" and "'prompt'" in bad["envelope"]["message"]
