@@ -9,6 +9,7 @@ streams finish on reload (HUP) or shutdown (TERM).
 import os
 
 from dotenv import load_dotenv
+from gunicorn.glogging import Logger
 
 # .env first, so BIND and the rest below can come from it too (the environment still wins).
 load_dotenv(os.environ.get("DOTENV_FILE", ".env"))
@@ -29,6 +30,17 @@ control_socket_disable = control_socket is None
 if control_socket is None:
     del control_socket
 accesslog = None  # the app writes its own access line, with stream outcomes
+
+
+class _NoAccessLog(Logger):
+    """gunicorn's access line stays off: with a logging config given, gunicorn otherwise
+    formats its atoms for every request even though no handler prints them."""
+
+    def access(self, resp, req, environ, request_time):
+        pass
+
+
+logger_class = _NoAccessLog
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 logconfig_dict = {

@@ -58,6 +58,7 @@ LATENCY = Scenario("100 streams x 50 tok/s", 100, 100, 50.0)
 WIDE = Scenario("1000 streams x 5 tok/s", 1000, 20, 5.0)
 FAST = Scenario("fast upstream", 20, 5000, 0.0, rounds=1)
 BURST = Scenario("burst of 1000 in 100 ms", 1000, 20, 20.0, rounds=1, stagger=0.1)
+SHORT = Scenario("short replies", 64, 10, 0.0, rounds=40, stagger=0.0)
 
 
 def analyse(phase: Phase, collected: dict) -> dict:
@@ -101,6 +102,7 @@ def analyse(phase: Phase, collected: dict) -> dict:
         "reach_p50": float(np.percentile(reach_ms, 50)),
         "reach_p99": float(np.percentile(reach_ms, 99)),
         "tok_per_s": tokens / wall, "wall_s": wall,
+        "req_per_s": sum(1 for s in phase.streams if not s.error) / wall,
     }
 
 
@@ -144,6 +146,7 @@ class Bench:
             wall = (phase.ended - phase.started) / 1e9
             stats["other_cores"] = max(0.0, (machine1 - machine0) - (ours1 - ours0)) / wall
             stats["cpu_ms_per_1k"] = cpu * 1000 / max(stats["tokens"], 1) * 1000
+            stats["cpu_ms_per_request"] = cpu * 1000 / max(stats["streams"], 1)
             stats["cpu_s"] = cpu
             busy = [(n, rss) for n, rss in phase.samples if n > 0]
             if busy:
@@ -164,7 +167,10 @@ class Bench:
             s, d = run["service"], run["direct"]
             via = f" via {target.path}" if target is not None else ""
             log(f"  {sc.name}{via} #{i + 1}: added tok p50 {run['added_tok_p50']:.3f} ms, "
-                f"p99 {run['added_tok_p99']:.3f} ms, ttft p99 {run['added_ttft_p99']:.2f} ms; "
+                f"p99 {run['added_tok_p99']:.3f} ms, ttft p99 {run['added_ttft_p99']:.2f} ms, "
+                f"reach p50/p99 {run['added_reach_p50']:.1f}/{run['added_reach_p99']:.1f} ms; "
+                f"{s['req_per_s']:.0f} req/s (floor {d['req_per_s']:.0f}), "
+                f"cpu {s['cpu_ms_per_request']:.2f} ms/req; "
                 f"cpu {s['cpu_ms_per_1k']:.1f} ms/1k; {s['tok_per_s']:.0f} tok/s "
                 f"(floor {d['tok_per_s']:.0f}); errors {s['errors']}/{d['errors']}, "
                 f"missing {s['missing']}, reordered {s['reordered']}; "
@@ -216,7 +222,8 @@ def table(results: dict) -> tuple[str, list[bool]]:
          med(wide, "direct", "tok_p99"), med(wide, "service", "tok_p99"),
          med(wide, "added_tok_p99"), lambda v: v <= 20),
         ("errors + missing + reordered (1000x5, all runs)", "0", "",
-         None, None, total(wide, "errors") + total(wide, "missing") + total(wide, "reordered"),
+         None, None, total(wide, "errors") + total(wide, "missing") + total(wide, "reordered")
+         if wide else float("nan"),
          lambda v: v == 0),
         ("service CPU per 1,000 tokens (100x50)", "<= 50 ms", "ms",
          None, None, med(lat, "service", "cpu_ms_per_1k"), lambda v: v <= 50),
@@ -228,6 +235,31 @@ def table(results: dict) -> tuple[str, list[bool]]:
         ("RSS per open stream (1000x5)", "<= 50 KB", "KB",
          None, None, med(wide, "service", "rss_kb_per_stream"), lambda v: v <= 50),
     ]
+    burst, short = results.get("burst") or [], results.get("short") or []
+    if burst:
+        rows += [
+            ("burst: added time until the upstream has the request, p50 (1000 in 100 ms)",
+             "<= 150 ms", "ms", med(burst, "direct", "reach_p50"),
+             med(burst, "service", "reach_p50"), med(burst, "added_reach_p50"),
+             lambda v: v <= 150),
+            ("burst: added time until the upstream has the request, p99", "<= 400 ms", "ms",
+             med(burst, "direct", "reach_p99"), med(burst, "service", "reach_p99"),
+             med(burst, "added_reach_p99"), lambda v: v <= 400),
+            ("burst: errors + missing (all runs)", "0", "", None, None,
+             total(burst, "errors") + total(burst, "missing"), lambda v: v == 0),
+        ]
+    if short:
+        per_token = med(fast, "service", "cpu_ms_per_1k") / 1000
+        rows += [
+            ("short replies completed per second (10 tokens, fast upstream)", "-", "req/s",
+             med(short, "direct", "req_per_s"), med(short, "service", "req_per_s"),
+             med(short, "service", "req_per_s"), None),
+            ("service CPU per short request (10 tokens)", "-", "ms", None, None,
+             med(short, "service", "cpu_ms_per_request"), None),
+            ("fixed CPU per request (short request minus 10 tokens' relaying)", "<= 0.6 ms",
+             "ms", None, None, med(short, "service", "cpu_ms_per_request") - 10 * per_token,
+             lambda v: v <= 0.6),
+        ]
     if oai:
         old_cpu = med(lat, "service", "cpu_ms_per_1k")
         rows += [
@@ -245,7 +277,7 @@ def table(results: dict) -> tuple[str, list[bool]]:
     def fmt(v, unit):
         if v is None:
             return "-"
-        if unit == "tok/s":
+        if unit in ("tok/s", "req/s"):
             return f"{v:,.0f}"
         if unit == "":
             return f"{v:d}" if isinstance(v, int) else f"{v:g}"
@@ -256,6 +288,8 @@ def table(results: dict) -> tuple[str, list[bool]]:
              "|---|---|---|---|---|---|---|"]
     met = []
     for name, target, unit, floor, svc, value, check in rows:
+        if value != value:  # a scenario that did not run (--only)
+            continue
         ok = None if check is None or value != value else check(value)
         if ok is not None:
             met.append(ok)
@@ -305,13 +339,26 @@ async def main_bench(args, log) -> dict:
             f"over {len(service.procs())} processes")
         repeats = args.repeats or (1 if args.quick else 5)
         results = {"config": service.describe, "repeats": repeats}
-        results["latency"], results["latency_openai"] = [], []
-        for _ in range(repeats):  # the two routes interleaved, so drift hits both alike
-            results["latency"] += await bench.scenario(LATENCY, 1, log)
+        only = set(args.only.split(",")) if args.only else None
+
+        def wanted(name: str) -> bool:
+            return only is None or name in only
+
+        for key in ("latency", "latency_openai", "wide", "fast", "burst", "short"):
+            results[key] = []
+        for _ in range(repeats if wanted("latency") else 0):  # the two routes interleaved,
+            results["latency"] += await bench.scenario(LATENCY, 1, log)  # so drift hits both
             results["latency_openai"] += await bench.scenario(LATENCY, 1, log, bench.openai)
-        results["wide"] = await bench.scenario(WIDE, max(1, repeats - 2), log)
+        few = max(1, repeats - 2)
+        if wanted("wide"):
+            results["wide"] = await bench.scenario(WIDE, few, log)
         fast = FAST if not args.quick else Scenario("fast upstream", 20, 2000, 0.0, rounds=1)
-        results["fast"] = await bench.scenario(fast, max(1, repeats - 2), log)
+        if wanted("fast") or wanted("short"):
+            results["fast"] = await bench.scenario(fast, few, log)
+        if wanted("burst"):
+            results["burst"] = await bench.scenario(BURST, few, log)
+        if wanted("short"):
+            results["short"] = await bench.scenario(SHORT, few, log)
         levels = [] if args.no_sweep else [10, 100, 1000] if args.quick else [
             10, 50, 100, 250, 500, 1000]
         sweep = []
@@ -405,6 +452,8 @@ def main() -> int:
                         help="run the service from another checkout (before/after comparisons)")
     parser.add_argument("--no-nginx", action="store_true", help="skip the check behind nginx")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--only", default="", help="comma-separated scenarios: latency, wide, "
+                        "fast, burst, short (the table shows their rows)")
     args = parser.parse_args()
     _raise_fd_limit()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -426,8 +475,9 @@ def main() -> int:
     (args.json or RESULTS / f"bench-{stamp}.json").write_text(json.dumps(results, indent=1))
     text, met = table(results)
     print()
-    other = statistics.median(run["service"]["other_cores"] for key in (
-        "latency", "latency_openai", "wide", "fast") for run in results[key])
+    other = statistics.median([run["service"]["other_cores"] for key in (
+        "latency", "latency_openai", "wide", "fast", "burst", "short") for run in results[key]]
+        or [0.0])
     print(f"gpt_proxy relay benchmark: {results['config']}, medians of {results['repeats']} "
           f"run(s); {psutil.cpu_count()} cores shared by load generator, upstream and service; "
           f"other processes used a median {other:.2f} cores meanwhile")

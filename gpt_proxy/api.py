@@ -4,7 +4,7 @@ protocol. Nothing else."""
 
 from __future__ import annotations
 
-import uuid
+import os
 
 from flask import Blueprint, current_app, jsonify, request
 
@@ -128,7 +128,7 @@ def new_request_id() -> str:
     incoming = request.headers.get("X-Request-Id", "")
     if incoming and len(incoming) <= 64 and incoming.replace("-", "").isalnum():
         return incoming
-    return uuid.uuid4().hex[:16]
+    return os.urandom(8).hex()
 
 
 def owns(path: str) -> bool:

@@ -430,3 +430,57 @@ def test_failovers_and_benched_upstreams_show_in_the_metrics(fakes):
                  kind="upstream_rate_limited") == 1
     assert value(m, "gpt_proxy_upstream_benched_until_seconds", upstream="a") > time.time() + 15
     assert value(m, "gpt_proxy_upstream_failures_in_a_row", upstream="a") == 1
+
+
+def test_the_environments_proxy_is_used_and_netrc_never(fakes, monkeypatch, tmp_path):
+    a, _, _ = fakes
+    proxy = a.url[:-len("/v1")]
+    (tmp_path / ".netrc").write_text("machine upstream.invalid login me password netrc-secret\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client, _, _ = service([spec("via-proxy", "http://upstream.invalid/v1")])
+    assert ask(client, "*/*").get_data(as_text=True) == "Hello, world!"
+    record = a.records[0]
+    assert record.path == "http://upstream.invalid/v1/chat/completions"  # proxy form
+    assert record.headers["authorization"] == f"Bearer {KEY_A}"
+
+    monkeypatch.setenv("NO_PROXY", "upstream.invalid")
+    client, _, _ = service([spec("direct", "http://upstream.invalid/v1")], connect_retries=0)
+    assert ask(client).status_code == 503  # straight to a name that does not resolve
+    assert len(a.records) == 1
+
+
+def test_a_cookie_an_upstream_sets_never_rides_along_with_later_requests(fakes):
+    a, _, _ = fakes
+    scenario = stream_scenario(["one"])
+    scenario.headers = {**scenario.headers, "Set-Cookie": "__cf_bm=user-one; Path=/"}
+    a.push(scenario)
+    client, _, _ = service([spec("a", a.url)])
+    ask(client, "*/*").get_data()
+    ask(client, "*/*").get_data()
+    assert len(a.records) == 2 and "cookie" not in a.records[1].headers
+
+
+def test_a_request_built_from_the_template_is_what_requests_would_prepare():
+    """`_with_body` copies requests' PreparedRequest by hand (skipping its cookie jar): if
+    requests adds a field to it, this says so."""
+    import requests
+
+    from gpt_proxy.upstream import HEADERS, BearerAuth, _with_body, new_session
+
+    session = new_session()
+    made = session.prepare_request(requests.Request(
+        "POST", "https://api.example/v1/chat/completions", headers=HEADERS,
+        auth=BearerAuth(KEY_A), data=b'{"x": 1}'))
+    template = session.prepare_request(requests.Request(
+        "POST", "https://api.example/v1/chat/completions", headers=HEADERS,
+        auth=BearerAuth(KEY_A), data=b"{}"))
+    built = _with_body(template, b'{"x": 1}')
+    fields = set(vars(requests.PreparedRequest()))
+    assert fields == {"method", "url", "headers", "_cookies", "body", "hooks",
+                      "_body_position"}, fields
+    for name in ("method", "url", "body", "hooks", "_body_position"):
+        assert getattr(built, name) == getattr(made, name), name
+    assert dict(built.headers) == dict(made.headers)
