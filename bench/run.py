@@ -332,7 +332,7 @@ async def main_bench(args, log) -> dict:
     try:
         service = Service(upstream.url, RESULTS / "gunicorn.log", worker_class=args.worker_class,
                           workers=args.workers, threads=args.threads,
-                          root=args.service_root or ROOT)
+                          root=args.service_root or ROOT, metrics=not args.no_metrics)
         bench = Bench(upstream, service)
         await bench.warm_up()
         log(f"service: {service.describe}, baseline RSS {bench.baseline_rss / 2**20:.1f} MB "
@@ -452,6 +452,8 @@ def main() -> int:
                         help="run the service from another checkout (before/after comparisons)")
     parser.add_argument("--no-nginx", action="store_true", help="skip the check behind nginx")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--no-metrics", action="store_true",
+                        help="the service with METRICS_BIND empty (what metrics cost)")
     parser.add_argument("--only", default="", help="comma-separated scenarios: latency, wide, "
                         "fast, burst, short (the table shows their rows)")
     args = parser.parse_args()

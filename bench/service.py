@@ -91,12 +91,12 @@ class Service(Measured):
 
     def __init__(self, upstream_url: str, log_path: Path, *, worker_class: str = "",
                  workers: int = 0, threads: int = 0, connections: int = 0,
-                 extra_env: dict | None = None, root: Path = ROOT) -> None:
+                 extra_env: dict | None = None, root: Path = ROOT, metrics: bool = True) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "GPT_"))}
         self.metrics_port = free_port()
         env.update({"BIND": f"127.0.0.1:{self.port}", "OPENAI_API_KEY": "sk-bench-not-a-key",
-                    "METRICS_BIND": f"127.0.0.1:{self.metrics_port}",
+                    "METRICS_BIND": f"127.0.0.1:{self.metrics_port}" if metrics else "",
                     "OPENAI_BASE_URL": upstream_url, "HEARTBEAT_SECONDS": "15",
                     "LOG_LEVEL": "warning"})
         if worker_class:
@@ -111,6 +111,8 @@ class Service(Measured):
         conf = _conf_defaults(root)
         kind = env.get("WORKER_CLASS", conf.get("worker_class", "?"))
         self.describe = f"{kind} workers={env.get('WEB_CONCURRENCY', conf.get('workers', '?'))}"
+        if not metrics:
+            self.describe += ", metrics off"
         if kind == "gthread":
             self.describe += f" threads={env.get('THREADS', conf.get('threads', '?'))}"
         log_path.parent.mkdir(parents=True, exist_ok=True)

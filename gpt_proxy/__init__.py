@@ -53,14 +53,15 @@ class State:
 def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     """The app factory. `config`: a Config, a dict of overrides, or None for the environment."""
     from . import api, chat_process, openai_api
-    from .metrics import Metrics
+    from .metrics import Metrics, NoMetrics
     from .pipeline import ACCESS_LOGGED
     from .roles import RoleRegistry
 
     if not isinstance(config, Config):
         config = load_config(**(config or {}))
     named = [spec_model for spec in config.endpoints() for spec_model in spec.models]
-    metrics = Metrics(models=config.allowed_models or (config.openai_model, *named))
+    metrics = (Metrics(models=config.allowed_models or (config.openai_model, *named))
+               if config.metrics_bind else NoMetrics())
     if upstream is None:
         if config.demo:
             from .demo import DemoUpstream

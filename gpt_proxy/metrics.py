@@ -159,10 +159,11 @@ class Metrics:
 
 
 class NoMetrics:
-    """What the failover router calls when no metrics are kept (its unit tests)."""
+    """The same calls doing nothing: METRICS_BIND is empty (metrics off cost nothing), or a
+    piece runs without an app (the failover router's unit tests)."""
 
-    def upstream_failed(self, upstream: str, code: str, moved_on: bool) -> None:
+    def _nothing(self, *args, **kwargs) -> None:
         pass
 
-    def breaker(self, upstream: str, benched_for: float, failures: int) -> None:
-        pass
+    answered = stream_started = stream_ended = upstream_failed = breaker = _nothing
+    refused_by_rate_limit = _nothing

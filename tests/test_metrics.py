@@ -218,3 +218,15 @@ def test_the_dashboard_and_alert_rules_ask_only_for_metrics_the_service_exposes(
     assert len(wanted) >= 8 and wanted <= families, wanted - families
     assert {"Streams open", "Time to first token", "Tokens per minute by model",
             "Errors per minute by kind"} <= {panel["title"] for panel in dashboard["panels"]}
+
+
+def test_with_metrics_off_nothing_is_kept_or_served(upstream):
+    from gpt_proxy.metrics import NoMetrics
+
+    app = create_app(make_config(openai_base_url=upstream.url, metrics_bind=""))
+    assert isinstance(app.extensions["gpt_proxy"].metrics, NoMetrics)
+    client = app.test_client()
+    upstream.push(stream_scenario(["x"]))
+    assert client.post("/api/gpt/get", json={"message": "a"}).get_data(as_text=True) == "x"
+    assert client.get("/metrics").status_code == 404
+    assert client.get("/metrics", base_url=METRICS).status_code == 404
