@@ -97,6 +97,30 @@ def _metrics_directory(server) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created_metrics_dir
 
 
+def post_worker_init(worker):
+    """Every MALLOC_TRIM_SECONDS, hand the C heap's free pages back to the system (glibc's
+    malloc_trim): without it a worker's RSS creeps up slowly under constant load, its freed
+    memory kept by the allocator (see README, Soak)."""
+    seconds = float(os.environ.get("MALLOC_TRIM_SECONDS", "60") or 0)
+    if seconds <= 0 or worker_class != "gevent":
+        return
+    import ctypes
+    import ctypes.util
+
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return  # not glibc: nothing to do
+    import gevent
+
+    def loop():
+        while True:
+            gevent.sleep(seconds)
+            trim(0)
+
+    gevent.spawn(loop)
+
+
 def child_exit(server, worker):
     """A worker ended (or was killed): its live gauges (streams open) no longer count; its
     counters and histograms stay, so nothing it counted is lost."""
