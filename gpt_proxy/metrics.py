@@ -48,6 +48,7 @@ class Metrics:
 
     def __init__(self, models: tuple[str, ...] = ()) -> None:
         self.models = frozenset(models)
+        self._children: dict[tuple, object] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -95,14 +96,23 @@ class Metrics:
     def model(self, model: str) -> str:
         return model if model in self.models else OTHER
 
+    def _of(self, metric, *labels: str):
+        """`metric.labels(*labels)`, kept: label values are bounded, and looking a child up
+        again costs more than the update itself."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     # --- events -------------------------------------------------------------------------
 
     def answered(self, route: str, protocol: str, framing: str, outcome: str) -> None:
         """A request that did not relay a reply (an error before the first byte, a listing)."""
-        self.requests.labels(route, protocol, FRAMINGS.get(framing, framing), outcome).inc()
+        self._of(self.requests, route, protocol, FRAMINGS.get(framing, framing), outcome).inc()
 
     def stream_started(self, protocol: str) -> None:
-        self.streams_open.labels(protocol).inc()
+        self._of(self.streams_open, protocol).inc()
 
     def stream_ended(self, *, route: str, protocol: str, framing: str, model: str, role: str,
                      outcome, started: float, upstream: str) -> None:
@@ -112,24 +122,25 @@ class Metrics:
         result = ("client_left" if outcome.client_left else
                   error.code if error is not None else "ok")
         model = self.model(model)
-        self.streams_open.labels(protocol).dec()
-        self.requests.labels(route, protocol, FRAMINGS.get(framing, framing), result).inc()
+        of = self._of
+        of(self.streams_open, protocol).dec()
+        of(self.requests, route, protocol, FRAMINGS.get(framing, framing), result).inc()
         ended = "client_left" if outcome.client_left else "error" if error is not None else "ok"
-        self.duration.labels(protocol, ended).observe(now - started)
+        of(self.duration, protocol, ended).observe(now - started)
         if outcome.first_token_at is not None:
-            self.ttft.labels(protocol, model).observe(outcome.first_token_at - started)
+            of(self.ttft, protocol, model).observe(outcome.first_token_at - started)
         chars = outcome.chars
         if chars:
-            self.characters.labels(model, role).inc(chars)
+            of(self.characters, model, role).inc(chars)
         usage = outcome.usage if isinstance(outcome.usage, dict) else {}
         for kind in ("prompt", "completion"):
             count = usage.get(f"{kind}_tokens")
             if isinstance(count, int) and not isinstance(count, bool) and count > 0:
-                self.tokens.labels(model, role, kind).inc(count)
+                of(self.tokens, model, role, kind).inc(count)
         if error is not None and not outcome.client_left and error.code.startswith("upstream"):
-            self.upstream_errors.labels(upstream, error.code).inc()
+            of(self.upstream_errors, upstream, error.code).inc()
         if outcome.heartbeats:
-            self.heartbeats.labels(protocol).inc(outcome.heartbeats)
+            of(self.heartbeats, protocol).inc(outcome.heartbeats)
 
     def upstream_failed(self, upstream: str, code: str, moved_on: bool) -> None:
         self.upstream_errors.labels(upstream, code).inc()
