@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .load import Load, service_target
 from .run import FAST, LATENCY, RESULTS, WIDE, Bench, Scenario
-from .service import BenchUpstream, Service
+from .service import ROOT, BenchUpstream, Service
 from .upstream import loop_factory
 
 SCENARIOS = {"latency": LATENCY, "fast": FAST, "wide": WIDE,
@@ -54,7 +54,8 @@ async def run(args) -> None:
     spy = None
     try:
         service = Service(upstream.url, RESULTS / "gunicorn-profile.log",
-                          worker_class=args.worker_class, workers=args.workers)
+                          worker_class=args.worker_class, workers=args.workers,
+                          root=args.service_root or ROOT)
         bench = Bench(upstream, service)
         await bench.warm_up()
         sc = SCENARIOS[args.scenario]
@@ -63,7 +64,8 @@ async def run(args) -> None:
         spy = subprocess.Popen(
             [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
              "--format", "raw", "--nonblocking", "--rate", str(args.rate), "--output", str(raw),
-             "--duration", str(args.seconds), "--pid", str(pids[0])] + (["--idle"] if args.idle else []),
+             "--duration", str(args.seconds), "--pid", str(pids[0])]
+            + (["--idle"] if args.idle else []) + (["--gil"] if args.gil else []),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)
         load = Load()
@@ -93,6 +95,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--idle", action="store_true", help="count idle (waiting) samples too")
+    parser.add_argument("--gil", action="store_true",
+                        help="only samples holding the GIL: Python's own CPU, not syscalls")
+    parser.add_argument("--service-root", type=Path, default=None,
+                        help="profile the service from another checkout")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
