@@ -46,7 +46,7 @@ from .errors import BadRequest, PayloadTooLarge, ProxyError
 from .relay import Framer, Outcome, Relay
 from .roles import DEFAULT_ROLE
 from .security import no_token, token_matches
-from .validation import parse_body
+from .validation import check_model, check_text, parse_body
 
 bp = Blueprint("chat_process", __name__, url_prefix="/api")
 log = logging.getLogger("gpt_proxy.chat_process")
@@ -136,16 +136,6 @@ class ChatProcessRequest:
     model: str | None = None
 
 
-def _text(value: str, name: str) -> str:
-    """A string that can be sent on as UTF-8 (a lone surrogate such as "\\ud800" cannot)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest(f"'{name}' holds an invalid character (a lone UTF-16 surrogate)",
-                         field=name) from None
-    return value
-
-
 def _number(body: dict, name: str, high: float) -> float | None:
     value = body.get(name)
     if value is None:
@@ -163,7 +153,7 @@ def _id(options: dict, name: str) -> str | None:
     if not isinstance(value, str) or len(value) > MAX_ID_CHARS:
         raise BadRequest(f"'options.{name}' must be a message id: a string of at most "
                          f"{MAX_ID_CHARS} characters", field=f"options.{name}")
-    return _text(value, f"options.{name}")
+    return check_text(value, f"options.{name}")
 
 
 def parse_request(body: dict, config) -> ChatProcessRequest:
@@ -199,19 +189,12 @@ def parse_request(body: dict, config) -> ChatProcessRequest:
             raise PayloadTooLarge(f"'systemMessage' is {len(system)} characters long; at most "
                                   f"{config.max_system_chars} are accepted (MAX_SYSTEM_CHARS)",
                                   field="systemMessage", code="system_too_long")
-        _text(system, "systemMessage")
+        check_text(system, "systemMessage")
     model = body.get("model")
     if model is not None:
-        if not isinstance(model, str) or not model.strip() or len(model) > 200:
-            raise BadRequest("'model' must be a non-empty string of at most 200 characters",
-                             field="model")
-        _text(model, "model")
-        if config.allowed_models and model not in config.allowed_models:
-            raise BadRequest(f"model {model!r} is not allowed here (allowed: "
-                             f"{', '.join(config.allowed_models)})", field="model",
-                             code="model_not_allowed")
+        check_model(model, config)
     return ChatProcessRequest(
-        prompt=_text(prompt, "prompt"), parent_id=_id(options, "parentMessageId"),
+        prompt=check_text(prompt, "prompt"), parent_id=_id(options, "parentMessageId"),
         conversation_id=_id(options, "conversationId"), system=system or None,
         temperature=_number(body, "temperature", 2), top_p=_number(body, "top_p", 1),
         model=model)

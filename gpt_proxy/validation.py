@@ -27,7 +27,7 @@ class ChatRequest:
     max_tokens: int | None = None
 
 
-def _check_text(value: str, name: str) -> str:
+def check_text(value: str, name: str) -> str:
     """A string must be encodable as UTF-8: a lone surrogate ("\\ud800") is not a character."""
     try:
         value.encode("utf-8")
@@ -35,6 +35,19 @@ def _check_text(value: str, name: str) -> str:
         raise BadRequest(f"'{name}' holds an invalid character (a lone UTF-16 surrogate)",
                          field=name) from None
     return value
+
+
+def check_model(model: object, config: Config) -> str:
+    """A model a request names: a string of 1-200 characters that ALLOWED_MODELS allows."""
+    if not isinstance(model, str) or not model.strip() or len(model) > 200:
+        raise BadRequest("'model' must be a non-empty string of at most 200 characters",
+                         field="model")
+    check_text(model, "model")
+    if config.allowed_models and model not in config.allowed_models:
+        raise BadRequest(f"model {model!r} is not allowed here (allowed: "
+                         f"{', '.join(config.allowed_models)})", field="model",
+                         code="model_not_allowed")
+    return model
 
 
 def parse_body(raw: bytes) -> dict:
@@ -75,7 +88,7 @@ def _history(value: object, name: str, config: Config) -> list[dict]:
                              field=f"{where}.role")
         if not isinstance(content, str):
             raise BadRequest(f"'{where}.content' must be a string", field=f"{where}.content")
-        history.append({"role": role, "content": _check_text(content, f"{where}.content")})
+        history.append({"role": role, "content": check_text(content, f"{where}.content")})
     if history[-1]["role"] != "user":
         raise BadRequest(f"the last item of '{name}' must be the user's message",
                          field=f"{name}[{len(history) - 1}].role")
@@ -97,7 +110,7 @@ def validate(body: dict, config: Config) -> ChatRequest:
         if isinstance(message, str):
             if not message.strip():
                 raise BadRequest("'message' is empty", field="message")
-            history = [{"role": "user", "content": _check_text(message, "message")}]
+            history = [{"role": "user", "content": check_text(message, "message")}]
         else:
             history = _history(message, "message", config)
     elif "messages" in body:
@@ -119,15 +132,7 @@ def validate(body: dict, config: Config) -> ChatRequest:
         temperature = float(temperature)
 
     model = body.get("model")
-    if model is None:
-        model = config.openai_model
-    elif not isinstance(model, str) or not model.strip() or len(model) > 200:
-        raise BadRequest("'model' must be a non-empty string of at most 200 characters",
-                         field="model")
-    _check_text(model, "model")
-    if config.allowed_models and model not in config.allowed_models:
-        raise BadRequest(f"model {model!r} is not allowed here (allowed: "
-                         f"{', '.join(config.allowed_models)})", field="model", code="model_not_allowed")
+    model = config.openai_model if model is None else check_model(model, config)
 
     stream = body.get("stream", True)
     if not isinstance(stream, bool):
@@ -137,7 +142,7 @@ def validate(body: dict, config: Config) -> ChatRequest:
     if system is not None:
         if not isinstance(system, str):
             raise BadRequest("'system' must be a string", field="system")
-        _check_text(system, "system")
+        check_text(system, "system")
         if len(system) > config.max_system_chars:
             raise PayloadTooLarge(f"'system' is {len(system)} characters long; at most "
                                   f"{config.max_system_chars} are accepted (MAX_SYSTEM_CHARS)",
