@@ -13,8 +13,8 @@ headers every response carries. `install(app, config)` wires it all into the app
   memory limits, never to a 500 and never to no limit. Checked before the token, so guessing
   the token is rate limited too.
 - `PROXY_TOKEN`: `Authorization: Bearer <token>` on every `/api/` and `/v1/` route (the
-  OpenAI SDKs send their `api_key` so), compared in constant
-  time. `/healthz`, the page and its static files stay open, and so do the routes a protocol
+  OpenAI SDKs send their `api_key` so), compared in constant time. `/healthz`, `/metrics`
+  (on its own listener), the page and its static files stay open, and so do the routes a protocol
   marks with `no_token` (a client asks them whether it needs a token, or checks one): they
   stay behind the host, origin and rate-limit checks.
 - Every response: CSP without inline script, `nosniff`, `Referrer-Policy`, no framing.
