@@ -14,65 +14,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
+from tests.processes import Nginx
+
 from .load import Load, direct_target, fetch_json, service_target
 from .run import RESULTS, analyse
-from .service import BenchUpstream, Service, free_port, stop_process, wait_port
+from .service import BenchUpstream, Service
 from .upstream import loop_factory
 
-NGINX = "/usr/sbin/nginx"
-CONF = """worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
+SERVER = """    server {{
         listen 127.0.0.1:{port};
         location / {{
-            proxy_pass http://127.0.0.1:{service};
+            proxy_pass http://127.0.0.1:%d;
         }}
         location /v1/ {{
-            proxy_pass http://127.0.0.1:{upstream};
+            proxy_pass http://127.0.0.1:%d;
         }}
-    }}
-}}
-"""
-
-
-class Nginx:
-    def __init__(self, service_port: int, upstream_port: int) -> None:
-        binary = NGINX if os.path.exists(NGINX) else shutil.which("nginx")
-        if not binary:
-            raise FileNotFoundError("nginx is not installed (apt-get install nginx)")
-        self.dir = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
-        self.dir.chmod(0o755)  # nginx's workers run as nobody
-        self.port = free_port()
-        conf = self.dir / "nginx.conf"
-        conf.write_text(CONF.format(dir=self.dir, port=self.port, service=service_port,
-                                    upstream=upstream_port))
-        self.proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(self.dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_port(self.port, self.proc, "nginx")
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        shutil.rmtree(self.dir, ignore_errors=True)
+    }}"""
 
 
 def one_by_one(phase) -> tuple[int, int]:
@@ -92,7 +54,7 @@ async def check(users: int, tokens: int, rate: float, max_ms: float, log) -> boo
     service = nginx = None
     try:
         service = Service(upstream.url, RESULTS / "gunicorn-nginx.log")
-        nginx = Nginx(service.port, upstream.port)
+        nginx = Nginx(SERVER % (service.port, upstream.port))
         log(f"nginx on 127.0.0.1:{nginx.port} -> service on 127.0.0.1:{service.port} "
             f"(plain proxy_pass, nginx's default buffering)")
         load = Load()

@@ -3,9 +3,13 @@ redis-server, the bench upstream): a free port, waiting for it to open, a clean 
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -39,3 +43,58 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+NGINX = "/usr/sbin/nginx"
+_NGINX_CONF = """worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    types {{ text/html html; text/javascript js; }}
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+{server}
+}}
+"""
+
+
+def nginx_binary() -> str | None:
+    return NGINX if os.path.exists(NGINX) else shutil.which("nginx")
+
+
+class Nginx:
+    """Debian's nginx on a free 127.0.0.1 port with one `server` block (its `{port}` and
+    `{dir}` are filled in; nginx's own braces doubled), in a folder of its own; `files`, if
+    given, are copied to `{dir}/dist`."""
+
+    def __init__(self, server: str, files: Path | None = None) -> None:
+        binary = nginx_binary()
+        if not binary:
+            raise FileNotFoundError("nginx is not installed (apt-get install nginx)")
+        self.dir = Path(tempfile.mkdtemp(prefix="nginx-"))
+        self.proc = None
+        try:
+            self.dir.chmod(0o755)  # nginx's workers run as nobody
+            if files is not None:
+                shutil.copytree(files, self.dir / "dist")
+            self.port = free_port()
+            conf = self.dir / "nginx.conf"
+            conf.write_text(_NGINX_CONF.format(
+                dir=self.dir, server=server.format(port=self.port, dir=self.dir)))
+            self.proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(self.dir)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_port(self.port, self.proc, "nginx")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -8,10 +8,6 @@ Waiting is Playwright's (`wait_for_function`) or a threading Event, never a slee
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,68 +15,40 @@ import pytest
 
 from .browser_helpers import WAIT_MS, missing
 from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes
-from .processes import free_port, stop_process, wait_port
+from .processes import Nginx, nginx_binary
 from .test_integration import TEXT, TOKENS
 
 pytestmark = pytest.mark.browser
 
 PAGE = Path(__file__).resolve().parent / "chat_process_page"
-NGINX = "/usr/sbin/nginx"
-# The README's recipe (a `server` block), plus what a standalone nginx.conf needs around it.
-CONF = """worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    types {{ text/html html; text/javascript js; }}
-    access_log off;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
+# The README's recipe: a `server` block serving the built frontend and proxying /api/.
+SERVER = """    server {{
         listen 127.0.0.1:{port};
         root {dir}/dist;
         location / {{
             try_files $uri $uri/ /index.html;
         }}
         location /api/ {{
-            proxy_pass http://127.0.0.1:{service};
+            proxy_pass http://127.0.0.1:%d;
             proxy_http_version 1.1;
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_read_timeout 1h;
         }}
-    }}
-}}
-"""
+    }}"""
 
 
 @pytest.fixture(scope="module")
 def site(gunicorn_server):
     """nginx on a free port: the test page at /, the service at /api/."""
-    binary = NGINX if os.path.exists(NGINX) else shutil.which("nginx")
-    if not binary:
+    if not nginx_binary():
         missing("nginx is not installed (apt-get install nginx)")
-    folder = Path(tempfile.mkdtemp(prefix="chat-process-nginx-"))
-    proc = None
+    nginx = Nginx(SERVER % gunicorn_server.port, files=PAGE)
     try:
-        folder.chmod(0o755)  # nginx's workers run as nobody
-        shutil.copytree(PAGE, folder / "dist")
-        port = free_port()
-        conf = folder / "nginx.conf"
-        conf.write_text(CONF.format(dir=folder, port=port, service=gunicorn_server.port))
-        proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(folder)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(port, proc, "nginx")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{nginx.port}"
     finally:
-        if proc is not None:
-            stop_process(proc)
-        shutil.rmtree(folder, ignore_errors=True)
+        nginx.stop()
 
 
 @pytest.fixture()
