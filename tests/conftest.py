@@ -53,6 +53,22 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture()
+def compare_digest_calls(monkeypatch):
+    """The argument types of every hmac.compare_digest call the security module makes (a
+    token must be compared in constant time, as bytes)."""
+    from gpt_proxy import security
+
+    calls = []
+    real = security.hmac.compare_digest
+
+    def spy(a, b):
+        calls.append((type(a), type(b)))
+        return real(a, b)
+    monkeypatch.setattr(security.hmac, "compare_digest", spy)
+    return calls
+
+
 class FakeClock:
     """A monotonic clock the test moves by hand, so reload checks are deterministic."""
 

@@ -46,6 +46,12 @@ class Record:
     def json(self):
         return json.loads(self.body)
 
+    def seconds_to_close(self, since: float, wait: float = 3.0) -> float:
+        """How long after `since` (time.monotonic()) the client closed this request; fails
+        if it is still open after `wait` seconds."""
+        assert self.disconnected.wait(wait), "the upstream request was never closed"
+        return self.disconnected_at - since
+
 
 def chunk_json(content=None, *, finish=None, role=None, reasoning=None, usage=None,
                choices=True, model="fake-model", **extra) -> dict:

@@ -125,8 +125,7 @@ def test_client_leaving_mid_stream_closes_the_upstream_within_a_second(live, ups
     assert b"two" in read_body_until(sock, b"two")
     closed_at = time.monotonic()
     sock.close()
-    assert record.disconnected.wait(3), "the upstream was never closed"
-    assert record.disconnected_at - closed_at < 1.0
+    assert record.seconds_to_close(closed_at) < 1.0
 
 
 @pytest.mark.parametrize("accept", ["*/*", "application/json"])
@@ -136,8 +135,7 @@ def test_client_leaving_before_the_first_token_closes_the_upstream_within_a_seco
     record = upstream.wait_for_request()
     closed_at = time.monotonic()
     sock.close()
-    assert record.disconnected.wait(3), "the upstream was never closed"
-    assert record.disconnected_at - closed_at < 1.0
+    assert record.seconds_to_close(closed_at) < 1.0
 
 
 def test_upstream_error_status_is_a_real_status_over_http(live, upstream):
@@ -237,4 +235,4 @@ def test_https_upstream_streams_exactly_reuses_its_connection_and_is_cancelled(t
     record = server.wait_for_request(3)
     closed_at = time.monotonic()
     sock.close()
-    assert record.disconnected.wait(3) and record.disconnected_at - closed_at < 1.0
+    assert record.seconds_to_close(closed_at) < 1.0

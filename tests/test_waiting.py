@@ -46,8 +46,7 @@ def test_leaving_while_the_upstream_holds_back_its_headers_closes_it_within_a_se
     assert not record.disconnected.wait(0.6)  # it waits, as a queueing upstream makes it
     closed_at = time.monotonic()
     sock.close()
-    assert record.disconnected.wait(3), "the upstream request was never closed"
-    assert record.disconnected_at - closed_at < 1.0
+    assert record.seconds_to_close(closed_at) < 1.0
     live.wait_for_log(f"id={request_id}", "status=499", "tried=1")
 
 
