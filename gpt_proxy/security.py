@@ -155,12 +155,15 @@ def _install_limiter(app: Flask, config: Config) -> None:
 
 def _retry_after(limiter, err) -> int:
     """Whole seconds until the breached limit lets a request through again (at least 1)."""
+    window = err.limit.limit.get_expiry()
     try:
         current = limiter.current_limit
-        seconds = current.reset_at - time.time() if current else err.limit.limit.get_expiry()
+        # the exact reset time: RequestLimit.reset_at rounds it down and adds a second, which
+        # would tell a client to wait longer than the window itself
+        seconds = current.window.reset_time - time.time() if current else window
     except Exception:  # noqa: BLE001 - storage trouble: fall back to the whole window
-        seconds = err.limit.limit.get_expiry()
-    return max(1, int(seconds + 0.999))
+        seconds = window
+    return min(window, max(1, int(seconds + 0.999)))
 
 
 # --- the token ------------------------------------------------------------------------------

@@ -166,6 +166,26 @@ def test_rate_limit_answers_429_json_with_retry_after(upstream):
     assert client.get("/healthz").status_code == 200 and client.get("/").status_code == 200
 
 
+def test_retry_after_is_whole_seconds_never_longer_than_the_window(monkeypatch):
+    """A limit whose window resets just under 60 s from now is 'retry in 60', not 61 (the
+    rounding RequestLimit.reset_at does), and one resetting in 0.2 s is 1, never 0."""
+    from types import SimpleNamespace
+
+    from limits import parse
+
+    from gpt_proxy import security
+
+    monkeypatch.setattr(security.time, "time", lambda: 1000.0)
+    minute = SimpleNamespace(limit=parse("2/minute"))
+    for reset_in, expected in ((59.9999, 60), (60.0, 60), (0.2, 1), (0.0, 1), (30.5, 31)):
+        window = SimpleNamespace(reset_time=1000.0 + reset_in)
+        limiter = SimpleNamespace(current_limit=SimpleNamespace(window=window))
+        assert security._retry_after(limiter, SimpleNamespace(limit=minute)) == expected
+    # no current limit known (or the storage failing): the whole window
+    assert security._retry_after(SimpleNamespace(current_limit=None),
+                                 SimpleNamespace(limit=minute)) == 60
+
+
 def test_forwarded_for_is_ignored_unless_proxies_are_trusted(upstream):
     client = make_client(upstream, rate_limit="2/minute")
     codes = [chat_as(client, "10.0.0.1", {"X-Forwarded-For": f"192.0.2.{i}"}).status_code
