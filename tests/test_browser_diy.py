@@ -7,8 +7,6 @@ at the question the terminal asks. Waiting is Playwright's, never a sleep.
 
 from __future__ import annotations
 
-import statistics
-
 import pytest
 
 from gpt_proxy.roles import parse_role
@@ -183,6 +181,67 @@ def test_list_show_and_delete_and_a_deleted_role_is_gone_with_its_conversation(t
     assert term.errors_except("404") == []
 
 
+def test_edit_brings_the_definition_back_to_the_prompt_and_keeps_place_and_conversation(
+        term, upstream):
+    term.make_role("poet", POEM, name="Haiku poet", description="Answers in haiku")
+    term.make_role("chef", "You are a chef.", name="Chef", description="Cooks")
+    upstream.push(stream_scenario(["Waves fold into foam"]), stream_scenario(["Moon on the sea"]))
+    assert term.chat("gpt chat -r poet the sea") == "Waves fold into foam"
+
+    term.type_command('gpt diy --edit poet -n "Sonnet poet"')
+    expect()(term.prompt_role).to_have_text("poet definition")
+    expect()(term.input).to_have_value(POEM)  # the definition as it is, to change
+    expect()(term.hint).to_contain_text(f"{len(POEM)} of at most")
+    term.input.fill("You are a poet.\nAnswer with fourteen lines.")
+    term.input.press("Enter")
+    expect()(term.last(".ok")).to_contain_text(
+        "changed your role poet: its name, definition (its conversation is kept")
+    expect()(term.prompt_role).to_have_text("default")
+
+    term.type_command("gpt diy --show poet")
+    expect()(term.last(".heading")).to_have_text("poet: Sonnet poet")
+    expect()(term.last(".definition")).to_have_text("You are a poet.\nAnswer with fourteen lines.")
+    term.type_command("gpt diy --list")  # it keeps its place: the oldest first
+    expect()(term.last(".own-roles").locator("dt")).to_have_text(["poet", "chef"])
+    expect()(term.last(".own-roles").locator("dd").first).to_have_text(
+        "Sonnet poet: Answers in haiku")
+
+    # The next message goes with the new definition and the conversation so far.
+    assert term.chat("gpt chat -r poet and the moon?") == "Moon on the sea"
+    assert system_and_turns(upstream.wait_for_request(2)) == [
+        {"role": "system", "content": "You are a poet.\nAnswer with fourteen lines."},
+        {"role": "user", "content": "the sea"},
+        {"role": "assistant", "content": "Waves fold into foam"},
+        {"role": "user", "content": "and the moon?"}]
+    assert term.console_errors == []
+
+
+def test_edit_cancelled_or_refused_leaves_the_role_as_it_was(open_terminal, small_limit_server):
+    term = open_terminal(url=small_limit_server.url)
+    term.make_role("mine", "Be mine.", name="Mine", description="Mine alone")
+    term.type_command("gpt diy --edit mine -d 'Not saved'")
+    expect()(term.input).to_have_value("Be mine.")
+    term.input.fill("y" * 301)  # over this server's MAX_SYSTEM_CHARS
+    term.input.press("Enter")
+    expect()(term.last(".error .error-line")).to_contain_text(
+        "the definition is 301 characters long; this server accepts at most 300")
+    expect()(term.input).to_have_value("y" * 301)  # nothing typed is lost
+    term.input.press("Control+c")
+    expect()(term.last(".dim")).to_contain_text("cancelled: your role mine is as it was")
+    term.type_command("gpt diy --show mine")
+    expect()(term.last(".definition")).to_have_text("Be mine.")
+    term.type_command("gpt diy --list")  # nor its description, given with the cancelled edit
+    expect()(term.last(".own-roles").locator("dd")).to_have_text(["Mine: Mine alone"])
+
+    for line, message in [("gpt diy --edit nobody", 'you have no role "nobody"'),
+                          ("gpt diy --edit mine -k other", "-k is for making a new one"),
+                          ("gpt diy --edit mine --delete mine", "one thing at a time"),
+                          ("gpt diy --edit mine -n '  '", "the name is empty")]:
+        term.type_command(line)
+        expect()(term.last(".error .error-line")).to_contain_text(message)
+        expect()(term.prompt_role).to_have_text("default")  # no definition was asked for
+
+
 # --- exporting ----------------------------------------------------------------------------------
 
 def exported(term, keyword: str) -> str:
@@ -237,6 +296,11 @@ def test_tab_completes_own_roles_and_the_diy_options(term):
     expect()(term.input).to_have_value("gpt diy --export ")
     term.input.press("Tab")
     expect()(term.input).to_have_value("gpt diy --export poet ")
+    term.input.fill("gpt diy --ed")
+    term.input.press("Tab")
+    expect()(term.input).to_have_value("gpt diy --edit ")
+    term.input.press("Tab")
+    expect()(term.input).to_have_value("gpt diy --edit poet ")
 
 
 def test_html_in_a_roles_name_description_and_definition_is_shown_as_text(term, upstream):
@@ -293,6 +357,10 @@ def test_the_hint_line_shows_the_usage_of_the_command_being_typed(term):
     expect()(hint_usage).to_have_text(usage["gpt diy"])
     term.input.fill("gpt diy --show ")
     expect()(hint_about).to_contain_text("--show <keyword>")
+    term.input.fill("gpt diy --edit poet -d ")  # the edit's own options explain themselves
+    expect()(hint_about).to_contain_text("-d, --description <text>")
+    term.input.fill("gpt diy --edit ")
+    expect()(hint_about).to_contain_text("--edit <keyword>: change it")
     term.input.fill("he")
     expect()(hint_usage).to_have_text(usage["help"])
     for nothing in ("foo", "foo bar", "chat hi", "   "):
@@ -305,16 +373,17 @@ def test_the_hint_line_shows_the_usage_of_the_command_being_typed(term):
 
 
 def test_typing_200_characters_stays_responsive_and_asks_the_network_nothing(term):
+    """What keeps typing fast, checked without a clock (the milliseconds are printed by
+    `python -m bench.typing`): every key lands in order, no key asks the network anything, and
+    the hint line is rewritten only when the hint changes, not once per key."""
     page = term.page
-    # Per keystroke, the time from the key reaching the page to the text being in the input
-    # with every input handler run (the hint line is drawn in the next frame, at most once).
     page.evaluate("""() => {
-        window.__keys = [];
-        let start = 0;
-        window.addEventListener('keydown', () => { start = performance.now(); }, true);
-        document.addEventListener('input', () => {
-            window.__keys.push(performance.now() - start);
-        });
+        window.__inputs = 0;
+        window.__hintWrites = 0;
+        document.addEventListener('input', () => { window.__inputs += 1; });
+        new MutationObserver((records) => { window.__hintWrites += records.length; })
+            .observe(document.getElementById('hint'),
+                     { subtree: true, childList: true, characterData: true, attributes: true });
     }""")
     requests_before = len(term.requests)
     line = "gpt chat -r ikun " + " ".join(["tell me about layups"] * 10)
@@ -325,19 +394,8 @@ def test_typing_200_characters_stays_responsive_and_asks_the_network_nothing(ter
     expect()(term.hint.locator(".hint-usage")).to_contain_text("gpt chat [-r role]")
     expect()(term.hint.locator(".hint-about")).to_contain_text("Ask the model")
     assert len(term.requests) == requests_before  # no request per keystroke (or at all)
-
-    times = page.evaluate("() => window.__keys")
-    assert len(times) == 200
-    hint_ms = page.evaluate("""async (line) => {
-        const { usageHint } = await import('/static/js/hint.js');
-        const start = performance.now();
-        for (let i = 1; i <= line.length; i++) usageHint(line.slice(0, i));
-        return (performance.now() - start) / line.length;
-    }""", line)
-    print(f"\nper keystroke: median {statistics.median(times):.2f} ms, "
-          f"max {max(times):.2f} ms; hint for one line: {hint_ms:.3f} ms")
-    # Generous, to catch only a pathological regression (work growing with the line, a
-    # synchronous request per key): a healthy keystroke takes well under 5 ms, and the
-    # median is robust against a few slow keys on a loaded 2-core CI machine.
-    assert statistics.median(times) < 50, times
-    assert hint_ms < 20, hint_ms
+    assert page.evaluate("() => window.__inputs") == 200
+    # The hint changes a handful of times along this line ('g', 'gpt', 'gpt chat', '-r ...',
+    # the question); a rewrite per key would be hundreds of DOM changes.
+    writes = page.evaluate("() => window.__hintWrites")
+    assert 0 < writes <= 40, writes
