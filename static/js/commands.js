@@ -31,7 +31,7 @@ export const COMMANDS = [
   { name: "gpt role", usage: "gpt role [name]", about: "Without a name: list the roles, the server's and your own. With a name: make it the default role." },
   {
     name: "gpt diy",
-    usage: "gpt diy -k <keyword> -n <name> -d <description> | --list | --show <keyword> | --export <keyword> | --delete <keyword>",
+    usage: "gpt diy -k <keyword> -n <name> -d <description> | --list | --show <keyword> | --edit <keyword> [-n <name>] [-d <description>] | --export <keyword> | --delete <keyword>",
     about: "Make a role of your own, kept in this browser: the terminal then asks for its definition, the system prompt " +
       "sent with every message to it (Enter saves, Shift+Enter adds a line, Ctrl+C cancels; the server sets the longest " +
       "allowed). Use it like any role: gpt chat -r <keyword>, gpt role <keyword>. Each keeps its own conversation.",
@@ -41,6 +41,7 @@ export const COMMANDS = [
       ["-d, --description <text>", "what it does, shown by gpt role"],
       ["--list", "list your own roles"],
       ["--show <keyword>", "show one, with its definition"],
+      ["--edit <keyword>", "change it: the definition comes back to the prompt as it is, to edit; -n and -d give it a new name or description; the conversation is kept"],
       ["--export <keyword>", "print it as a roles/<keyword>.md file for the server's operator to install"],
       ["--delete <keyword>", "forget it and its conversation"],
     ],

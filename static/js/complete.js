@@ -52,7 +52,7 @@ function candidates(words, current, app) {
 }
 
 function diyCandidates(words, last, current) {
-  if (["--show", "--export", "--delete"].includes(last)) return ownRoles.list().map((r) => r.keyword);
+  if (["--show", "--edit", "--export", "--delete"].includes(last)) return ownRoles.list().map((r) => r.keyword);
   const option = DIY_OPTIONS.find((o) => optionName(o) === last || `--${o.long}` === last);
   if (option && option.value) return []; // a new keyword, name or description: nothing to offer
   if (current.startsWith("--")) return DIY_OPTIONS.map((o) => `--${o.long}`);

@@ -10,6 +10,7 @@ import { roleFile } from "./rolefile.js";
 import { conversations, ownRoles, settings } from "./store.js";
 
 const EXAMPLE = `gpt diy -k poet -n "Haiku poet" -d "Answers in haiku"`;
+const EDIT_EXAMPLE = `gpt diy --edit poet -d "Answers in a haiku, then a title"`;
 const MAX_NAME_CHARS = 100;
 const MAX_DESCRIPTION_CHARS = 300;
 
@@ -21,8 +22,9 @@ export const DIY_OPTIONS = [
   { long: "show", key: "show", value: true, valueName: "keyword", example: "gpt diy --show poet" },
   { long: "export", key: "export", value: true, valueName: "keyword", example: "gpt diy --export poet" },
   { long: "delete", key: "delete", value: true, valueName: "keyword", example: "gpt diy --delete poet" },
+  { long: "edit", key: "edit", value: true, valueName: "keyword", example: EDIT_EXAMPLE },
 ];
-const ACTIONS = ["list", "show", "export", "delete"];
+const ACTIONS = ["list", "show", "export", "delete", "edit"];
 const MAKING = ["keyword", "name", "description"];
 
 export async function diy(words, app) {
@@ -32,9 +34,15 @@ export async function diy(words, app) {
       `quote a name or description that has spaces: ${EXAMPLE}`);
   }
   const actions = ACTIONS.filter((a) => options[a] !== undefined);
-  const making = MAKING.some((k) => options[k] !== undefined);
+  const editing = options.edit !== undefined;
+  if (editing && options.keyword !== undefined) {
+    throw new UsageError("gpt diy --edit names the role to change; -k is for making a new one",
+      `e.g. ${EDIT_EXAMPLE} (a new keyword: make the role anew, then delete the old one)`);
+  }
+  // --edit may come with -n and -d (a new name or description); every other action stands alone
+  const making = !editing && MAKING.some((k) => options[k] !== undefined);
   if (!actions.length && !making) {
-    throw new UsageError("gpt diy needs -k, -n and -d to make a role, or one of --list, --show, --export, --delete", `e.g. ${EXAMPLE}`);
+    throw new UsageError("gpt diy needs -k, -n and -d to make a role, or one of --list, --show, --edit, --export, --delete", `e.g. ${EXAMPLE}`);
   }
   if (actions.length + (making ? 1 : 0) > 1) {
     throw new UsageError("gpt diy does one thing at a time", `e.g. gpt diy --list, or ${EXAMPLE}`);
@@ -44,6 +52,7 @@ export async function diy(words, app) {
     case "show": return show(app, options.show);
     case "export": return exportRole(app, options.export);
     case "delete": return remove(app, options.delete);
+    case "edit": return edit(app, options);
     default: return make(app, options);
   }
 }
@@ -112,23 +121,59 @@ async function make(app, options) {
   const max = (await getLimits({ token: app.settings.token })).max_system_chars;
   term.print(`The definition of ${keyword}: the system prompt the model gets with every message to this role. ` +
     `Enter saves it, Shift+Enter starts a new line, Ctrl+C cancels. At most ${max} characters.`, "dim");
-  let value = "";
+  const definition = await askDefinition(term, keyword, "", max, () => ownRoles.get(keyword) && [
+    `you already have a role "${keyword}" (made meanwhile, in another tab?)`, "Ctrl+C, then pick another keyword"]);
+  if (definition === null) {
+    term.print(`cancelled: no role ${keyword} was made`, "dim");
+    return;
+  }
+  save(app, { keyword, name, description, definition, created: new Date().toISOString() });
+}
+
+/**
+ * Ask for a definition at the prompt, starting from `value`, until it is one the server
+ * accepts (and `clash()` finds nothing wrong): the definition, or null on Ctrl+C. A refused
+ * answer comes back to the prompt as it was typed, so nothing typed is lost.
+ */
+async function askDefinition(term, keyword, value, max, clash) {
   for (;;) {
     const answer = await term.ask({ label: `${keyword} definition`, value, hint: (text) => definitionHint(text, max) });
-    if (answer === null) {
-      term.print(`cancelled: no role ${keyword} was made`, "dim");
-      return;
-    }
+    if (answer === null) return null;
     const definition = answer.trim();
-    const problem = definitionProblem(definition, max) || (ownRoles.get(keyword) && [
-      `you already have a role "${keyword}" (made meanwhile, in another tab?)`, "Ctrl+C, then pick another keyword"]);
-    if (!problem) {
-      save(app, { keyword, name, description, definition, created: new Date().toISOString() });
-      return;
-    }
+    const problem = definitionProblem(definition, max) || clash();
+    if (!problem) return definition;
     term.error(...problem);
     value = answer;
   }
+}
+
+/** `--edit <keyword> [-n name] [-d description]`: change a role, its definition asked for
+ * again starting from the one it has. Its conversation is kept (gpt reset forgets it). */
+async function edit(app, options) {
+  const { term } = app;
+  const keyword = options.edit;
+  const role = find(keyword);
+  const name = options.name === undefined ? role.name : oneLine(options.name, "name", "-n", MAX_NAME_CHARS);
+  const description = options.description === undefined ? role.description
+    : oneLine(options.description, "description", "-d", MAX_DESCRIPTION_CHARS);
+  const max = (await getLimits({ token: app.settings.token })).max_system_chars;
+  term.print(`Change the definition of ${keyword} (it is in the prompt as it is now). ` +
+    `Enter saves it, Shift+Enter starts a new line, Ctrl+C leaves the role as it was. At most ${max} characters.`, "dim");
+  const definition = await askDefinition(term, keyword, role.definition, max, () => !ownRoles.get(keyword) && [
+    `your role "${keyword}" is gone (deleted meanwhile, in another tab?)`, `Ctrl+C, then make it again: ${EXAMPLE}`]);
+  if (definition === null) {
+    term.print(`cancelled: your role ${keyword} is as it was`, "dim");
+    return;
+  }
+  const changed = { ...role, name, description, definition, edited: new Date().toISOString() };
+  if (!ownRoles.save(changed)) {
+    throw new UsageError("could not keep the change: this browser's storage is full or switched off",
+      "make room (gpt reset forgets a role's conversation, history -c the commands) and try again");
+  }
+  const what = [name !== role.name && "name", description !== role.description && "description",
+    definition !== role.definition && "definition"].filter(Boolean);
+  term.print(what.length ? `changed your role ${keyword}: its ${what.join(", ")} (its conversation is kept; gpt reset -r ${keyword} forgets it)`
+    : `your role ${keyword} is unchanged`, "ok");
 }
 
 function save(app, role) {

@@ -93,7 +93,8 @@ function isOwnRole(r) {
 
 /**
  * The user's own roles (`gpt diy`), under "own-roles" as
- * {"version": 1, "roles": [{keyword, name, description, definition, created}]}, oldest first.
+ * {"version": 1, "roles": [{keyword, name, description, definition, created, edited?}]}, oldest
+ * first.
  * Read on every use, so another tab's changes are seen; entries that are not whole are skipped.
  */
 export const ownRoles = {
@@ -109,8 +110,10 @@ export const ownRoles = {
   },
   /** Keep `role` (replacing one of the same keyword); false if the browser would not store it. */
   save(role) {
-    const roles = this.list().filter((r) => r.keyword !== role.keyword);
-    roles.push(role);
+    const roles = this.list();
+    const at = roles.findIndex((r) => r.keyword === role.keyword);
+    if (at >= 0) roles[at] = role; // an edited role keeps its place in the lists
+    else roles.push(role);
     return write("own-roles", { version: OWN_ROLES_VERSION, roles });
   },
   remove(keyword) {
