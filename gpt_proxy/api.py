@@ -12,6 +12,7 @@ from . import pipeline
 from .chunks import Delta
 from .errors import ProxyError
 from .relay import Framer, Outcome
+from .roles import MAX_ROLE_BYTES
 from .sse import encode_json, encode_text
 from .validation import parse_body, validate
 
@@ -110,11 +111,13 @@ def roles():
 @bp.get("/api/limits")
 def limits():
     """The limits a client should know before it sends (the page checks a role it keeps
-    against `max_system_chars` when it is saved, not when it is first used)."""
+    against `max_system_chars` when it is saved, not when it is first used, and an exported
+    role file against `max_role_file_bytes`, the largest file `roles/` loads)."""
     config = current_app.extensions["gpt_proxy"].config
     return jsonify({"max_system_chars": min(config.max_system_chars, config.max_history_chars - 1),
                     "max_history_chars": config.max_history_chars,
-                    "max_messages": config.max_messages, "max_body_bytes": config.max_body_bytes})
+                    "max_messages": config.max_messages, "max_body_bytes": config.max_body_bytes,
+                    "max_role_file_bytes": MAX_ROLE_BYTES})
 
 
 @bp.get("/healthz")

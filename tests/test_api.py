@@ -198,4 +198,4 @@ def test_limits_route_tells_the_client_what_the_server_accepts(upstream):
                                     max_history_chars=300, max_messages=7)).test_client()
     limits = client.get("/api/limits").get_json()
     assert limits == {"max_system_chars": 299, "max_history_chars": 300, "max_messages": 7,
-                      "max_body_bytes": 1_000_000}
+                      "max_body_bytes": 1_000_000, "max_role_file_bytes": 256 * 1024}

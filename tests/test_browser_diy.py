@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpt_proxy.roles import parse_role
+from gpt_proxy.roles import MAX_ROLE_BYTES, parse_role
 
 from .browser_helpers import expect
 from .conftest import TEST_KEY, Gunicorn
@@ -276,6 +276,34 @@ def test_an_export_demotes_level_one_headings_and_closes_an_open_fence_and_says_
     role = parse_role("rules", text)  # loads, where the definition as typed would not
     assert role.render() == [{"role": "system",
                               "content": "## Rules\nBe brief.\n```\nunclosed code\n```"}]
+
+
+@pytest.fixture(scope="module")
+def large_limit_server(fake_upstream, tmp_path_factory):
+    """gunicorn whose MAX_SYSTEM_CHARS admits definitions larger than a role file may be."""
+    server = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": fake_upstream.url,
+                       "OPENAI_MODEL": "fake-model", "WEB_CONCURRENCY": "1",
+                       "MAX_SYSTEM_CHARS": "400000", "MAX_HISTORY_CHARS": "500000",
+                       "MAX_BODY_BYTES": "4000000"},
+                      tmp_path_factory.mktemp("gunicorn-large") / "gunicorn.log")
+    yield server
+    server.stop()
+
+
+def test_an_export_larger_than_the_server_loads_says_so(open_terminal, large_limit_server):
+    term = open_terminal(url=large_limit_server.url)
+    definition = "é" * 140_000  # 140,000 characters the server accepts, 280,000 bytes in UTF-8
+    term.make_role("long", definition)
+    text = exported(term, "long")
+    size = len(text.encode("utf-8"))
+    assert size > MAX_ROLE_BYTES
+    expect()(term.last(".note")).to_have_text(
+        f"note: this file is {size} bytes and the server loads role files of at most "
+        f"{MAX_ROLE_BYTES}: as it is, the server would refuse it (shorten the definition, or "
+        "keep the role in the browser)")
+    term.make_role("short", "é" * 1000)
+    exported(term, "short")
+    expect()(term.output.locator(".note")).to_have_count(1)  # a file that fits has no note
 
 
 # --- completion and untrusted text --------------------------------------------------------------

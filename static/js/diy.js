@@ -236,9 +236,16 @@ function show(app, keyword) {
   term.block("definition", role.definition);
 }
 
-function exportRole(app, keyword) {
+async function exportRole(app, keyword) {
   const { term } = app;
   const { text, notes } = roleFile(find(keyword));
+  // A server whose MAX_SYSTEM_CHARS is large accepts definitions bigger than a role file may be.
+  const maxBytes = (await getLimits({ token: app.settings.token })).max_role_file_bytes;
+  const bytes = new TextEncoder().encode(text).length;
+  if (Number.isSafeInteger(maxBytes) && bytes > maxBytes) {
+    notes.push(`this file is ${bytes} bytes and the server loads role files of at most ${maxBytes}: ` +
+      "as it is, the server would refuse it (shorten the definition, or keep the role in the browser)");
+  }
   term.print(`To install it on the server, save this as roles/${keyword}.md in the server's roles folder (ROLES_DIR); ` +
     `it loads within a second. The server's role then takes the place of yours (gpt diy --delete ${keyword} tidies up).`, "dim");
   term.block("role-file", text, "pre");
