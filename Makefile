@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The browser tests' JavaScript clients (tests/js): installed when npm is there; without it
+# those tests skip on a developer's machine (CI installs npm, and there they must run).
+JS_STAMP := tests/js/node_modules/.installed
+TEST_DEPS := $(STAMP) $(if $(shell command -v npm 2>/dev/null),$(JS_STAMP))
 
 .PHONY: run test lint bench soak clean
 
@@ -11,10 +15,14 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
 
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+	touch $(JS_STAMP)
+
 run: $(STAMP)
 	$(PY) -m gunicorn -c gunicorn.conf.py app:app
 
-test: $(STAMP)
+test: $(TEST_DEPS)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
@@ -24,4 +32,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis tests/js/node_modules

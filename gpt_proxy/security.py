@@ -116,9 +116,12 @@ def _install_cors(app: Flask, origins: tuple[str, ...]) -> None:
     from flask_cors import CORS
 
     allowed = {"origins": "*" if "*" in origins else list(origins)}
+    # Any request header a listed origin asks for is allowed: the OpenAI SDKs in a browser send
+    # their own (X-Stainless-OS, -Retry-Count, -Timeout, ...; OpenAI-Organization), and a fixed
+    # list would fail their preflight. What a request may do is decided by the origin list, the
+    # token and the body, never by which headers it carries; no credentials are allowed.
     CORS(app, resources={r"/api/*": allowed, r"/v1/*": allowed},
-         methods=["GET", "POST", "OPTIONS"],
-         allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-Id"],
+         methods=["GET", "POST", "OPTIONS"], allow_headers="*",
          expose_headers=["X-Request-Id", "Retry-After"], supports_credentials=False,
          max_age=600)
 
