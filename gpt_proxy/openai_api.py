@@ -45,8 +45,14 @@ _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # a \uD800-\uDFFF escape in the 
 _TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
+# OpenAI API paths without the /v1 a base URL must end in: a client given the bare host asks
+# for these; it gets OpenAI's error shape and a 404 that names the base URL to use.
+_UNVERSIONED = ("/chat/completions", "/completions", "/models", "/embeddings", "/responses")
+
+
 def owns(path: str) -> bool:
-    return path.startswith("/v1/") or path == "/v1"
+    return (path.startswith("/v1/") or path == "/v1" or path in _UNVERSIONED
+            or path.startswith("/models/"))
 
 
 def error_type(status: int) -> str:
@@ -58,7 +64,10 @@ def error_body(err: ProxyError) -> dict:
     # The shared history budget names the conversation `message`, as /api/gpt/get calls it.
     param = "messages" if err.field == "message" else err.field
     message = err.message
-    if err.code == "not_found":  # no route: say what is served here
+    if err.code == "not_found" and not request.path.startswith("/v1"):
+        message = (f"{request.path[:200]} is not served here: the OpenAI API is under /v1, so "
+                   f"the base URL to give a client is {request.host_url[:200]}v1")
+    elif err.code == "not_found":  # no route: say what is served here
         message = (f"{request.path[:200]} is not served here; this service serves "
                    "GET /v1/models and POST /v1/chat/completions")
     return {"error": {"message": message, "type": error_type(err.status), "param": param,

@@ -355,6 +355,18 @@ def test_unknown_routes_and_methods_under_v1_are_openai_errors(api, method, path
         assert "/v1/chat/completions" in error["message"]
 
 
+@pytest.mark.parametrize("method,path", [
+    ("POST", "/chat/completions"), ("GET", "/models"), ("GET", "/models/role:cli"),
+    ("POST", "/embeddings"), ("POST", "/completions"),
+])
+def test_a_client_given_the_base_url_without_v1_is_told_the_one_to_use(mocked, method, path):
+    api = make_api(proxy_token="t0ken-0123456789-abcdefgh")  # told before the token is checked
+    error = assert_openai_error(api.open(path, method=method, json={"messages": USER}), 404)
+    assert error["message"] == (f"{path} is not served here: the OpenAI API is under /v1, so "
+                                "the base URL to give a client is http://localhost/v1")
+    assert len(mocked.calls) == 0
+
+
 def test_a_body_over_the_limit_is_an_openai_413(mocked):
     api = make_api(max_body_bytes=2048)
     assert_openai_error(api.post(CHAT, json={"messages": [{"role": "user", "content": "x" * 5000}]}),
