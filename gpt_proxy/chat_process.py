@@ -329,7 +329,7 @@ def chat_process():
         options["max_tokens"] = config.max_tokens_ceiling
     turn = pipeline.Turn(
         "chat-process", MEDIA, [*history, {"role": "user", "content": asked.prompt}],
-        asked.model or config.openai_model,
+        asked.model or None,  # none named: the role's model, else OPENAI_MODEL
         role=DEFAULT_ROLE if asked.system else config.chat_process_role, system=asked.system,
         options=options, log_text=asked.prompt,
         log_fields={"memory": _memory(resolved, asked.parent_id is not None),

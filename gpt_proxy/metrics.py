@@ -115,13 +115,14 @@ class Metrics:
         self._of(self.streams_open, protocol).inc()
 
     def stream_ended(self, *, route: str, protocol: str, framing: str, model: str, role: str,
-                     outcome, started: float, upstream: str) -> None:
-        """Everything one relayed reply came to, counted once when it ended."""
+                     outcome, started: float, upstream: str, role_model: bool = False) -> None:
+        """Everything one relayed reply came to, counted once when it ended. `role_model`: the
+        model is the one a role file names (bounded by the operator's files, so a label)."""
         now = time.monotonic()
         error = outcome.error
         result = ("client_left" if outcome.client_left else
                   error.code if error is not None else "ok")
-        model = self.model(model)
+        model = model if role_model else self.model(model)
         of = self._of
         of(self.streams_open, protocol).dec()
         of(self.requests, route, protocol, FRAMINGS.get(framing, framing), result).inc()

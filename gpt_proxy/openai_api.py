@@ -5,7 +5,7 @@ API key = PROXY_TOKEN.
 - Models are the ones a request may name (ALLOWED_MODELS, else OPENAI_MODEL and the models
   the upstreams in UPSTREAMS_FILE name) plus one
   `role:<name>` per role template: that role's messages go before the client's, and the
-  default model is asked. A plain model name gets the `default` role (none, unless the
+  role's own model (front matter `model`) is asked, else OPENAI_MODEL. A plain model name gets the `default` role (none, unless the
   operator wrote `roles/default.md`), as on /api/gpt/get.
 - The request body is passed upstream as it is (tools, response_format, n, logprobs, fields
   not invented yet, message contents as strings or parts), within the shared limits:
@@ -204,7 +204,7 @@ def parse_request(raw: bytes, config, roles, upstream) -> tuple[pipeline.Turn, b
             roles.get(role)
         except ProxyError:
             raise _unknown_model(model) from None
-        upstream_model = config.openai_model
+        upstream_model = None  # the role's model (front matter), else OPENAI_MODEL
     elif (config.allowed_models and model not in config.allowed_models
           or not upstream.serves(model)):
         raise _unknown_model(model)

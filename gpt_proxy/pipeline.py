@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from flask import Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -20,7 +20,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from .config import Config
 from .errors import PayloadTooLarge, ProxyError
 from .relay import Outcome, Relay, client_watcher
-from .roles import DEFAULT_ROLE, assemble_messages
+from .roles import DEFAULT_ROLE, Role, assemble_messages
 from .security import loggable
 
 log = logging.getLogger("gpt_proxy.access")
@@ -35,7 +35,7 @@ class Turn:
     protocol: str  # for the access line: "gpt", "openai", ...
     framing: str  # the reply's media type: a stream, or application/json (a whole reply)
     history: list[dict]  # the client's conversation, validated by its protocol
-    model: str  # the model asked of the upstream
+    model: str | None  # the model asked of the upstream; None: the role's, else OPENAI_MODEL
     role: str = DEFAULT_ROLE  # the role template put before the conversation
     system: str | None = None  # an ad-hoc system message from the client
     options: Mapping[str, object] = field(default_factory=dict)  # other upstream fields, as sent
@@ -112,10 +112,9 @@ def drain_body(environ: dict) -> None:
                 pass
 
 
-def payload(turn: Turn, roles, config: Config) -> dict:
+def payload(turn: Turn, role: Role, config: Config) -> dict:
     """The upstream request body: role messages, system text and the history within its
     budget, the protocol's other fields as they are; streams report their usage."""
-    role = roles.get(turn.role)
     messages = assemble_messages(role.render(), turn.history, system=turn.system,
                                  max_chars=config.max_history_chars,
                                  last_from_user=turn.last_from_user)
@@ -132,9 +131,13 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
     gets) and return the relay that will carry the reply, with the access line attached."""
     state = current_app.extensions["gpt_proxy"]
     config = state.config
+    role = state.roles.get(turn.role)
+    role_model = turn.model is None and role.model is not None
+    if turn.model is None:  # the request named no model: the role's, else the default
+        turn = replace(turn, model=role.model or config.openai_model)
     g.chat = {"role": turn.role, "model": turn.model, "framing": turn.framing,
               "protocol": turn.protocol}
-    body = payload(turn, state.roles, config)
+    body = payload(turn, role, config)
     gone = client_watcher(request.environ)
     try:
         stream = state.upstream.open(body, gone)
@@ -156,7 +159,8 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
             write_line(outcome)
             metrics.stream_ended(route=route, protocol=turn.protocol, framing=turn.framing,
                                  model=turn.model, role=turn.role, outcome=outcome,
-                                 started=started, upstream=getattr(stream, "upstream", "demo"))
+                                 started=started, upstream=getattr(stream, "upstream", "demo"),
+                                 role_model=role_model)
     return Relay(stream, heartbeat=config.heartbeat_seconds,
                  max_event_bytes=config.max_event_bytes, client_gone=gone,
                  max_seconds=config.max_stream_seconds, on_close=closed)

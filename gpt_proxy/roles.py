@@ -12,8 +12,10 @@ and that file is skipped while the others load):
 * Optional front matter: when the first line is ``---``, the lines up to the next ``---`` are
   ``key: value`` pairs (blank and ``#`` lines skipped, the value trimmed and one pair of
   matching quotes removed). A missing closing ``---``, a line without ``:``, a key that is not
-  an identifier or a key given twice is an error. ``description`` is used; other keys are kept
-  in ``Role.meta``. Front matter is never substituted.
+  an identifier or a key given twice is an error. ``description`` is used, and so is
+  ``model``: the model this role asks the upstream for when a request names none (at most 200
+  characters, no spaces or control characters); other keys are kept in ``Role.meta``. Front
+  matter is never substituted.
 * A section starts at a level-1 heading line: ``#``, a space or tab, the name, optional trailing
   whitespace, no indentation. ``SYSTEM``, ``USER`` and ``ASSISTANT`` are the names (any case);
   any other level-1 heading outside a code fence is an error, so a typo never becomes prompt
@@ -82,6 +84,7 @@ SECTIONS = ("system", "user", "assistant")
 _HEADING = re.compile(r"#(?:[ \t]+(.*?))?[ \t]*")
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
 _META_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_MODEL = re.compile(r"[^\s\x00-\x1f\x7f]{1,200}")  # front matter `model`
 _OS_NAMES = {"Darwin": "macOS", "Linux": "Linux", "Windows": "Windows"}
 
 
@@ -135,9 +138,17 @@ class Role:
         return [{"role": kind, "content": Template(text).safe_substitute(values)}
                 for kind, text in self.messages]
 
+    @property
+    def model(self) -> str | None:
+        """The model the role asks for when a request names none (front matter ``model``)."""
+        return self.meta.get("model") or None
+
     def summary(self) -> dict[str, object]:
         """The public description used by ``GET /api/roles``."""
-        return {"name": self.name, "description": self.description, "examples": self.examples}
+        summary = {"name": self.name, "description": self.description, "examples": self.examples}
+        if self.model:
+            summary["model"] = self.model
+        return summary
 
 
 # --- parsing -----------------------------------------------------------------------------
@@ -148,6 +159,9 @@ def parse_role(name: str, data: bytes | str) -> Role:
     if not any(line.strip() for line in lines):
         raise RoleFileError(1, "the file is empty")
     meta, body_start = _front_matter(lines)
+    if "model" in meta and not _MODEL.fullmatch(meta["model"]):
+        raise RoleFileError(_meta_line(lines, "model"), "front matter 'model' must be a model "
+                            "name: 1 to 200 characters, no spaces or control characters")
     sections = _sections(lines, body_start)
     _check_order(sections)
     messages = tuple((kind, text) for kind, text, _ in sections)
@@ -189,6 +203,12 @@ def _front_matter(lines: list[str]) -> tuple[dict[str, str], int]:
                 raise RoleFileError(index + 1, f"front matter key '{key}' is given twice")
             meta[key] = value
     return meta, end + 1
+
+
+def _meta_line(lines: list[str], key: str) -> int:
+    """The line number of front matter ``key`` (it is known to be there)."""
+    return next(i + 1 for i, line in enumerate(lines[1:], 1)
+                if line.strip().partition(":")[0].strip().lower() == key)
 
 
 def _meta_pair(line: str, number: int) -> tuple[str, str]:

@@ -21,7 +21,7 @@ class ChatRequest:
     history: list[dict]
     role: str = "default"
     temperature: float | None = None
-    model: str = ""
+    model: str | None = None  # None: the role's model, else OPENAI_MODEL
     stream: bool = True
     system: str | None = None
     max_tokens: int | None = None
@@ -132,7 +132,7 @@ def validate(body: dict, config: Config) -> ChatRequest:
         temperature = float(temperature)
 
     model = body.get("model")
-    model = config.openai_model if model is None else check_model(model, config)
+    model = None if model is None else check_model(model, config)  # None: the role's model
 
     stream = body.get("stream", True)
     if not isinstance(stream, bool):

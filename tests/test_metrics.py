@@ -152,6 +152,19 @@ def test_an_unknown_model_is_other_and_the_configured_one_keeps_its_name(client,
     assert value(m, "gpt_proxy_relayed_characters_total", model="other") == 1
 
 
+def test_a_model_a_role_file_names_keeps_its_name(upstream, tmp_path):
+    (tmp_path / "cheap.md").write_text("---\nmodel: cheap-model\n---\n# SYSTEM\nBe cheap.\n")
+    client = create_app(make_config(openai_base_url=upstream.url, metrics_bind="localhost:7346",
+                                    roles_dir=str(tmp_path))).test_client()
+    upstream.push(stream_scenario(["x"]), stream_scenario(["yz"]))
+    client.post("/api/gpt/get", json={"message": "a", "role": "cheap"}).get_data()
+    # the same name asked for by a client is not a configured model: `other`
+    client.post("/api/gpt/get", json={"message": "a", "model": "cheap-model"}).get_data()
+    m = scrape(client)
+    assert value(m, "gpt_proxy_relayed_characters_total", model="cheap-model", role="cheap") == 1
+    assert value(m, "gpt_proxy_relayed_characters_total", model="other") == 2
+
+
 # --- under gunicorn, two workers --------------------------------------------------------
 
 def ask(url: str, i: int) -> int:

@@ -94,6 +94,14 @@ def test_front_matter_keys_quotes_and_comments():
     assert role.meta == {"description": "Quoted: with colon", "author": "me"}
 
 
+def test_front_matter_model_is_the_roles_model():
+    role = parse_role("t", "---\nmodel: 'deepseek/deepseek-chat:free'\n---\n# SYSTEM\nx\n")
+    assert role.model == "deepseek/deepseek-chat:free"
+    assert role.summary() == {"name": "t", "description": "", "examples": 0,
+                              "model": "deepseek/deepseek-chat:free"}
+    assert parse_role("t", "# SYSTEM\nx\n").model is None
+
+
 def test_no_front_matter_means_empty_description():
     assert parse_role("t", "# SYSTEM\nx\n").description == ""
 
@@ -125,6 +133,9 @@ def test_crlf_and_bom_are_accepted():
     ("# USER\nq\n# ASSISTANT\na\n# SYSTEM\ns\n", 5, "first section"),
     ("# SYSTEM\na\n# SYSTEM\nb\n", 3, "first section"),
     ("# SYSTEM\n\n\n# USER\nq\n# ASSISTANT\na\n", 1, "empty"),
+    ("---\ndescription: x\nmodel: gpt 4o\n---\n", 3, "'model' must be a model name"),
+    ("---\n# no model yet\nModel: ''\n---\n", 3, "'model' must be a model name"),
+    ("---\nmodel: " + "m" * 201 + "\n---\n", 2, "'model' must be a model name"),
 ])
 def test_malformed_files_are_reported_with_their_line(text, line, words):
     with pytest.raises(RoleFileError) as caught:

@@ -147,3 +147,50 @@ def test_each_shipped_role_works_end_to_end(upstream, name):
     sent = upstream.wait_for_request().json["messages"]
     assert sent[0]["role"] == "system" and sent[-1] == {"role": "user", "content": "hello"}
     assert "${" not in sent[0]["content"]
+
+
+# --- a role's own model ---------------------------------------------------------------------
+
+CHEAP = """---
+description: Answers with a cheaper model
+model: cheap-model
+---
+# SYSTEM
+Be cheap.
+"""
+
+
+@pytest.fixture()
+def model_roles(upstream, tmp_path):
+    (tmp_path / "cheap.md").write_text(CHEAP)
+    (tmp_path / "plain.md").write_text("# SYSTEM\nBe plain.\n")
+    app = create_app(make_config(openai_base_url=upstream.url, roles_dir=str(tmp_path),
+                                 chat_process_role="cheap"))
+    return app.test_client()
+
+
+@pytest.mark.parametrize("body,model", [
+    ({"message": "hi", "role": "cheap"}, "cheap-model"),  # no model named: the role's
+    ({"message": "hi", "role": "cheap", "model": "fake-model"}, "fake-model"),  # named: that one
+    ({"message": "hi", "role": "plain"}, "fake-model"),  # a role without one: OPENAI_MODEL
+    ({"message": "hi"}, "fake-model"),
+])
+def test_a_role_may_name_the_model_a_request_without_one_gets(model_roles, upstream, body, model):
+    response = model_roles.post("/api/gpt/get", json=body, headers={"Accept": "application/json"})
+    assert response.status_code == 200, response.get_data()
+    assert upstream.wait_for_request().json["model"] == model
+
+
+def test_the_role_model_on_the_other_doors_and_in_the_role_list(model_roles, upstream):
+    # /v1: role:<name> as the model asks for the role's model.
+    response = model_roles.post("/v1/chat/completions", json={
+        "model": "role:cheap", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 200, response.get_data()
+    assert upstream.records[-1].json["model"] == "cheap-model"
+    # chat-process: its role (CHAT_PROCESS_ROLE) is this one, and no model is named.
+    response = model_roles.post("/api/chat-process", json={"prompt": "hi"})
+    assert response.status_code == 200 and b'"text"' in response.get_data()
+    sent = upstream.records[-1].json
+    assert sent["model"] == "cheap-model" and sent["messages"][0]["content"] == "Be cheap."
+    roles = {role["name"]: role for role in model_roles.get("/api/roles").get_json()}
+    assert roles["cheap"]["model"] == "cheap-model" and "model" not in roles["plain"]
