@@ -15,11 +15,17 @@ The rules it follows:
   codes; upstreams are the configured names. Nothing a client sends becomes a series.
 - Cheap: a relayed reply updates its counters once, when it ends (from the relay's outcome),
   plus one gauge step when it starts; nothing is done per token.
+- Never a deadlock: prometheus_client updates under locks that are not re-entrant, and a
+  garbage collection that runs inside one may finalize an abandoned relay, whose close counts
+  its stream on that same thread. An update that begins while another is running on its
+  thread is queued, and runs as soon as that one is done (`_one_at_a_time`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import time
 
 from prometheus_client import (
@@ -36,6 +42,28 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800
 FRAMINGS = {"text/event-stream": "sse", "text/plain": "text", "application/json": "json",
             "application/octet-stream": "ndjson"}
 OTHER = "other"
+_running = threading.local()  # the updates queued behind the one running on this thread
+
+
+def _one_at_a_time(update):
+    """Run `update` now, or after the update already running on this thread (see the module's
+    docstring: one re-entered from a finalizer would wait for a lock its own thread holds)."""
+    @functools.wraps(update)
+    def run(self, *args, **kwargs):
+        queue = getattr(_running, "queue", None)
+        if queue is not None:
+            queue.append((update, self, args, kwargs))
+            return None
+        _running.queue = queue = []
+        try:
+            result = update(self, *args, **kwargs)
+            while queue:
+                then, metrics, args_, kwargs_ = queue.pop(0)
+                then(metrics, *args_, **kwargs_)
+            return result
+        finally:
+            _running.queue = None
+    return run
 
 
 def multiprocess_dir() -> str:
@@ -107,13 +135,16 @@ class Metrics:
 
     # --- events -------------------------------------------------------------------------
 
+    @_one_at_a_time
     def answered(self, route: str, protocol: str, framing: str, outcome: str) -> None:
         """A request that did not relay a reply (an error before the first byte, a listing)."""
         self._of(self.requests, route, protocol, FRAMINGS.get(framing, framing), outcome).inc()
 
+    @_one_at_a_time
     def stream_started(self, protocol: str) -> None:
         self._of(self.streams_open, protocol).inc()
 
+    @_one_at_a_time
     def stream_ended(self, *, route: str, protocol: str, framing: str, model: str, role: str,
                      outcome, started: float, upstream: str, role_model: bool = False) -> None:
         """Everything one relayed reply came to, counted once when it ended. `role_model`: the
@@ -143,22 +174,26 @@ class Metrics:
         if outcome.heartbeats:
             of(self.heartbeats, protocol).inc(outcome.heartbeats)
 
+    @_one_at_a_time
     def upstream_failed(self, upstream: str, code: str, moved_on: bool) -> None:
         self.upstream_errors.labels(upstream, code).inc()
         if moved_on:
             self.failovers.labels(upstream).inc()
 
+    @_one_at_a_time
     def breaker(self, upstream: str, benched_for: float, failures: int) -> None:
         """The breaker of `upstream` changed: benched for that many more seconds (0: in use)."""
         self.benched_until.labels(upstream).set(time.time() + benched_for if benched_for > 0
                                                 else 0)
         self.failures_in_a_row.labels(upstream).set(failures)
 
+    @_one_at_a_time
     def refused_by_rate_limit(self, route: str) -> None:
         self.rate_limited.labels(route).inc()
 
     # --- exposition ---------------------------------------------------------------------
 
+    @_one_at_a_time  # reading takes the same locks (a single process's registry)
     def exposition(self) -> tuple[bytes, str]:
         """The text format: every worker's figures under gunicorn, else this app's."""
         if multiprocess_dir():

@@ -8,14 +8,19 @@ import concurrent.futures
 import glob
 import os
 import signal
+import threading
+import time
 import uuid
 
 import psutil
 import pytest
 import requests
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpt_proxy import create_app
+from gpt_proxy.metrics import Metrics
+from gpt_proxy.relay import Outcome
 
 from .conftest import TEST_KEY, Gunicorn, make_config
 from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes, stream_scenario
@@ -163,6 +168,50 @@ def test_a_model_a_role_file_names_keeps_its_name(upstream, tmp_path):
     m = scrape(client)
     assert value(m, "gpt_proxy_relayed_characters_total", model="cheap-model", role="cheap") == 1
     assert value(m, "gpt_proxy_relayed_characters_total", model="other") == 2
+
+
+class _CollectionInside:
+    """A metric's lock that, once taken, runs `finalize` while holding it: what a garbage
+    collection that starts inside prometheus_client's update does when it finalizes an
+    abandoned relay (its close counts the stream on this same thread)."""
+
+    def __init__(self, lock, finalize) -> None:
+        self.lock, self.finalize, self.fired = lock, finalize, False
+
+    def __enter__(self):
+        self.lock.acquire()
+        if not self.fired:
+            self.fired = True
+            self.finalize()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+
+def test_a_relay_finalized_inside_a_metric_update_is_counted_after_it_not_deadlocked():
+    metrics = Metrics(models=("m",))
+
+    def ended(role: str) -> None:
+        metrics.stream_ended(route="/r", protocol="gpt", framing="text/plain", model="m",
+                             role=role, outcome=Outcome(content=["abc"]),
+                             started=time.monotonic(), upstream="u")
+
+    metrics.characters._lock = _CollectionInside(metrics.characters._lock,
+                                                 lambda: ended("abandoned"))
+    finished = threading.Event()
+
+    def update() -> None:
+        ended("live")
+        finished.set()
+
+    # A thread of its own, so a deadlock fails this test instead of hanging the suite.
+    threading.Thread(target=update, daemon=True).start()
+    assert finished.wait(10), "the update deadlocked on its own lock"
+    m = samples(generate_latest(metrics.registry).decode())
+    assert value(m, "gpt_proxy_relayed_characters_total", role="live") == 3
+    assert value(m, "gpt_proxy_relayed_characters_total", role="abandoned") == 3
+    assert value(m, "gpt_proxy_requests_total", outcome="ok") == 2
 
 
 # --- under gunicorn, two workers --------------------------------------------------------
