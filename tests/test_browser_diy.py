@@ -306,6 +306,35 @@ def test_an_export_larger_than_the_server_loads_says_so(open_terminal, large_lim
     expect()(term.output.locator(".note")).to_have_count(1)  # a file that fits has no note
 
 
+@pytest.fixture(scope="module")
+def role_model_server(fake_upstream, tmp_path_factory):
+    """gunicorn whose roles folder holds a role that names its own model."""
+    roles = tmp_path_factory.mktemp("roles-with-model")
+    (roles / "cheap.md").write_text("---\ndescription: Short answers\nmodel: cheap-model\n---\n"
+                                    "# SYSTEM\nAnswer in five words.\n")
+    server = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": fake_upstream.url,
+                       "OPENAI_MODEL": "fake-model", "WEB_CONCURRENCY": "1",
+                       "ROLES_DIR": str(roles)},
+                      tmp_path_factory.mktemp("gunicorn-role-model") / "gunicorn.log")
+    yield server
+    server.stop()
+
+
+def test_a_roles_own_model_is_listed_and_asked_unless_the_user_names_one(
+        open_terminal, role_model_server, upstream):
+    term = open_terminal(url=role_model_server.url)
+    term.type_command("gpt role")
+    listed = term.last(".role-list")
+    expect()(listed.locator("dt:text-is('cheap') + dd")).to_have_text(
+        "Short answers · model: cheap-model")
+    upstream.push(stream_scenario(["Five words, no more."]), stream_scenario(["Fine."]))
+    assert term.chat("gpt chat -r cheap hi") == "Five words, no more."
+    assert upstream.wait_for_request(1).json["model"] == "cheap-model"
+    term.type_command("gpt model fake-model")  # the user's choice wins
+    assert term.chat("gpt chat -r cheap again") == "Fine."
+    assert upstream.wait_for_request(2).json["model"] == "fake-model"
+
+
 # --- completion and untrusted text --------------------------------------------------------------
 
 def test_tab_completes_own_roles_and_the_diy_options(term):

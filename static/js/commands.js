@@ -184,6 +184,8 @@ async function role(words, app) {
       dt.textContent = name === app.settings.role ? `${name} *` : name;
       const dd = document.createElement("dd");
       dd.textContent = info ? info.description || "(no description)" : "no template: the model as it is";
+      // A role may name its model: asked for unless `gpt model` or -m names another.
+      if (info && typeof info.model === "string" && info.model) dd.textContent += ` · model: ${info.model}`;
       list.append(dt, dd);
     }
     const own = ownRoleList(app);
