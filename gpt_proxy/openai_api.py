@@ -3,9 +3,9 @@ run (the openai SDKs, LangChain, chat UIs, editor plugins): base URL `http://hos
 API key = PROXY_TOKEN.
 
 - Models are the ones a request may name (ALLOWED_MODELS, else OPENAI_MODEL and the models
-  the upstreams in UPSTREAMS_FILE name) plus one
-  `role:<name>` per role template: that role's messages go before the client's, and the
-  role's own model (front matter `model`) is asked, else OPENAI_MODEL. A plain model name gets the `default` role (none, unless the
+  the upstreams in UPSTREAMS_FILE name) plus one `role:<name>` per role template: that
+  role's messages go before the client's, and the role's own model (front matter `model`)
+  is asked, else OPENAI_MODEL. A plain model name gets the `default` role (none, unless the
   operator wrote `roles/default.md`), as on /api/gpt/get.
 - The request body is passed upstream as it is (tools, response_format, n, logprobs, fields
   not invented yet, message contents as strings or parts), within the shared limits:
