@@ -22,7 +22,7 @@ from urllib.parse import quote
 import requests
 import requests.auth
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
+from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, ReadTimeoutError
 
 from .chunks import payload_message
 from .config import Config, UpstreamSpec
@@ -56,8 +56,9 @@ class UpstreamStream:
     without a helper thread; `read_timeout` without any data is still an `UpstreamTimeout`."""
 
     def __init__(self, response: requests.Response, secret: str = "",
-                 read_timeout: float | None = None) -> None:
+                 read_timeout: float | None = None, early: bytes | None = None) -> None:
         self.response = response
+        self._early = early  # the body's start, read before the relay began (see Endpoint.open)
         self.secret = secret
         self.is_json = media_type(response) == "application/json"
         self.closed = False
@@ -71,6 +72,8 @@ class UpstreamStream:
 
     def timed_reads(self) -> bool:
         """Whether reads can honour `wait` (a plain body over a socket we can reach)."""
+        if self._early is not None:  # a whole JSON answer: read already, nothing to wait for
+            return True
         if self.read_timeout is None or _socket_of(self.response) is None:
             return False
         if self._body is None:
@@ -112,6 +115,13 @@ class UpstreamStream:
         is never held back waiting for a buffer to fill (chunked or close-delimited alike).
         None: `wait` passed with nothing read."""
         raw = self.response.raw
+        if self._early is not None:
+            early, self._early = self._early, b""
+            if early:
+                yield early
+            if raw.closed or raw.isclosed():  # read whole before: nothing is left to read
+                self.complete = True
+                return
         try:
             if self._body is None:
                 self._body = _plain_body(raw, self._read1) or False
@@ -377,7 +387,13 @@ class Endpoint:
             except requests.RequestException as exc:
                 raise UpstreamError(f"upstream request failed ({type(exc).__name__})") from None
         if response.status_code == 200 and not _is_web_page(response):
-            stream = UpstreamStream(response, key, self.config.upstream_read_timeout)
+            early = None
+            if media_type(response) == "application/json":
+                # One JSON value (a whole reply, asked for or not, or an error), whole by the
+                # time it is sent. Read it now, so that an error in a 200 answer (some relays
+                # do that) is an error before the first byte, and fails over.
+                early = self._read_early(response, payload.get("model", ""))
+            stream = UpstreamStream(response, key, self.config.upstream_read_timeout, early)
             if timeout[1] != self.config.upstream_read_timeout:  # a shortened wait for headers
                 sock = _socket_of(response)
                 if sock is not None:
@@ -391,6 +407,24 @@ class Endpoint:
         finally:
             response.close()
 
+
+    def _read_early(self, response: requests.Response, model: str) -> bytes:
+        """The JSON answer's first MAX_EVENT_BYTES + 1 bytes (all of it, when it is not too
+        large for the relay); an `{"error": ...}` object in it is raised here."""
+        try:
+            body = response.raw.read(self.config.max_event_bytes + 1, decode_content=True) or b""
+        except (ReadTimeoutError, TimeoutError):
+            response.close()
+            raise UpstreamTimeout("upstream timed out: no data within the read timeout") from None
+        except (HTTPError, OSError, ValueError, requests.RequestException) as exc:
+            response.close()  # lost, or a body its Content-Encoding does not decode
+            raise UpstreamError(f"the upstream's answer could not be read ({type(exc).__name__})"
+                                ) from None
+        error = embedded_error(body, model, self.spec.key)
+        if error is not None:
+            response.close()
+            raise error
+        return body
 
     def _template(self, url: str) -> tuple[requests.PreparedRequest, dict]:
         """The request for `url` prepared once (headers, auth, the session's defaults) and the
@@ -458,35 +492,61 @@ def _error_text(response: requests.Response, secret: str) -> str:
 def status_error(response: requests.Response, model: str, secret: str) -> ProxyError:
     """Map an upstream status to the error our client gets (the status stays on it as
     `upstream_status`, for failover)."""
-    error = _status_error(response, model, secret)
-    error.upstream_status = response.status_code
+    status = response.status_code
+    detail = "" if status in (401, 403) else _error_text(response, secret)
+    return _status_error(status, f"HTTP {status}", detail, model,
+                         response.headers.get("Retry-After"))
+
+
+def embedded_error(body: bytes, model: str, secret: str) -> ProxyError | None:
+    """The error of a 200 answer that is an `{"error": ...}` object and no completion, mapped
+    as its status would be: the status it names (`error.code`, `error.status`, `status` or
+    `code`, when one is an HTTP error status), else 502. None for anything else."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None  # not JSON: the relay reports it as it reads it
+    if not isinstance(data, dict) or "choices" in data or not data.get("error"):
+        return None
+    inner = data["error"] if isinstance(data["error"], dict) else {}
+    named = (inner.get("code"), inner.get("status"), data.get("status"), data.get("code"))
+    status = next((value for value in named if isinstance(value, int)
+                   and not isinstance(value, bool) and 400 <= value <= 599), 502)
+    detail = redact(payload_message(data)[:500], secret)
+    return _status_error(status, f"error {status} in an HTTP 200 answer", detail, model, None)
+
+
+def _status_error(status: int, where: str, detail: str, model: str,
+                  retry: str | None) -> ProxyError:
+    """Our error for an upstream error `status` (`where`: how it was given), with the
+    upstream's own message (`detail`), as `upstream_status` for failover."""
+    error = _status_error_of(status, where, detail, model, retry)
+    error.upstream_status = status
     return error
 
 
-def _status_error(response: requests.Response, model: str, secret: str) -> ProxyError:
-    status = response.status_code
+def _status_error_of(status: int, where: str, detail: str, model: str,
+                     retry: str | None) -> ProxyError:
     if status in (401, 403):
         return UpstreamError(
-            f"the upstream refused the proxy's API key (HTTP {status}); check its key "
+            f"the upstream refused the proxy's API key ({where}); check its key "
             "(OPENAI_API_KEY, or its key_env)",
             code="upstream_auth")
-    detail = _error_text(response, secret)
     suffix = f": {detail}" if detail else ""
     if status == 404:
-        return UpstreamError(f"the upstream does not know model {model!r} (HTTP 404){suffix}",
+        return UpstreamError(f"the upstream does not know model {model!r} ({where}){suffix}",
                              code="upstream_model_not_found")
     if status == 429:
         headers = {}
-        retry = response.headers.get("Retry-After")
         if retry and re.fullmatch(r"\d{1,6}(\.\d+)?", retry.strip()):
             headers["Retry-After"] = retry.strip()
-        return RateLimited(f"the upstream is rate limiting (HTTP 429){suffix}",
+        return RateLimited(f"the upstream is rate limiting ({where}){suffix}",
                            code="upstream_rate_limited", headers=headers)
     if status in (400, 422):
-        return BadRequest(f"the upstream rejected the request (HTTP {status}){suffix}",
+        return BadRequest(f"the upstream rejected the request ({where}){suffix}",
                           code="upstream_bad_request")
     if status == 413:
         return PayloadTooLarge(f"the upstream says the request is too large{suffix}")
     if status in (408, 504):
-        return UpstreamTimeout(f"the upstream timed out (HTTP {status}){suffix}")
-    return UpstreamError(f"the upstream failed (HTTP {status}){suffix}")
+        return UpstreamTimeout(f"the upstream timed out ({where}){suffix}")
+    return UpstreamError(f"the upstream failed ({where}){suffix}")

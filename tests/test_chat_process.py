@@ -422,6 +422,8 @@ def test_a_wrong_method_or_path_is_shaped_by_its_protocol(client):
     (json_scenario(500, {"error": {"message": "boom"}}), 502, ["upstream failed", "boom"]),
     (json_scenario(401, {"error": {"message": f"bad key {TEST_KEY}"}}), 502, ["OPENAI_API_KEY"]),
     (json_scenario(404, {"error": {"message": "no such model"}}), 502, ["does not know model"]),
+    (json_scenario(200, {"error": {"message": "quota used up", "code": 429}}), 429,
+     ["rate limiting", "in an HTTP 200 answer", "quota used up"]),
 ])
 def test_upstream_errors_before_the_first_byte_are_fail_envelopes(client, upstream, caplog,
                                                                   scenario, status, words):

@@ -163,6 +163,24 @@ def test_a_refused_connection_fails_over_to_the_next_upstream(fakes, caplog):
     assert "upstream=b tried=2" in access_lines(caplog)[-1]
 
 
+@pytest.mark.parametrize("error,moves_on", [
+    ({"error": {"message": "quota used up", "type": "insufficient_quota", "code": 429}}, True),
+    ({"error": {"message": "overloaded"}}, True),  # no status named: a 502
+    ({"error": {"message": "bad key", "code": 401}}, False),  # the key is wrong, not busy
+])
+def test_an_error_in_a_200_answer_fails_over_like_its_status(fakes, error, moves_on):
+    a, b, _ = fakes
+    a.push(json_scenario(200, error))
+    client, _, _ = service([spec("a", a.url), spec("b", b.url, KEY_B)])
+    response = ask(client, "*/*")
+    if moves_on:
+        assert response.get_data(as_text=True) == "Hello, world!" and len(b.records) == 1
+    else:
+        assert response.status_code == 502 and b.records == []
+        assert response.get_json()["error"]["code"] == "upstream_auth"
+    assert len(a.records) == 1
+
+
 def test_a_connection_refused_before_sending_is_retried_on_the_same_upstream(fakes):
     port = free_port()
     started: list[FakeUpstream] = []

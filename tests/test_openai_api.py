@@ -367,6 +367,17 @@ def test_a_client_given_the_base_url_without_v1_is_told_the_one_to_use(mocked, m
     assert len(mocked.calls) == 0
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_error_in_a_200_answer_is_an_openai_error_with_its_status(mocked, stream):
+    mocked.post(URL, json={"error": {"message": f"quota used up for {TEST_KEY}",
+                                     "type": "insufficient_quota", "code": 429}})
+    response = make_api().post(CHAT, json={"messages": USER, "stream": stream})
+    error = assert_openai_error(response, 429, "upstream_rate_limited")
+    assert "quota used up" in error["message"] and TEST_KEY not in error["message"]
+    # before the first byte: the SDKs raise RateLimitError, not a broken stream
+    assert error["type"] == "rate_limit_error" and "in an HTTP 200 answer" in error["message"]
+
+
 def test_a_body_over_the_limit_is_an_openai_413(mocked):
     api = make_api(max_body_bytes=2048)
     assert_openai_error(api.post(CHAT, json={"messages": [{"role": "user", "content": "x" * 5000}]}),

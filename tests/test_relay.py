@@ -111,6 +111,34 @@ def test_upstream_429_is_429_with_retry_after_passed_on(api, mocked):
     assert "slow down" in response.get_json()["error"]["message"]
 
 
+@pytest.mark.parametrize("error,status,code", [
+    ({"error": {"message": "quota used up", "type": "insufficient_quota", "code": 429}}, 429,
+     "upstream_rate_limited"),
+    ({"error": {"message": "no such model", "status": 404}}, 502, "upstream_model_not_found"),
+    ({"error": {"message": "overloaded", "code": "server_busy"}}, 502, "upstream_error"),
+    ({"error": "just a string", "code": 503}, 502, "upstream_error"),
+])
+@pytest.mark.parametrize("accept", ["text/plain", "text/event-stream", "application/json"])
+def test_an_error_in_a_200_answer_is_the_error_its_status_would_be_before_the_first_byte(
+        api, mocked, error, status, code, accept):
+    """Some relays answer a stream request with 200 and an error object: that is the error
+    the status it names would be (none named: a 502), not a reply that starts and fails."""
+    mocked.post(URL, json=error, status=200)
+    response = post(api, {"Accept": accept})
+    assert response.status_code == status and response.mimetype == "application/json"
+    body = response.get_json()["error"]
+    assert body["code"] == code and "in an HTTP 200 answer" in body["message"]
+    message = error["error"] if isinstance(error["error"], str) else error["error"]["message"]
+    assert message in body["message"] or code == "upstream_model_not_found"
+
+
+def test_a_whole_completion_in_a_200_answer_is_still_the_reply(api, mocked):
+    mocked.post(URL, json={"id": "c", "object": "chat.completion", "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "Whole 你好"},
+         "finish_reason": "stop"}]})
+    assert post(api, {"Accept": "text/plain"}).get_data(as_text=True) == "Whole 你好"
+
+
 def test_connection_refused_is_503_and_timeout_is_504(api, mocked):
     mocked.post(URL, body=requests.exceptions.ConnectionError("refused"))
     assert post(api).status_code == 503
