@@ -146,7 +146,8 @@ def _check_messages(messages: object, config) -> list[dict]:
                          field="messages")
     if len(messages) > config.max_messages:
         raise PayloadTooLarge(f"'messages' has {len(messages)} messages; at most "
-                              f"{config.max_messages} are accepted", field="messages")
+                              f"{config.max_messages} are accepted (MAX_MESSAGES)",
+                              field="messages")
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):

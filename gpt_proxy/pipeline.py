@@ -56,7 +56,8 @@ def read_body(config: Config) -> bytes:
     limit = config.max_body_bytes
     length = request.content_length
     if length is not None and length > limit:
-        raise PayloadTooLarge(f"the body is {length} bytes; at most {limit} are accepted")
+        raise PayloadTooLarge(f"the body is {length} bytes; at most {limit} are accepted "
+                              "(MAX_BODY_BYTES)")
     stream = request.stream
     parts, size = [], 0
     # A read allocates (and zeroes) the size it asks for: ask for what the body said it is,
@@ -72,7 +73,8 @@ def read_body(config: Config) -> bytes:
     except RequestEntityTooLarge:  # werkzeug counts a chunked body against the same limit
         size = limit + 1
     if size > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+        raise PayloadTooLarge(f"the body is larger than the {limit} bytes accepted "
+                              "(MAX_BODY_BYTES)")
     return b"".join(parts)
 
 

@@ -72,7 +72,7 @@ def _history(value: object, name: str, config: Config) -> list[dict]:
                          "{role, content} objects", field=name)
     if len(value) > config.max_messages:
         raise PayloadTooLarge(f"'{name}' has {len(value)} messages; at most "
-                              f"{config.max_messages} are accepted", field=name)
+                              f"{config.max_messages} are accepted (MAX_MESSAGES)", field=name)
     history = []
     for i, item in enumerate(value):
         where = f"{name}[{i}]"
