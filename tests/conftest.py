@@ -141,18 +141,25 @@ class Gunicorn:
         raise AssertionError(f"no log line with {parts} within {timeout} s")
 
 
+def serve(fake_upstream, folder: Path, **env: str):
+    """The body of a fixture that needs a server of its own: gunicorn with one worker against
+    the session's fake upstream, `env` on top, its log in `folder`; stopped afterwards."""
+    server = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": fake_upstream.url,
+                       "OPENAI_MODEL": "fake-model", "WEB_CONCURRENCY": "1", **env},
+                      folder / "gunicorn.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def gunicorn_server(fake_upstream, tmp_path_factory):
     """gunicorn serving the app against the session's fake upstream (1 s heartbeats), its
     conversations in a temporary SQLite file (never the project's data/)."""
     folder = tmp_path_factory.mktemp("gunicorn")
-    server = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": fake_upstream.url,
-                       "OPENAI_MODEL": "fake-model", "HEARTBEAT_SECONDS": "1",
-                       "WEB_CONCURRENCY": "1",
-                       "CONVERSATION_STORE": f"sqlite:///{folder}/conversations.db"},
-                      folder / "gunicorn.log")
-    yield server
-    server.stop()
+    yield from serve(fake_upstream, folder, HEARTBEAT_SECONDS="1",
+                     CONVERSATION_STORE=f"sqlite:///{folder}/conversations.db")
 
 
 @pytest.fixture()

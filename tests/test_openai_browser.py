@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from .browser_helpers import missing
-from .conftest import TEST_KEY, Gunicorn, free_port
+from .conftest import TEST_KEY, free_port, serve
 from .fake_upstream import Scenario, chunk_json, sse_bytes, stream_scenario
 from .test_integration import TEXT, TOKENS
 
@@ -78,12 +78,8 @@ def page_origin():
 @pytest.fixture(scope="module")
 def cors_server(fake_upstream, page_origin, tmp_path_factory):
     """The service with a proxy token and the page's origin (on `localhost`) listed."""
-    server = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": fake_upstream.url,
-                       "OPENAI_MODEL": "fake-model", "WEB_CONCURRENCY": "1",
-                       "PROXY_TOKEN": TOKEN, "CORS_ORIGINS": f"http://localhost:{page_origin}"},
-                      tmp_path_factory.mktemp("gunicorn-cors") / "gunicorn.log")
-    yield server
-    server.stop()
+    yield from serve(fake_upstream, tmp_path_factory.mktemp("gunicorn-cors"),
+                     PROXY_TOKEN=TOKEN, CORS_ORIGINS=f"http://localhost:{page_origin}")
 
 
 @pytest.fixture()
