@@ -159,9 +159,6 @@ def parse_role(name: str, data: bytes | str) -> Role:
     if not any(line.strip() for line in lines):
         raise RoleFileError(1, "the file is empty")
     meta, body_start = _front_matter(lines)
-    if "model" in meta and not _MODEL.fullmatch(meta["model"]):
-        raise RoleFileError(_meta_line(lines, "model"), "front matter 'model' must be a model "
-                            "name: 1 to 200 characters, no spaces or control characters")
     sections = _sections(lines, body_start)
     _check_order(sections)
     messages = tuple((kind, text) for kind, text, _ in sections)
@@ -205,12 +202,6 @@ def _front_matter(lines: list[str]) -> tuple[dict[str, str], int]:
     return meta, end + 1
 
 
-def _meta_line(lines: list[str], key: str) -> int:
-    """The line number of front matter ``key`` (it is known to be there)."""
-    return next(i + 1 for i, line in enumerate(lines[1:], 1)
-                if line.strip().partition(":")[0].strip().lower() == key)
-
-
 def _meta_pair(line: str, number: int) -> tuple[str, str]:
     key, colon, value = line.partition(":")
     key = key.strip().lower()
@@ -219,6 +210,9 @@ def _meta_pair(line: str, number: int) -> tuple[str, str]:
     value = value.strip()
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
         value = value[1:-1]
+    if key == "model" and not _MODEL.fullmatch(value):
+        raise RoleFileError(number, "front matter 'model' must be a model name: 1 to 200 "
+                            "characters, no spaces or control characters")
     return key, value
 
 
