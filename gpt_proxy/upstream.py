@@ -56,9 +56,9 @@ class UpstreamStream:
     without a helper thread; `read_timeout` without any data is still an `UpstreamTimeout`."""
 
     def __init__(self, response: requests.Response, secret: str = "",
-                 read_timeout: float | None = None, early: bytes | None = None) -> None:
+                 read_timeout: float | None = None) -> None:
         self.response = response
-        self._early = early  # the body's start, read before the relay began (see Endpoint.open)
+        self._early: bytes | None = None  # the body's start, read by `read_early`
         self.secret = secret
         self.is_json = media_type(response) == "application/json"
         self.closed = False
@@ -79,6 +79,21 @@ class UpstreamStream:
         if self._body is None:
             self._body = _plain_body(self.response.raw, self._read1) or False
         return self._body is not False
+
+    def read_early(self, limit: int) -> bytes:
+        """Read up to `limit` bytes of the body now (a whole JSON answer, see Endpoint.open);
+        `chunks()` hands them out first."""
+        try:
+            body = self.response.raw.read(limit, decode_content=True) or b""
+        except (ReadTimeoutError, TimeoutError):
+            self.close()
+            raise UpstreamTimeout("upstream timed out: no data within the read timeout") from None
+        except (HTTPError, OSError, ValueError, requests.RequestException) as exc:
+            self.close()  # lost, or a body its Content-Encoding does not decode
+            raise UpstreamError(f"the upstream's answer could not be read ({type(exc).__name__})"
+                                ) from None
+        self._early = body
+        return body
 
     def _read1(self, size: int) -> bytes | None:
         """One network read for the plain body; None when `wait` passed with nothing."""
@@ -387,13 +402,16 @@ class Endpoint:
             except requests.RequestException as exc:
                 raise UpstreamError(f"upstream request failed ({type(exc).__name__})") from None
         if response.status_code == 200 and not _is_web_page(response):
-            early = None
-            if media_type(response) == "application/json":
+            stream = UpstreamStream(response, key, self.config.upstream_read_timeout)
+            if stream.is_json:
                 # One JSON value (a whole reply, asked for or not, or an error), whole by the
                 # time it is sent. Read it now, so that an error in a 200 answer (some relays
                 # do that) is an error before the first byte, and fails over.
-                early = self._read_early(response, payload.get("model", ""))
-            stream = UpstreamStream(response, key, self.config.upstream_read_timeout, early)
+                body = stream.read_early(self.config.max_event_bytes + 1)
+                error = embedded_error(body, payload.get("model", ""), key)
+                if error is not None:
+                    stream.close()
+                    raise error
             if timeout[1] != self.config.upstream_read_timeout:  # a shortened wait for headers
                 sock = _socket_of(response)
                 if sock is not None:
@@ -406,25 +424,6 @@ class Endpoint:
             raise status_error(response, payload.get("model", ""), key)
         finally:
             response.close()
-
-
-    def _read_early(self, response: requests.Response, model: str) -> bytes:
-        """The JSON answer's first MAX_EVENT_BYTES + 1 bytes (all of it, when it is not too
-        large for the relay); an `{"error": ...}` object in it is raised here."""
-        try:
-            body = response.raw.read(self.config.max_event_bytes + 1, decode_content=True) or b""
-        except (ReadTimeoutError, TimeoutError):
-            response.close()
-            raise UpstreamTimeout("upstream timed out: no data within the read timeout") from None
-        except (HTTPError, OSError, ValueError, requests.RequestException) as exc:
-            response.close()  # lost, or a body its Content-Encoding does not decode
-            raise UpstreamError(f"the upstream's answer could not be read ({type(exc).__name__})"
-                                ) from None
-        error = embedded_error(body, model, self.spec.key)
-        if error is not None:
-            response.close()
-            raise error
-        return body
 
     def _template(self, url: str) -> tuple[requests.PreparedRequest, dict]:
         """The request for `url` prepared once (headers, auth, the session's defaults) and the
