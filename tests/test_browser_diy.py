@@ -327,25 +327,18 @@ def test_a_roles_own_model_is_listed_and_asked_unless_the_user_names_one(
 
 def test_tab_completes_own_roles_and_the_diy_options(term):
     term.make_role("poet", POEM)
-    term.input.fill("gpt chat -r po")
-    term.input.press("Tab")
-    expect()(term.input).to_have_value("gpt chat -r poet ")
-    term.input.fill("gpt role p")
-    term.input.press("Tab")
-    expect()(term.input).to_have_value("gpt role poet ")
-    term.input.fill("gpt di")
-    term.input.press("Tab")
-    expect()(term.input).to_have_value("gpt diy ")
-    term.input.fill("gpt diy --exp")
-    term.input.press("Tab")
-    expect()(term.input).to_have_value("gpt diy --export ")
-    term.input.press("Tab")
-    expect()(term.input).to_have_value("gpt diy --export poet ")
-    term.input.fill("gpt diy --ed")
-    term.input.press("Tab")
-    expect()(term.input).to_have_value("gpt diy --edit ")
-    term.input.press("Tab")
-    expect()(term.input).to_have_value("gpt diy --edit poet ")
+    # (what is typed first, or None: Tab again on what the last Tab left) -> after Tab
+    for typed, completed in [("gpt chat -r po", "gpt chat -r poet "),
+                             ("gpt role p", "gpt role poet "),
+                             ("gpt di", "gpt diy "),
+                             ("gpt diy --exp", "gpt diy --export "),
+                             (None, "gpt diy --export poet "),
+                             ("gpt diy --ed", "gpt diy --edit "),
+                             (None, "gpt diy --edit poet ")]:
+        if typed is not None:
+            term.input.fill(typed)
+        term.input.press("Tab")
+        expect()(term.input).to_have_value(completed)
 
 
 def test_html_in_a_roles_name_description_and_definition_is_shown_as_text(term, upstream):
