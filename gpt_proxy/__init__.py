@@ -52,7 +52,7 @@ class State:
 
 def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     """The app factory. `config`: a Config, a dict of overrides, or None for the environment."""
-    from . import api, chat_process, openai_api
+    from . import api, chat_process, openai_api, user_protocol
     from .metrics import Metrics, NoMetrics
     from .pipeline import ACCESS_LOGGED
     from .roles import RoleRegistry
@@ -78,7 +78,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.ensure_ascii = False
     app.json.sort_keys = False
-    protocols = (openai_api, chat_process, api)  # `api` last: it owns every path left
+    protocols = (openai_api, chat_process, user_protocol, api)  # `api` last: every path left
     state = State(config=config, upstream=upstream, roles=registry, protocols=protocols,
                   started=time.time(), metrics=metrics)
     app.extensions["gpt_proxy"] = state
