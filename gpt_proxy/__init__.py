@@ -34,6 +34,7 @@ class State:
     protocols: tuple = ()
     started: float = 0.0  # time.time() at start-up
     metrics: object = None
+    accounts: object = None  # the user service (accounts.Accounts) over `db`
 
     def respond(self, err: ProxyError):
         """The error response in the shape of the protocol the request came in by (what is
@@ -52,7 +53,9 @@ class State:
 
 def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     """The app factory. `config`: a Config, a dict of overrides, or None for the environment."""
-    from . import api, chat_process, openai_api, user_protocol
+    from . import account_api, api, chat_process, identity, openai_api, user_protocol
+    from .accounts import Accounts
+    from .db import open_database
     from .metrics import Metrics, NoMetrics
     from .pipeline import ACCESS_LOGGED
     from .roles import RoleRegistry
@@ -74,16 +77,22 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
         roles_dir = ROOT / roles_dir
     registry = RoleRegistry(roles_dir)  # logs each file it cannot load, by file and line
 
+    database = open_database(config.database_url, ROOT)  # DatabaseError names DATABASE_URL
+    accounts = Accounts(database, session_days=config.session_days)
+
     app = Flask(__name__, static_folder=str(ROOT / "static"), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.ensure_ascii = False
     app.json.sort_keys = False
     protocols = (openai_api, chat_process, user_protocol, api)  # `api` last: every path left
     state = State(config=config, upstream=upstream, roles=registry, protocols=protocols,
-                  started=time.time(), metrics=metrics)
+                  started=time.time(), metrics=metrics, accounts=accounts)
     app.extensions["gpt_proxy"] = state
     for protocol in protocols:
         app.register_blueprint(protocol.bp)
+    app.register_blueprint(account_api.bp)  # JSON routes in the `api` door's error shape
+    from .cli import register as register_cli
+    register_cli(app)
 
     @app.get("/")
     def index():
@@ -131,6 +140,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
         return response
 
     install_security(app, config)  # after start_request: its checks need the request id
+    identity.install(app, config, accounts, protocols)  # after the rate limit: guesses count
 
     @app.errorhandler(ProxyError)
     def proxy_error(err: ProxyError):

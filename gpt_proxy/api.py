@@ -11,12 +11,14 @@ from flask import Blueprint, current_app, jsonify, request
 from . import pipeline
 from .chunks import Delta
 from .errors import ProxyError
+from .identity import caller, public_with_accounts
 from .relay import Framer, Outcome
 from .roles import MAX_ROLE_BYTES
 from .sse import encode_json, encode_text
 from .validation import parse_body, validate
 
 bp = Blueprint("api", __name__)
+CREDENTIALS = ("session", "key")  # what identifies a caller here (see identity)
 
 SSE, JSON, TEXT = "text/event-stream", "application/json", "text/plain"
 
@@ -104,11 +106,21 @@ def chat():
 
 
 @bp.get("/api/roles")
+@public_with_accounts
 def roles():
-    return jsonify(current_app.extensions["gpt_proxy"].roles.list())
+    """The server's roles, then (signed in) the caller's own, marked `"own": true`."""
+    state = current_app.extensions["gpt_proxy"]
+    listed = state.roles.list()
+    who = caller()
+    if who.user is not None:
+        listed += [{"name": role.keyword, "title": role.name, "description": role.description,
+                    "examples": sum(1 for kind, _ in role.elements if kind == "assistant"),
+                    "own": True} for role in state.accounts.roles(who.user.id)]
+    return jsonify(listed)
 
 
 @bp.get("/api/limits")
+@public_with_accounts
 def limits():
     """The limits a client should know before it sends (the page checks a role it keeps
     against `max_system_chars` when it is saved, not when it is first used, and an exported

@@ -43,12 +43,14 @@ from . import ROOT, pipeline
 from .chunks import Delta
 from .conversations import Resolved, Store, StoreError, new_id, open_store, resolve
 from .errors import BadRequest, PayloadTooLarge, ProxyError
+from .identity import caller, public
 from .relay import Framer, Outcome, Relay
 from .roles import DEFAULT_ROLE
-from .security import no_token, token_matches
+from .security import token_matches
 from .validation import check_model, check_text, parse_body
 
 bp = Blueprint("chat_process", __name__, url_prefix="/api")
+CREDENTIALS = ("key",)  # these frontends keep a token and send it as a Bearer (identity)
 log = logging.getLogger("gpt_proxy.chat_process")
 
 PATHS = frozenset(("/api/session", "/api/verify", "/api/config", "/api/chat-process"))
@@ -79,7 +81,8 @@ def error_response(err: ProxyError):
     retry = err.headers.get("Retry-After")
     if retry and "retry in" not in message:
         message = f"{message} (retry in {retry} s)"
-    response = envelope("Unauthorized" if err.code == "unauthorized" else "Fail", message)
+    asks_again = err.code in ("unauthorized", "invalid_api_key")  # no or a bad credential
+    response = envelope("Unauthorized" if asks_again else "Fail", message)
     if retry:
         response.headers["Retry-After"] = retry
     return response
@@ -92,23 +95,31 @@ def _config():
 
 
 @bp.post("/session")
-@no_token
+@public
 def session():
-    return envelope("Success", "", {"auth": bool(_config().proxy_token), "model": API_MODEL})
+    return envelope("Success", "", {"auth": _config().auth != "open", "model": API_MODEL})
 
 
 @bp.post("/verify")
-@no_token
+@public
 def verify():
-    """Checks a token in constant time; rate limited like every /api/ route (RATE_LIMIT)."""
+    """Checks a token in constant time (AUTH=token), or an API key (AUTH=users); rate
+    limited like every /api/ route (RATE_LIMIT)."""
     config = _config()
     body = parse_body(pipeline.read_body(config))
     token = body.get("token")
+    users = config.auth == "users"
     if not isinstance(token, str) or not token.strip():
-        raise BadRequest("the token is empty: enter the proxy token (PROXY_TOKEN)",
+        raise BadRequest("the token is empty: enter " + ("your API key" if users else
+                                                         "the proxy token (PROXY_TOKEN)"),
                          field="token")
-    if not config.proxy_token:
+    if config.auth == "open":
         return envelope("Success", "this service needs no token")
+    if users:
+        if current_app.extensions["gpt_proxy"].accounts.key(token.strip()) is not None:
+            return envelope("Success", "the key is valid")
+        raise ProxyError("the key is not valid (unknown, revoked or expired)", status=401,
+                         code="wrong_token")
     if token_matches(token.strip(), config.proxy_token):
         return envelope("Success", "the token is valid")
     raise ProxyError("the token is wrong", status=401, code="wrong_token")
@@ -314,13 +325,14 @@ def chat_process():
     config = state.config
     asked = parse_request(parse_body(pipeline.read_body(config)), config)
     store = conversation_store()
+    owner = caller().owner
     try:
         resolved = resolve(store, asked.parent_id, max_messages=config.max_messages - 1,
-                           max_chars=config.max_history_chars)
+                           max_chars=config.max_history_chars, owner=owner)
         history = [{"role": m.role, "content": m.text} for m in resolved.history
                    if m.text or m.role == "user"]  # a reply stopped before its first word
         user = store.add(new_id(), resolved.parent.id if resolved.parent else None, "user",
-                         asked.prompt)
+                         asked.prompt, owner)
     except StoreError as exc:
         raise _unavailable(exc) from None
     options = {name: value for name, value in (("temperature", asked.temperature),
@@ -339,7 +351,7 @@ def chat_process():
 
     def store_reply(outcome: Outcome) -> None:
         try:
-            store.add(reply_id, user.id, "assistant", "".join(outcome.content))
+            store.add(reply_id, user.id, "assistant", "".join(outcome.content), owner)
         except StoreError as exc:
             log.warning("reply %s not stored: %s", reply_id, exc)
             saved["error"] = exc

@@ -75,6 +75,11 @@ class Config:
     conversation_store: str = field(default="sqlite:///data/conversations.db", repr=False)
     conversation_ttl_days: float = 30.0
     chat_process_role: str = "default"
+    auth: str = "open"  # open | token | users; not set: token when PROXY_TOKEN is set
+    database_url: str = field(default="sqlite:///data/gpt_proxy.db", repr=False)
+    registration: str = "closed"
+    session_days: float = 30.0
+    login_limit: str = "5/minute"
     upstreams: tuple[UpstreamSpec, ...] = ()  # read from UPSTREAMS_FILE
 
     def endpoints(self) -> tuple[UpstreamSpec, ...]:
@@ -206,6 +211,25 @@ def _conversation_store(value: str) -> str:
                      "sqlite:////absolute/path.db or a redis://host:6379/0 URL")
 
 
+def _choice(*choices: str):
+    def parse(value: str) -> str:
+        value = value.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+    return parse
+
+
+def _database_url(value: str) -> str:
+    value = value.strip()
+    if value.startswith("sqlite:///") and value[len("sqlite:///"):].strip("/"):
+        return value
+    if re.match(r"(postgresql|postgres|postgresql\+psycopg)://", value) and urlparse(value).hostname:
+        return value
+    raise ValueError("must be sqlite:///relative/path.db (relative to the project), "
+                     "sqlite:////absolute/path.db or postgresql://user:password@host:5432/name")
+
+
 def _role_name(value: str) -> str:
     value = value.strip()
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", value):
@@ -246,6 +270,11 @@ PARSERS = {
     "conversation_store": _conversation_store,
     "conversation_ttl_days": _float(0.001, 36500),
     "chat_process_role": _role_name,
+    "auth": _choice("open", "token", "users"),
+    "database_url": _database_url,
+    "registration": _choice("closed", "open", "invite"),
+    "session_days": _float(0.01, 3650),
+    "login_limit": _rate_limit,
 }
 
 
@@ -265,6 +294,10 @@ def load_config(environ: Mapping[str, str] | None = None, **overrides) -> Config
     config = Config(**values)
     if config.upstreams_file and "upstreams" not in overrides:
         config = config.replace(upstreams=load_upstreams(config.upstreams_file, environ))
+    if "auth" not in values and config.proxy_token:  # as before AUTH existed
+        config = config.replace(auth="token")
+    if config.auth == "token" and not config.proxy_token:
+        raise ConfigError("AUTH=token needs PROXY_TOKEN (the token every client sends)")
     if config.openai_model == "":
         raise ConfigError("OPENAI_MODEL must not be empty")
     if config.allowed_models and config.openai_model not in config.allowed_models:

@@ -3,7 +3,9 @@ real store chosen by one setting (CONVERSATION_STORE). Knows nothing of HTTP.
 
 Rules it follows:
 - A message is a value: an id, its parent's id (None for the first message of a
-  conversation), its role (`user` or `assistant`), its text and when it was written. Ids are
+  conversation), its role (`user` or `assistant`), its text, when it was written, and its
+  owner (the caller who wrote it: a user, or '' when the service has no accounts). A parent
+  id of another owner is unknown to a caller, exactly like an id that never existed. Ids are
   `secrets.token_urlsafe(18)`: 144 random bits, so a conversation cannot be found by guessing.
 - Every message expires `ttl` seconds after it was written, counted with the store's clock
   (injectable, so tests move time by hand). An expired message is unknown, exactly like an id
@@ -58,17 +60,19 @@ class Message:
     text: str
     created: float  # the store clock's time when it was written
     expires: float  # unknown from this time on
+    owner: str = ""  # who wrote it ("u<id>"; '' without accounts)
 
     def to_json(self) -> str:
         return json.dumps({"id": self.id, "parent_id": self.parent_id, "role": self.role,
                            "text": self.text, "created": self.created,
-                           "expires": self.expires}, ensure_ascii=False)
+                           "expires": self.expires, "owner": self.owner}, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, data: str) -> Message:
         value = json.loads(data)
         return cls(value["id"], value["parent_id"], value["role"], value["text"],
-                   float(value["created"]), float(value["expires"]))
+                   float(value["created"]), float(value["expires"]),
+                   str(value.get("owner") or ""))
 
 
 def storable(text: str) -> str:
@@ -92,7 +96,8 @@ class Store(Protocol):
 
     description: str  # for error messages and logs: never a password
 
-    def add(self, id: str, parent_id: str | None, role: str, text: str) -> Message:
+    def add(self, id: str, parent_id: str | None, role: str, text: str,
+            owner: str = "") -> Message:
         """Write a new message (it expires `ttl` seconds from now)."""
 
     def get(self, id: str) -> Message | None:
@@ -123,18 +128,19 @@ class Resolved:
 
 
 def resolve(store: Store, parent_id: str | None, *, max_messages: int,
-            max_chars: int) -> Resolved:
+            max_chars: int, owner: str = "") -> Resolved:
     """The conversation a new message continues, rebuilt by walking parent ids back from
     `parent_id`: at most `max_messages` messages and `max_chars` characters, the newest kept.
 
     A `parent_id` naming a user message whose reply is stored continues after that reply:
     some clients send the id of their own last message rather than of the answer to it, and
     followed literally their follow-ups would reach the upstream as two user messages in a row
-    with every answer lost."""
+    with every answer lost. A message of another `owner` is unknown: nothing of it is read
+    or told."""
     if not parent_id:
         return Resolved(None, [])
     start = store.get(parent_id)
-    if start is None:
+    if start is None or start.owner != owner:
         return Resolved(None, [], unknown=True)
     followed = False
     if start.role == "user":
@@ -162,11 +168,11 @@ def resolve(store: Store, parent_id: str | None, *, max_messages: int,
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS messages ("
     " id TEXT PRIMARY KEY, parent_id TEXT, role TEXT NOT NULL, text TEXT NOT NULL,"
-    " created REAL NOT NULL, expires REAL NOT NULL)",
+    " created REAL NOT NULL, expires REAL NOT NULL, owner TEXT NOT NULL DEFAULT '')",
     "CREATE INDEX IF NOT EXISTS messages_parent ON messages (parent_id, created)",
     "CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires)",
 )
-_COLUMNS = "id, parent_id, role, text, created, expires"
+_COLUMNS = "id, parent_id, role, text, created, expires, owner"
 
 
 class SQLiteStore:
@@ -196,6 +202,9 @@ class SQLiteStore:
             db.execute("PRAGMA synchronous=NORMAL")
             for statement in _SCHEMA:
                 db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            if "owner" not in columns:  # a file from before accounts: its messages are ''
+                db.execute("ALTER TABLE messages ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
         except sqlite3.Error as exc:
             db.close()
             raise self._error("cannot be opened", exc) from None
@@ -213,13 +222,14 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise self._error(what, exc) from None
 
-    def add(self, id: str, parent_id: str | None, role: str, text: str) -> Message:
+    def add(self, id: str, parent_id: str | None, role: str, text: str,
+            owner: str = "") -> Message:
         now = self.clock()
         text = storable(text)
-        message = Message(id, parent_id, role, text, now, now + self.ttl)
+        message = Message(id, parent_id, role, text, now, now + self.ttl, owner)
         self._run("cannot be written",
-                  f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                  (id, parent_id, role, text, message.created, message.expires))
+                  f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  (id, parent_id, role, text, message.created, message.expires, owner))
         if now - self._last_purge >= PURGE_EVERY_SECONDS:
             self._last_purge = now
             self.purge(now)
@@ -312,9 +322,10 @@ class RedisStore:
     def _seconds(self) -> int:
         return max(1, int(self.ttl + 0.999))
 
-    def add(self, id: str, parent_id: str | None, role: str, text: str) -> Message:
+    def add(self, id: str, parent_id: str | None, role: str, text: str,
+            owner: str = "") -> Message:
         now = self.clock()
-        message = Message(id, parent_id, role, storable(text), now, now + self.ttl)
+        message = Message(id, parent_id, role, storable(text), now, now + self.ttl, owner)
         try:
             with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(f"{self.prefix}:msg:{id}", message.to_json(), ex=self._seconds())

@@ -30,14 +30,17 @@ import re
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from . import pipeline
+from .accounts import keyword_ok
 from .chunks import Delta, text_of
 from .errors import BadRequest, NotFound, PayloadTooLarge, ProxyError
+from .identity import caller
 from .relay import Framer, Outcome
 from .roles import DEFAULT_ROLE, ROLE_NAME
 from .sse import encode_json
 from .validation import parse_body
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
+CREDENTIALS = ("key",)  # the SDKs send their api_key as a Bearer (see identity)
 
 ROLE_PREFIX = "role:"
 SSE, JSON = "text/event-stream", "application/json"
@@ -70,8 +73,9 @@ def error_body(err: ProxyError) -> dict:
     elif err.code == "not_found":  # no route: say what is served here
         message = (f"{request.path[:200]} is not served here; this service serves "
                    "GET /v1/models and POST /v1/chat/completions")
+    code = "invalid_api_key" if err.status == 401 else err.code  # what the SDKs and UIs know
     return {"error": {"message": message, "type": error_type(err.status), "param": param,
-                      "code": err.code}}
+                      "code": code}}
 
 
 def error_response(err: ProxyError):
@@ -97,6 +101,15 @@ def _models() -> list[dict]:
             models.append({"id": ROLE_PREFIX + role["name"], "object": "model",
                            "created": created, "owned_by": "gpt_proxy",
                            "description": role["description"]})
+    who = caller()
+    if who.key is not None and who.key.models is not None:  # a key sees what it may use
+        models = [m for m in models if m["owned_by"] != "upstream" or who.may_use(m["id"])]
+    if who.user is not None:  # the caller's own roles, for the caller only
+        taken = {m["id"] for m in models}
+        models += [{"id": ROLE_PREFIX + role.keyword, "object": "model", "created": created,
+                    "owned_by": "you", "description": role.description}
+                   for role in state.accounts.roles(who.user.id)
+                   if ROLE_PREFIX + role.keyword not in taken]
     return models
 
 
@@ -199,10 +212,10 @@ def parse_request(raw: bytes, config, roles, upstream) -> tuple[pipeline.Turn, b
     role = DEFAULT_ROLE
     if model.startswith(ROLE_PREFIX):
         role = model[len(ROLE_PREFIX):]
-        if not ROLE_NAME.fullmatch(role) or role == DEFAULT_ROLE:
+        if role == DEFAULT_ROLE or not (ROLE_NAME.fullmatch(role) or keyword_ok(role)):
             raise _unknown_model(model)
         try:
-            roles.get(role)
+            pipeline.find_role(role, caller())
         except ProxyError:
             raise _unknown_model(model) from None
         upstream_model = None  # the role's model (front matter), else OPENAI_MODEL

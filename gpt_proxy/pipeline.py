@@ -18,9 +18,10 @@ from flask import Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .config import Config
-from .errors import PayloadTooLarge, ProxyError
+from .errors import PayloadTooLarge, ProxyError, UnknownRole
+from .identity import Caller, caller
 from .relay import Outcome, Relay, client_watcher
-from .roles import DEFAULT_ROLE, Role, assemble_messages
+from .roles import DEFAULT_ROLE, ROLE_NAME, Role, assemble_messages
 from .security import loggable
 
 log = logging.getLogger("gpt_proxy.access")
@@ -114,10 +115,47 @@ def drain_body(environ: dict) -> None:
                 pass
 
 
-def payload(turn: Turn, role: Role, config: Config) -> dict:
+@dataclass(frozen=True)
+class OwnRole:
+    """A caller's own role (saved with `gpt diy` or the GPT Terminal page), ready to open a
+    conversation: its messages exactly as saved (no `${VAR}` substitution: it is the
+    user's own text), and no model of its own."""
+
+    name: str
+    messages: tuple[tuple[str, str], ...]
+    model = None
+
+    def render(self) -> list[dict[str, str]]:
+        return [{"role": kind, "content": text} for kind, text in self.messages]
+
+
+def find_role(name: str, caller: Caller) -> Role | OwnRole:
+    """The role `name` means to this caller: its own role of that keyword, else the server's
+    (`UnknownRole`, 404, when neither exists)."""
+    state = current_app.extensions["gpt_proxy"]
+    if name != DEFAULT_ROLE and caller.user is not None:
+        own = state.accounts.role(caller.user.id, name)
+        if own is not None:
+            return OwnRole(own.keyword, own.elements)
+    if name != DEFAULT_ROLE and not ROLE_NAME.fullmatch(name):
+        raise UnknownRole(f"unknown role {name[:100]!r}: not one of the server's roles"
+                          + ("" if caller.user is not None else
+                             " (your own roles need you signed in)"), field="role")
+    return state.roles.get(name)
+
+
+def payload(turn: Turn, role: Role | OwnRole, config: Config) -> dict:
     """The upstream request body: role messages, system text and the history within its
-    budget, the protocol's other fields as they are; streams report their usage."""
-    messages = assemble_messages(role.render(), turn.history, system=turn.system,
+    budget, the protocol's other fields as they are; streams report their usage. A
+    conversation that already opens with an own role's messages (the GPT Terminal page puts
+    them there itself) gets them once, not twice."""
+    head = role.render()
+    history = turn.history
+    if isinstance(role, OwnRole) and len(history) > len(head) and all(
+            m.get("role") == h["role"] and m.get("content") == h["content"]
+            for m, h in zip(history, head, strict=False)):
+        history = history[len(head):]
+    messages = assemble_messages(head, history, system=turn.system,
                                  max_chars=config.max_history_chars,
                                  last_from_user=turn.last_from_user)
     body = {**turn.options, "model": turn.model, "messages": messages, "stream": turn.stream}
@@ -133,10 +171,15 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
     gets) and return the relay that will carry the reply, with the access line attached."""
     state = current_app.extensions["gpt_proxy"]
     config = state.config
-    role = state.roles.get(turn.role)
+    who = caller()
+    role = find_role(turn.role, who)
     role_model = turn.model is None and role.model is not None
     if turn.model is None:  # the request named no model: the role's, else the default
         turn = replace(turn, model=role.model or config.openai_model)
+    if not who.may_use(turn.model):
+        raise ProxyError(f"this API key may not use model {turn.model[:200]!r} (it may use: "
+                         f"{', '.join(who.key.models)})", status=403,
+                         code="model_not_allowed_for_key", field="model")
     g.chat = {"role": turn.role, "model": turn.model, "framing": turn.framing,
               "protocol": turn.protocol}
     body = payload(turn, role, config)
@@ -160,7 +203,8 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
         finally:
             write_line(outcome)
             metrics.stream_ended(route=route, protocol=turn.protocol, framing=turn.framing,
-                                 model=turn.model, role=turn.role, outcome=outcome,
+                                 model=turn.model, outcome=outcome,
+                                 role="own" if isinstance(role, OwnRole) else turn.role,
                                  started=started, upstream=getattr(stream, "upstream", "demo"),
                                  role_model=role_model)
     return Relay(stream, heartbeat=config.heartbeat_seconds,

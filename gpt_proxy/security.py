@@ -12,11 +12,9 @@ headers every response carries. `install(app, config)` wires it all into the app
   (memory, or Redis shared by every instance). A Redis outage falls back to per-process
   memory limits, never to a 500 and never to no limit. Checked before the token, so guessing
   the token is rate limited too.
-- `PROXY_TOKEN`: `Authorization: Bearer <token>` on every `/api/` and `/v1/` route (the
-  OpenAI SDKs send their `api_key` so), compared in constant time. `/healthz`, `/metrics`
-  (on its own listener), the page and its static files stay open, and so do the routes a protocol
-  marks with `no_token` (a client asks them whether it needs a token, or checks one): they
-  stay behind the host, origin and rate-limit checks.
+- Who is calling (PROXY_TOKEN, accounts, sessions, keys) is `identity`'s, registered after
+  these checks. `/healthz`, `/metrics` (on its own listener), the page and its static files
+  need no credential.
 - Every response: CSP without inline script, `nosniff`, `Referrer-Policy`, no framing.
 """
 
@@ -25,18 +23,15 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 from flask import Flask, current_app, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.sansio.utils import host_is_trusted
 
 from .config import Config
-from .errors import BadRequest, ProxyError, RateLimited, Unauthorized
+from .errors import BadRequest, ProxyError, RateLimited
 
 log = logging.getLogger("gpt_proxy.security")
-View = TypeVar("View", bound=Callable[..., object])
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -60,13 +55,9 @@ def install(app: Flask, config: Config) -> None:
         app.before_request(_host_check(config.allowed_hosts))
     app.before_request(_origin_check(config.cors_origins))
     if config.cors_origins:
-        _install_cors(app, config.cors_origins)
+        _install_cors(app, config.cors_origins, credentials=config.auth == "users")
     if config.rate_limit:
         _install_limiter(app, config)
-    if config.proxy_token:
-        if len(config.proxy_token) < 16:
-            log.warning("PROXY_TOKEN is shorter than 16 characters: easy to guess")
-        app.before_request(_token_check(config.proxy_token))
     app.after_request(_security_headers)
 
 
@@ -112,18 +103,20 @@ def _origin_check(allowed: tuple[str, ...]):
     return check
 
 
-def _install_cors(app: Flask, origins: tuple[str, ...]) -> None:
+def _install_cors(app: Flask, origins: tuple[str, ...], credentials: bool = False) -> None:
     from flask_cors import CORS
 
-    allowed = {"origins": "*" if "*" in origins else list(origins)}
+    wildcard = "*" in origins
+    allowed = {"origins": "*" if wildcard else list(origins)}
     # Any request header a listed origin asks for is allowed: the OpenAI SDKs in a browser send
     # their own (X-Stainless-OS, -Retry-Count, -Timeout, ...; OpenAI-Organization), and a fixed
     # list would fail their preflight. What a request may do is decided by the origin list, the
-    # token and the body, never by which headers it carries; no credentials are allowed.
+    # credentials and the body, never by which headers it carries. Cookies (AUTH=users) only
+    # for origins listed by name: with `*` no credentials are ever allowed.
     CORS(app, resources={r"/api/*": allowed, r"/v1/*": allowed},
-         methods=["GET", "POST", "OPTIONS"], allow_headers="*",
-         expose_headers=["X-Request-Id", "Retry-After"], supports_credentials=False,
-         max_age=600)
+         methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"], allow_headers="*",
+         expose_headers=["X-Request-Id", "Retry-After", "X-Budget-Remaining"],
+         supports_credentials=credentials and not wildcard, max_age=600)
 
 
 # --- rate limits ----------------------------------------------------------------------------
@@ -181,30 +174,6 @@ def token_matches(given: str, expected: str) -> bool:
     """Constant-time comparison (the time does not depend on where the strings differ)."""
     return hmac.compare_digest(given.encode("utf-8", "replace"),
                                expected.encode("utf-8", "replace"))
-
-
-def no_token(view: View) -> View:
-    """Mark a route that answers without the proxy token (still host-checked and rate
-    limited): one a client calls to learn whether a token is needed, or to check one."""
-    view.token_exempt = True
-    return view
-
-
-def _token_check(expected: str):
-    def check() -> None:
-        if request.method == "OPTIONS" or not _is_api(request.path):
-            return
-        view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
-        if getattr(view, "token_exempt", False):
-            return
-        given = bearer_token(request.headers.get("Authorization", ""))
-        if given and token_matches(given, expected):
-            return
-        raise Unauthorized(
-            "a valid proxy token is required: send 'Authorization: Bearer <PROXY_TOKEN>'"
-            if not given else "the proxy token is wrong",
-            headers={"WWW-Authenticate": 'Bearer realm="gpt_proxy"'})
-    return check
 
 
 # --- headers on every response ----------------------------------------------------------------

@@ -11,11 +11,36 @@ status). Its error box reads `msg` where the envelope says `message`, so both ca
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+import logging
 
-from .errors import ProxyError
+from flask import Blueprint, current_app, jsonify, request
+
+from .accounts import (
+    MAX_ROLE_DESCRIPTION,
+    MAX_ROLE_NAME,
+    MAX_USERNAME,
+    Conflict,
+    check_keyword,
+    check_password,
+    check_text,
+    role_elements,
+    username_key,
+)
+from .errors import BadRequest, NotFound, ProxyError, Unauthorized
+from .identity import (
+    Caller,
+    LoginThrottle,
+    caller,
+    clear_session_cookie,
+    public,
+    same_origin_only,
+    set_session_cookie,
+)
+from .roles import DEFAULT_ROLE
 
 bp = Blueprint("user_protocol", __name__, url_prefix="/api")
+log = logging.getLogger("gpt_proxy.accounts")
+CREDENTIALS = ("session", "key")  # what identifies a caller here (see identity)
 
 PREFIXES = ("/api/user/", "/api/role/")
 PATHS = frozenset(("/api/gpt/getImage",))
@@ -56,3 +81,211 @@ def error_response(err: ProxyError):
     if retry:
         response.headers["Retry-After"] = retry
     return response
+
+
+# --- reading a request ----------------------------------------------------------------------
+
+def _body() -> dict:
+    """The JSON object sent; an empty body is an empty object (the page sends none to
+    `user/current`, `user/logout` and `role/listByUserId`)."""
+    from .pipeline import read_body
+    from .validation import parse_body
+
+    state = current_app.extensions["gpt_proxy"]
+    raw = read_body(state.config)
+    return parse_body(raw) if raw.strip() else {}
+
+
+def _state():
+    return current_app.extensions["gpt_proxy"]
+
+
+def _accounts_on() -> None:
+    if _state().config.auth != "users":
+        raise ProxyError(f"accounts are off on this server (AUTH={_state().config.auth}); "
+                         "the operator turns them on with AUTH=users", status=403,
+                         code="accounts_off")
+
+
+def _signed_in() -> Caller:
+    found = caller()
+    if found.user is None:
+        raise Unauthorized("not signed in: user login -u <name> -p <password>",
+                           code="not_signed_in")
+    return found
+
+
+def _throttle() -> LoginThrottle:
+    extensions = current_app.extensions
+    throttle = extensions.get("gpt_proxy.login_throttle")
+    if throttle is None:
+        throttle = extensions["gpt_proxy.login_throttle"] = LoginThrottle(_state().config)
+    return throttle
+
+
+# --- user/* ---------------------------------------------------------------------------------
+
+@bp.post("/user/register")
+@public
+@same_origin_only
+def register():
+    _accounts_on()
+    state = _state()
+    mode = state.config.registration
+    body = _body()
+    if mode == "closed":
+        raise ProxyError("registration is closed here: an admin creates accounts", status=403,
+                         code="registration_closed")
+    invite = body.get("invite")
+    if mode == "invite" and (not isinstance(invite, str) or not invite.strip()):
+        raise BadRequest("registration here needs an invite code ('invite')", field="invite",
+                         code="invite_required")
+    _throttle().attempt(request.remote_addr or "-", what="registration")
+    user = state.accounts.create_user(body.get("username"), body.get("password"),
+                                      body.get("email"),
+                                      invite=invite.strip() if mode == "invite" else None)
+    log.info("user registered id=%d", user.id)
+    return ok(user.id)
+
+
+@bp.post("/user/login")
+@public
+@same_origin_only
+def login():
+    _accounts_on()
+    state = _state()
+    body = _body()
+    username, password = body.get("username"), body.get("password")
+    if not isinstance(username, str) or not username.strip():
+        raise BadRequest("'username' is required", field="username")
+    if not isinstance(password, str) or not password:
+        raise BadRequest("'password' is required", field="password")
+    if len(username) > 4 * MAX_USERNAME:
+        raise BadRequest("no such username (too long)", field="username")
+    key = username_key(username.strip())
+    _throttle().attempt(request.remote_addr or "-", key)
+    user = state.accounts.authenticate(username, password)
+    if user is None:
+        raise NotFound("wrong username or password", code="wrong_credentials")
+    _throttle().succeeded(key)
+    old = caller()
+    if old.session_hash is not None:  # signing in again: the old session ends
+        state.accounts.end_session(old.session_hash)
+    token = state.accounts.new_session(user)
+    response = ok(user.public())
+    set_session_cookie(response, token, state.config)
+    return response
+
+
+@bp.post("/user/current")
+@public
+def current():
+    _body()
+    found = caller()
+    if found.user is None:
+        raise Unauthorized("not signed in", code="not_signed_in")
+    return ok(found.user.public())
+
+
+@bp.post("/user/logout")
+@public
+def logout():
+    _body()
+    found = caller()
+    if found.session_hash is None:
+        raise Unauthorized("not signed in", code="not_signed_in")
+    _state().accounts.end_session(found.session_hash)
+    response = ok(True)
+    clear_session_cookie(response)
+    return response
+
+
+@bp.post("/user/password")
+def change_password():
+    """Change one's own password (the old one is asked again); every other session ends."""
+    signed = _signed_in()
+    body = _body()
+    state = _state()
+    old, new = body.get("password"), body.get("newPassword")
+    if not isinstance(old, str) or not old:
+        raise BadRequest("'password' (the current one) is required", field="password")
+    _throttle().attempt(request.remote_addr or "-", username_key(signed.user.username))
+    if state.accounts.authenticate(signed.user.username, old) is None:
+        raise BadRequest("the current password is wrong", field="password",
+                         code="wrong_credentials")
+    check_password(new, "newPassword")
+    state.accounts.set_password(signed.user.id, new, keep_session=signed.session_hash)
+    return ok(True)
+
+
+# --- role/* ---------------------------------------------------------------------------------
+
+def _keyword(body: dict) -> str:
+    keyword = body.get("keyword")
+    if not isinstance(keyword, str) or not keyword.strip():
+        raise BadRequest("'keyword' is required", field="keyword")
+    return keyword
+
+
+def _role_fields(body: dict, *, required: bool) -> dict:
+    config = _state().config
+    fields: dict = {}
+    if required or body.get("name") is not None:
+        fields["name"] = check_text(body.get("name"), "name", MAX_ROLE_NAME)
+    if required or body.get("description") is not None:
+        fields["description"] = check_text(body.get("description"), "description",
+                                           MAX_ROLE_DESCRIPTION, required=False)
+    if required or body.get("roleElementList") is not None:
+        fields["elements"] = role_elements(body.get("roleElementList"), "roleElementList",
+                                           config.max_system_chars)
+    return fields
+
+
+@bp.post("/role/create")
+def role_create():
+    signed = _signed_in()
+    body = _body()
+    keyword = check_keyword(_keyword(body))
+    server = {role["name"] for role in _state().roles.list()}
+    if username_key(keyword) in server or keyword.casefold() == DEFAULT_ROLE:
+        raise Conflict(f"{keyword!r} is one of the server's roles: pick another keyword",
+                       field="keyword")
+    fields = _role_fields(body, required=True)
+    role = _state().accounts.create_role(signed.user.id, keyword, fields["name"],
+                                         fields["description"], fields["elements"])
+    return ok(role.id)
+
+
+@bp.post("/role/listByUserId")
+def role_list():
+    signed = _signed_in()
+    _body()
+    return ok([role.public() for role in _state().accounts.roles(signed.user.id)])
+
+
+@bp.post("/role/getRoleElementsByKeyword")
+def role_elements_of():
+    signed = _signed_in()
+    keyword = _keyword(_body())
+    role = _state().accounts.role(signed.user.id, keyword)
+    if role is None:
+        raise NotFound(f"you have no role called {keyword[:100]!r}", code="unknown_role",
+                       field="keyword")
+    return ok(role.messages())
+
+
+@bp.post("/role/update")
+def role_update():
+    """Change an own role's name, description or messages (the page's `gpt diy --edit`)."""
+    signed = _signed_in()
+    body = _body()
+    role = _state().accounts.update_role(signed.user.id, _keyword(body),
+                                         **_role_fields(body, required=False))
+    return ok(role.public())
+
+
+@bp.post("/role/delete")
+def role_delete():
+    signed = _signed_in()
+    _state().accounts.delete_role(signed.user.id, _keyword(_body()))
+    return ok(True)

@@ -8,6 +8,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from .accounts import keyword_ok
 from .config import Config
 from .errors import BadRequest, PayloadTooLarge
 
@@ -120,9 +121,12 @@ def validate(body: dict, config: Config) -> ChatRequest:
                          field="message")
 
     role = body.get("role", "default")
-    if not isinstance(role, str) or not ROLE_RE.fullmatch(role):
-        raise BadRequest("'role' must be a role name like 'cli' (lowercase letters, digits, "
-                         "'-' and '_', at most 64 characters)", field="role")
+    if role == "":
+        role = "default"  # the GPT Terminal page's "no role"
+    if not isinstance(role, str) or not (ROLE_RE.fullmatch(role) or keyword_ok(role)):
+        raise BadRequest("'role' must be a role name like 'cli' (a server role: lowercase "
+                         "letters, digits, '-' and '_'; an own role's keyword: letters, digits, "
+                         "'_', '.' and '-'; at most 64 characters)", field="role")
 
     temperature = body.get("temperature")
     if temperature is not None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +22,11 @@ from .processes import free_port, stop_process, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_KEY = "sk-test-SECRET-0123456789abcdef"
+# The database of in-process apps that need no database of their own: one file for the
+# session, never the project's data/ folder.
+_DB_DIR = tempfile.mkdtemp(prefix="gpt_proxy-tests-")
+atexit.register(shutil.rmtree, _DB_DIR, True)
+TEST_DATABASE = f"sqlite:///{_DB_DIR}/gpt_proxy.db"
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +46,7 @@ def upstream(fake_upstream):
 
 def make_config(**overrides):
     base = dict(openai_api_key=TEST_KEY, openai_base_url="http://127.0.0.1:9/v1",
-                openai_model="fake-model", heartbeat_seconds=15.0)
+                openai_model="fake-model", heartbeat_seconds=15.0, database_url=TEST_DATABASE)
     base.update(overrides)
     return load_config({}, **base)
 
@@ -106,6 +114,7 @@ class Gunicorn:
         full_env["BIND"] = f"127.0.0.1:{self.port}"
         full_env.setdefault("METRICS_BIND", self.metrics_url[len("http://"):-len("/metrics")])
         full_env["DOTENV_FILE"] = os.devnull  # a developer's .env must not change the tests
+        full_env.setdefault("DATABASE_URL", f"sqlite:///{log_path.parent}/gpt_proxy.db")
         full_env["NO_PROXY"] = full_env["no_proxy"] = "127.0.0.1,localhost"  # fakes are local
         self.log_path = log_path
         self.log = open(log_path, "wb")
@@ -214,3 +223,73 @@ def chromium():
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (Debian's postgresql: initdb + pg_ctl)."""
+    from .databases import PostgreSQL, postgres_bin
+
+    if postgres_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (apt-get install postgresql)")
+        pytest.skip("PostgreSQL is not installed")
+    server = PostgreSQL()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A fresh, empty database: an SQLite file, then a PostgreSQL database (the same tests
+    run on both)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/gpt_proxy.db"
+    else:
+        yield request.getfixturevalue("postgres").new_database()
+
+
+# --- the user service ---------------------------------------------------------------------------
+
+ANN = ("ann", "correct horse battery")  # a user's name and password in tests
+BOB = ("bob", "staple paper clip")
+
+
+@pytest.fixture()
+def users_app(upstream, tmp_path):
+    """An app with AUTH=users, open registration and a database of its own (SQLite); call it
+    with overrides for another configuration."""
+    made = []
+
+    def make(**overrides):
+        settings = dict(openai_base_url=upstream.url, auth="users", registration="open",
+                        login_limit="1000/minute", conversation_store=(
+                            f"sqlite:///{tmp_path}/conversations-{len(made)}.db"),
+                        database_url=f"sqlite:///{tmp_path}/gpt_proxy-{len(made)}.db")
+        settings.update(overrides)
+        app = create_app(make_config(**settings))
+        made.append(app)
+        return app
+    yield make
+    for app in made:
+        app.extensions["gpt_proxy"].accounts.db.close()
+
+
+def sign_up(client, name: str, password: str, *, email: str | None = None) -> dict:
+    """Register and log in through the GPT Terminal user protocol; the client keeps the
+    cookie. Returns the signed-in user."""
+    body = {"username": name, "password": password}
+    if email:
+        body["email"] = email
+    registered = client.post("/api/user/register", json=body).get_json()
+    assert registered["code"] == 0, registered
+    logged = client.post("/api/user/login", json={"username": name, "password": password})
+    assert logged.get_json()["code"] == 0, logged.get_json()
+    return logged.get_json()["data"]
+
+
+def new_key(app, name: str, password: str, **options) -> str:
+    """A new API key of user `name` (made if missing), through the admin's store."""
+    accounts = app.extensions["gpt_proxy"].accounts
+    user = accounts.find_user(name) or accounts.create_user(name, password)
+    return accounts.create_key(user.id, "test", **options)[1]

@@ -8,12 +8,12 @@ from gpt_proxy import create_app
 from gpt_proxy.api import choose_framing
 from gpt_proxy.config import ConfigError, load_config
 
-from .conftest import make_config
+from .conftest import TEST_DATABASE, make_config
 
 
 @pytest.fixture()
 def demo_client():
-    return create_app(load_config({}, openai_api_key="")).test_client()
+    return create_app(load_config({}, openai_api_key="", database_url=TEST_DATABASE)).test_client()
 
 
 @pytest.mark.parametrize("body,field", [

@@ -480,10 +480,10 @@ def test_a_reply_that_cannot_be_stored_says_so_in_its_last_line(client, upstream
     store = client.application.extensions["gpt_proxy.chat_process.store"]["store"]
     real = store.add
 
-    def add(id, parent_id, role, text):
+    def add(id, parent_id, role, text, owner=""):
         if role == "assistant":
             raise StoreError("the conversation store (test) cannot be written: disk full")
-        return real(id, parent_id, role, text)
+        return real(id, parent_id, role, text, owner)
     monkeypatch.setattr(store, "add", add)
     got = lines(chat(client))
     assert got[-2]["text"] == "Hello, world!"

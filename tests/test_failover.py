@@ -15,7 +15,7 @@ from gpt_proxy import create_app
 from gpt_proxy.config import ConfigError, UpstreamSpec, load_config
 from gpt_proxy.failover import Breaker, Upstreams
 
-from .conftest import TEST_KEY, FakeClock, sse_events
+from .conftest import TEST_DATABASE, TEST_KEY, FakeClock, sse_events
 from .fake_upstream import (
     FakeUpstream,
     Scenario,
@@ -54,7 +54,8 @@ def service(specs, clock=None, sleep=lambda s: None, **overrides):
     """The app with these upstreams (in this order unless they name priorities, as in a
     file), a hand-moved clock, and no real backoff sleeps."""
     specs = [s if s.priority else replace(s, priority=i + 1) for i, s in enumerate(specs)]
-    config = load_config({}, openai_model="fake-model", upstreams=tuple(specs), **overrides)
+    config = load_config({}, openai_model="fake-model", upstreams=tuple(specs),
+                         database_url=TEST_DATABASE, **overrides)
     clock = clock or FakeClock()
     upstreams = Upstreams(config, clock=clock, sleep=sleep)
     return create_app(config, upstream=upstreams).test_client(), upstreams, clock

@@ -16,6 +16,8 @@ from gpt_proxy import create_app, openai_api
 from gpt_proxy.config import load_config
 from gpt_proxy.demo import DemoUpstream
 
+from .conftest import TEST_DATABASE
+
 TOKEN = "fuzz-token-0123456789abcdef"
 FIELDS = ["message", "messages", "role", "temperature", "model", "stream", "system",
           "max_tokens", "prompt", ""]
@@ -78,7 +80,7 @@ def errors():
 
 
 def make_client(folder, **overrides):
-    config = load_config({}, openai_api_key="sk-fuzz-not-used", openai_model="fake-model",
+    config = load_config({}, database_url=TEST_DATABASE, openai_api_key="sk-fuzz-not-used", openai_model="fake-model",
                          conversation_store=f"sqlite:///{folder}/conversations.db",
                          **overrides)
     return create_app(config, upstream=DemoUpstream(delay=0)).test_client()

@@ -329,7 +329,7 @@ def test_unreachable_and_timed_out_upstreams_are_503_and_504(api, mocked):
 
 def test_the_proxy_token_is_the_api_key_and_errors_are_openai_shaped(mocked):
     api = make_api(proxy_token="proxy-token-0123456789")
-    assert_openai_error(api.get("/v1/models"), 401, "unauthorized")
+    assert_openai_error(api.get("/v1/models"), 401, "invalid_api_key")
     assert_openai_error(api.post(CHAT, json={"messages": USER},
                                  headers={"Authorization": "Bearer wrong"}), 401)
     assert api.get("/v1/models", headers={"Authorization": "Bearer proxy-token-0123456789"}

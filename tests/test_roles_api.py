@@ -10,6 +10,7 @@ from gpt_proxy import create_app
 from gpt_proxy.roles import RoleRegistry
 
 from .conftest import FakeClock, make_config
+from .fake_upstream import stream_scenario
 
 ROLE = """---
 description: Test role
@@ -110,12 +111,29 @@ def test_a_new_role_file_is_picked_up_and_a_removed_one_is_gone(setup, roles_dir
     assert client.post("/api/gpt/get", json={"message": "hi", "role": "fresh"}).status_code == 404
 
 
-@pytest.mark.parametrize("name", ["../tester", "..%2ftester", "%2e%2e", "/etc/passwd", "tester.md",
-                                  "TESTER", "a" * 65, ""])
+@pytest.mark.parametrize("name", ["../tester", "..%2ftester", "%2e%2e", "/etc/passwd", "a" * 65,
+                                  "a b", "-x"])
 def test_role_names_that_are_not_names_are_refused(setup, name):
     client, _ = setup
     response = client.post("/api/gpt/get", json={"message": "hi", "role": name})
     assert response.status_code == 400 and response.get_json()["error"]["field"] == "role"
+
+
+@pytest.mark.parametrize("name", ["tester.md", "TESTER", "Tester"])
+def test_a_keyword_shaped_name_is_an_unknown_role_never_a_file(setup, name):
+    """Own roles' keywords may hold capitals and dots; such a name is looked up among the
+    caller's own roles only, never as a file, so tester.md is not the server's tester."""
+    client, _ = setup
+    response = client.post("/api/gpt/get", json={"message": "hi", "role": name})
+    assert response.status_code == 404 and response.get_json()["error"]["field"] == "role"
+
+
+def test_an_empty_role_is_the_default_role_as_the_gpt_terminal_page_sends_it(setup, upstream):
+    client, _ = setup
+    upstream.push(stream_scenario(["ok"]))
+    response = client.post("/api/gpt/get", json={"message": "hi", "role": ""})
+    assert response.status_code == 200 and response.get_data(as_text=True) == "ok"
+    assert [m["role"] for m in upstream.wait_for_request().json["messages"]] == ["user"]
 
 
 def test_symlink_escaping_the_roles_folder_is_not_a_role(upstream, tmp_path):

@@ -1,0 +1,203 @@
+"""The account routes in the service's own JSON shape (errors as `/api/gpt/get` answers them):
+a user's own API keys (`/api/keys`) and the admin routes (`/api/admin/...`: users, keys,
+invites), for the web terminal, scripts and operators. Routes only parse, check who is
+asking and delegate to `accounts`; who is asking is `identity`'s `g.caller`.
+
+- Keys are managed from a signed-in session (the web terminal), never with a key: a leaked
+  key cannot make itself a successor. An admin (session of an admin user, or PROXY_TOKEN)
+  manages anyone's. The new key is in the answer once and never again.
+- Another user's key is "unknown" (404), never "forbidden": ids leak nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+from flask import Blueprint, current_app, jsonify, request
+
+from .accounts import Key, User, check_text, iso_time
+from .errors import BadRequest, NotFound, ProxyError, Unauthorized
+from .identity import Caller, caller
+from .pipeline import read_body
+from .validation import parse_body
+
+bp = Blueprint("account_api", __name__, url_prefix="/api")
+
+MAX_MODELS = 100
+
+
+def _state():
+    return current_app.extensions["gpt_proxy"]
+
+
+def _body() -> dict:
+    raw = read_body(_state().config)
+    return parse_body(raw) if raw.strip() else {}
+
+
+def _session_user() -> Caller:
+    found = caller()
+    if found.user is None:
+        raise Unauthorized("sign in first (user login)", code="unauthorized")
+    if found.kind != "session":
+        raise ProxyError("keys are managed from a signed-in session (the web terminal's "
+                         "gpt key), not with a key", status=403, code="session_required")
+    return found
+
+
+def _admin() -> Caller:
+    found = caller()
+    if not found.is_admin:
+        raise ProxyError("this needs an admin: an admin's session, or PROXY_TOKEN "
+                         "(AUTH=users or token)", status=403, code="admin_required")
+    return found
+
+
+def _key_options(body: dict) -> dict:
+    """`name`, `expires_days` and `models` of a new key."""
+    name = check_text(body.get("name", "key"), "name", 100)
+    days = body.get("expires_days")
+    expires = None
+    if days is not None:
+        if (isinstance(days, bool) or not isinstance(days, (int, float))
+                or not math.isfinite(days) or not 0 < days <= 3650):
+            raise BadRequest("'expires_days' must be a number of days from 0 to 3650",
+                             field="expires_days")
+        expires = _state().accounts.clock() + days * 86400
+    models = body.get("models")
+    if models is not None:
+        if (not isinstance(models, list) or not models or len(models) > MAX_MODELS
+                or not all(isinstance(m, str) and 0 < len(m.strip()) <= 200 for m in models)):
+            raise BadRequest("'models' must be a non-empty list of model names (or null for "
+                             "any model)", field="models")
+        models = tuple(dict.fromkeys(m.strip() for m in models))
+    extra = sorted(set(body) - {"name", "expires_days", "models", "user"})
+    if extra:
+        raise BadRequest(f"'{str(extra[0])[:100]}' is not a supported field (supported: name, "
+                         "expires_days, models)", field=str(extra[0])[:100])
+    return {"name": name, "expires": expires, "models": models}
+
+
+def _created(key: Key, secret: str):
+    response = jsonify({**key.public(), "key": secret,
+                        "note": "this is the only time the key is shown: keep it now"})
+    response.status_code = 201
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# --- a user's own keys ------------------------------------------------------------------------
+
+@bp.get("/keys")
+def my_keys():
+    signed = _session_user()
+    return jsonify({"data": [k.public() for k in _state().accounts.list_keys(signed.user.id)]})
+
+
+@bp.post("/keys")
+def my_new_key():
+    signed = _session_user()
+    key, secret = _state().accounts.create_key(signed.user.id, **_key_options(_body()))
+    return _created(key, secret)
+
+
+@bp.delete("/keys/<int:key_id>")
+def my_revoke(key_id: int):
+    signed = _session_user()
+    return jsonify(_state().accounts.revoke_key(key_id, user_id=signed.user.id).public())
+
+
+# --- admin ------------------------------------------------------------------------------------
+
+def _find_user(value: object) -> User:
+    accounts = _state().accounts
+    user = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        user = accounts.get_user(value)
+    elif isinstance(value, str) and value.strip():
+        user = accounts.find_user(value) if len(value) <= 200 else None
+    else:
+        raise BadRequest("'user' must be a user id or a username", field="user")
+    if user is None:
+        raise NotFound(f"no user {str(value)[:100]!r}", code="unknown_user", field="user")
+    return user
+
+
+@bp.get("/admin/users")
+def admin_users():
+    _admin()
+    return jsonify({"data": [u.public() for u in _state().accounts.list_users()]})
+
+
+@bp.post("/admin/users")
+def admin_new_user():
+    _admin()
+    body = _body()
+    admin = body.get("admin", False)
+    if not isinstance(admin, bool):
+        raise BadRequest("'admin' must be true or false", field="admin")
+    user = _state().accounts.create_user(body.get("username"), body.get("password"),
+                                         body.get("email"), admin=admin)
+    response = jsonify(user.public())
+    response.status_code = 201
+    return response
+
+
+@bp.patch("/admin/users/<int:user_id>")
+def admin_change_user(user_id: int):
+    _admin()
+    body = _body()
+    accounts = _state().accounts
+    if accounts.get_user(user_id) is None:
+        raise NotFound(f"no user with id {user_id}", code="unknown_user")
+    extra = sorted(set(body) - {"disabled", "admin", "password"})
+    if extra or not body:
+        raise BadRequest("send one or more of 'disabled', 'admin', 'password'",
+                         field=str(extra[0])[:100] if extra else None)
+    for name in ("disabled", "admin"):
+        if name in body and not isinstance(body[name], bool):
+            raise BadRequest(f"'{name}' must be true or false", field=name)
+    if "password" in body:
+        accounts.set_password(user_id, body["password"])
+    if "admin" in body:
+        accounts.set_admin(user_id, body["admin"])
+    if "disabled" in body:
+        accounts.set_disabled(user_id, body["disabled"])
+    return jsonify(accounts.get_user(user_id).public())
+
+
+@bp.get("/admin/keys")
+def admin_keys():
+    _admin()
+    user = request.args.get("user")
+    user_id = _find_user(int(user) if user and user.isdigit() else user).id if user else None
+    return jsonify({"data": [k.public() for k in _state().accounts.list_keys(user_id)]})
+
+
+@bp.post("/admin/keys")
+def admin_new_key():
+    _admin()
+    body = _body()
+    user = _find_user(body.get("user"))
+    key, secret = _state().accounts.create_key(user.id, **_key_options(body))
+    return _created(key, secret)
+
+
+@bp.delete("/admin/keys/<int:key_id>")
+def admin_revoke(key_id: int):
+    _admin()
+    return jsonify(_state().accounts.revoke_key(key_id).public())
+
+
+@bp.post("/admin/invites")
+def admin_invite():
+    found = _admin()
+    body = _body()
+    days = body.get("days", 7)
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days):
+        raise BadRequest("'days' must be a number", field="days")
+    code, expires = _state().accounts.create_invite(found.user_id, float(days))
+    response = jsonify({"code": code, "expires": iso_time(expires)})
+    response.status_code = 201
+    response.headers["Cache-Control"] = "no-store"
+    return response

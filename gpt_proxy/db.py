@@ -1,0 +1,356 @@
+"""The service's own database: accounts, sessions, API keys and own roles (and, as the schema
+grows, budgets and the usage ledger). SQLAlchemy Core: the tables are defined once, here;
+queries are expressions, so the same code runs on SQLite and PostgreSQL. Knows nothing of HTTP.
+
+Rules it follows:
+- One setting, DATABASE_URL: `sqlite:///relative/path.db` (relative to the project) or
+  `sqlite:////absolute/path.db` (one machine: the default, `data/gpt_proxy.db`), or
+  `postgresql://user:password@host:5432/name` (several instances share it). A PostgreSQL URL
+  goes through psycopg 3, which notices gevent's monkey-patching and waits for the server in
+  the event loop (from 3.1.14 on), so a slow query never stalls the worker's other streams.
+- One engine per process, made after gunicorn's fork (the app factory runs in each worker).
+- SQLite: WAL (readers never wait for the writer), `synchronous=NORMAL`, a busy timeout, and
+  a write transaction begins IMMEDIATE: it takes the write lock at its start, so two writers
+  never deadlock upgrading a read lock halfway (SQLite would answer one of them "busy" at
+  once). A read is a plain deferred transaction and never waits.
+- PostgreSQL: READ COMMITTED, the server's default. A conditional UPDATE (`... WHERE spent +
+  reserved + :cost <= :limit`) re-checks its condition on the newest row once the row's lock
+  is free, so concurrent writers cannot both pass one check.
+- Migrations: numbered steps, each written out as it was when it shipped (never derived from
+  the tables below, which describe the newest schema), applied at start in one transaction
+  under a lock (PostgreSQL: an advisory lock; SQLite: the write lock), and recorded in
+  `schema_version`. Several processes starting together apply each step once. A database
+  whose version is newer than this code knows is refused: an old release must not write to a
+  schema it does not understand.
+- Every failure to open or migrate is a `DatabaseError` whose message names DATABASE_URL and
+  never shows a password.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import sqlalchemy as sa
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger("gpt_proxy.db")
+
+BUSY_TIMEOUT_SECONDS = 5.0
+MIGRATION_LOCK = 7_345_001  # PostgreSQL advisory lock id for migrations (any constant)
+
+
+class DatabaseError(Exception):
+    """The database could not be opened, migrated, read or written; the message says why."""
+
+
+# --- the tables (the newest schema) ---------------------------------------------------------
+
+metadata = MetaData()
+
+users = Table(
+    "users", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("username", String(64), nullable=False),  # as typed (NFC)
+    Column("username_key", String(128), nullable=False, unique=True),  # compared: NFKC casefold
+    Column("password_hash", String(255), nullable=False),
+    Column("email", String(254)),
+    Column("created", Float, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("admin", Boolean, nullable=False, default=False),
+)
+
+sessions = Table(
+    "sessions", metadata,
+    Column("id_hash", String(64), primary_key=True),  # SHA-256 of the cookie's value
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False, index=True),
+    Column("refreshed", Float, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("name", String(100), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),  # SHA-256 of the key
+    Column("hint", String(32), nullable=False),  # its start and end, to recognise it in a list
+    Column("created", Float, nullable=False),
+    Column("last_used", Float),
+    Column("expires", Float),
+    Column("models", Text),  # JSON list, or NULL for any model
+    Column("revoked", Float),
+)
+
+invites = Table(
+    "invites", metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("created_by", Integer, ForeignKey("users.id", ondelete="SET NULL")),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+    Column("used_by", Integer, ForeignKey("users.id", ondelete="SET NULL")),
+    Column("used_at", Float),
+)
+
+own_roles = Table(
+    "own_roles", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("keyword", String(64), nullable=False),
+    Column("keyword_key", String(128), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("description", String(500), nullable=False),
+    Column("elements", Text, nullable=False),  # JSON list of {"role", "content"}
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    UniqueConstraint("user_id", "keyword_key", name="own_roles_user_keyword"),
+)
+
+schema_version = Table("schema_version", MetaData(), Column("version", Integer, nullable=False))
+
+
+# --- migrations -----------------------------------------------------------------------------
+
+def _v1_accounts(conn: Connection) -> None:
+    """Accounts, sessions, API keys, invites, own roles (issue 17)."""
+    m = MetaData()
+    Table("users", m,
+          Column("id", Integer, primary_key=True),
+          Column("username", String(64), nullable=False),
+          Column("username_key", String(128), nullable=False, unique=True),
+          Column("password_hash", String(255), nullable=False),
+          Column("email", String(254)),
+          Column("created", Float, nullable=False),
+          Column("disabled", Boolean, nullable=False, default=False),
+          Column("admin", Boolean, nullable=False, default=False))
+    Table("sessions", m,
+          Column("id_hash", String(64), primary_key=True),
+          Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"),
+                 nullable=False, index=True),
+          Column("created", Float, nullable=False),
+          Column("expires", Float, nullable=False, index=True),
+          Column("refreshed", Float, nullable=False))
+    Table("api_keys", m,
+          Column("id", Integer, primary_key=True),
+          Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"),
+                 nullable=False, index=True),
+          Column("name", String(100), nullable=False),
+          Column("key_hash", String(64), nullable=False, unique=True),
+          Column("hint", String(32), nullable=False),
+          Column("created", Float, nullable=False),
+          Column("last_used", Float),
+          Column("expires", Float),
+          Column("models", Text),
+          Column("revoked", Float))
+    Table("invites", m,
+          Column("code_hash", String(64), primary_key=True),
+          Column("created_by", Integer, ForeignKey("users.id", ondelete="SET NULL")),
+          Column("created", Float, nullable=False),
+          Column("expires", Float, nullable=False),
+          Column("used_by", Integer, ForeignKey("users.id", ondelete="SET NULL")),
+          Column("used_at", Float))
+    Table("own_roles", m,
+          Column("id", Integer, primary_key=True),
+          Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"),
+                 nullable=False),
+          Column("keyword", String(64), nullable=False),
+          Column("keyword_key", String(128), nullable=False),
+          Column("name", String(100), nullable=False),
+          Column("description", String(500), nullable=False),
+          Column("elements", Text, nullable=False),
+          Column("created", Float, nullable=False),
+          Column("updated", Float, nullable=False),
+          UniqueConstraint("user_id", "keyword_key", name="own_roles_user_keyword"))
+    m.create_all(conn)
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_accounts,)
+VERSION = len(MIGRATIONS)
+
+
+# --- opening ----------------------------------------------------------------------------------
+
+def describe(url: str) -> str:
+    """The URL fit for a message: never its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else "***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+def sqlite_file(url: str, root: Path) -> Path | None:
+    """The file of a `sqlite:///relative` (to `root`) or `sqlite:////absolute` URL, else None."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = Path(url[len("sqlite:///"):])
+    return path if path.is_absolute() else root / path
+
+
+def engine_url(url: str, root: Path) -> str:
+    """The SQLAlchemy URL for a DATABASE_URL: SQLite paths made absolute, PostgreSQL through
+    psycopg 3."""
+    path = sqlite_file(url, root)
+    if path is not None:
+        return f"sqlite:///{path}"
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url  # postgresql+psycopg:// as given
+
+
+class Database:
+    """The engine of one process, and the two ways to use it: `read()` and `write()`."""
+
+    def __init__(self, url: str, root: Path) -> None:
+        self.url = url
+        self.description = describe(url)
+        self.sqlite = sqlite_file(url, root)
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        try:
+            if self.sqlite is not None:
+                self.sqlite.parent.mkdir(parents=True, exist_ok=True)
+                self.engine = sa.create_engine(
+                    engine_url(url, root), pool_size=8, max_overflow=24,
+                    connect_args={"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False})
+                _sqlite_setup(self.engine)
+            else:
+                self.engine = sa.create_engine(
+                    engine_url(url, root), pool_size=8, max_overflow=24, pool_pre_ping=True,
+                    connect_args={"connect_timeout": 5})
+        except (OSError, ImportError, sa.exc.SQLAlchemyError, ValueError) as exc:
+            raise DatabaseError(self._message("cannot be opened", exc)) from None
+        self.writer = self.engine.execution_options(gpt_proxy_write=True)
+
+    def _message(self, what: str, exc: BaseException) -> str:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        detail = detail[0] if detail else type(exc).__name__
+        return f"the database (DATABASE_URL={self.description}) {what}: {detail}"
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for reads (on SQLite a deferred transaction: it never waits)."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise DatabaseError(self._message("cannot be read", exc)) from None
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction, committed at the end of the block (rolled back if it
+        raises). On SQLite it holds the write lock from its first statement."""
+        try:
+            with self.writer.begin() as conn:
+                yield conn
+        except sa.exc.IntegrityError:
+            raise  # a uniqueness conflict: the caller knows what it means
+        except sa.exc.SQLAlchemyError as exc:
+            raise DatabaseError(self._message("cannot be written", exc)) from None
+
+    def migrate(self) -> int:
+        """Apply the steps this database lacks; return its version."""
+        try:
+            with self.writer.begin() as conn:
+                if self.dialect == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"),
+                                 {"id": MIGRATION_LOCK})
+                schema_version.create(conn, checkfirst=True)
+                found = conn.execute(sa.select(schema_version.c.version)).scalar()
+                if found is None:
+                    conn.execute(schema_version.insert().values(version=0))
+                    found = 0
+                if found > VERSION:
+                    raise DatabaseError(
+                        f"the database (DATABASE_URL={self.description}) has schema version "
+                        f"{found}, newer than this release knows ({VERSION}): run the newer "
+                        "release, or restore a backup")
+                for number in range(found + 1, VERSION + 1):
+                    log.info("database %s: applying migration %d (%s)", self.description,
+                             number, MIGRATIONS[number - 1].__doc__ or "")
+                    MIGRATIONS[number - 1](conn)
+                    conn.execute(schema_version.update().values(version=number))
+                return max(found, VERSION)
+        except DatabaseError:
+            raise
+        except (OSError, sa.exc.SQLAlchemyError) as exc:
+            raise DatabaseError(self._message("cannot be migrated", exc)) from None
+
+    def close(self) -> None:
+        """Close every connection; the next `open_database` of this URL opens it anew."""
+        with _opened_lock:
+            for key, database in list(_opened.items()):
+                if database is self:
+                    del _opened[key]
+        self.engine.dispose()
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL, a busy timeout, foreign keys; transactions begun by us (IMMEDIATE for writes)."""
+
+    @sa.event.listens_for(engine, "connect")
+    def connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # pysqlite: we say when a transaction begins
+        cursor = dbapi_connection.cursor()
+        try:
+            mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("SQLite database: journal mode is %s, not WAL", mode)
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        finally:
+            cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("gpt_proxy_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+_opened: dict[tuple[str, int], Database] = {}
+_opened_lock = threading.Lock()
+
+
+def open_database(url: str, root: Path) -> Database:
+    """The database DATABASE_URL names, its schema brought up to date: one per URL in each
+    process (an app made twice in one process, as tests do, shares it)."""
+    key = (engine_url(url, root), os.getpid())
+    with _opened_lock:
+        database = _opened.get(key)
+        if database is None:
+            database = Database(url, root)
+            try:
+                database.migrate()
+            except BaseException:
+                database.close()
+                raise
+            _opened[key] = database
+        return database
