@@ -69,10 +69,30 @@ def on_starting(server):
         config = load_config()
     except ConfigError as exc:
         sys.exit(f"gpt_proxy: configuration error: {exc}")
+    _check_database(config)
     upstreams = ", ".join(f"{spec.name} ({spec.base_url})" for spec in config.endpoints())
     server.log.info("gpt_proxy: upstream %s, model %s%s%s", upstreams or "demo (no key)",
                     config.openai_model, ", proxy token required" if config.proxy_token else "",
                     f", metrics on http://{_metrics_bind}/metrics" if _metrics_bind else "")
+
+
+def _check_database(config) -> None:
+    """Open the database and bring its schema up to date once, in the master, before any
+    worker starts: a database that cannot be opened stops start-up with one line naming
+    DATABASE_URL (and never its password), instead of every request failing."""
+    import sys
+    from pathlib import Path
+
+    from gpt_proxy.db import Database, DatabaseError
+
+    try:
+        database = Database(config.database_url, Path(__file__).resolve().parent)
+        try:
+            database.migrate()
+        finally:
+            database.engine.dispose()  # the workers open their own after the fork
+    except DatabaseError as exc:
+        sys.exit(f"gpt_proxy: {exc}")
 
 
 _created_metrics_dir = ""
