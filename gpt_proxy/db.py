@@ -1,5 +1,5 @@
-"""The service's own database: accounts, sessions, API keys and own roles (and, as the schema
-grows, budgets and the usage ledger). SQLAlchemy Core: the tables are defined once, here;
+"""The service's own database: accounts, sessions, API keys, own roles, budgets and the usage
+ledger. SQLAlchemy Core: the tables are defined once, here;
 queries are expressions, so the same code runs on SQLite and PostgreSQL. Knows nothing of HTTP.
 
 Rules it follows:
@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import sqlalchemy as sa
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -126,6 +127,52 @@ own_roles = Table(
     UniqueConstraint("user_id", "keyword_key", name="own_roles_user_keyword"),
 )
 
+budgets = Table(
+    "budgets", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("scope", String(16), nullable=False),  # service | user | key
+    Column("subject_id", Integer, nullable=False),  # the user's or key's id; 0: the service
+    Column("unit", String(16), nullable=False),  # tokens | usd (in nanodollars) | requests
+    Column("period", String(16), nullable=False),  # minute | day | month | total
+    Column("amount_limit", BigInteger, nullable=False),
+    Column("created", Float, nullable=False),
+    UniqueConstraint("scope", "subject_id", "unit", "period", name="budgets_one_per_kind"),
+)
+
+budget_counters = Table(
+    "budget_counters", metadata,
+    Column("budget_id", Integer, ForeignKey("budgets.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("window_key", String(24), primary_key=True),  # the period it counts: d:2026-11-30
+    Column("spent", BigInteger, nullable=False),
+    Column("reserved", BigInteger, nullable=False),
+    Column("ends", Float),  # when the window ends (NULL: total)
+)
+
+ledger = Table(
+    "ledger", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("request_id", String(64), nullable=False),
+    Column("created", Float, nullable=False, index=True),
+    Column("finished", Float),
+    Column("user_id", Integer, index=True),
+    Column("key_id", Integer, index=True),
+    Column("door", String(32), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("role", String(64)),
+    Column("upstream", String(64)),
+    Column("prompt_tokens", BigInteger),
+    Column("completion_tokens", BigInteger),
+    Column("images", Integer),
+    Column("cost", BigInteger),  # nanodollars; NULL: the model has no price
+    Column("outcome", String(64)),
+    Column("duration_ms", Integer),
+    Column("state", String(8), nullable=False),  # open (reserved) | settled
+    Column("expires", Float),  # an open row left by a dead worker is settled after this
+    Column("holds", Text),  # JSON: what was reserved, per budget and window
+)
+sa.Index("ledger_open", ledger.c.state, ledger.c.expires)
+
 schema_version = Table("schema_version", MetaData(), Column("version", Integer, nullable=False))
 
 
@@ -184,7 +231,52 @@ def _v1_accounts(conn: Connection) -> None:
     m.create_all(conn)
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_accounts,)
+def _v2_budgets(conn: Connection) -> None:
+    """Budgets, their counters per period, and the usage ledger (issue 18)."""
+    m = MetaData()
+    Table("users", m, Column("id", Integer, primary_key=True))
+    Table("budgets", m,
+          Column("id", Integer, primary_key=True),
+          Column("scope", String(16), nullable=False),
+          Column("subject_id", Integer, nullable=False),
+          Column("unit", String(16), nullable=False),
+          Column("period", String(16), nullable=False),
+          Column("amount_limit", BigInteger, nullable=False),
+          Column("created", Float, nullable=False),
+          UniqueConstraint("scope", "subject_id", "unit", "period", name="budgets_one_per_kind"))
+    Table("budget_counters", m,
+          Column("budget_id", Integer, ForeignKey("budgets.id", ondelete="CASCADE"),
+                 primary_key=True),
+          Column("window_key", String(24), primary_key=True),
+          Column("spent", BigInteger, nullable=False),
+          Column("reserved", BigInteger, nullable=False),
+          Column("ends", Float))
+    Table("ledger", m,
+          Column("id", Integer, primary_key=True),
+          Column("request_id", String(64), nullable=False),
+          Column("created", Float, nullable=False, index=True),
+          Column("finished", Float),
+          Column("user_id", Integer, index=True),
+          Column("key_id", Integer, index=True),
+          Column("door", String(32), nullable=False),
+          Column("model", String(200), nullable=False),
+          Column("role", String(64)),
+          Column("upstream", String(64)),
+          Column("prompt_tokens", BigInteger),
+          Column("completion_tokens", BigInteger),
+          Column("images", Integer),
+          Column("cost", BigInteger),
+          Column("outcome", String(64)),
+          Column("duration_ms", Integer),
+          Column("state", String(8), nullable=False),
+          Column("expires", Float),
+          Column("holds", Text))
+    m.create_all(conn, tables=[m.tables["budgets"], m.tables["budget_counters"],
+                               m.tables["ledger"]])
+    conn.execute(sa.text("CREATE INDEX ledger_open ON ledger (state, expires)"))
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_accounts, _v2_budgets)
 VERSION = len(MIGRATIONS)
 
 
@@ -336,7 +428,7 @@ def _sqlite_setup(engine: Engine) -> None:
 
 
 _opened: dict[tuple[str, int], Database] = {}
-_opened_lock = threading.Lock()
+_opened_lock = threading.RLock()  # close() may run inside open_database()
 
 
 def open_database(url: str, root: Path) -> Database:

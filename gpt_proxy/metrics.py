@@ -118,6 +118,13 @@ class Metrics:
         self.heartbeats = Counter(
             "gpt_proxy_heartbeats", "Heartbeat comments sent while an upstream was silent",
             ["protocol"], registry=r)
+        self.budget_refusals = Counter(
+            "gpt_proxy_budget_refusals", "Requests refused for want of budget, by the budget's "
+            "kind (scope.unit.period: key.tokens.day, user.usd.month, ...)", ["budget"],
+            registry=r)
+        self.holds_open = Gauge(
+            "gpt_proxy_budget_reservations_open", "Budget reservations not yet settled "
+            "(replies under way)", registry=r, multiprocess_mode="livesum")
 
     # --- labels -------------------------------------------------------------------------
 
@@ -191,6 +198,14 @@ class Metrics:
     def refused_by_rate_limit(self, route: str) -> None:
         self.rate_limited.labels(route).inc()
 
+    @_one_at_a_time
+    def budget_refused(self, kind: str) -> None:
+        self._of(self.budget_refusals, kind).inc()
+
+    @_one_at_a_time
+    def holds_changed(self, delta: int) -> None:
+        self.holds_open.inc(delta)
+
     # --- exposition ---------------------------------------------------------------------
 
     @_one_at_a_time  # reading takes the same locks (a single process's registry)
@@ -213,4 +228,4 @@ class NoMetrics:
         pass
 
     answered = stream_started = stream_ended = upstream_failed = breaker = _nothing
-    refused_by_rate_limit = _nothing
+    refused_by_rate_limit = budget_refused = holds_changed = _nothing

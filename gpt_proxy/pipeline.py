@@ -9,6 +9,7 @@ The protocol then frames the relay's deltas in its own shape and shapes its own 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from flask import Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from .budgets import IMAGE_TOKENS, Ask, Hold, Spent
 from .config import Config
 from .errors import PayloadTooLarge, ProxyError, UnknownRole
 from .identity import Caller, caller
@@ -183,11 +185,15 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
     g.chat = {"role": turn.role, "model": turn.model, "framing": turn.framing,
               "protocol": turn.protocol}
     body = payload(turn, role, config)
+    hold = admit(body, turn, who)
     gone = client_watcher(request.environ)
     try:
         stream = state.upstream.open(body, gone)
-    except ProxyError as err:  # for the access line of this error
-        g.chat["upstream"], g.chat["tried"] = getattr(err, "upstream", "-"), getattr(err, "tried", 0)
+    except BaseException as err:
+        state.budgets.settle(hold, Spent(outcome="failed"))  # nothing was relayed
+        if isinstance(err, ProxyError):  # for the access line of this error
+            g.chat["upstream"] = getattr(err, "upstream", "-")
+            g.chat["tried"] = getattr(err, "tried", 0)
         raise
     started = g.get("started") or time.monotonic()
     write_line = access_logger(request.environ, g.get("request_id", "-"), started,
@@ -201,6 +207,8 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
             if on_close is not None:
                 on_close(outcome)
         finally:
+            state.budgets.settle(hold, spent(outcome, hold.ask,
+                                             getattr(stream, "upstream", "demo")))
             write_line(outcome)
             metrics.stream_ended(route=route, protocol=turn.protocol, framing=turn.framing,
                                  model=turn.model, outcome=outcome,
@@ -210,6 +218,66 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
     return Relay(stream, heartbeat=config.heartbeat_seconds,
                  max_event_bytes=config.max_event_bytes, client_gone=gone,
                  max_seconds=config.max_stream_seconds, on_close=closed)
+
+
+def admit(body: dict, turn: Turn, who: Caller) -> Hold:
+    """Reserve the request's worst case against the caller's budgets (see `budgets`): a
+    request with no completion bound under a budget gets one (`max_tokens`) first."""
+    budgets = current_app.extensions["gpt_proxy"].budgets
+    config = current_app.extensions["gpt_proxy"].config
+    capped = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not capped and budgets.applying(who.user_id, who.key_id):
+        capped = body["max_tokens"] = config.max_tokens_ceiling or config.budget_max_tokens
+    choices = body.get("n") if isinstance(body.get("n"), int) and body.get("n", 0) > 1 else 1
+    hold = budgets.admit(Ask(
+        model=turn.model, prompt_tokens=prompt_bound(body),
+        completion_tokens=(capped if isinstance(capped, int) else 0) * choices,
+        door=turn.protocol, request_id=g.get("request_id", "-"), role=turn.role), who.user_id,
+        who.key_id)
+    g.budget_hold = hold
+    return hold
+
+
+_IMAGE_PARTS = ("image_url", "input_image", "image")
+
+
+def prompt_bound(body: dict) -> int:
+    """At least the prompt's tokens: the bytes of the JSON sent upstream (a token is never
+    shorter than one byte of UTF-8), each image part counted as IMAGE_TOKENS instead."""
+    images = 0
+
+    def without_images(value):
+        nonlocal images
+        if isinstance(value, dict):
+            if value.get("type") in _IMAGE_PARTS:
+                images += 1
+                return None
+            return {key: without_images(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [without_images(item) for item in value]
+        return value
+    data = json.dumps(without_images(body), ensure_ascii=False).encode("utf-8", "replace")
+    return len(data) + images * IMAGE_TOKENS
+
+
+def spent(outcome: Outcome, ask: Ask, upstream: str) -> Spent:
+    """What a relayed reply came to: the upstream's usage; without it (the client left, the
+    upstream broke off or sent none) the prompt's bound plus one token per text chunk."""
+    usage = outcome.usage if isinstance(outcome.usage, dict) else {}
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    result = ("client_left" if outcome.client_left else
+              f"error:{outcome.error.code}" if outcome.error is not None else "ok")
+    if _count(prompt) and _count(completion):
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+        return Spent(prompt, completion, cached if _count(cached) else 0, outcome=result,
+                     upstream=upstream)
+    return Spent(ask.prompt_tokens, len(outcome.content) + len(outcome.reasoning),
+                 outcome=result + ("" if result != "ok" else ":no_usage"), upstream=upstream)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def stream_response(frames, mimetype: str) -> Response:
