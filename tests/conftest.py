@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,27 @@ def sse_events(text: str) -> list[tuple[str, dict]]:
     return events
 
 
+def sent_messages(upstream, index: int = -1) -> list[dict]:
+    """The role and content of each message the upstream got in request `index`."""
+    return [{"role": m["role"], "content": m["content"]}
+            for m in upstream.records[index].json["messages"]]
+
+
+def access_lines(caplog, request_id: str | None = None) -> list[str]:
+    """The access lines logged in-process (those of request `request_id` when given)."""
+    return [r.getMessage() for r in caplog.records if r.name == "gpt_proxy.access"
+            and (request_id is None or f"id={request_id} " in r.getMessage())]
+
+
+def access_line(caplog, response) -> str:
+    """The one access line of an in-process `response` (read to its end first: a stream's
+    line is written when it ends)."""
+    response.get_data()
+    found = access_lines(caplog, response.headers["X-Request-Id"])
+    assert len(found) == 1, found
+    return found[0]
+
+
 class Gunicorn:
     """The real service under gunicorn (the repo's gunicorn.conf.py), on a free port."""
 
@@ -141,10 +164,12 @@ class Gunicorn:
         raise AssertionError(f"no log line with {parts} within {timeout} s")
 
 
-def serve(fake_upstream, folder: Path, **env: str):
-    """The body of a fixture that needs a server of its own: gunicorn with one worker against
-    the session's fake upstream, `env` on top, its log in `folder`; stopped afterwards."""
-    server = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": fake_upstream.url,
+@contextlib.contextmanager
+def serve(upstream, folder: Path, **env: str) -> Iterator[Gunicorn]:
+    """A gunicorn of its own, for a fixture or a test: one worker against `upstream` (a fake
+    upstream, or anything with a base `url`), `env` on top, its log in `folder`; stopped
+    afterwards."""
+    server = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": upstream.url,
                        "OPENAI_MODEL": "fake-model", "WEB_CONCURRENCY": "1", **env},
                       folder / "gunicorn.log")
     try:
@@ -158,8 +183,9 @@ def gunicorn_server(fake_upstream, tmp_path_factory):
     """gunicorn serving the app against the session's fake upstream (1 s heartbeats), its
     conversations in a temporary SQLite file (never the project's data/)."""
     folder = tmp_path_factory.mktemp("gunicorn")
-    yield from serve(fake_upstream, folder, HEARTBEAT_SECONDS="1",
-                     CONVERSATION_STORE=f"sqlite:///{folder}/conversations.db")
+    with serve(fake_upstream, folder, HEARTBEAT_SECONDS="1",
+               CONVERSATION_STORE=f"sqlite:///{folder}/conversations.db") as server:
+        yield server
 
 
 @pytest.fixture()

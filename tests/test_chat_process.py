@@ -16,7 +16,7 @@ from gpt_proxy import chat_process, create_app
 from gpt_proxy.chunks import Delta
 from gpt_proxy.conversations import SQLiteStore, StoreError
 
-from .conftest import TEST_KEY, FakeClock, free_port, make_config
+from .conftest import TEST_KEY, FakeClock, access_line, free_port, make_config, sent_messages
 from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes, stream_scenario
 from .test_integration import TEXT, TOKENS
 
@@ -71,20 +71,6 @@ def assert_fail(response, status="Fail", *words):
     for word in words:
         assert word in body["message"], body["message"]
     return body["message"]
-
-
-def access_line(caplog, response) -> str:
-    response.get_data()  # a stream's line is written when it ends
-    request_id = response.headers["X-Request-Id"]
-    found = [r.getMessage() for r in caplog.records if r.name == "gpt_proxy.access"
-             and f"id={request_id} " in r.getMessage()]
-    assert len(found) == 1, found
-    return found[0]
-
-
-def sent_messages(upstream, index=-1) -> list[dict]:
-    return [{"role": m["role"], "content": m["content"]}
-            for m in upstream.records[index].json["messages"]]
 
 
 # --- session, verify, config ----------------------------------------------------------------

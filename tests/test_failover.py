@@ -15,7 +15,7 @@ from gpt_proxy import create_app
 from gpt_proxy.config import ConfigError, UpstreamSpec, load_config
 from gpt_proxy.failover import Breaker, Upstreams
 
-from .conftest import TEST_KEY, FakeClock, sse_events
+from .conftest import TEST_KEY, FakeClock, access_lines, sse_events
 from .fake_upstream import (
     FakeUpstream,
     Scenario,
@@ -67,10 +67,6 @@ def ask(client, accept="text/event-stream", **body):
 
 def refused_url() -> str:
     return f"http://127.0.0.1:{free_port()}/v1"
-
-
-def access_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "gpt_proxy.access"]
 
 
 # --- the upstream list ----------------------------------------------------------------------

@@ -212,14 +212,11 @@ def tls_upstream(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tls_live(tls_upstream, tmp_path_factory):
-    from .conftest import TEST_KEY, Gunicorn
+    from .conftest import serve
     server, cert = tls_upstream
-    service = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": server.url,
-                        "OPENAI_MODEL": "fake-model", "HEARTBEAT_SECONDS": "1",
-                        "WEB_CONCURRENCY": "1", "REQUESTS_CA_BUNDLE": str(cert)},
-                       tmp_path_factory.mktemp("tls-gunicorn") / "gunicorn.log")
-    yield service
-    service.stop()
+    with serve(server, tmp_path_factory.mktemp("tls-gunicorn"), HEARTBEAT_SECONDS="1",
+               REQUESTS_CA_BUNDLE=str(cert)) as service:
+        yield service
 
 
 def test_https_upstream_streams_exactly_reuses_its_connection_and_is_cancelled(tls_live, tls_upstream):

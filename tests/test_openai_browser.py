@@ -78,8 +78,9 @@ def page_origin():
 @pytest.fixture(scope="module")
 def cors_server(fake_upstream, page_origin, tmp_path_factory):
     """The service with a proxy token and the page's origin (on `localhost`) listed."""
-    yield from serve(fake_upstream, tmp_path_factory.mktemp("gunicorn-cors"),
-                     PROXY_TOKEN=TOKEN, CORS_ORIGINS=f"http://localhost:{page_origin}")
+    with serve(fake_upstream, tmp_path_factory.mktemp("gunicorn-cors"),
+               PROXY_TOKEN=TOKEN, CORS_ORIGINS=f"http://localhost:{page_origin}") as server:
+        yield server
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import requests
 
-from .conftest import TEST_KEY, Gunicorn
+from .conftest import serve
 from .fake_upstream import Scenario, chunk_json, sse_bytes
 
 TOKENS = [f"t{i} " for i in range(16)]
@@ -35,16 +35,10 @@ def slow_scenario() -> Scenario:
 @pytest.fixture()
 def server(fake_upstream, upstream, tmp_path):
     """A gunicorn of its own (two workers): these tests kill, reload and stop it."""
-    gunicorn = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": fake_upstream.url,
-                         "OPENAI_MODEL": "fake-model", "HEARTBEAT_SECONDS": "1",
-                         "WEB_CONCURRENCY": "2", "GRACEFUL_TIMEOUT": "20"},
-                        tmp_path / "gunicorn.log")
-    workers(gunicorn, 2)
-    yield gunicorn
-    if gunicorn.proc.poll() is None:
-        gunicorn.stop()
-    else:
-        gunicorn.log.close()
+    with serve(fake_upstream, tmp_path, HEARTBEAT_SECONDS="1", WEB_CONCURRENCY="2",
+               GRACEFUL_TIMEOUT="20") as gunicorn:
+        workers(gunicorn, 2)
+        yield gunicorn
 
 
 def workers(server, count: int, exclude: frozenset = frozenset()) -> list[psutil.Process]:

@@ -17,7 +17,7 @@ import requests
 from gpt_proxy import create_app
 from gpt_proxy.config import ConfigError, load_config
 
-from .conftest import ROOT, TEST_KEY, free_port, make_config
+from .conftest import ROOT, TEST_KEY, access_lines, free_port, make_config
 from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes
 
 TOKEN = "proxy-token-0123456789-abcdef"
@@ -323,11 +323,6 @@ def test_a_long_history_is_trimmed_to_the_character_budget(upstream):
 
 
 # --- the access log -------------------------------------------------------------------------
-
-def access_lines(caplog, request_id):
-    return [r.getMessage() for r in caplog.records
-            if r.name == "gpt_proxy.access" and f"id={request_id} " in r.getMessage()]
-
 
 @pytest.mark.parametrize("headers,body", [
     ({}, {"message": "secret words"}),
