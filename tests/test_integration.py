@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 
 import pytest
@@ -71,18 +72,25 @@ def test_close_delimited_upstream_body_is_relayed(live, upstream):
 
 
 def test_tokens_arrive_one_by_one_not_buffered(live, upstream):
-    """Each token is written as it comes: the client sees the first before the upstream sends
-    the second (the upstream waits until the client proves it got the first)."""
-    upstream.push(stream_scenario(["first", "second"], size=10_000, comments=False,
-                                  empty_choices=False, hold_open=True))
+    """Each token is written as it comes: the client has the first while the upstream holds
+    back the second (until the test lets it go on), then it gets the second."""
+    go_on = threading.Event()
+    upstream.push(Scenario(parts=[sse_bytes(chunk_json("first")), go_on,
+                                  sse_bytes(chunk_json("second")),
+                                  sse_bytes(chunk_json(finish="stop")), sse_bytes("[DONE]")]))
     response = post(live)
-    chunks = response.iter_content(chunk_size=None)
-    received = b""
-    deadline = time.monotonic() + 5
-    while b"first" not in received and time.monotonic() < deadline:
-        received += next(chunks)
-    assert b"first" in received  # the whole body is held open upstream: no buffering to the end
-    response.close()
+    try:
+        chunks = response.iter_content(chunk_size=None)  # each read bounded by the timeout
+        received = b""
+        while b"first" not in received:
+            received += next(chunks)
+        assert received == b"first"  # the second has not been sent yet
+        go_on.set()
+        received += b"".join(chunks)
+    finally:
+        go_on.set()
+        response.close()
+    assert received == b"firstsecond"
 
 
 def test_heartbeat_comments_while_upstream_is_silent_before_first_token(live, upstream):
