@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -94,6 +94,16 @@ def sse_events(text: str) -> list[tuple[str, dict]]:
         if data is not None:
             events.append((name, data))
     return events
+
+
+def until(condition: Callable[[], object], message: str = "the condition never held",
+          timeout: float = 10.0) -> None:
+    """Poll `condition` until it holds. The deadline is generous (many times what the event
+    needs): a slow machine makes a test wait longer, never fail."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.02)  # polling for an event; not synchronising a test
 
 
 def sent_messages(upstream, index: int = -1) -> list[dict]:

@@ -182,7 +182,6 @@ def test_a_shutdown_lets_a_running_stream_finish_and_takes_no_new_ones(server, u
     pool = workers(server, 2)
     upstream.push(slow_scenario())
     stream = open_stream(server, pool)
-    started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 5
     while True:  # the master closes its listening socket at once
@@ -192,9 +191,8 @@ def test_a_shutdown_lets_a_running_stream_finish_and_takes_no_new_ones(server, u
             break
         assert time.monotonic() < deadline, "still accepting after TERM"
         time.sleep(0.05)  # polling for the listener to close
-    assert complete(stream.wait()), (stream.error, stream.text)
-    assert server.proc.wait(15) == 0
-    assert time.monotonic() - started < 15
+    assert complete(stream.wait()), (stream.error, stream.text)  # not cut at GRACEFUL_TIMEOUT
+    assert server.proc.wait(30) == 0
 
 
 def test_the_dockerfile_runs_the_readme_command_as_a_non_root_user_with_a_healthcheck():
