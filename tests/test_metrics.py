@@ -61,10 +61,13 @@ def scrape(client) -> dict:
 
 
 def test_metrics_live_on_their_own_listener_only(client):
+    assert client.get("/healthz").status_code == 200
     assert client.get("/metrics").status_code == 404
     assert client.get("/healthz", base_url=METRICS).status_code == 404
     assert client.get("/api/roles", base_url=METRICS).status_code == 404
-    assert scrape(client) is not None
+    m = scrape(client)  # what it serves: the counts of the requests above
+    assert value(m, "gpt_proxy_requests_total", route="/healthz", outcome="ok") == 1
+    assert value(m, "gpt_proxy_requests_total", outcome="not_found") == 2  # on its listener
 
 
 def test_a_relayed_reply_counts_once_with_its_tokens_characters_and_timings(client, upstream):
