@@ -205,6 +205,18 @@ def live(gunicorn_server, upstream):
 
 
 @pytest.fixture(scope="session")
+def self_signed_cert(tmp_path_factory) -> tuple[Path, Path]:
+    """(certificate, key): a self-signed certificate for 127.0.0.1, trusted by no one unless
+    a test names it (REQUESTS_CA_BUNDLE)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server on a free port, 127.0.0.1 only, no persistence; shared by the
     session (each test uses its own keys, or empties the database first)."""

@@ -203,16 +203,10 @@ def test_bad_configuration_stops_gunicorn_with_the_variable_named(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tls_upstream(tmp_path_factory):
+def tls_upstream(self_signed_cert):
     """The fake upstream over HTTPS, with a self-signed certificate for 127.0.0.1."""
-    import subprocess
-
     from .fake_upstream import FakeUpstream
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    cert, key = self_signed_cert
     server = FakeUpstream(tls=(str(cert), str(key))).start()
     yield server, cert
     server.stop()
