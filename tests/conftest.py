@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -244,6 +245,23 @@ def redis_url(tmp_path_factory):
         raise
     yield url
     stop_process(proc)
+
+
+@pytest.fixture()
+def redis_without_scripts(redis_url):
+    """A URL of the session's redis-server for a user who may do everything but run scripts:
+    a store that reads single keys but fails its history walk (a server-side script)."""
+    import redis
+
+    user, password = f"noscripts-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                      commands=["+@all", "-@scripting"])
+    try:
+        yield redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
+    finally:
+        admin.acl_deluser(user)
+        admin.close()
 
 
 @pytest.fixture(scope="session")

@@ -130,6 +130,50 @@ def test_listed_origin_gets_cors_headers_and_a_preflight_without_the_token(upstr
     assert "Access-Control-Allow-Origin" not in other.headers
 
 
+def test_cors_origins_star_lets_every_origin_in_without_credentials(upstream):
+    client = make_client(upstream, cors_origins=("*",), proxy_token=TOKEN)
+    for origin in (EVIL, "http://localhost:3000"):
+        preflight = client.options(CHAT, headers={
+            "Origin": origin, "Sec-Fetch-Site": "cross-site",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert preflight.status_code == 200
+        assert preflight.headers["Access-Control-Allow-Origin"] in ("*", origin)
+        response = client.post(CHAT, json={"message": "hi"},
+                               headers={"Origin": origin, "Sec-Fetch-Site": "cross-site",
+                                        **auth()})
+        assert response.get_data(as_text=True) == "Hello, world!"
+        assert response.headers["Access-Control-Allow-Origin"] in ("*", origin)
+        assert "Access-Control-Allow-Credentials" not in response.headers
+    assert_json_error(client.post(CHAT, json={"message": "hi"}, headers={
+        "Origin": EVIL, "Sec-Fetch-Site": "cross-site"}), 401)  # the token still applies
+
+
+def test_a_same_site_request_from_an_origin_not_listed_is_refused(upstream):
+    """Another port or subdomain of the same site is still another origin."""
+    listed = "https://chat.example.com"
+    client = make_client(upstream, cors_origins=(listed,))
+    for origin in ("https://evil.example.com", "https://chat.example.com:8443"):
+        response = client.post(CHAT, json={"message": "hi"},
+                               headers={"Origin": origin, "Sec-Fetch-Site": "same-site"})
+        assert_json_error(response, 403, "forbidden_origin")
+    response = client.post(CHAT, json={"message": "hi"},
+                           headers={"Origin": listed, "Sec-Fetch-Site": "same-site"})
+    assert response.status_code == 200 and len(upstream.records) == 1
+
+
+@pytest.mark.parametrize("token,warned", [("t0ken-of-15-chr", True),
+                                          ("t0ken-of-16-char", False)])
+def test_a_proxy_token_shorter_than_16_characters_is_warned_about(upstream, caplog, token,
+                                                                  warned):
+    caplog.set_level(logging.WARNING, logger="gpt_proxy.security")
+    make_client(upstream, proxy_token=token)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "gpt_proxy.security"]
+    assert warnings == (["PROXY_TOKEN is shorter than 16 characters: easy to guess"]
+                        if warned else [])
+    assert token not in caplog.text
+
+
 @pytest.mark.parametrize("value", ["https://x.example/path", "x.example", "https://.*",
                                    "javascript:alert(1)"])
 def test_cors_origins_must_be_plain_origins(value):
