@@ -168,7 +168,11 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception):
-        logging.getLogger("gpt_proxy").exception("unexpected error")
-        return state.respond(ProxyError("internal error; see the server log"))
+        # The request id ties the reply to the traceback among every request's lines.
+        request_id = g.get("request_id", "-")
+        logging.getLogger("gpt_proxy").exception("unexpected error in request id=%s",
+                                                 request_id)
+        return state.respond(ProxyError(f"internal error (request {request_id}); see the "
+                                        "server log"))
 
     return app

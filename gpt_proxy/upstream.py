@@ -38,6 +38,8 @@ from .errors import (
 
 READ_SIZE = 65536
 MAX_ERROR_BODY = 65536
+MAX_CHUNK_LINE = 4096  # bytes of a chunk-size (or trailer) line
+MAX_CHUNK_SIZE = 1 << 63  # a size no signed 64-bit length holds is broken framing (as curl)
 _KEYLIKE = re.compile(r"\b(sk|key|pk|rk)-[A-Za-z0-9_\-*.]{6,}")
 
 
@@ -155,6 +157,10 @@ class UpstreamStream:
             if self.closed:
                 return
             raise UpstreamTimeout("upstream timed out: no data within the read timeout") from None
+        except BrokenChunks as exc:
+            if self.closed:
+                return
+            raise UpstreamError(f"upstream sent a broken chunked body: {exc}") from None
         except (ProtocolError, OSError, ValueError, AttributeError,
                 requests.RequestException) as exc:
             if self.closed:
@@ -228,9 +234,15 @@ def _sized(read1, length: int | None, finished) -> Iterator[bytes | None]:
     finished()
 
 
+class BrokenChunks(ProtocolError):
+    """The body's chunked framing is broken (the connection itself is fine)."""
+
+
 def _dechunked(read1, finished) -> Iterator[bytes | None]:
     """Chunked transfer coding undone incrementally; trailers are read and dropped. A framing
-    error is raised only after the good bytes before it were handed out."""
+    error is raised only after the good bytes before it were handed out. Nothing is ever
+    allocated by what a size line claims; a line is at most MAX_CHUNK_LINE bytes however the
+    network cuts it."""
     pending = b""
     left = 0  # chunk bytes still to come; -1: the CRLF after a chunk is due
     trailers = False
@@ -255,7 +267,7 @@ def _dechunked(read1, finished) -> Iterator[bytes | None]:
                     pending = data[pos:]
                     break
                 if data[pos:pos + 2] != b"\r\n":
-                    error = "bad chunked encoding"
+                    error = "no CRLF after a chunk"
                     break
                 pos += 2
                 left = 0
@@ -263,8 +275,11 @@ def _dechunked(read1, finished) -> Iterator[bytes | None]:
                 eol = data.find(b"\n", pos)
                 if eol < 0:
                     pending = data[pos:]
-                    if len(pending) > 4096:
+                    if len(pending) > MAX_CHUNK_LINE:
                         error = "chunk header too long"
+                    break
+                if eol - pos > MAX_CHUNK_LINE:
+                    error = "chunk header too long"
                     break
                 line = data[pos:eol]
                 pos = eol + 1
@@ -276,16 +291,16 @@ def _dechunked(read1, finished) -> Iterator[bytes | None]:
                 try:
                     left = int(line.split(b";", 1)[0].strip(), 16)
                 except ValueError:
-                    error = "bad chunked encoding"
+                    error = "a chunk size that is not a hex number"
                     break
-                if left < 0:
-                    error = "bad chunked encoding"
+                if not 0 <= left < MAX_CHUNK_SIZE:
+                    error = "a chunk size out of range"
                     break
                 trailers = left == 0
         if out:
             yield out[0] if len(out) == 1 else b"".join(out)
         if error is not None:
-            raise ProtocolError(error)
+            raise BrokenChunks(error)
         if ended:
             finished()
             return

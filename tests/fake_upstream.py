@@ -3,7 +3,7 @@
 An asyncio HTTP/1.1 server in a background thread. Each request is answered by the next
 `Scenario` queued with `push()` (or the default one): a status, headers, and body parts written
 exactly as given — so an event, a CRLF or a UTF-8 character can be cut across writes — with
-pauses between them. It records every request (headers, JSON body) and the moment the client
+pauses between them, or gates the test opens. It records every request (headers, JSON body) and the moment the client
 disconnected, which is how tests see that the proxy closed its upstream.
 """
 
@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 class Scenario:
     status: int = 200
     headers: dict = field(default_factory=lambda: {"Content-Type": "text/event-stream"})
-    parts: list = field(default_factory=list)  # bytes to write, or a float: pause that long
+    # bytes to write, a float: pause that long, or a threading.Event: wait until the test
+    # sets it (so a test decides when the upstream goes on, whatever the machine's speed)
+    parts: list = field(default_factory=list)
     chunked: bool = True  # False: no length, the end of the body is the connection closing
     hold_open: bool = False  # after the parts, keep the connection open until the client leaves
     close_after: bool = False  # close the connection after the body (no keep-alive)
@@ -259,6 +261,10 @@ class FakeUpstream:
                     return False
                 if isinstance(part, (int, float)):
                     await asyncio.sleep(part)
+                    continue
+                if isinstance(part, threading.Event):
+                    while not part.is_set() and not record.disconnected.is_set():
+                        await asyncio.sleep(0.01)  # polling the test's gate
                     continue
                 if scenario.chunked:
                     writer.write(b"%x\r\n%s\r\n" % (len(part), part))
