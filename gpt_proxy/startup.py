@@ -6,9 +6,9 @@ Rules it follows:
 - What cannot work stops start-up with a `StartupError`: a folder holding an SQLite file that
   this user cannot write (else every request needing it fails, one 503 at a time), no
   writable temporary folder anywhere. What may be meant is a warning, logged at start and
-  never a stop: a loopback listener inside a container (unreachable from outside it, but a
-  sidecar sharing its network namespace can still use it), a metrics listener that gunicorn's
-  own `--bind` flag dropped.
+  never a stop: a loopback address chosen inside a container (unreachable from outside it,
+  but a sidecar sharing its network namespace can still use it), a metrics listener that
+  gunicorn's own `--bind` flag dropped.
 - The start-up folder check is a real probe, a file created and removed there, since
   permission bits mislead on some mounts (root-squashed). `/healthz` asks the same question
   of the system (`access`: permissions and read-only mounts) without writing, so a folder that
