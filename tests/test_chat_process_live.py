@@ -144,8 +144,10 @@ def test_stop_closes_the_upstream_within_a_second_and_the_cut_reply_is_kept(
 
 def test_a_store_that_cannot_be_created_is_a_fail_before_the_first_byte(servers, fake_upstream,
                                                                        upstream, tmp_path):
-    (tmp_path / "not-a-folder").write_text("a file where the folder should be")
+    """Its folder broke after start (at start, the service would refuse: test_startup.py)."""
     server = servers(f"sqlite:///{tmp_path}/not-a-folder/c.db")
+    (tmp_path / "not-a-folder").rmdir()  # made by the start-up check, still empty
+    (tmp_path / "not-a-folder").write_text("a file where the folder should be")
     response = requests.post(f"{server.url}{CHAT}", json={"prompt": "hi"}, timeout=20)
     body = response.json()
     assert response.status_code == 200 and body["status"] == "Fail"
