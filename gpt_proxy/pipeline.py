@@ -1,10 +1,16 @@
 """The one pipeline behind every client protocol: a parsed request in, a running relay out.
 
-Each protocol module (`api` for /api/gpt/get, `openai_api` for /v1) parses its own request
-into a `Turn`, the value this module takes; from there everything is shared: the role
-template and the history budget (`payload`), the upstream request, the relay with its
-heartbeats and cancellation, and the access line written when the reply ends (`start`).
-The protocol then frames the relay's deltas in its own shape and shapes its own errors.
+Each protocol module (`api` for /api/gpt/get, `openai_api` for /v1, `chat_process`,
+`user_protocol`) parses its own request into a `Turn`, the value this module takes; from there
+everything is shared: the role template and the history budget (`payload`), the upstream
+request with failover, the relay with its heartbeats and cancellation, and the access line
+and metrics written when the reply ends (`start`). The protocol then frames the relay's
+deltas in its own shape and shapes its own errors.
+
+A turn names its upstream operation (`operations`: chat completions by default, or
+embeddings, images, the Responses API, legacy completions); what differs between them is
+that small description, never a second path: every operation opens its upstream in `start`,
+and only there.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from .config import Config
 from .errors import PayloadTooLarge, ProxyError
+from .operations import CHAT, Operation, Usage
 from .relay import Outcome, Relay, client_watcher
 from .roles import DEFAULT_ROLE, Role, assemble_messages
 from .security import loggable
@@ -43,6 +50,7 @@ class Turn:
     last_from_user: bool = True  # the conversation must end with the user's message
     log_text: str | None = None  # the user's message for the access line (LOG_CONTENT)
     log_fields: Mapping[str, object] = field(default_factory=dict)  # more `name=value` for it
+    operation: Operation = CHAT  # what is asked of the upstream (not chat: `options` is the body)
 
     @property
     def whole(self) -> bool:
@@ -114,14 +122,18 @@ def drain_body(environ: dict) -> None:
                 pass
 
 
-def payload(turn: Turn, role: Role, config: Config) -> dict:
-    """The upstream request body: role messages, system text and the history within its
-    budget, the protocol's other fields as they are; streams report their usage."""
-    messages = assemble_messages(role.render(), turn.history, system=turn.system,
-                                 max_chars=config.max_history_chars,
-                                 last_from_user=turn.last_from_user)
-    body = {**turn.options, "model": turn.model, "messages": messages, "stream": turn.stream}
-    if turn.stream:
+def payload(turn: Turn, role: Role | None, config: Config) -> dict:
+    """The upstream request body. Chat: role messages, system text and the history within its
+    budget, the protocol's other fields as they are. Any other operation: the client's body
+    as its door checked it, with the model resolved. Streams report their usage."""
+    if turn.operation.chat:
+        messages = assemble_messages(role.render(), turn.history, system=turn.system,
+                                     max_chars=config.max_history_chars,
+                                     last_from_user=turn.last_from_user)
+        body = {**turn.options, "model": turn.model, "messages": messages, "stream": turn.stream}
+    else:
+        body = {**turn.options, "model": turn.model}
+    if turn.stream and turn.operation.stream_usage:
         options = turn.options.get("stream_options")
         body["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                   "include_usage": True}
@@ -133,16 +145,21 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
     gets) and return the relay that will carry the reply, with the access line attached."""
     state = current_app.extensions["gpt_proxy"]
     config = state.config
-    role = state.roles.get(turn.role)
-    role_model = turn.model is None and role.model is not None
+    operation = turn.operation
+    role, role_model = None, False
+    if operation.chat:
+        role = state.roles.get(turn.role)
+        role_model = turn.model is None and role.model is not None
     if turn.model is None:  # the request named no model: the role's, else the default
-        turn = replace(turn, model=role.model or config.openai_model)
+        turn = replace(turn, model=role and role.model or config.openai_model)
     g.chat = {"role": turn.role, "model": turn.model, "framing": turn.framing,
               "protocol": turn.protocol}
     body = payload(turn, role, config)
     gone = client_watcher(request.environ)
+    # Every operation of every door opens its upstream here and nowhere else: the place for
+    # a step that must come first (admission: `operation.asked(body)` is the most it may use).
     try:
-        stream = state.upstream.open(body, gone)
+        stream = state.upstream.open(body, gone, operation.path)
     except ProxyError as err:  # for the access line of this error
         g.chat["upstream"], g.chat["tried"] = getattr(err, "upstream", "-"), getattr(err, "tried", 0)
         raise
@@ -155,6 +172,7 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
 
     def closed(outcome: Outcome) -> None:
         try:
+            outcome.measured = measure(operation, outcome, body)
             if on_close is not None:
                 on_close(outcome)
         finally:
@@ -164,8 +182,20 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
                                  started=started, upstream=getattr(stream, "upstream", "demo"),
                                  role_model=role_model)
     return Relay(stream, heartbeat=config.heartbeat_seconds,
-                 max_event_bytes=config.max_event_bytes, client_gone=gone,
-                 max_seconds=config.max_stream_seconds, on_close=closed)
+                 max_event_bytes=max(config.max_event_bytes, operation.max_answer_bytes),
+                 client_gone=gone, max_seconds=config.max_stream_seconds, on_close=closed,
+                 reader_type=operation.reader_type)
+
+
+def measure(operation: Operation, outcome: Outcome, body: dict) -> Usage:
+    """What the reply used, as its operation reads it; never raises (a strange answer is an
+    unknown usage, not a failed close)."""
+    try:
+        return operation.usage(outcome, body)
+    except Exception:  # noqa: BLE001 - the access line and the relay's close must still run
+        logging.getLogger("gpt_proxy").exception("reading the usage of a %s reply failed",
+                                                 operation.name)
+        return Usage()
 
 
 def stream_response(frames, mimetype: str) -> Response:
@@ -192,13 +222,15 @@ def access_logger(environ: dict, request_id: str, started: float | None, turn: T
         now = time.monotonic()
         ttft = (f"{(outcome.first_token_at - started) * 1000:.0f}ms"
                 if outcome.first_token_at else "-")
-        usage = outcome.usage if isinstance(outcome.usage, dict) else {}
+        usage = outcome.measured if isinstance(outcome.measured, Usage) else Usage()
         error = outcome.error
         status = error.status if (error is not None and turn.whole) else 200
         result = ("client_left" if outcome.client_left else
                   f"error:{error.code}" if error is not None else "ok")
         extra = "".join(f" {name}={loggable(value, 100)}"
                         for name, value in turn.log_fields.items())
+        if usage.images:
+            extra += f" images={usage.images} size={loggable(usage.image_size or '-', 20)}"
         extra += f" content={loggable(content, 2000)}" if content else ""
         log.info("request id=%s client=%s method=POST path=%s status=%d protocol=%s role=%s "
                  "model=%s upstream=%s tried=%d framing=%s result=%s ttft=%s duration=%.0fms "
@@ -206,6 +238,6 @@ def access_logger(environ: dict, request_id: str, started: float | None, turn: T
                  loggable(environ.get("PATH_INFO", "-")), status, turn.protocol,
                  loggable(turn.role), loggable(turn.model), upstream, tried, turn.framing,
                  loggable(result, 60), ttft, (now - started) * 1000, outcome.chars,
-                 loggable(usage.get("prompt_tokens", "-"), 20),
-                 loggable(usage.get("completion_tokens", "-"), 20), extra)
+                 "-" if usage.input_tokens is None else usage.input_tokens,
+                 "-" if usage.output_tokens is None else usage.output_tokens, extra)
     return write
