@@ -338,6 +338,7 @@ def _flag(body: dict, name: str) -> bool:
 def _check_embeddings(body: dict) -> None:
     """`input`: a string, or up to MAX_EMBEDDING_INPUTS strings or token arrays; none empty."""
     value = body.get("input")
+    one = True
     if isinstance(value, str):
         value = [value]
     elif not isinstance(value, list) or not value:
@@ -345,11 +346,13 @@ def _check_embeddings(body: dict) -> None:
                          "or of token arrays", field="input")
     elif all(isinstance(item, int) and not isinstance(item, bool) for item in value):
         value = [value]  # one token array
+    else:
+        one = False
     if len(value) > MAX_EMBEDDING_INPUTS:
         raise PayloadTooLarge(f"'input' has {len(value)} items; at most "
                               f"{MAX_EMBEDDING_INPUTS} are accepted", field="input")
     for i, item in enumerate(value):
-        where = "input" if len(value) == 1 else f"input[{i}]"
+        where = "input" if one else f"input[{i}]"
         if isinstance(item, str):
             if not item:
                 raise BadRequest(f"'{where}' is empty", field=where)
