@@ -51,6 +51,15 @@ def test_images_generate_gives_base64_images(sdk, upstream):
                            "response_format": "b64_json", "model": "dall-e-2"}
 
 
+def test_an_image_answer_larger_than_max_event_bytes_arrives_whole(sdk, upstream):
+    big = PNG + bytes(range(256)) * 8192  # 2 MiB: its base64 is past MAX_EVENT_BYTES (1 MiB)
+    answer = json.dumps(image_answer([big])).encode()
+    upstream.push(Scenario(headers={"Content-Type": "application/json"},
+                           parts=[answer[i:i + 65536] for i in range(0, len(answer), 65536)]))
+    result = sdk.images.generate(prompt="a big one", response_format="b64_json")
+    assert __import__("base64").b64decode(result.data[0].b64_json) == big
+
+
 def test_images_generate_gives_urls(sdk, upstream):
     upstream.push(json_scenario(200, image_answer(urls=["https://img.example/1.png?sig=x"])))
     result = sdk.images.generate(prompt="a fox", response_format="url")
