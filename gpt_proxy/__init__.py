@@ -65,7 +65,8 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     if not isinstance(config, Config):
         config = load_config(**(config or {}))
     named = [spec_model for spec in config.endpoints() for spec_model in spec.models]
-    metrics = (Metrics(models=config.allowed_models or (config.openai_model, *named))
+    metrics = (Metrics(models=config.allowed_models or (config.openai_model,
+                                                        config.openai_image_model, *named))
                if config.metrics_bind else NoMetrics())
     if upstream is None:
         if config.demo:

@@ -49,6 +49,7 @@ class Config:
     openai_api_key: str = field(default="", repr=False)
     openai_base_url: str = "https://api.openai.com/v1"
     openai_model: str = "gpt-4o-mini"
+    openai_image_model: str = "dall-e-2"
     allowed_models: tuple[str, ...] = ()
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 120.0
@@ -268,6 +269,7 @@ PARSERS = {
     "openai_api_key": _text,
     "openai_base_url": _url,
     "openai_model": _text,
+    "openai_image_model": _text,
     "allowed_models": _list,
     "upstream_connect_timeout": _float(0.1, 600),
     "upstream_read_timeout": _float(1, 3600),

@@ -42,6 +42,8 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800
 FRAMINGS = {"text/event-stream": "sse", "text/plain": "text", "application/json": "json",
             "application/octet-stream": "ndjson"}
 OTHER = "other"
+IMAGE_SIZES = frozenset(("256x256", "512x512", "1024x1024", "1024x1536", "1536x1024",
+                         "1792x1024", "1024x1792", "auto"))
 _running = threading.local()  # the updates queued behind the one running on this thread
 
 
@@ -115,6 +117,9 @@ class Metrics:
             multiprocess_mode="livemax")
         self.rate_limited = Counter(
             "gpt_proxy_rate_limited", "Requests refused by RATE_LIMIT", ["route"], registry=r)
+        self.images = Counter(
+            "gpt_proxy_images", "Images the upstream made, by model and size (a size outside "
+            "the usual ones is `other`)", ["model", "size"], registry=r)
         self.heartbeats = Counter(
             "gpt_proxy_heartbeats", "Heartbeat comments sent while an upstream was silent",
             ["protocol"], registry=r)
@@ -171,9 +176,17 @@ class Metrics:
         chars = outcome.chars
         if chars:
             of(self.characters, model, role).inc(chars)
-        usage = outcome.usage if isinstance(outcome.usage, dict) else {}
-        for kind in ("prompt", "completion"):
-            count = usage.get(f"{kind}_tokens")
+        measured = outcome.measured  # pipeline.Usage, read by the reply's operation
+        if measured is not None:
+            counts = (("prompt", measured.input_tokens), ("completion", measured.output_tokens))
+            if measured.images:
+                size = measured.image_size if measured.image_size in IMAGE_SIZES else OTHER
+                of(self.images, model, size).inc(measured.images)
+        else:
+            usage = outcome.usage if isinstance(outcome.usage, dict) else {}
+            counts = (("prompt", usage.get("prompt_tokens")),
+                      ("completion", usage.get("completion_tokens")))
+        for kind, count in counts:
             if isinstance(count, int) and not isinstance(count, bool) and count > 0:
                 of(self.tokens, model, role, kind).inc(count)
         if error is not None and not outcome.client_left and error.code.startswith("upstream"):

@@ -1,6 +1,8 @@
-"""The upstream client: one pooled `requests.Session`, opening chat-completion streams.
+"""The upstream client: one pooled `requests.Session`, opening chat-completion streams and
+the other operations' answers (the path after the base URL is the caller's: /chat/completions,
+/embeddings, /images/generations, /responses, /completions).
 
-`OpenAIUpstream.open()` sends the request and checks the status before anything reaches our
+`Endpoint.open()` sends the request and checks the status before anything reaches our
 client, so failures become real statuses: 401/403 -> 502 (our key was refused), 404 -> 502
 naming the model, 429 -> 429 with Retry-After, 400/422 -> 400 (the upstream rejected what was
 asked, e.g. a context too long), 5xx -> 502, refused -> 503, timeouts -> 504. No text that
@@ -40,6 +42,10 @@ READ_SIZE = 65536
 MAX_ERROR_BODY = 65536
 MAX_CHUNK_LINE = 4096  # bytes of a chunk-size (or trailer) line
 MAX_CHUNK_SIZE = 1 << 63  # a size no signed 64-bit length holds is broken framing (as curl)
+CHAT_PATH = "/chat/completions"
+# Azure OpenAI serves these per resource, not per deployment: the body's `model` names the
+# deployment (its "v1" Responses API; the api_version must be one that has it).
+AZURE_RESOURCE_PATHS = frozenset(("/responses",))
 _KEYLIKE = re.compile(r"\b(sk|key|pk|rk)-[A-Za-z0-9_\-*.]{6,}")
 
 
@@ -380,23 +386,34 @@ class Endpoint:
             self.auth: requests.auth.AuthBase = AzureKeyAuth(spec.key)
         else:
             self.auth = BearerAuth(spec.key)
-            self.url = spec.base_url + "/chat/completions"
 
-    def url_for(self, model: str) -> str:
-        """OpenAI: `{base}/chat/completions`; Azure: the model's deployment, with the API
-        version as a query parameter."""
+    def url_for(self, model: str, path: str = CHAT_PATH) -> str:
+        """OpenAI-compatible: `{base}{path}`; Azure: the model's deployment, then the path,
+        with the API version as a query parameter; a path Azure serves per resource
+        (AZURE_RESOURCE_PATHS: the Responses API) is `{base}/openai{path}`, the deployment
+        being named in the body instead."""
         if self.spec.kind != "azure":
-            return self.url
+            return self.spec.base_url + path
+        version = quote(self.spec.api_version, safe="")
+        if path in AZURE_RESOURCE_PATHS:
+            return f"{self.spec.base_url}/openai{path}?api-version={version}"
         deployment = self.spec.deployments.get(model, model)
         return (f"{self.spec.base_url}/openai/deployments/{quote(deployment, safe='')}"
-                f"/chat/completions?api-version={quote(self.spec.api_version, safe='')}")
+                f"{path}?api-version={version}")
 
-    def open(self, payload: dict, data: bytes, timeout: tuple[float, float]) -> UpstreamStream:
-        """Send the request; return the open stream, or raise the error our client should get.
-        A connection that failed before the request left (refused, no route, a failed name
-        lookup) is tried again after a short backoff, up to CONNECT_RETRIES times."""
+    def open(self, payload: dict, data: bytes, timeout: tuple[float, float],
+             path: str = CHAT_PATH) -> UpstreamStream:
+        """Send the request to `path`; return the open stream, or raise the error our client
+        should get. A connection that failed before the request left (refused, no route, a
+        failed name lookup) is tried again after a short backoff, up to CONNECT_RETRIES times."""
         key = self.spec.key
-        template, settings = self._template(self.url_for(payload.get("model", "")))
+        model = payload.get("model", "")
+        if self.spec.kind == "azure" and path in AZURE_RESOURCE_PATHS:
+            deployment = self.spec.deployments.get(model, model)
+            if deployment != model:  # the body names the deployment there
+                data = json.dumps({**payload, "model": deployment},
+                                  ensure_ascii=False).encode("utf-8")
+        template, settings = self._template(self.url_for(model, path))
         for attempt in range(self.config.connect_retries + 1):
             request = _with_body(template, data)
             try:

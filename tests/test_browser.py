@@ -18,7 +18,7 @@ pytestmark = pytest.mark.browser
 pytest_plugins = ["tests.browser_fixtures"]  # the chromium, open_terminal and term fixtures
 
 TOKENS = ["Hello", " there,", " this", " reply", " grows", " in", " steps."]
-COMMANDS = ["gpt chat", "gpt role", "gpt diy", "gpt model", "gpt history", "gpt reset", "clear",
+COMMANDS = ["gpt chat", "gpt image", "gpt role", "gpt diy", "gpt model", "gpt history", "gpt reset", "clear",
             "history", "help"]
 
 

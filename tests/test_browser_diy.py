@@ -377,7 +377,7 @@ def help_heading(term, command: str) -> str:
 
 def test_the_hint_line_shows_the_usage_of_the_command_being_typed(term):
     usage = {name: help_heading(term, name) for name in ("gpt", "gpt chat", "gpt diy", "help")}
-    assert usage["gpt"].startswith("gpt <chat | role | diy")
+    assert usage["gpt"].startswith("gpt <chat | image | role | diy")
     assert usage["gpt chat"].startswith("gpt chat [-r role]")
     assert usage["gpt diy"].startswith("gpt diy -k <keyword> -n <name> -d <description>")
     hint_usage = term.hint.locator(".hint-usage")

@@ -1,4 +1,5 @@
-// The service's HTTP API as the page uses it: roles, limits, health, and a streamed chat reply.
+// The service's HTTP API as the page uses it: roles, limits, health, a streamed chat reply, and
+// generated images.
 // Every failure becomes an ApiError with a message and a hint a person can act on.
 
 import { readEvents } from "./sse.js";
@@ -163,4 +164,47 @@ export async function* chatStream({ messages, role, system, temperature, model, 
   throw new ApiError("the reply ended before it was finished (the connection closed early)", {
     hint: "try again",
   });
+}
+
+const IMAGE_HINTS = {
+  40000: "check the prompt and the options: help gpt image",
+  40100: "this server needs a proxy token: gpt token <token>",
+  40300: "this server does not let you make images",
+  50000: "the image service failed: try again, or tell the operator",
+};
+
+/**
+ * Ask for images (POST /api/gpt/getImage, the GPT Terminal user protocol): resolves with the
+ * `data:` URLs of the images made; an ApiError for a failure (its envelope's message); an
+ * AbortError when `signal` aborts (the connection closes, so the server stops too).
+ */
+export async function getImages({ prompt, number, size, token = "", signal }) {
+  let response;
+  try {
+    response = await fetch("/api/gpt/getImage", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json", ...authHeaders(token) },
+      body: JSON.stringify({ prompt, number, size }),
+      signal,
+      cache: "no-store",
+    });
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw networkError(err);
+  }
+  if (!response.ok) throw await httpError(response);
+  let body;
+  try {
+    body = await response.json();
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiError("the server's answer is not JSON", { hint: "is something between the page and the service rewriting replies?" });
+  }
+  if (!body || body.code !== 0) {
+    const code = Number(body && body.code) || 0;
+    const message = String((body && (body.message || body.msg)) || "unknown error");
+    throw new ApiError(`no image was made: ${message}`, { code: String(code), hint: IMAGE_HINTS[code] || "" });
+  }
+  if (!Array.isArray(body.data)) throw new ApiError("the server's answer holds no images");
+  return body.data.map((item) => (item && typeof item.url === "string" ? item.url : ""));
 }

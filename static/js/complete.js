@@ -2,7 +2,7 @@
 // the role names (the server's and the user's own).
 
 import { optionName, parseOptions, tokenize } from "./args.js";
-import { CHAT_OPTIONS, GPT_SUBCOMMANDS, TOP } from "./commands.js";
+import { CHAT_OPTIONS, GPT_SUBCOMMANDS, IMAGE_OPTIONS, IMAGE_SIZES, TOP } from "./commands.js";
 import { DIY_OPTIONS } from "./diy.js";
 import { roleNames } from "./roles.js";
 import { ownRoles } from "./store.js";
@@ -40,6 +40,12 @@ function candidates(words, current, app) {
       if (last === "-t" || last === "--temperature") return [];
       if (current.startsWith("--")) return CHAT_OPTIONS.map((o) => `--${o.long}`);
       return current === "" || current.startsWith("-") ? CHAT_OPTIONS.map((o) => `-${o.short}`) : [];
+    }
+    case "image": {
+      if (last === "-s" || last === "--size") return IMAGE_SIZES;
+      if (last === "-n" || last === "--number") return ["1", "2", "3", "4", "5"];
+      if (current.startsWith("--")) return IMAGE_OPTIONS.map((o) => `--${o.long}`);
+      return current.startsWith("-") ? IMAGE_OPTIONS.map((o) => `-${o.short}`) : [];
     }
     case "role": return words.length === 2 ? roleNames(app) : [];
     case "model": return words.length === 2 ? [...new Set([...models, "--default"])] : [];
