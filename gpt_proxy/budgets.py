@@ -158,7 +158,7 @@ class Hold:
 
     def header(self) -> str:
         """`X-Budget-Remaining`: each budget's room left if this request costs its worst."""
-        return ", ".join(f"{b.label}={b.amount(left).replace(' ' + b.unit, '').lstrip('$')}"
+        return ", ".join(f"{b.label}={dollars(left) if b.unit == 'usd' else left}"
                          for b, left in self.remaining)
 
 
@@ -315,9 +315,11 @@ class Budgets:
                               "operator for more)", code="budget_exceeded")
         wait = max(1, int(ends - now + 0.999))
         code = "rate_limit_exceeded" if budget.period == "minute" else "budget_exceeded"
-        return OverBudget(f"{budget.describe()} has no room for this request; it resets at "
-                          f"{_iso(ends)} (in {_in(ends - now)})", code=code,
-                          headers={"Retry-After": str(wait)})
+        refusal = OverBudget(f"{budget.describe()} has no room for this request; it resets at "
+                             f"{_iso(ends)} (in {_in(ends - now)})", code=code,
+                             headers={"Retry-After": str(wait)})
+        refusal.unit = budget.unit
+        return refusal
 
     # --- settlement ----------------------------------------------------------------------------
 

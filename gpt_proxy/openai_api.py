@@ -90,8 +90,12 @@ def error_body(err: ProxyError) -> dict:
                    "/v1/models and POST /v1/chat/completions, /v1/responses, /v1/embeddings, "
                    "/v1/images/generations and /v1/completions")
     code = "invalid_api_key" if err.status == 401 else err.code  # what the SDKs and UIs know
-    return {"error": {"message": message, "type": error_type(err.status), "param": param,
-                      "code": code}}
+    kind = error_type(err.status)
+    if err.code == "budget_exceeded":  # OpenAI's out-of-credit answer: RateLimitError
+        kind = code = "insufficient_quota"
+    elif err.code == "rate_limit_exceeded":  # rpm / tpm, as OpenAI names them
+        kind = getattr(err, "unit", None) or "requests"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def error_response(err: ProxyError):
