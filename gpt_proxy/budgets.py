@@ -17,7 +17,8 @@ The rules that make it exact:
       ON CONFLICT (budget_id, window) DO UPDATE SET reserved = reserved + :amount
         WHERE spent + reserved + :amount <= <the limit>  RETURNING spent, reserved
 
-  No row back: that budget has no room, the transaction is rolled back (nothing stays
+  (all of a request's budgets in one such statement, their rows in id order). A budget whose
+  row does not come back has no room: the transaction is rolled back (nothing stays
   reserved anywhere), and the request is refused naming the budget and when it resets.
   Never a read, a decision in Python, then a write: on PostgreSQL the second of two writers
   re-checks the condition on the row the first committed; on SQLite the transaction holds
@@ -44,6 +45,7 @@ The rules that make it exact:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import time
@@ -194,19 +196,69 @@ def _in(seconds: float) -> str:
     return f"{seconds // 86400} days"
 
 
-_RESERVE = sa.text(
-    "INSERT INTO budget_counters (budget_id, window_key, spent, reserved, ends) "
-    "SELECT CAST(:budget AS INTEGER), CAST(:window AS VARCHAR(24)), 0, "
-    "CAST(:amount AS BIGINT), CAST(:ends AS DOUBLE PRECISION) "
-    "WHERE CAST(:amount AS BIGINT) <= (SELECT amount_limit FROM budgets WHERE id = :budget) "
-    "ON CONFLICT (budget_id, window_key) DO UPDATE "
-    "SET reserved = budget_counters.reserved + excluded.reserved "
-    "WHERE budget_counters.spent + budget_counters.reserved + excluded.reserved "
-    "<= (SELECT amount_limit FROM budgets WHERE id = excluded.budget_id) "
-    "RETURNING spent, reserved")
-_SETTLE = sa.text(
-    "UPDATE budget_counters SET reserved = reserved - :held, spent = spent + :actual "
-    "WHERE budget_id = :budget AND window_key = :window")
+@functools.lru_cache(maxsize=32)
+def _rows(n: int, names: tuple[str, ...], types: tuple[str, ...]) -> str:
+    """`n` rows of bound values as a derived table (SELECT ... UNION ALL ...), typed."""
+    return " UNION ALL ".join(
+        "SELECT " + ", ".join(f"CAST(:{name}{i} AS {kind}) AS {name}"
+                              for name, kind in zip(names, types, strict=True))
+        for i in range(n))
+
+
+@functools.lru_cache(maxsize=16)
+def _reserve(n: int) -> str:
+    """One statement reserving against `n` budgets: a conditional upsert per counter row (see
+    the module's rules); the rows that had room come back."""
+    rows = _rows(n, ("budget_id", "window_key", "amount", "ends"),
+                 ("INTEGER", "VARCHAR(24)", "BIGINT", "DOUBLE PRECISION"))
+    return (
+        "INSERT INTO budget_counters (budget_id, window_key, spent, reserved, ends) "
+        f"SELECT r.budget_id, r.window_key, 0, r.amount, r.ends FROM ({rows}) AS r "
+        "WHERE r.amount <= (SELECT amount_limit FROM budgets WHERE id = r.budget_id) "
+        "ON CONFLICT (budget_id, window_key) DO UPDATE "
+        "SET reserved = budget_counters.reserved + excluded.reserved "
+        "WHERE budget_counters.spent + budget_counters.reserved + excluded.reserved "
+        "<= (SELECT amount_limit FROM budgets WHERE id = excluded.budget_id) "
+        "RETURNING budget_id, spent, reserved")
+
+
+@functools.lru_cache(maxsize=16)
+def _settle(n: int) -> str:
+    """One statement turning `n` reservations into what was spent."""
+    rows = _rows(n, ("budget_id", "window_key", "held", "actual"),
+                 ("INTEGER", "VARCHAR(24)", "BIGINT", "BIGINT"))
+    return (
+        "UPDATE budget_counters SET reserved = budget_counters.reserved - v.held, "
+        f"spent = budget_counters.spent + v.actual FROM ({rows}) AS v "
+        "WHERE budget_counters.budget_id = v.budget_id "
+        "AND budget_counters.window_key = v.window_key")
+
+
+def _settle_params(holds, actual: Callable[[str, int], int]) -> dict:
+    params = {}
+    for i, (budget_id, key, unit, held) in enumerate(holds):
+        params.update({f"budget_id{i}": budget_id, f"window_key{i}": key, f"held{i}": held,
+                       f"actual{i}": actual(unit, held)})
+    return params
+
+
+# The statements every request runs: plain SQL for the driver (`Database.raw_write`), since
+# SQLAlchemy's execution layer would cost more than the statements themselves.
+_LEDGER_OPEN = (
+    "INSERT INTO ledger (request_id, created, user_id, key_id, door, model, role, state, "
+    "expires, holds) VALUES (:request_id, :created, :user_id, :key_id, :door, :model, :role, "
+    "'open', :expires, :holds) RETURNING id")
+_LEDGER_SETTLE = (
+    "UPDATE ledger SET finished = :finished, upstream = :upstream, "
+    "prompt_tokens = :prompt_tokens, completion_tokens = :completion_tokens, images = :images, "
+    "cost = :cost, outcome = :outcome, duration_ms = :duration_ms, state = 'settled' "
+    "WHERE id = :id AND state = 'open'")
+_LEDGER_SETTLED = (
+    "INSERT INTO ledger (request_id, created, user_id, key_id, door, model, role, finished, "
+    "upstream, prompt_tokens, completion_tokens, images, cost, outcome, duration_ms, state) "
+    "VALUES (:request_id, :created, :user_id, :key_id, :door, :model, :role, :finished, "
+    ":upstream, :prompt_tokens, :completion_tokens, :images, :cost, :outcome, :duration_ms, "
+    "'settled')")
 
 
 class Budgets:
@@ -287,24 +339,29 @@ class Budgets:
         if not applying:
             return hold
         amounts = [(b, self._amount(b, ask, hold.price)) for b in applying]
-        # One transaction: a budget without room raises inside it, which rolls back every
-        # reservation made before it.
-        with self.db.write() as conn:
-            for budget, amount in amounts:
-                key, ends = window(budget.period, now, self.tz)
-                row = conn.execute(_RESERVE, {"budget": budget.id, "window": key,
-                                              "amount": amount, "ends": ends}).first()
-                if row is None:
-                    if self.metrics is not None:
-                        self.metrics.budget_refused(budget.label)
-                    raise self._refusal(budget, ends, now)
-                hold.holds.append((budget.id, key, budget.unit, amount))
-                hold.remaining.append((budget, max(0, budget.limit - row.spent - row.reserved)))
-            hold.ledger_id = conn.execute(ledger.insert().values(
-                request_id=ask.request_id, created=now, user_id=user_id, key_id=key_id,
-                door=ask.door, model=ask.model[:200], role=(ask.role or None),
-                state="open", expires=now + self.hold_seconds,
-                holds=json.dumps(hold.holds))).inserted_primary_key[0]
+        # One transaction: a budget without room rolls back every reservation made with it.
+        params: dict = {}
+        for i, (budget, amount) in enumerate(amounts):
+            key, ends = window(budget.period, now, self.tz)
+            params.update({f"budget_id{i}": budget.id, f"window_key{i}": key,
+                           f"amount{i}": amount, f"ends{i}": ends})
+            hold.holds.append((budget.id, key, budget.unit, amount))
+        with self.db.raw_write() as conn:
+            rows = {row[0]: row for row in conn.execute(_reserve(len(amounts)), params)}
+            missing = [(b, params[f"ends{i}"]) for i, (b, _) in enumerate(amounts)
+                       if b.id not in rows]
+            if missing:
+                budget, ends = missing[0]
+                if self.metrics is not None:
+                    self.metrics.budget_refused(budget.label)
+                raise self._refusal(budget, ends, now)  # raised inside: the rollback
+            hold.remaining = [(b, max(0, b.limit - rows[b.id][1] - rows[b.id][2]))
+                              for b, _ in amounts]
+            hold.ledger_id = conn.execute(_LEDGER_OPEN, {
+                "request_id": ask.request_id[:64], "created": now, "user_id": user_id,
+                "key_id": key_id, "door": ask.door, "model": ask.model[:200],
+                "role": (ask.role or None) and ask.role[:64], "expires": now + self.hold_seconds,
+                "holds": json.dumps(hold.holds)})[0][0]
         if self.metrics is not None:
             self.metrics.holds_changed(1)
         return hold
@@ -338,25 +395,24 @@ class Budgets:
                 cost += hold.price.image(ask.image_size, spent.images) or 0
         actual = {"tokens": spent.prompt_tokens + spent.completion_tokens,
                   "requests": 1 if spent.outcome != "failed" else 0, "usd": cost or 0}
-        row = dict(finished=now, upstream=spent.upstream, prompt_tokens=spent.prompt_tokens,
-                   completion_tokens=spent.completion_tokens, images=spent.images or None,
-                   cost=cost, outcome=spent.outcome[:64],
-                   duration_ms=int((now - hold.started) * 1000), state="settled")
+        row = {"finished": now, "upstream": spent.upstream and spent.upstream[:64],
+               "prompt_tokens": spent.prompt_tokens, "completion_tokens": spent.completion_tokens,
+               "images": spent.images or None, "cost": cost, "outcome": spent.outcome[:64],
+               "duration_ms": int((now - hold.started) * 1000)}
         try:
-            with self.db.write() as conn:
+            with self.db.raw_write() as conn:
                 if hold.ledger_id is None:
-                    conn.execute(ledger.insert().values(
-                        request_id=ask.request_id, created=hold.started, user_id=hold.user_id,
-                        key_id=hold.key_id, door=ask.door, model=ask.model[:200],
-                        role=ask.role or None, **row))
+                    conn.execute(_LEDGER_SETTLED, {
+                        "request_id": ask.request_id[:64], "created": hold.started,
+                        "user_id": hold.user_id, "key_id": hold.key_id, "door": ask.door,
+                        "model": ask.model[:200], "role": (ask.role or None) and ask.role[:64],
+                        **row})
                     return
-                done = conn.execute(ledger.update().where(
-                    ledger.c.id == hold.ledger_id, ledger.c.state == "open").values(**row))
-                if done.rowcount != 1:
+                conn.execute(_LEDGER_SETTLE, {"id": hold.ledger_id, **row})
+                if conn.rowcount != 1:
                     return  # settled already (expired by a sweep)
-                for budget_id, key, unit, held in hold.holds:
-                    conn.execute(_SETTLE, {"held": held, "actual": actual[unit],
-                                           "budget": budget_id, "window": key})
+                conn.execute(_settle(len(hold.holds)), _settle_params(
+                    hold.holds, lambda unit, held: actual[unit]))
         except DatabaseError as exc:
             # The reply is over; its reservation stays and is settled by a sweep later.
             log.error("ledger: request %s not settled: %s", ask.request_id, exc)
@@ -380,9 +436,10 @@ class Budgets:
                         state="settled", outcome="expired", finished=now))
                     if done.rowcount != 1:
                         continue
-                    for budget_id, key, _unit, held in json.loads(row.holds or "[]"):
-                        conn.execute(_SETTLE, {"held": held, "actual": held,
-                                               "budget": budget_id, "window": key})
+                    holds = json.loads(row.holds or "[]")
+                    if holds:
+                        conn.execute(sa.text(_settle(len(holds))), _settle_params(
+                            holds, lambda unit, held: held))
                     settled += 1
             with self.db.write() as conn:
                 old = sa.select(ledger.c.id).where(

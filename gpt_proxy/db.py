@@ -9,10 +9,12 @@ Rules it follows:
   goes through psycopg 3, which notices gevent's monkey-patching and waits for the server in
   the event loop (from 3.1.14 on), so a slow query never stalls the worker's other streams.
 - One engine per process, made after gunicorn's fork (the app factory runs in each worker).
-- SQLite: WAL (readers never wait for the writer), `synchronous=NORMAL`, a busy timeout, and
-  a write transaction begins IMMEDIATE: it takes the write lock at its start, so two writers
-  never deadlock upgrading a read lock halfway (SQLite would answer one of them "busy" at
-  once). A read is a plain deferred transaction and never waits.
+- SQLite: WAL (readers never wait for the writer), `synchronous=NORMAL`, and a write
+  transaction begins IMMEDIATE: it takes the write lock at its start, so two writers never
+  deadlock upgrading a read lock halfway. A writer that finds the lock taken (another worker
+  is writing) waits by sleeping in Python, a little longer each time, for at most
+  BUSY_TIMEOUT_SECONDS: SQLite's own busy handler would sleep in C and stall the worker's
+  other greenlets. A read never waits.
 - PostgreSQL: READ COMMITTED, the server's default. A conditional UPDATE (`... WHERE spent +
   reserved + :cost <= :limit`) re-checks its condition on the newest row once the row's lock
   is free, so concurrent writers cannot both pass one check.
@@ -30,7 +32,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -327,7 +332,7 @@ class Database:
                 self.sqlite.parent.mkdir(parents=True, exist_ok=True)
                 self.engine = sa.create_engine(
                     engine_url(url, root), pool_size=8, max_overflow=24,
-                    connect_args={"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False})
+                    connect_args={"timeout": 0, "check_same_thread": False})
                 _sqlite_setup(self.engine)
             else:
                 self.engine = sa.create_engine(
@@ -335,7 +340,6 @@ class Database:
                     connect_args={"connect_timeout": 5})
         except (OSError, ImportError, sa.exc.SQLAlchemyError, ValueError) as exc:
             raise DatabaseError(self._message("cannot be opened", exc)) from None
-        self.writer = self.engine.execution_options(gpt_proxy_write=True)
 
     def _message(self, what: str, exc: BaseException) -> str:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
@@ -348,7 +352,8 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A connection for reads (on SQLite a deferred transaction: it never waits)."""
+        """A connection for reads (on SQLite each statement reads on its own: it never
+        waits for a writer)."""
         try:
             with self.engine.connect() as conn:
                 yield conn
@@ -360,7 +365,7 @@ class Database:
         """One write transaction, committed at the end of the block (rolled back if it
         raises). On SQLite it holds the write lock from its first statement."""
         try:
-            with self.writer.begin() as conn:
+            with self._transaction() as conn:
                 yield conn
         except sa.exc.IntegrityError:
             raise  # a uniqueness conflict: the caller knows what it means
@@ -370,7 +375,7 @@ class Database:
     def migrate(self) -> int:
         """Apply the steps this database lacks; return its version."""
         try:
-            with self.writer.begin() as conn:
+            with self._transaction() as conn:
                 if self.dialect == "postgresql":
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"),
                                  {"id": MIGRATION_LOCK})
@@ -395,6 +400,52 @@ class Database:
         except (OSError, sa.exc.SQLAlchemyError) as exc:
             raise DatabaseError(self._message("cannot be migrated", exc)) from None
 
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A write transaction: SQLite's begins IMMEDIATE here (no engine event: any engine
+        listener would make SQLAlchemy dispatch events around every statement)."""
+        if self.sqlite is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self.engine.connect() as conn:
+            _when_unlocked(lambda: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    @contextmanager
+    def raw_write(self) -> Iterator[Raw]:
+        """One write transaction on the driver's own connection (from the same pool), for the
+        few statements every request runs (budgets and the ledger): SQLAlchemy's execution
+        layer costs several times what SQLite does for them. The statements are SQL text with
+        `:name` parameters, written to run on SQLite and PostgreSQL alike."""
+        try:
+            conn = self.engine.raw_connection()
+        except sa.exc.SQLAlchemyError as exc:
+            raise DatabaseError(self._message("cannot be written", exc)) from None
+        cursor = conn.cursor()
+        try:
+            if self.sqlite is not None:
+                _when_unlocked(lambda: cursor.execute("BEGIN IMMEDIATE"))
+            yield Raw(cursor, self.dialect)
+            conn.commit()
+        except BaseException as exc:
+            try:
+                conn.rollback()
+            except Exception:  # noqa: BLE001 - the first failure is the one to tell
+                pass
+            if isinstance(exc, Exception) and type(exc).__module__.split(".")[0] in (
+                    "sqlite3", "psycopg"):
+                raise DatabaseError(self._message("cannot be written", exc)) from None
+            raise
+        finally:
+            cursor.close()
+            conn.close()  # back to the pool
+
     def close(self) -> None:
         """Close every connection; the next `open_database` of this URL opens it anew."""
         with _opened_lock:
@@ -404,27 +455,70 @@ class Database:
         self.engine.dispose()
 
 
+class Raw:
+    """Statements on a driver cursor, in one transaction (see `Database.raw_write`)."""
+
+    _converted: dict[str, str] = {}
+
+    def __init__(self, cursor, dialect: str) -> None:
+        self.cursor = cursor
+        self.pyformat = dialect == "postgresql"  # psycopg: %(name)s; sqlite3 takes :name
+
+    def execute(self, sql: str, params: dict) -> list[tuple]:
+        """Run `sql`; the rows it returned (RETURNING), if any."""
+        if self.pyformat:
+            converted = self._converted.get(sql)
+            if converted is None:
+                converted = self._converted[sql] = re.sub(r"(?<!:):(\w+)", r"%(\1)s", sql)
+            sql = converted
+        self.cursor.execute(sql, params)
+        return self.cursor.fetchall() if self.cursor.description else []
+
+    @property
+    def rowcount(self) -> int:
+        return self.cursor.rowcount
+
+
+def _when_unlocked(action: Callable[[], object]):
+    """Run `action` (take SQLite's write lock, say), waiting for another process's lock to
+    go by sleeping in Python (under gevent: letting the worker's other greenlets run), never
+    in SQLite's own busy handler, which would sleep in C and hold every stream of the worker.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    pause = 0.0005
+    while True:
+        try:
+            return action()
+        except (sa.exc.OperationalError, sqlite3.OperationalError) as exc:
+            text = str(getattr(exc, "orig", exc))
+            if "locked" not in text and "busy" not in text:
+                raise
+            if time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)  # gevent's sleep under the gevent worker
+        pause = min(pause * 2, 0.02)
+
+
 def _sqlite_setup(engine: Engine) -> None:
-    """WAL, a busy timeout, foreign keys; transactions begun by us (IMMEDIATE for writes)."""
+    """WAL, a busy timeout, foreign keys; pysqlite's own transaction handling off (writes
+    begin IMMEDIATE in `Database._transaction`)."""
 
     @sa.event.listens_for(engine, "connect")
     def connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None  # pysqlite: we say when a transaction begins
         cursor = dbapi_connection.cursor()
         try:
-            mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            # a write waits for the lock in `_when_unlocked`, not here (see there); in WAL
+            # a reader does not wait for writers
+            cursor.execute("PRAGMA busy_timeout=0")
+            mode = _when_unlocked(  # another process may be making the file WAL right now
+                lambda: cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0])
             if str(mode).lower() != "wal":
                 log.warning("SQLite database: journal mode is %s, not WAL", mode)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
         finally:
             cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get("gpt_proxy_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 _opened: dict[tuple[str, int], Database] = {}
