@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from .browser_helpers import expect
+from .conftest import serve
 from .fake_upstream import stream_scenario
 
 pytestmark = pytest.mark.browser
@@ -72,7 +73,7 @@ def test_an_own_role_made_on_one_page_is_used_from_a_second_browser_after_loggin
         users_term, upstream):
     name = new_name("ann")
     first = users_term()
-    expect()(first.output).to_contain_text("This server has accounts: sign in: user login -u")
+    expect()(first.output).to_contain_text("This server has accounts: sign in with user login -u")
     expect()(first.page.locator("#prompt-user")).to_be_hidden()
     first.sign_up(name, PASSWORD)
     expect()(first.last(".ok")).to_have_text(f"made the account {name} and signed in")
@@ -109,6 +110,14 @@ def test_an_own_role_made_on_one_page_is_used_from_a_second_browser_after_loggin
         {"role": "user", "content": "and the moon?"}]
     second.type_command("gpt diy --show poet")
     expect()(second.last(".definition")).to_have_text(POEM)
+
+    # A role made on the first page now is used on the second as it is, with no reload.
+    first.make_role("chef", "You are a chef.")
+    upstream.push(stream_scenario(["Soup."]))
+    assert second.chat("gpt chat -r chef dinner?") == "Soup."
+    assert upstream.wait_for_request(3).json["messages"] == [
+        {"role": "system", "content": "You are a chef."}, {"role": "user", "content": "dinner?"}]
+    expect()(second.last(".reply .reply-meta")).to_contain_text("chef (own)")
     assert first.console_errors == [] and second.console_errors == []
 
 
@@ -208,9 +217,9 @@ def test_a_wrong_password_is_refused_ctrl_c_cancels_and_logout_signs_out(users_t
     expect()(term.input).to_be_focused()
 
     term.type_command("gpt chat hello")  # signed out, on a server with accounts
-    expect()(term.last(".error .hint-line")).to_contain_text("sign in: user login -u <name>")
+    expect()(term.last(".error .hint-line")).to_contain_text("sign in with user login -u <name>")
     term.type_command("user")
-    expect()(term.last(".dim")).to_contain_text("sign in: user login -u <name>")
+    expect()(term.last(".dim")).to_contain_text("sign in with user login -u <name>")
     term.log_in(name, PASSWORD)
     term.type_command("user")
     expect()(term.output.locator(".ok").last).to_have_text(f"signed in as {name}")
@@ -231,11 +240,14 @@ def key_works(url: str, key: str) -> bool:
     return response.status_code == 200
 
 
-def test_a_key_is_made_shown_once_listed_and_revoked(users_term, accounts):
+def test_a_key_is_made_shown_once_listed_and_revoked(users_term, accounts, upstream):
     term = users_term()
+    term.type_command("gpt token sk-gpx-an-old-key-long-gone")  # never sent while signed in
     term.type_command("gpt key list")  # signed out
     expect()(term.last(".error .error-line")).to_contain_text("sign in first")
     term.sign_up(new_name("eve"), PASSWORD)
+    upstream.push(stream_scenario(["Hello."]))
+    assert term.chat("gpt chat hi") == "Hello."  # by the session, the old token left aside
     term.type_command('gpt key create -n "my laptop" --days 30')
     expect()(term.last(".ok")).to_contain_text('"my laptop", expires')
     key = term.last(".new-key code").inner_text()
@@ -264,3 +276,55 @@ def test_a_key_is_made_shown_once_listed_and_revoked(users_term, accounts):
     term.type_command(f"gpt key revoke {key_id}")
     expect()(term.last(".error .error-line")).to_contain_text("already revoked")
     assert term.errors_except("401", "400") == []  # the refusals asked for above
+
+
+# --- without accounts: the page as it always was ------------------------------------------------
+
+TOKEN = "a-proxy-token-of-32-characters!!"
+
+
+@pytest.fixture(scope="module")
+def token_server(fake_upstream, tmp_path_factory):
+    """gunicorn with a proxy token (AUTH=token) and no accounts."""
+    folder = tmp_path_factory.mktemp("gunicorn-token")
+    yield from serve(fake_upstream, folder, AUTH="token", PROXY_TOKEN=TOKEN,
+                     CONVERSATION_STORE=f"sqlite:///{folder}/conversations.db")
+
+
+def test_with_a_proxy_token_the_page_asks_for_the_token_and_keeps_roles_in_the_browser(
+        open_terminal, token_server, upstream):
+    term = open_terminal(url=token_server.url)
+    expect()(term.output).not_to_contain_text("This server has accounts")
+    term.type_command("gpt chat hi")
+    expect()(term.last(".error .hint-line")).to_contain_text(
+        "this server needs the proxy token: gpt token <token>")
+    term.type_command(f"gpt token {TOKEN}")
+    expect()(term.last(".echo-text")).to_have_text("gpt token ********")
+    term.make_role("poet", POEM)
+    assert "poet" in stored_own_roles(term)  # kept in this browser, as without accounts
+    upstream.push(stream_scenario(["Haiku."]))
+    assert term.chat("gpt chat -r poet the sea") == "Haiku."
+    assert term.chat_bodies[-1]["system"] == POEM and "role" not in term.chat_bodies[-1]
+    term.type_command("user login -u ann -p whatever")
+    expect()(term.last(".error .error-line")).to_contain_text("accounts are off on this server")
+    expect()(term.last(".error .hint-line")).to_contain_text("this server has no accounts")
+    term.type_command("gpt key list")
+    expect()(term.last(".error .error-line")).to_contain_text("no accounts, so no keys")
+    stored = term.page.evaluate("() => localStorage.getItem('gpt-terminal:history')")
+    history = walked_history(term)
+    assert history[0] == "gpt key list" and TOKEN not in stored
+    assert not any(TOKEN in line for line in history), history
+
+
+def test_an_open_server_has_no_accounts_and_the_page_says_so(term):
+    term.type_command("user")
+    expect()(term.last(".dim")).to_have_text("this server has no accounts: it asks nobody to sign in")
+    term.type_command("gpt key create")
+    expect()(term.last(".error .error-line")).to_contain_text("this server has no accounts, so no keys")
+    term.type_command("user register -u ann")
+    term.answer_secret(PASSWORD)
+    term.page.locator("#prompt-role", has_text="new password again").wait_for()
+    term.answer_secret(PASSWORD)
+    expect()(term.last(".error .error-line")).to_contain_text("accounts are off on this server")
+    expect()(term.page.locator("#prompt-user")).to_be_hidden()
+    assert term.console_errors == []

@@ -12,7 +12,7 @@
 import { ApiError, asksForCredentials, getJSON, postEnvelope } from "./api.js";
 
 export const SIGN_IN = "user login -u <name>";
-export const SIGN_IN_HINT = `sign in: ${SIGN_IN} (no account yet? user register -u <name>)`;
+export const SIGN_IN_HINT = `sign in with ${SIGN_IN} (no account yet? user register -u <name>)`;
 
 /** The proxy token to send: none while signed in (the session is the credential). */
 export function tokenFor(app) {

@@ -211,7 +211,10 @@ async function chat(words, app, parsed) {
   if (!rest.length && parsed.quote) throw unclosed(parsed.quote);
   const message = rest.length ? chatMessage(rest, parsed) : "";
   if (!message.trim()) throw new UsageError("gpt chat needs a message", "e.g. gpt chat -r ikun hi");
-  const role = resolveRole(app, checkRole(options.role || app.settings.role, app));
+  const roleName = options.role || app.settings.role;
+  // Signed in, a role made in another browser since this page loaded is one more question away.
+  if (app.user && !roleNames(app).includes(roleName)) await loadRoles(app).catch(() => {});
+  const role = resolveRole(app, checkRole(roleName, app));
   let temperature;
   if (options.temperature !== undefined) {
     temperature = Number(options.temperature);

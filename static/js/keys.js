@@ -22,6 +22,10 @@ export async function key(words, app) {
     throw new UsageError("this server has no accounts, so no keys: it asks nobody for one",
       "an SDK or chat app can use it as it is (one that insists on a key may be given any text)");
   }
+  if (app.auth === "token") {
+    throw new UsageError("this server has no accounts, so no keys: it asks for its proxy token",
+      "an SDK or chat app sends the proxy token as its key (ask the operator for it)");
+  }
   switch (action) {
     case "create": return create(rest, app);
     case "list": return list(rest, app);

@@ -60,7 +60,7 @@ const roles = getRoles({ token: app.settings.token })
 const account = loadAccount(app)
   .then(() => {
     if (app.user) term.print(`signed in as ${app.user.username} · sign out: user logout`, "dim");
-    else if (app.auth === "users" && !app.settings.token) term.print(`This server has accounts: ${SIGN_IN_HINT}.`, "dim");
+    else if (app.auth === "users") term.print(`This server has accounts: ${SIGN_IN_HINT}.`, "dim");
   })
   .catch(() => {
     // The server could not say (health explains an unreachable one); `user` asks again.

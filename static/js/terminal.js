@@ -116,7 +116,10 @@ export class Terminal {
 
   /** Show who is signed in before the role in the prompt ("" or null: nobody). */
   setUser(name) {
-    this.promptUser.textContent = name ? `${name} ·` : "";
+    const shown = document.createElement("span");
+    shown.className = "prompt-user-name"; // a long name is cut short; the title has it whole
+    shown.textContent = name || "";
+    this.promptUser.replaceChildren(...(name ? [shown, " ·"] : []));
     this.promptUser.title = name ? `signed in as ${name}` : "";
     this.promptUser.hidden = !name;
   }
