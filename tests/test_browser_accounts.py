@@ -328,3 +328,35 @@ def test_an_open_server_has_no_accounts_and_the_page_says_so(term):
     expect()(term.last(".error .error-line")).to_contain_text("accounts are off on this server")
     expect()(term.page.locator("#prompt-user")).to_be_hidden()
     assert term.console_errors == []
+
+
+def test_help_hints_and_tab_know_the_account_commands(term):
+    term.type_command("help")
+    listed = term.output.locator(".help-list").first.locator("dt").all_inner_texts()
+    for usage in ("user register -u <name> [-p <password>] [-e <email>] [-i <invite>]",
+                  "user login -u <name> [-p <password>]", "user logout", "user password",
+                  "gpt key create [-n name] [--days N] [--models a,b] | list | revoke <id>"):
+        assert usage in listed, listed
+    term.type_command("help user")
+    expect()(term.last(".help-list").locator("dt")).to_have_count(4)
+    term.type_command("help gpt key")
+    expect()(term.last(".help-list").locator("dt").first).to_have_text("create")
+
+    usage, about = term.hint.locator(".hint-usage"), term.hint.locator(".hint-about")
+    term.input.fill("user login -u ann -p ")
+    expect()(usage).to_have_text("user login -u <name> [-p <password>]")
+    expect()(about).to_contain_text("-p, --password <password>")
+    term.input.fill("gpt key revoke")
+    expect()(about).to_contain_text("revoke <id>: stop a key")
+    term.input.fill("gpt key create --days 9 --m")
+    expect()(about).to_contain_text("--models <a,b>")
+
+    for typed, completed in [("us", "user "), ("user lo", "user log"), ("user logi", "user login "),
+                             ("user login -", "user login -"), ("user register --inv",
+                                                                 "user register --invite "),
+                             ("gpt k", "gpt key "), ("gpt key c", "gpt key create "),
+                             ("gpt key create --d", "gpt key create --days "),
+                             ("help us", "help user ")]:
+        term.input.fill(typed)
+        term.input.press("Tab")
+        expect()(term.input).to_have_value(completed)

@@ -110,6 +110,7 @@ async function keep(app, change) {
   } catch (err) {
     if (err instanceof UsageError) return [err.message, err.hint];
     if (!(err instanceof ApiError)) throw err;
+    if (/already have a role/.test(err.message)) return [err.message, "Ctrl+C, then pick another keyword"];
     return [err.message, `${explain(err, app) || "change it"}; Enter tries again, Ctrl+C cancels`];
   }
 }
