@@ -143,6 +143,19 @@ def test_list_edit_export_and_delete_work_from_the_servers_copy(users_term, upst
     other.type_command("gpt diy -k chef -n Again -d Twice")
     expect()(other.last(".error .error-line")).to_contain_text('you already have a role "chef"')
 
+    # Made meanwhile in the other browser: the server refuses, and the definition typed here
+    # stays at the prompt.
+    term.type_command("gpt diy -k twin -n Twin -d 'The first'")
+    expect()(term.prompt_role).to_have_text("twin definition")
+    other.make_role("twin", "The second.")
+    term.input.fill("The first.")
+    term.input.press("Enter")
+    expect()(term.last(".error .error-line")).to_contain_text("you already have a role called 'twin'")
+    expect()(term.prompt_role).to_have_text("twin definition")
+    expect()(term.input).to_have_value("The first.")
+    term.input.press("Control+c")
+    expect()(term.last(".dim")).to_have_text("cancelled: no role twin was made")
+
     term.type_command("gpt diy --delete chef")
     expect()(term.last(".ok")).to_have_text("deleted your role chef")
     other.type_command("gpt diy --show chef")
