@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 JS_STAMP := tests/js/node_modules/.installed
 TEST_DEPS := $(STAMP) $(if $(shell command -v npm 2>/dev/null),$(JS_STAMP))
 
-.PHONY: run test lint bench soak clean
+.PHONY: run test coverage lint bench soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ run: $(STAMP)
 test: $(TEST_DEPS)
 	$(PY) -m pytest -q
 
+# The suite under coverage.py, the gunicorn masters and workers it starts measured too
+# (pyproject.toml, [tool.coverage.run]); not part of `make test`, which stays fast.
+coverage: $(TEST_DEPS)
+	rm -f .coverage .coverage.*
+	$(PY) -m coverage run -m pytest -q
+	$(PY) -m coverage combine -q
+	$(PY) -m coverage report
+
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
@@ -32,4 +40,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis tests/js/node_modules
+	rm -rf $(VENV) .pytest_cache .hypothesis tests/js/node_modules .coverage .coverage.* htmlcov

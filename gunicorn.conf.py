@@ -14,8 +14,9 @@ from gunicorn.glogging import Logger
 # .env first, so BIND and the rest below can come from it too (the environment still wins).
 load_dotenv(os.environ.get("DOTENV_FILE", ".env"))
 
-_metrics_bind = os.environ.get("METRICS_BIND", "127.0.0.1:7346").strip()
-bind = [os.environ.get("BIND", "127.0.0.1:7345")] + ([_metrics_bind] if _metrics_bind else [])
+_DEFAULTS = {"BIND": "127.0.0.1:7345", "METRICS_BIND": "127.0.0.1:7346"}
+_metrics_bind = os.environ.get("METRICS_BIND", _DEFAULTS["METRICS_BIND"]).strip()
+bind = [os.environ.get("BIND", _DEFAULTS["BIND"])] + ([_metrics_bind] if _metrics_bind else [])
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = os.environ.get("WORKER_CLASS", "gevent")
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "2000"))
@@ -57,23 +58,37 @@ logconfig_dict = {
 
 
 def on_starting(server):
-    """Check the configuration once, in the master, before any worker starts: a bad value
-    stops start-up with one line naming the variable instead of a traceback per worker."""
+    """Check the configuration once, in the master, before any worker starts: a bad value, or
+    one that cannot work here (gpt_proxy/startup.py), stops start-up with one line naming the
+    variable and the fix instead of a traceback per worker or a 503 per request; what may be
+    meant is a warning."""
     import sys
 
+    from gpt_proxy import startup
     from gpt_proxy.config import ConfigError, load_config
 
     _raise_open_files_limit(server)
-    _metrics_directory(server)
     try:
         config = load_config()
     except ConfigError as exc:
         sys.exit(f"gpt_proxy: configuration error: {exc}")
+    try:
+        startup.temp_dir()  # before the metrics folder and gunicorn's worker files
+        _metrics_directory(server)
+        startup.check_writable(startup.sqlite_files(config))
+    except startup.StartupError as exc:
+        sys.exit(f"gpt_proxy: cannot start: {exc}")
     _check_database(config)
+    unset = [address for name, address in _DEFAULTS.items() if name not in os.environ]
+    for warning in startup.bind_warnings(server.cfg.bind, config.metrics_bind,
+                                         container=startup.in_container(), defaults=unset):
+        server.log.warning("gpt_proxy: WARNING: %s", warning)
+    metrics = config.metrics_bind and any(address.rpartition(":")[2] == config.metrics_port
+                                          for address in server.cfg.bind)
     upstreams = ", ".join(f"{spec.name} ({spec.base_url})" for spec in config.endpoints())
     server.log.info("gpt_proxy: upstream %s, model %s%s%s", upstreams or "demo (no key)",
                     config.openai_model, ", proxy token required" if config.proxy_token else "",
-                    f", metrics on http://{_metrics_bind}/metrics" if _metrics_bind else "")
+                    f", metrics on http://{config.metrics_bind}/metrics" if metrics else "")
 
 
 def _check_database(config) -> None:
@@ -107,14 +122,21 @@ def _metrics_directory(server) -> None:
     import glob
     import tempfile
 
+    from gpt_proxy.startup import StartupError
+
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
-    if given:
-        os.makedirs(given, exist_ok=True)
-        for path in glob.glob(os.path.join(given, "*.db")):
-            os.remove(path)
-    else:
-        _created_metrics_dir = tempfile.mkdtemp(prefix="gpt_proxy-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created_metrics_dir
+    try:
+        if given:
+            os.makedirs(given, exist_ok=True)
+            for path in glob.glob(os.path.join(given, "*.db")):
+                os.remove(path)
+        else:
+            _created_metrics_dir = tempfile.mkdtemp(prefix="gpt_proxy-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created_metrics_dir
+    except OSError as exc:
+        raise StartupError(f"the metrics folder {given or tempfile.gettempdir()} cannot be "
+                           f"written ({exc.strerror}): set PROMETHEUS_MULTIPROC_DIR to a "
+                           "writable folder") from None
 
 
 def post_worker_init(worker):

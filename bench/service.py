@@ -98,7 +98,9 @@ class Service(Measured):
         env.update({"BIND": f"127.0.0.1:{self.port}", "OPENAI_API_KEY": "sk-bench-not-a-key",
                     "METRICS_BIND": f"127.0.0.1:{self.metrics_port}" if metrics else "",
                     "OPENAI_BASE_URL": upstream_url, "HEARTBEAT_SECONDS": "15",
-                    "LOG_LEVEL": "warning"})
+                    "LOG_LEVEL": "warning",
+                    # the ledger of bench requests: never the project's own database
+                    "DATABASE_URL": f"sqlite:///{log_path.parent}/bench-{self.port}.db"})
         if worker_class:
             env["WORKER_CLASS"] = worker_class
         if workers:

@@ -35,6 +35,7 @@ class State:
     started: float = 0.0  # time.time() at start-up
     metrics: object = None
     accounts: object = None  # the user service (accounts.Accounts) over `db`
+    budgets: object = None  # budgets and the usage ledger (budgets.Budgets) over `db`
 
     def respond(self, err: ProxyError):
         """The error response in the shape of the protocol the request came in by (what is
@@ -55,6 +56,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     """The app factory. `config`: a Config, a dict of overrides, or None for the environment."""
     from . import account_api, api, chat_process, identity, openai_api, user_protocol
     from .accounts import Accounts
+    from .budgets import Budgets
     from .db import open_database
     from .metrics import Metrics, NoMetrics
     from .pipeline import ACCESS_LOGGED
@@ -63,7 +65,8 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     if not isinstance(config, Config):
         config = load_config(**(config or {}))
     named = [spec_model for spec in config.endpoints() for spec_model in spec.models]
-    metrics = (Metrics(models=config.allowed_models or (config.openai_model, *named))
+    metrics = (Metrics(models=config.allowed_models or (config.openai_model,
+                                                        config.openai_image_model, *named))
                if config.metrics_bind else NoMetrics())
     if upstream is None:
         if config.demo:
@@ -79,6 +82,10 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
 
     database = open_database(config.database_url, ROOT)  # DatabaseError names DATABASE_URL
     accounts = Accounts(database, session_days=config.session_days)
+    budgets = Budgets(database, prices=config.prices, default_price=config.default_price,
+                      tz=config.budget_tz, ledger_days=config.ledger_days, metrics=metrics,
+                      hold_seconds=config.max_stream_seconds + 2 * config.upstream_read_timeout
+                      + config.failover_seconds + 60)
 
     app = Flask(__name__, static_folder=str(ROOT / "static"), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
@@ -86,7 +93,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     app.json.sort_keys = False
     protocols = (openai_api, chat_process, user_protocol, api)  # `api` last: every path left
     state = State(config=config, upstream=upstream, roles=registry, protocols=protocols,
-                  started=time.time(), metrics=metrics, accounts=accounts)
+                  started=time.time(), metrics=metrics, accounts=accounts, budgets=budgets)
     app.extensions["gpt_proxy"] = state
     for protocol in protocols:
         app.register_blueprint(protocol.bp)
@@ -116,6 +123,9 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     @app.after_request
     def finish_request(response):
         response.headers["X-Request-Id"] = g.get("request_id", "-")
+        hold = g.get("budget_hold")
+        if hold is not None and hold.remaining:
+            response.headers["X-Budget-Remaining"] = hold.header()
         if request.path == "/" or request.path.startswith("/static/"):
             # Unversioned names: the page and its modules are revalidated (ETag -> 304) on
             # every load; the vendored libraries change only with a release.
@@ -159,7 +169,11 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception):
-        logging.getLogger("gpt_proxy").exception("unexpected error")
-        return state.respond(ProxyError("internal error; see the server log"))
+        # The request id ties the reply to the traceback among every request's lines.
+        request_id = g.get("request_id", "-")
+        logging.getLogger("gpt_proxy").exception("unexpected error in request id=%s",
+                                                 request_id)
+        return state.respond(ProxyError(f"internal error (request {request_id}); see the "
+                                        "server log"))
 
     return app

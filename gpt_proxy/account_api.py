@@ -1,6 +1,7 @@
 """The account routes in the service's own JSON shape (errors as `/api/gpt/get` answers them):
-a user's own API keys (`/api/keys`) and the admin routes (`/api/admin/...`: users, keys,
-invites), for the web terminal, scripts and operators. Routes only parse, check who is
+a user's own API keys (`/api/keys`) and spend (`/api/usage`), and the admin routes
+(`/api/admin/...`: users, keys, invites, budgets, the ledger), for the web terminal, scripts
+and operators. Routes only parse, check who is
 asking and delegate to `accounts`; who is asking is `identity`'s `g.caller`.
 
 - Keys are managed from a signed-in session (the web terminal), never with a key: a leaked
@@ -11,11 +12,15 @@ asking and delegate to `accounts`; who is asking is `identity`'s `g.caller`.
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import io
 import math
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from .accounts import Key, User, check_text, iso_time
+from .budgets import PERIODS, UNITS, parse_limit
 from .errors import BadRequest, NotFound, ProxyError, Unauthorized
 from .identity import Caller, caller
 from .pipeline import read_body
@@ -201,3 +206,137 @@ def admin_invite():
     response.status_code = 201
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+# --- budgets and usage ------------------------------------------------------------------------
+
+def _days(value: str | None, default: int = 31) -> int:
+    if value is None:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= 400:
+        raise BadRequest("'days' must be a whole number from 1 to 400", field="days")
+    return int(value)
+
+
+@bp.get("/usage")
+def my_usage():
+    """The caller's own spend by day and model, and every budget that applies to it with what
+    is left and when it resets (AUTH=open or token: the service's)."""
+    found = caller()
+    state = _state()
+    if state.config.auth == "users" and found.user is None:
+        raise Unauthorized("sign in first (user login), or send an API key",
+                           code="unauthorized")
+    budgets = state.budgets
+    days = _days(request.args.get("days"))
+    return jsonify({
+        "user": found.user.username if found.user is not None else None,
+        "key": found.key.name if found.key is not None else None,
+        "budgets": budgets.standing(budgets.applying(found.user_id, found.key_id)),
+        "by_day": budgets.spend_by_day(user_id=found.user_id, days=days)})
+
+
+def _subject(scope: object, subject: object) -> int:
+    accounts = _state().accounts
+    if scope == "service":
+        return 0
+    if scope == "user":
+        return _find_user(subject).id
+    if scope == "key":
+        if isinstance(subject, bool) or not isinstance(subject, int):
+            raise BadRequest("a key's budget names the key by its id ('subject')",
+                             field="subject")
+        if not any(k.id == subject for k in accounts.list_keys()):
+            raise NotFound(f"no key with id {subject}", code="unknown_key", field="subject")
+        return subject
+    raise BadRequest("'scope' must be service, user or key", field="scope")
+
+
+@bp.get("/admin/budgets")
+def admin_budgets():
+    _admin()
+    budgets = _state().budgets
+    return jsonify({"data": budgets.standing(budgets.list_budgets())})
+
+
+@bp.post("/admin/budgets")
+def admin_set_budget():
+    """Make a budget or change its limit: {scope, subject, unit, period, limit} (`usd`
+    limits in dollars, e.g. "5.00"; rpm and tpm: `requests` or `tokens` per `minute`)."""
+    _admin()
+    body = _body()
+    extra = sorted(set(body) - {"scope", "subject", "unit", "period", "limit"})
+    if extra:
+        raise BadRequest(f"'{str(extra[0])[:100]}' is not a supported field",
+                         field=str(extra[0])[:100])
+    unit, period = body.get("unit"), body.get("period")
+    if unit not in UNITS:
+        raise BadRequest(f"'unit' must be one of {', '.join(UNITS)}", field="unit")
+    if period not in PERIODS:
+        raise BadRequest(f"'period' must be one of {', '.join(PERIODS)}", field="period")
+    budgets = _state().budgets
+    budget = budgets.set_budget(body.get("scope"), _subject(body.get("scope"),
+                                                            body.get("subject")),
+                                unit, period, parse_limit(unit, body.get("limit")))
+    response = jsonify(budgets.standing([budget])[0])
+    response.status_code = 201
+    return response
+
+
+@bp.delete("/admin/budgets/<int:budget_id>")
+def admin_delete_budget(budget_id: int):
+    _admin()
+    _state().budgets.delete_budget(budget_id)
+    return jsonify({"deleted": budget_id})
+
+
+def _moment(value: str | None, name: str) -> float | None:
+    """A `from`/`to` bound: an ISO date or date-time (UTC unless it says otherwise)."""
+    if not value:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be a date such as 2026-11-30 (or a date and time)",
+                         field=name) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+@bp.get("/admin/usage")
+def admin_usage():
+    """The ledger: `?user=&key=&from=&to=` filter it, `format=csv` exports it (streamed)."""
+    _admin()
+    args = request.args
+    user = args.get("user")
+    user_id = _find_user(int(user) if user.isdigit() else user).id if user else None
+    key = args.get("key")
+    if key is not None and not key.isdigit():
+        raise BadRequest("'key' must be a key's id", field="key")
+    since, until = _moment(args.get("from"), "from"), _moment(args.get("to"), "to")
+    budgets = _state().budgets
+    options = {"user_id": user_id, "key_id": int(key) if key else None, "since": since,
+               "until": until}
+    kind = args.get("format", "json")
+    if kind == "csv":
+        def lines():
+            out = io.StringIO()
+            writer = csv.writer(out)
+            writer.writerow(budgets.LEDGER_COLUMNS)
+            for row in budgets.rows(**options):
+                writer.writerow([row[name] for name in budgets.LEDGER_COLUMNS])
+                if out.tell() > 65536:
+                    yield out.getvalue().encode("utf-8")
+                    out.seek(0)
+                    out.truncate()
+            yield out.getvalue().encode("utf-8")
+        response = Response(lines(), mimetype="text/csv")
+        response.headers["Content-Disposition"] = 'attachment; filename="usage.csv"'
+        return response
+    if kind != "json":
+        raise BadRequest("'format' must be json or csv", field="format")
+    limit = args.get("limit", "1000")
+    if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
+        raise BadRequest("'limit' must be a whole number from 1 to 10000", field="limit")
+    return jsonify({"data": list(budgets.rows(**options, limit=int(limit)))})

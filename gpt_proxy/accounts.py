@@ -10,8 +10,9 @@ Rules it follows:
   (argon2-cffi: time cost 2, 19 MiB, one lane, a 16-byte random salt per hash: OWASP's first
   argon2id setting, about 30 ms here), verified in constant time by the library. A login for
   an unknown username verifies against a dummy hash of the same cost, so it takes as long as
-  one for a known username. Under gevent the hashing runs in gevent's thread pool (the
-  library releases the GIL), so a login never stalls the worker's streams. A password or a
+  one for a known username. Under gevent the hashing runs in a pool of two real threads at the
+  lowest CPU priority (the library releases the GIL), so logins never stall the worker's
+  streams: a burst of them queues and waits for idle CPU instead. A password or a
   hash never appears in a message, a log line or a reply.
 - Sessions: a 256-bit random id, the cookie's value; only its SHA-256 is stored. A session
   lives SESSION_DAYS from its last refresh; using it refreshes it at most once an hour.
@@ -37,6 +38,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
+import os
 import re
 import secrets
 import threading
@@ -287,18 +289,35 @@ def key_hint(key: str) -> str:
 
 # --- passwords -------------------------------------------------------------------------------
 
+_HASHING_THREADS = 2  # per worker: a burst of logins queues instead of taking every core
+_hashing_pool: list = []
+
+
+def _low_priority(function: Callable, *args):
+    """Run `function` at the lowest CPU priority (Linux: nice applies to the calling thread,
+    one of the hashing pool's own), so a stream's next token never waits behind a login."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+    except (AttributeError, OSError):
+        pass
+    return function(*args)
+
+
 def _offload(function: Callable, *args):
-    """Run a CPU-heavy call that releases the GIL in gevent's thread pool when under gevent,
-    so the worker's other greenlets keep running; else call it here."""
+    """Run a CPU-heavy call that releases the GIL (argon2) in a small pool of real threads at
+    the lowest priority when under gevent, so the worker's greenlets keep running and keep
+    the CPU; else call it here."""
     try:
         from gevent import monkey
     except ImportError:
         return function(*args)
     if not monkey.is_module_patched("threading"):
         return function(*args)
-    import gevent
+    from gevent.threadpool import ThreadPool
 
-    return gevent.get_hub().threadpool.apply(function, args)
+    if not _hashing_pool or _hashing_pool[0][0] != os.getpid():  # one per process (forks)
+        _hashing_pool[:] = [(os.getpid(), ThreadPool(_HASHING_THREADS))]
+    return _hashing_pool[0][1].apply(_low_priority, (function, *args))
 
 
 def hash_password(password: str) -> str:

@@ -15,6 +15,7 @@ from .identity import caller, public_with_accounts
 from .relay import Framer, Outcome
 from .roles import MAX_ROLE_BYTES
 from .sse import encode_json, encode_text
+from .startup import health_problems
 from .validation import parse_body, validate
 
 bp = Blueprint("api", __name__)
@@ -134,9 +135,15 @@ def limits():
 
 @bp.get("/healthz")
 def healthz():
+    """Liveness, no upstream call; 503 when a folder the service writes cannot be written
+    (the start-up check, run again: gpt_proxy/startup.py)."""
     state = current_app.extensions["gpt_proxy"]
-    return jsonify({"status": "ok", "upstream": state.upstream.mode,
-                    "demo": state.config.demo, "model": state.config.openai_model})
+    problems = health_problems(state.config)
+    body = {"status": "unavailable" if problems else "ok", "upstream": state.upstream.mode,
+            "demo": state.config.demo, "model": state.config.openai_model}
+    if problems:
+        body["problems"] = problems
+    return jsonify(body), 503 if problems else 200
 
 
 def new_request_id() -> str:

@@ -1,9 +1,10 @@
-"""OpenAI chat-completion chunks -> deltas.
+"""OpenAI chat-completion chunks, and Responses API events, -> deltas.
 
-Takes decoded SSE events and yields `Delta` values: text (`content`), reasoning, and at the
-end one `done` delta with the finish reason, usage and model. Tolerant of what real upstreams
-send: role-only chunks and chunks with empty `choices` (Azure's filter results, the usage-only
-chunk) produce no text, never "undefined"; content given as a list of parts is joined. An
+`ChunkReader` takes decoded SSE events and yields `Delta` values: text (`content`), reasoning,
+and at the end one `done` delta with the finish reason, usage and model. Tolerant of what real
+upstreams send: role-only chunks and chunks with empty `choices` (Azure's filter results, the
+usage-only chunk) produce no text, never "undefined"; content given as a list of parts is
+joined. An
 `{"error": ...}` chunk or `event: error` raises `UpstreamError`; so does a stream that ends
 before both `[DONE]` and a finish reason ("upstream ended early").
 
@@ -16,6 +17,16 @@ With `raw=True` each chunk also comes out whole, as a `chunk` delta ahead of the
 from it (a `completion` delta for an upstream that answered with one completion object): its
 JSON text on one line and the parsed object, so a protocol that relays the upstream's own
 chunks (the OpenAI API) passes on every field, including ones this module does not know.
+A legacy completion's `choices[].text` is read as content too (the same reader serves
+/completions, and whole JSON answers such as embeddings, whose `usage` it keeps).
+
+`EventReader` reads a Responses API stream (`event: response.output_text.delta` ...) into the
+same deltas: output text as content, reasoning text as reasoning, `response.completed` (or
+`.incomplete`) as the end with its usage and model. With `raw=True` every event also comes out
+whole, as an `event` delta with its name, so the OpenAI door relays the stream event by event.
+An upstream's own `error` or `response.failed` event is relayed like any other and then
+ends the reply as an `error` delta (the relay records it; the framer has already passed the
+upstream's own words on).
 """
 
 from __future__ import annotations
@@ -32,12 +43,13 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Delta(NamedTuple):
-    kind: str  # "content" | "reasoning" | "done"; with raw: also "chunk" | "completion"
-    text: str = ""  # chunk/completion: the upstream's JSON text
+    kind: str  # "content" | "reasoning" | "done" | "error"; raw: "chunk" | "completion" | "event"
+    text: str = ""  # chunk/completion/event: the upstream's JSON text; error: the message
     finish_reason: str | None = None
     usage: dict | None = None
     model: str | None = None
-    chunk: dict | None = None  # chunk/completion: the parsed object
+    chunk: dict | None = None  # chunk/completion/event: the parsed object
+    event: str | None = None  # event: its name ("message" when the upstream named none)
 
 
 def text_of(value: object) -> str:
@@ -157,7 +169,10 @@ class ChunkReader:
                 reasoning = self._whole("reasoning", text_of(reasoning))
                 if reasoning:
                     out.append(Delta("reasoning", reasoning))
-            text = self._whole("content", text_of(delta.get("content")))
+            content = delta.get("content")
+            if content is None and isinstance(choice.get("text"), str):
+                content = choice["text"]  # a legacy completion
+            text = self._whole("content", text_of(content))
             if text:
                 out.append(Delta("content", text))
             finish = choice.get("finish_reason")
@@ -175,3 +190,82 @@ class ChunkReader:
         if "\ud800" <= text[-1] <= "\udbff":  # the next delta may hold its second half
             text, self._high[kind] = text[:-1], text[-1]
         return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+_END_EVENTS = ("response.completed", "response.incomplete")
+_CONTENT_EVENTS = {"response.output_text.delta": "content",
+                   "response.reasoning_text.delta": "reasoning",
+                   "response.reasoning_summary_text.delta": "reasoning"}
+
+
+class EventReader(ChunkReader):
+    """Consume the events of one Responses API stream (or one response object) and yield
+    deltas; see the module's docstring."""
+
+    def read(self, event: ServerSentEvent, whole: bool = False) -> list[Delta]:
+        data = event.data
+        if data == "[DONE]":  # not OpenAI's, but some compatible servers end so
+            out = [Delta("event", data, event=event.event)] if self.raw else []
+            out.append(self.finish())
+            return out
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            if event.event == "error":
+                raise error_from_payload(data) from None
+            raise UpstreamError(f"upstream sent a malformed event: {data[:200]!r}") from None
+        if not isinstance(obj, dict):
+            raise UpstreamError(f"upstream sent a malformed event: {data[:200]!r}")
+        if whole:
+            return self._whole_response(data, obj)
+        kind = obj.get("type")
+        out = [Delta("event", data, chunk=obj, event=event.event)] if self.raw else []
+        part = _CONTENT_EVENTS.get(kind)
+        if part is not None:
+            text = obj.get("delta")
+            text = self._whole(part, text) if isinstance(text, str) else ""
+            if text:
+                out.append(Delta(part, text))
+            return out
+        if event.event == "error" or kind in ("error", "response.failed") or obj.get("error"):
+            response = obj.get("response")
+            if isinstance(response, dict):
+                self._note(response)
+                obj = response if response.get("error") else obj
+            self.done = True
+            message = payload_message(obj) or "the upstream reported an error"
+            out.append(Delta("error", f"upstream error: {message}"[:1000], usage=self.usage,
+                             model=self.model))
+            return out
+        response = obj.get("response")
+        if isinstance(response, dict):
+            self._note(response)
+            if kind in _END_EVENTS:
+                status = response.get("status")
+                self.finish_reason = status if isinstance(status, str) and status else kind[9:]
+                out.append(self.finish())
+        return out
+
+    def _note(self, response: dict) -> None:
+        """The model and usage a response object names."""
+        model = response.get("model")
+        if isinstance(model, str) and model:
+            self.model = model
+        usage = response.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+
+    def _whole_response(self, data: str, response: dict) -> list[Delta]:
+        """One response object (`stream: false`, or an upstream that did not stream)."""
+        self._note(response)
+        out = [Delta("completion", data, chunk=response)] if self.raw else []
+        for item in response.get("output") or ():
+            if not isinstance(item, dict) or not isinstance(item.get("content"), list):
+                continue
+            for part in item["content"]:
+                if (isinstance(part, dict) and part.get("type") == "output_text"
+                        and isinstance(part.get("text"), str) and part["text"]):
+                    out.append(Delta("content", self._whole("content", part["text"])))
+        status = response.get("status")
+        self.finish_reason = status if isinstance(status, str) and status else "completed"
+        return out

@@ -3,6 +3,8 @@
     flask --app app users add|list|disable|enable|password|admin
     flask --app app keys create|list|revoke
     flask --app app invites create
+    flask --app app budgets set|list|delete
+    flask --app app usage export
 
 They work on the database DATABASE_URL names, whatever AUTH is (accounts can be made before
 AUTH=users turns them on). A password is asked without echo (twice), or read from standard
@@ -19,15 +21,18 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from .accounts import User, iso_time
+from .budgets import PERIODS, UNITS, parse_limit
 from .errors import ProxyError
 
 users_cli = AppGroup("users", help="Accounts (used with AUTH=users).")
 keys_cli = AppGroup("keys", help="API keys.")
 invites_cli = AppGroup("invites", help="Invite codes (REGISTRATION=invite).")
+budgets_cli = AppGroup("budgets", help="Budgets per key, user or the whole service.")
+usage_cli = AppGroup("usage", help="The usage ledger.")
 
 
 def register(app: Flask) -> None:
-    for group in (users_cli, keys_cli, invites_cli):
+    for group in (users_cli, keys_cli, invites_cli, budgets_cli, usage_cli):
         app.cli.add_command(group)
 
 
@@ -165,3 +170,81 @@ def invites_create(days: float) -> None:
     except ProxyError as err:
         raise _fail(err) from None
     click.echo(f"{code}\t(expires {iso_time(expires)})")
+
+
+def _budgets():
+    return current_app.extensions["gpt_proxy"].budgets
+
+
+@budgets_cli.command("set")
+@click.option("--service", "scope", flag_value="service", help="the whole service")
+@click.option("--user", "user", default=None, help="a user (name or id)")
+@click.option("--key", "key", type=int, default=None, help="an API key (its id)")
+@click.option("--unit", type=click.Choice(UNITS), required=True,
+              help="tokens, usd (the limit in dollars) or requests")
+@click.option("--period", type=click.Choice(PERIODS), required=True,
+              help="minute (rpm/tpm), day, month or total")
+@click.option("--limit", required=True, help="tokens, requests, or dollars such as 5.00")
+def budgets_set(scope: str | None, user: str | None, key: int | None, unit: str, period: str,
+                limit: str) -> None:
+    """Make a budget, or change its limit."""
+    chosen = [name for name, given in (("service", scope), ("user", user), ("key", key))
+              if given is not None]
+    if len(chosen) != 1:
+        raise click.ClickException("name one of --service, --user or --key")
+    subject = 0
+    if user is not None:
+        subject = _user(user).id
+    elif key is not None:
+        if not any(k.id == key for k in _accounts().list_keys()):
+            raise click.ClickException(f"no key with id {key}")
+        subject = key
+    try:
+        budget = _budgets().set_budget(chosen[0], subject, unit, period,
+                                       parse_limit(unit, limit))
+    except ProxyError as err:
+        raise _fail(err) from None
+    click.echo(f"budget {budget.id}: {budget.describe()}")
+
+
+@budgets_cli.command("list")
+def budgets_list() -> None:
+    """List the budgets with this period's spend."""
+    budgets = _budgets()
+    for item in budgets.standing(budgets.list_budgets()):
+        click.echo(f"{item['id']}\t{item['scope']} {item['subject_id']}\t{item['unit']}/"
+                   f"{item['period']}\tlimit {item['limit']}\tspent {item['spent']}\t"
+                   f"reserved {item['reserved']}\tleft {item['left']}\t"
+                   f"resets {item['resets_at'] or 'never'}")
+
+
+@budgets_cli.command("delete")
+@click.argument("budget_id", type=int)
+def budgets_delete(budget_id: int) -> None:
+    """Delete a budget (and its counters)."""
+    try:
+        _budgets().delete_budget(budget_id)
+    except ProxyError as err:
+        raise _fail(err) from None
+    click.echo(f"budget {budget_id} deleted")
+
+
+@usage_cli.command("export")
+@click.option("--user", default=None, help="one user's rows (name or id)")
+@click.option("--since", default=None, help="from this date (YYYY-MM-DD, UTC)")
+def usage_export(user: str | None, since: str | None) -> None:
+    """The ledger as CSV on standard output."""
+    import csv
+    import datetime as dt
+
+    budgets = _budgets()
+    start = None
+    if since:
+        try:
+            start = dt.datetime.fromisoformat(since).replace(tzinfo=dt.UTC).timestamp()
+        except ValueError:
+            raise click.ClickException("--since must be a date such as 2026-11-30") from None
+    writer = csv.writer(sys.stdout)
+    writer.writerow(budgets.LEDGER_COLUMNS)
+    for row in budgets.rows(user_id=_user(user).id if user else None, since=start):
+        writer.writerow([row[name] for name in budgets.LEDGER_COLUMNS])

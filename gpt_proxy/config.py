@@ -16,6 +16,8 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlparse
 
+from .prices import Price, PriceError, default_price, load_prices
+
 ROOT = Path(__file__).resolve().parent.parent  # relative paths in settings start here
 AZURE_API_VERSION = "2024-10-21"
 UPSTREAM_KINDS = ("openai", "azure")
@@ -47,6 +49,7 @@ class Config:
     openai_api_key: str = field(default="", repr=False)
     openai_base_url: str = "https://api.openai.com/v1"
     openai_model: str = "gpt-4o-mini"
+    openai_image_model: str = "dall-e-2"
     allowed_models: tuple[str, ...] = ()
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 120.0
@@ -80,7 +83,13 @@ class Config:
     registration: str = "closed"
     session_days: float = 30.0
     login_limit: str = "5/minute"
+    prices_file: str = ""
+    default_price: Price | None = None  # DEFAULT_PRICE: input/output USD per million tokens
+    budget_tz: str = "UTC"
+    budget_max_tokens: int = 4096
+    ledger_days: float = 400.0
     upstreams: tuple[UpstreamSpec, ...] = ()  # read from UPSTREAMS_FILE
+    prices: Mapping[str, Price] = field(default_factory=dict)  # read from PRICES_FILE
 
     def endpoints(self) -> tuple[UpstreamSpec, ...]:
         """The upstreams in the order they are tried: UPSTREAMS_FILE's, else the one of
@@ -230,6 +239,24 @@ def _database_url(value: str) -> str:
                      "sqlite:////absolute/path.db or postgresql://user:password@host:5432/name")
 
 
+def _default_price(value: str) -> Price | None:
+    try:
+        return default_price(value)
+    except PriceError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _timezone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    value = value.strip()
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("must be a time zone name such as UTC or Europe/Berlin") from None
+    return value
+
+
 def _role_name(value: str) -> str:
     value = value.strip()
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", value):
@@ -242,6 +269,7 @@ PARSERS = {
     "openai_api_key": _text,
     "openai_base_url": _url,
     "openai_model": _text,
+    "openai_image_model": _text,
     "allowed_models": _list,
     "upstream_connect_timeout": _float(0.1, 600),
     "upstream_read_timeout": _float(1, 3600),
@@ -275,6 +303,11 @@ PARSERS = {
     "registration": _choice("closed", "open", "invite"),
     "session_days": _float(0.01, 3650),
     "login_limit": _rate_limit,
+    "prices_file": _text,
+    "default_price": _default_price,
+    "budget_tz": _timezone,
+    "budget_max_tokens": _int(1, 10_000_000),
+    "ledger_days": _float(1, 36500),
 }
 
 
@@ -294,6 +327,13 @@ def load_config(environ: Mapping[str, str] | None = None, **overrides) -> Config
     config = Config(**values)
     if config.upstreams_file and "upstreams" not in overrides:
         config = config.replace(upstreams=load_upstreams(config.upstreams_file, environ))
+    if config.prices_file and "prices" not in overrides:
+        file = Path(config.prices_file)
+        try:
+            prices = load_prices(file if file.is_absolute() else ROOT / file)
+        except PriceError as exc:
+            raise ConfigError(f"PRICES_FILE={config.prices_file!r} {exc}") from None
+        config = config.replace(prices=prices)
     if "auth" not in values and config.proxy_token:  # as before AUTH existed
         config = config.replace(auth="token")
     if config.auth == "token" and not config.proxy_token:

@@ -1,5 +1,5 @@
-"""The service's own database: accounts, sessions, API keys and own roles (and, as the schema
-grows, budgets and the usage ledger). SQLAlchemy Core: the tables are defined once, here;
+"""The service's own database: accounts, sessions, API keys, own roles, budgets and the usage
+ledger. SQLAlchemy Core: the tables are defined once, here;
 queries are expressions, so the same code runs on SQLite and PostgreSQL. Knows nothing of HTTP.
 
 Rules it follows:
@@ -9,10 +9,12 @@ Rules it follows:
   goes through psycopg 3, which notices gevent's monkey-patching and waits for the server in
   the event loop (from 3.1.14 on), so a slow query never stalls the worker's other streams.
 - One engine per process, made after gunicorn's fork (the app factory runs in each worker).
-- SQLite: WAL (readers never wait for the writer), `synchronous=NORMAL`, a busy timeout, and
-  a write transaction begins IMMEDIATE: it takes the write lock at its start, so two writers
-  never deadlock upgrading a read lock halfway (SQLite would answer one of them "busy" at
-  once). A read is a plain deferred transaction and never waits.
+- SQLite: WAL (readers never wait for the writer), `synchronous=NORMAL`, and a write
+  transaction begins IMMEDIATE: it takes the write lock at its start, so two writers never
+  deadlock upgrading a read lock halfway. A writer that finds the lock taken (another worker
+  is writing) waits by sleeping in Python, a little longer each time, for at most
+  BUSY_TIMEOUT_SECONDS: SQLite's own busy handler would sleep in C and stall the worker's
+  other greenlets. A read never waits.
 - PostgreSQL: READ COMMITTED, the server's default. A conditional UPDATE (`... WHERE spent +
   reserved + :cost <= :limit`) re-checks its condition on the newest row once the row's lock
   is free, so concurrent writers cannot both pass one check.
@@ -30,7 +32,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import sqlalchemy as sa
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -126,6 +132,52 @@ own_roles = Table(
     UniqueConstraint("user_id", "keyword_key", name="own_roles_user_keyword"),
 )
 
+budgets = Table(
+    "budgets", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("scope", String(16), nullable=False),  # service | user | key
+    Column("subject_id", Integer, nullable=False),  # the user's or key's id; 0: the service
+    Column("unit", String(16), nullable=False),  # tokens | usd (in nanodollars) | requests
+    Column("period", String(16), nullable=False),  # minute | day | month | total
+    Column("amount_limit", BigInteger, nullable=False),
+    Column("created", Float, nullable=False),
+    UniqueConstraint("scope", "subject_id", "unit", "period", name="budgets_one_per_kind"),
+)
+
+budget_counters = Table(
+    "budget_counters", metadata,
+    Column("budget_id", Integer, ForeignKey("budgets.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("window_key", String(24), primary_key=True),  # the period it counts: d:2026-11-30
+    Column("spent", BigInteger, nullable=False),
+    Column("reserved", BigInteger, nullable=False),
+    Column("ends", Float),  # when the window ends (NULL: total)
+)
+
+ledger = Table(
+    "ledger", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("request_id", String(64), nullable=False),
+    Column("created", Float, nullable=False, index=True),
+    Column("finished", Float),
+    Column("user_id", Integer, index=True),
+    Column("key_id", Integer, index=True),
+    Column("door", String(32), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("role", String(64)),
+    Column("upstream", String(64)),
+    Column("prompt_tokens", BigInteger),
+    Column("completion_tokens", BigInteger),
+    Column("images", Integer),
+    Column("cost", BigInteger),  # nanodollars; NULL: the model has no price
+    Column("outcome", String(64)),
+    Column("duration_ms", Integer),
+    Column("state", String(8), nullable=False),  # open (reserved) | settled
+    Column("expires", Float),  # an open row left by a dead worker is settled after this
+    Column("holds", Text),  # JSON: what was reserved, per budget and window
+)
+sa.Index("ledger_open", ledger.c.state, ledger.c.expires)
+
 schema_version = Table("schema_version", MetaData(), Column("version", Integer, nullable=False))
 
 
@@ -184,7 +236,52 @@ def _v1_accounts(conn: Connection) -> None:
     m.create_all(conn)
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_accounts,)
+def _v2_budgets(conn: Connection) -> None:
+    """Budgets, their counters per period, and the usage ledger (issue 18)."""
+    m = MetaData()
+    Table("users", m, Column("id", Integer, primary_key=True))
+    Table("budgets", m,
+          Column("id", Integer, primary_key=True),
+          Column("scope", String(16), nullable=False),
+          Column("subject_id", Integer, nullable=False),
+          Column("unit", String(16), nullable=False),
+          Column("period", String(16), nullable=False),
+          Column("amount_limit", BigInteger, nullable=False),
+          Column("created", Float, nullable=False),
+          UniqueConstraint("scope", "subject_id", "unit", "period", name="budgets_one_per_kind"))
+    Table("budget_counters", m,
+          Column("budget_id", Integer, ForeignKey("budgets.id", ondelete="CASCADE"),
+                 primary_key=True),
+          Column("window_key", String(24), primary_key=True),
+          Column("spent", BigInteger, nullable=False),
+          Column("reserved", BigInteger, nullable=False),
+          Column("ends", Float))
+    Table("ledger", m,
+          Column("id", Integer, primary_key=True),
+          Column("request_id", String(64), nullable=False),
+          Column("created", Float, nullable=False, index=True),
+          Column("finished", Float),
+          Column("user_id", Integer, index=True),
+          Column("key_id", Integer, index=True),
+          Column("door", String(32), nullable=False),
+          Column("model", String(200), nullable=False),
+          Column("role", String(64)),
+          Column("upstream", String(64)),
+          Column("prompt_tokens", BigInteger),
+          Column("completion_tokens", BigInteger),
+          Column("images", Integer),
+          Column("cost", BigInteger),
+          Column("outcome", String(64)),
+          Column("duration_ms", Integer),
+          Column("state", String(8), nullable=False),
+          Column("expires", Float),
+          Column("holds", Text))
+    m.create_all(conn, tables=[m.tables["budgets"], m.tables["budget_counters"],
+                               m.tables["ledger"]])
+    conn.execute(sa.text("CREATE INDEX ledger_open ON ledger (state, expires)"))
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_accounts, _v2_budgets)
 VERSION = len(MIGRATIONS)
 
 
@@ -235,7 +332,7 @@ class Database:
                 self.sqlite.parent.mkdir(parents=True, exist_ok=True)
                 self.engine = sa.create_engine(
                     engine_url(url, root), pool_size=8, max_overflow=24,
-                    connect_args={"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False})
+                    connect_args={"timeout": 0, "check_same_thread": False})
                 _sqlite_setup(self.engine)
             else:
                 self.engine = sa.create_engine(
@@ -243,7 +340,6 @@ class Database:
                     connect_args={"connect_timeout": 5})
         except (OSError, ImportError, sa.exc.SQLAlchemyError, ValueError) as exc:
             raise DatabaseError(self._message("cannot be opened", exc)) from None
-        self.writer = self.engine.execution_options(gpt_proxy_write=True)
 
     def _message(self, what: str, exc: BaseException) -> str:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
@@ -256,7 +352,8 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A connection for reads (on SQLite a deferred transaction: it never waits)."""
+        """A connection for reads (on SQLite each statement reads on its own: it never
+        waits for a writer)."""
         try:
             with self.engine.connect() as conn:
                 yield conn
@@ -268,7 +365,7 @@ class Database:
         """One write transaction, committed at the end of the block (rolled back if it
         raises). On SQLite it holds the write lock from its first statement."""
         try:
-            with self.writer.begin() as conn:
+            with self._transaction() as conn:
                 yield conn
         except sa.exc.IntegrityError:
             raise  # a uniqueness conflict: the caller knows what it means
@@ -278,7 +375,7 @@ class Database:
     def migrate(self) -> int:
         """Apply the steps this database lacks; return its version."""
         try:
-            with self.writer.begin() as conn:
+            with self._transaction() as conn:
                 if self.dialect == "postgresql":
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"),
                                  {"id": MIGRATION_LOCK})
@@ -303,6 +400,52 @@ class Database:
         except (OSError, sa.exc.SQLAlchemyError) as exc:
             raise DatabaseError(self._message("cannot be migrated", exc)) from None
 
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A write transaction: SQLite's begins IMMEDIATE here (no engine event: any engine
+        listener would make SQLAlchemy dispatch events around every statement)."""
+        if self.sqlite is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self.engine.connect() as conn:
+            _when_unlocked(lambda: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    @contextmanager
+    def raw_write(self) -> Iterator[Raw]:
+        """One write transaction on the driver's own connection (from the same pool), for the
+        few statements every request runs (budgets and the ledger): SQLAlchemy's execution
+        layer costs several times what SQLite does for them. The statements are SQL text with
+        `:name` parameters, written to run on SQLite and PostgreSQL alike."""
+        try:
+            conn = self.engine.raw_connection()
+        except sa.exc.SQLAlchemyError as exc:
+            raise DatabaseError(self._message("cannot be written", exc)) from None
+        cursor = conn.cursor()
+        try:
+            if self.sqlite is not None:
+                _when_unlocked(lambda: cursor.execute("BEGIN IMMEDIATE"))
+            yield Raw(cursor, self.dialect)
+            conn.commit()
+        except BaseException as exc:
+            try:
+                conn.rollback()
+            except Exception:  # noqa: BLE001 - the first failure is the one to tell
+                pass
+            if isinstance(exc, Exception) and type(exc).__module__.split(".")[0] in (
+                    "sqlite3", "psycopg"):
+                raise DatabaseError(self._message("cannot be written", exc)) from None
+            raise
+        finally:
+            cursor.close()
+            conn.close()  # back to the pool
+
     def close(self) -> None:
         """Close every connection; the next `open_database` of this URL opens it anew."""
         with _opened_lock:
@@ -312,31 +455,74 @@ class Database:
         self.engine.dispose()
 
 
+class Raw:
+    """Statements on a driver cursor, in one transaction (see `Database.raw_write`)."""
+
+    _converted: dict[str, str] = {}
+
+    def __init__(self, cursor, dialect: str) -> None:
+        self.cursor = cursor
+        self.pyformat = dialect == "postgresql"  # psycopg: %(name)s; sqlite3 takes :name
+
+    def execute(self, sql: str, params: dict) -> list[tuple]:
+        """Run `sql`; the rows it returned (RETURNING), if any."""
+        if self.pyformat:
+            converted = self._converted.get(sql)
+            if converted is None:
+                converted = self._converted[sql] = re.sub(r"(?<!:):(\w+)", r"%(\1)s", sql)
+            sql = converted
+        self.cursor.execute(sql, params)
+        return self.cursor.fetchall() if self.cursor.description else []
+
+    @property
+    def rowcount(self) -> int:
+        return self.cursor.rowcount
+
+
+def _when_unlocked(action: Callable[[], object]):
+    """Run `action` (take SQLite's write lock, say), waiting for another process's lock to
+    go by sleeping in Python (under gevent: letting the worker's other greenlets run), never
+    in SQLite's own busy handler, which would sleep in C and hold every stream of the worker.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    pause = 0.0005
+    while True:
+        try:
+            return action()
+        except (sa.exc.OperationalError, sqlite3.OperationalError) as exc:
+            text = str(getattr(exc, "orig", exc))
+            if "locked" not in text and "busy" not in text:
+                raise
+            if time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)  # gevent's sleep under the gevent worker
+        pause = min(pause * 2, 0.02)
+
+
 def _sqlite_setup(engine: Engine) -> None:
-    """WAL, a busy timeout, foreign keys; transactions begun by us (IMMEDIATE for writes)."""
+    """WAL, a busy timeout, foreign keys; pysqlite's own transaction handling off (writes
+    begin IMMEDIATE in `Database._transaction`)."""
 
     @sa.event.listens_for(engine, "connect")
     def connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None  # pysqlite: we say when a transaction begins
         cursor = dbapi_connection.cursor()
         try:
-            mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            # a write waits for the lock in `_when_unlocked`, not here (see there); in WAL
+            # a reader does not wait for writers
+            cursor.execute("PRAGMA busy_timeout=0")
+            mode = _when_unlocked(  # another process may be making the file WAL right now
+                lambda: cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0])
             if str(mode).lower() != "wal":
                 log.warning("SQLite database: journal mode is %s, not WAL", mode)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
         finally:
             cursor.close()
 
-    @sa.event.listens_for(engine, "begin")
-    def begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get("gpt_proxy_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
 
 _opened: dict[tuple[str, int], Database] = {}
-_opened_lock = threading.Lock()
+_opened_lock = threading.RLock()  # close() may run inside open_database()
 
 
 def open_database(url: str, root: Path) -> Database:

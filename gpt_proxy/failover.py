@@ -39,7 +39,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .metrics import NoMetrics
-from .upstream import Endpoint, UpstreamStream, new_session
+from .upstream import CHAT_PATH, Endpoint, UpstreamStream, new_session
 
 TICK = 0.25  # how often a request waiting for an upstream looks at its client
 MAX_COOLDOWN = 600.0
@@ -143,8 +143,10 @@ class Upstreams:
             return ready
         return [min(ordered, key=lambda ep: self.breakers[ep.name].until)]
 
-    def open(self, payload: dict, gone: Callable[[], bool] | None = None) -> UpstreamStream:
-        """Open the reply's stream on the first upstream that answers it (see the rules)."""
+    def open(self, payload: dict, gone: Callable[[], bool] | None = None,
+             path: str = CHAT_PATH) -> UpstreamStream:
+        """Open the reply's stream (posted to `path` after each upstream's base URL) on the
+        first upstream that answers it (see the rules)."""
         model = payload.get("model", "")
         try:
             data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
@@ -174,7 +176,7 @@ class Upstreams:
                 breaker.attempt(now)
                 tried.append(endpoint.name)
                 try:
-                    stream = endpoint.open(payload, data, timeout)
+                    stream = endpoint.open(payload, data, timeout, path)
                 except ClientLeft as err:
                     err.upstream, err.tried = endpoint.name, len(tried)
                     breaker.released()

@@ -121,8 +121,9 @@ def install(app: Flask, config: Config, accounts: Accounts | None,
             protocols: tuple = ()) -> None:
     """Load the caller for every request (register after the host, origin and rate-limit
     checks: guessing credentials is rate limited too)."""
-    if config.auth == "token" and len(config.proxy_token) < 16:
-        log.warning("PROXY_TOKEN is shorter than 16 characters: easy to guess")
+    if config.auth != "open" and config.proxy_token and len(config.proxy_token) < 16:
+        logging.getLogger("gpt_proxy.security").warning(
+            "PROXY_TOKEN is shorter than 16 characters: easy to guess")
 
     def credentials(path: str) -> tuple[str, ...]:
         if path.startswith(ADMIN_PREFIX):

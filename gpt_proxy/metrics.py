@@ -42,6 +42,8 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800
 FRAMINGS = {"text/event-stream": "sse", "text/plain": "text", "application/json": "json",
             "application/octet-stream": "ndjson"}
 OTHER = "other"
+IMAGE_SIZES = frozenset(("256x256", "512x512", "1024x1024", "1024x1536", "1536x1024",
+                         "1792x1024", "1024x1792", "auto"))
 _running = threading.local()  # the updates queued behind the one running on this thread
 
 
@@ -115,9 +117,19 @@ class Metrics:
             multiprocess_mode="livemax")
         self.rate_limited = Counter(
             "gpt_proxy_rate_limited", "Requests refused by RATE_LIMIT", ["route"], registry=r)
+        self.images = Counter(
+            "gpt_proxy_images", "Images the upstream made, by model and size (a size outside "
+            "the usual ones is `other`)", ["model", "size"], registry=r)
         self.heartbeats = Counter(
             "gpt_proxy_heartbeats", "Heartbeat comments sent while an upstream was silent",
             ["protocol"], registry=r)
+        self.budget_refusals = Counter(
+            "gpt_proxy_budget_refusals", "Requests refused for want of budget, by the budget's "
+            "kind (scope.unit.period: key.tokens.day, user.usd.month, ...)", ["budget"],
+            registry=r)
+        self.holds_open = Gauge(
+            "gpt_proxy_budget_reservations_open", "Budget reservations not yet settled "
+            "(replies under way)", registry=r, multiprocess_mode="livesum")
 
     # --- labels -------------------------------------------------------------------------
 
@@ -164,9 +176,17 @@ class Metrics:
         chars = outcome.chars
         if chars:
             of(self.characters, model, role).inc(chars)
-        usage = outcome.usage if isinstance(outcome.usage, dict) else {}
-        for kind in ("prompt", "completion"):
-            count = usage.get(f"{kind}_tokens")
+        measured = outcome.measured  # pipeline.Usage, read by the reply's operation
+        if measured is not None:
+            counts = (("prompt", measured.input_tokens), ("completion", measured.output_tokens))
+            if measured.images:
+                size = measured.image_size if measured.image_size in IMAGE_SIZES else OTHER
+                of(self.images, model, size).inc(measured.images)
+        else:
+            usage = outcome.usage if isinstance(outcome.usage, dict) else {}
+            counts = (("prompt", usage.get("prompt_tokens")),
+                      ("completion", usage.get("completion_tokens")))
+        for kind, count in counts:
             if isinstance(count, int) and not isinstance(count, bool) and count > 0:
                 of(self.tokens, model, role, kind).inc(count)
         if error is not None and not outcome.client_left and error.code.startswith("upstream"):
@@ -191,6 +211,14 @@ class Metrics:
     def refused_by_rate_limit(self, route: str) -> None:
         self.rate_limited.labels(route).inc()
 
+    @_one_at_a_time
+    def budget_refused(self, kind: str) -> None:
+        self._of(self.budget_refusals, kind).inc()
+
+    @_one_at_a_time
+    def holds_changed(self, delta: int) -> None:
+        self.holds_open.inc(delta)
+
     # --- exposition ---------------------------------------------------------------------
 
     @_one_at_a_time  # reading takes the same locks (a single process's registry)
@@ -213,4 +241,4 @@ class NoMetrics:
         pass
 
     answered = stream_started = stream_ended = upstream_failed = breaker = _nothing
-    refused_by_rate_limit = _nothing
+    refused_by_rate_limit = budget_refused = holds_changed = _nothing

@@ -1,6 +1,7 @@
-"""The OpenAI API: GET /v1/models and POST /v1/chat/completions, for the clients people already
-run (the openai SDKs, LangChain, chat UIs, editor plugins): base URL `http://host:7345/v1`,
-API key = PROXY_TOKEN.
+"""The OpenAI API: GET /v1/models, POST /v1/chat/completions, and through the same pipeline
+POST /v1/embeddings, /v1/images/generations, /v1/responses and /v1/completions (legacy), for
+the clients people already run (the openai SDKs, LangChain, chat UIs, editor plugins, agent
+tools): base URL `http://host:7345/v1`, API key = PROXY_TOKEN.
 
 - Models are the ones a request may name (ALLOWED_MODELS, else OPENAI_MODEL and the models
   the upstreams in UPSTREAMS_FILE name) plus one `role:<name>` per role template: that
@@ -21,6 +22,18 @@ API key = PROXY_TOKEN.
 - Errors before the first byte: `{"error": {"message", "type", "param", "code"}}` with the
   statuses of /api/gpt/get, except that a model or role this service does not serve is a 404
   (`model_not_found`), as OpenAI answers; the SDKs raise their typed exceptions from these.
+- The other operations (`operations`): the client's body is passed upstream as it is, after
+  the same checks (the model allow-list, MAX_BODY_BYTES, MAX_TOKENS_CEILING on
+  `max_output_tokens` and legacy `max_tokens`, each operation's own required fields and
+  bounds); a request that names no model gets OPENAI_MODEL (OPENAI_IMAGE_MODEL for images;
+  embeddings must name one); `role:<name>` models are for chat completions only. Whole
+  answers are the upstream's bytes. A Responses stream is relayed event by event, each with
+  its own event name and data as the upstream sent them, in their order; a failure after the
+  first byte is one `event: error` in the Responses shape (`type`, `code`, `message`,
+  `param`, `sequence_number`) that also carries `error`, on which the SDKs raise. Legacy
+  completions stream like chat (their chunks, then `data: [DONE]`). Images and embeddings do
+  not stream here. An image answer with a URL that is neither http(s) nor a `data:` image is
+  refused (`images`).
 """
 
 from __future__ import annotations
@@ -32,11 +45,13 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from . import pipeline
 from .accounts import keyword_ok
 from .chunks import Delta, text_of
-from .errors import BadRequest, NotFound, PayloadTooLarge, ProxyError
+from .errors import BadRequest, ClientLeft, NotFound, PayloadTooLarge, ProxyError, UpstreamError
 from .identity import caller
+from .images import MAX_PROMPT_CHARS
+from .operations import CHAT, COMPLETIONS, EMBEDDINGS, IMAGES, RESPONSES, Operation
 from .relay import Framer, Outcome
 from .roles import DEFAULT_ROLE, ROLE_NAME
-from .sse import encode_json
+from .sse import encode, encode_json
 from .validation import parse_body
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -71,11 +86,16 @@ def error_body(err: ProxyError) -> dict:
         message = (f"{request.path[:200]} is not served here: the OpenAI API is under /v1, so "
                    f"the base URL to give a client is {request.host_url[:200]}v1")
     elif err.code == "not_found":  # no route: say what is served here
-        message = (f"{request.path[:200]} is not served here; this service serves "
-                   "GET /v1/models and POST /v1/chat/completions")
+        message = (f"{request.path[:200]} is not served here; this service serves GET "
+                   "/v1/models and POST /v1/chat/completions, /v1/responses, /v1/embeddings, "
+                   "/v1/images/generations and /v1/completions")
     code = "invalid_api_key" if err.status == 401 else err.code  # what the SDKs and UIs know
-    return {"error": {"message": message, "type": error_type(err.status), "param": param,
-                      "code": code}}
+    kind = error_type(err.status)
+    if err.code == "budget_exceeded":  # OpenAI's out-of-credit answer: RateLimitError
+        kind = code = "insufficient_quota"
+    elif err.code == "rate_limit_exceeded":  # rpm / tpm, as OpenAI names them
+        kind = getattr(err, "unit", None) or "requests"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def error_response(err: ProxyError):
@@ -134,11 +154,11 @@ def get_model(model_id: str):
 
 # --- chat completions -----------------------------------------------------------------------
 
-def _check_tokens(body: dict, config) -> dict:
-    """max_tokens / max_completion_tokens within MAX_TOKENS_CEILING; the ceiling is sent as
-    max_tokens (understood by every OpenAI-compatible API) when neither is given."""
+def _check_tokens(body: dict, config, fields: tuple[str, ...] = CHAT.token_fields) -> dict:
+    """The token fields within MAX_TOKENS_CEILING; the ceiling is sent as the first of them
+    (chat: max_tokens, understood by every OpenAI-compatible API) when none is given."""
     given = False
-    for name in ("max_tokens", "max_completion_tokens"):
+    for name in fields:
         value = body.get(name)
         if value is None:
             continue
@@ -148,8 +168,8 @@ def _check_tokens(body: dict, config) -> dict:
         if config.max_tokens_ceiling and value > config.max_tokens_ceiling:
             raise BadRequest(f"'{name}' may be at most {config.max_tokens_ceiling} here",
                              field=name)
-    if not given and config.max_tokens_ceiling:
-        return {"max_tokens": config.max_tokens_ceiling}
+    if not given and config.max_tokens_ceiling and fields:
+        return {fields[0]: config.max_tokens_ceiling}
     return {}
 
 
@@ -196,8 +216,8 @@ def _lone_surrogate(value: object, path: str) -> str | None:
     return None
 
 
-def parse_request(raw: bytes, config, roles, upstream) -> tuple[pipeline.Turn, bool]:
-    """The request body -> the shared `Turn`, and whether the client asked for usage."""
+def _body(raw: bytes) -> dict:
+    """The JSON object of a request, every string in it writable as UTF-8."""
     body = parse_body(raw)
     if _SURROGATE.search(raw):
         where = _lone_surrogate(body, "")
@@ -205,6 +225,12 @@ def parse_request(raw: bytes, config, roles, upstream) -> tuple[pipeline.Turn, b
             where = where.lstrip(".")
             raise BadRequest(f"'{where}' holds an invalid character (a lone UTF-16 surrogate)",
                              field=where)
+    return body
+
+
+def parse_request(raw: bytes, config, roles, upstream) -> tuple[pipeline.Turn, bool]:
+    """The request body -> the shared `Turn`, and whether the client asked for usage."""
+    body = _body(raw)
     model = body.get("model", config.openai_model)
     if not isinstance(model, str) or not model.strip() or len(model) > 200:
         raise BadRequest("'model' must be a non-empty string of at most 200 characters",
@@ -263,13 +289,15 @@ def chat_completions():
 
 class ChunkFramer(Framer):
     """The upstream's chunks as `data:` lines, `data: [DONE]` at the end, errors as one
-    `data: {"error": ...}` event; the usage chunk only for a client that asked for it."""
+    `data: {"error": ...}` event; the usage chunk only for a client that asked for it
+    (`legacy`: legacy completions, whose whole answer has the shape of a chunk)."""
 
     raw = True
     opening = b": ok\n\n"  # the headers go out now: the client knows it was accepted
 
-    def __init__(self, wants_usage: bool) -> None:
+    def __init__(self, wants_usage: bool, legacy: bool = False) -> None:
         self.wants_usage = wants_usage
+        self.legacy = legacy
 
     def delta(self, d: Delta) -> bytes:
         kind = d.kind
@@ -281,12 +309,233 @@ class ChunkFramer(Framer):
         if kind == "done":
             return b"data: [DONE]\n\n"
         if kind == "completion":  # the upstream ignored stream: true
-            return encode_json(chunk_from_completion(d.chunk))
+            return encode_json(d.chunk if self.legacy else chunk_from_completion(d.chunk))
         return b""
 
     def error(self, err: ProxyError, outcome: Outcome) -> bytes:
-        return encode_json({"error": {"message": err.message, "type": error_type(err.status),
-                                      "code": err.code}})
+        return encode_json({"error": stream_error(err)})
+
+
+def stream_error(err: ProxyError) -> dict:
+    """A failure after the first byte, as OpenAI's streams carry one (the SDKs raise on it)."""
+    return {"message": err.message, "type": error_type(err.status), "code": err.code}
+
+
+# --- the other operations -------------------------------------------------------------------
+
+def _model(body: dict, operation: Operation, config, upstream) -> str:
+    """The model an operation's request asks for: named, else the operation's default; one
+    the allow-list and the upstreams serve (else 404, as for chat)."""
+    model = body.get("model")
+    if model is None:
+        if operation.model_setting is None:
+            raise BadRequest(f"'model' is required for /v1{operation.path}", field="model")
+        model = getattr(config, operation.model_setting)
+    if not isinstance(model, str) or not model.strip() or len(model) > 200:
+        raise BadRequest("'model' must be a non-empty string of at most 200 characters",
+                         field="model")
+    if model.startswith(ROLE_PREFIX):
+        raise NotFound(f"the model {model[:200]!r} does not exist for /v1{operation.path}: "
+                       "role models (role:<name>) are served by /v1/chat/completions only",
+                       code="model_not_found", field="model")
+    if config.allowed_models and model not in config.allowed_models or not upstream.serves(model):
+        raise _unknown_model(model)
+    return model
+
+
+def _flag(body: dict, name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{name}' must be true or false", field=name)
+    return value
+
+
+def _check_embeddings(body: dict) -> None:
+    """`input`: a string, or up to MAX_EMBEDDING_INPUTS strings or token arrays; none empty."""
+    value = body.get("input")
+    one = True
+    if isinstance(value, str):
+        value = [value]
+    elif not isinstance(value, list) or not value:
+        raise BadRequest("'input' must be a non-empty string, or a non-empty array of strings "
+                         "or of token arrays", field="input")
+    elif all(isinstance(item, int) and not isinstance(item, bool) for item in value):
+        value = [value]  # one token array
+    else:
+        one = False
+    if len(value) > MAX_EMBEDDING_INPUTS:
+        raise PayloadTooLarge(f"'input' has {len(value)} items; at most "
+                              f"{MAX_EMBEDDING_INPUTS} are accepted", field="input")
+    for i, item in enumerate(value):
+        where = "input" if one else f"input[{i}]"
+        if isinstance(item, str):
+            if not item:
+                raise BadRequest(f"'{where}' is empty", field=where)
+        elif not (isinstance(item, list) and item and all(
+                isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in item)):
+            raise BadRequest(f"'{where}' must be a non-empty string or an array of token ids",
+                             field=where)
+    encoding = body.get("encoding_format")
+    if encoding is not None and encoding not in ("float", "base64"):
+        raise BadRequest("'encoding_format' must be 'float' or 'base64'", field="encoding_format")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
+                                   or dimensions < 1):
+        raise BadRequest("'dimensions' must be a positive integer", field="dimensions")
+
+
+def _check_images(body: dict) -> None:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise BadRequest("'prompt' is required: describe the image", field="prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise BadRequest(f"'prompt' is {len(prompt)} characters long; at most "
+                         f"{MAX_PROMPT_CHARS} are accepted", field="prompt")
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10):
+        raise BadRequest("'n' must be an integer from 1 to 10", field="n")
+    size = body.get("size")
+    if size is not None and not (isinstance(size, str) and _SIZE.fullmatch(size)):
+        raise BadRequest("'size' must look like 1024x1024 (or be 'auto')", field="size")
+    form = body.get("response_format")
+    if form is not None and form not in ("url", "b64_json"):
+        raise BadRequest("'response_format' must be 'url' or 'b64_json'", field="response_format")
+
+
+def _check_responses(body: dict) -> None:
+    value = body.get("input")
+    if value is not None and not isinstance(value, (str, list)):
+        raise BadRequest("'input' must be a string or an array of input items", field="input")
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise BadRequest("'instructions' must be a string", field="instructions")
+
+
+def _check_completions(body: dict) -> None:
+    prompt = body.get("prompt")
+    if not (isinstance(prompt, str) and prompt or isinstance(prompt, list) and prompt):
+        raise BadRequest("'prompt' is required: a string, or an array of strings or tokens",
+                         field="prompt")
+
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's own limit on one embeddings request
+_SIZE = re.compile(r"\d{2,5}x\d{2,5}|auto")
+_CHECKS = {EMBEDDINGS: _check_embeddings, IMAGES: _check_images, RESPONSES: _check_responses,
+           COMPLETIONS: _check_completions}
+
+
+def parse_operation(raw: bytes, operation: Operation, config, upstream
+                    ) -> tuple[pipeline.Turn, bool]:
+    """An operation's request body -> the shared `Turn` (its body passed on as it is, with
+    the model resolved and the token ceiling applied), and whether the client asked a stream
+    for its usage. Every bad field is a 4xx naming it, before the upstream is asked."""
+    body = _body(raw)
+    model = _model(body, operation, config, upstream)
+    stream = _flag(body, "stream")
+    if stream and not operation.streams:
+        raise BadRequest(f"'stream' is not supported for /v1{operation.path} here: ask for one "
+                         "whole answer", field="stream")
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise BadRequest("'stream_options' must be an object", field="stream_options")
+    _CHECKS[operation](body)
+    options = {key: value for key, value in body.items() if key != "model"}
+    options.update(_check_tokens(body, config, operation.token_fields))
+    prompt = body.get("prompt", body.get("input"))
+    turn = pipeline.Turn("openai", SSE if stream else JSON, [], model, options=options,
+                         stream=stream, last_from_user=False, operation=operation,
+                         log_text=prompt if isinstance(prompt, str) else None)
+    wants_usage = bool(stream_options and stream_options.get("include_usage") is True)
+    return turn, wants_usage
+
+
+def _run(operation: Operation, framer: Framer | None = None):
+    """Parse, open through the pipeline, relay: a stream, or the upstream's whole answer."""
+    state = current_app.extensions["gpt_proxy"]
+    turn, wants_usage = parse_operation(pipeline.read_body(state.config), operation,
+                                        state.config, state.upstream)
+    relay = pipeline.start(turn)
+    if turn.stream:
+        if framer is None:
+            framer = ChunkFramer(wants_usage, legacy=operation is COMPLETIONS)
+        return pipeline.stream_response(relay.frames(framer), SSE)
+    outcome = relay.collect(raw=True)
+    if outcome.error is not None:
+        raise outcome.error
+    if outcome.client_left:
+        raise ClientLeft("the client left before the answer was whole")
+    chunks = outcome.chunks
+    if len(chunks) == 1 and chunks[0].kind == "completion":
+        return Response(chunks[0].text, mimetype=JSON)  # as the upstream sent it
+    if operation is COMPLETIONS:
+        return jsonify(completion_from_chunks(chunks, legacy=True))
+    if operation is RESPONSES:  # it streamed anyway: its last response object is the answer
+        for d in reversed(chunks):
+            response = d.chunk.get("response") if d.chunk else None
+            if isinstance(response, dict) and d.chunk.get("type") in (
+                    "response.completed", "response.incomplete"):
+                return jsonify(response)
+    raise UpstreamError(f"the upstream answered /v1{operation.path} with an event stream, "
+                        "not one JSON object")
+
+
+@bp.post("/embeddings")
+def embeddings():
+    return _run(EMBEDDINGS)
+
+
+@bp.post("/images/generations")
+def images_generations():
+    return _run(IMAGES)
+
+
+@bp.post("/responses")
+def responses():
+    return _run(RESPONSES, EventFramer())
+
+
+@bp.post("/completions")
+def completions():
+    return _run(COMPLETIONS)
+
+
+class EventFramer(Framer):
+    """A Responses stream as the upstream sent it: each event with its own name and data, in
+    order. Our own failure after the first byte is one `error` event in the Responses shape
+    that also carries `error` (the SDKs raise on it); after the upstream's own error or
+    `response.failed` event, relayed already, nothing more is added."""
+
+    raw = True
+    opening = b": ok\n\n"
+
+    def __init__(self) -> None:
+        self.sequence = -1  # the last sequence_number the upstream sent
+        self.failed = False
+
+    def delta(self, d: Delta) -> bytes:
+        kind = d.kind
+        if kind == "event":
+            number = d.chunk.get("sequence_number") if d.chunk is not None else None
+            if isinstance(number, int):
+                self.sequence = number
+            return encode(d.text, None if d.event == "message" else d.event)
+        if kind == "error":
+            self.failed = True
+        elif kind == "completion":  # the upstream answered one response object to a stream
+            self.sequence += 1
+            return encode_json({"type": "response.completed", "sequence_number": self.sequence,
+                                "response": d.chunk}, "response.completed")
+        return b""
+
+    def error(self, err: ProxyError, outcome: Outcome) -> bytes:
+        if self.failed:
+            return b""
+        self.sequence += 1
+        return encode_json({"type": "error", "code": err.code, "message": err.message,
+                            "param": None, "sequence_number": self.sequence,
+                            "error": stream_error(err)}, "error")
 
 
 # --- completion <-> chunks ------------------------------------------------------------------
@@ -324,8 +573,9 @@ def _merge(target: dict, delta: dict) -> None:
             target[key] = value
 
 
-def completion_from_chunks(chunks: list[Delta]) -> dict:
-    """One `chat.completion` object from a streamed reply's chunks."""
+def completion_from_chunks(chunks: list[Delta], legacy: bool = False) -> dict:
+    """One `chat.completion` object from a streamed reply's chunks (`legacy`: one
+    `text_completion` object, from a legacy completion's)."""
     top: dict = {}
     choices: dict[int, dict] = {}
     usage = None
@@ -337,11 +587,14 @@ def completion_from_chunks(chunks: list[Delta]) -> dict:
                         continue
                     index = choice.get("index", 0)
                     slot = choices.setdefault(index, {
+                        "index": index, "text": ""} if legacy else {
                         "index": index, "message": {"role": "assistant", "content": None},
                         "logprobs": None, "finish_reason": None})
                     for name, item in choice.items():
                         if name == "delta" and isinstance(item, dict):
                             _merge(slot["message"], item)
+                        elif legacy and name == "text" and isinstance(item, str):
+                            slot["text"] += item
                         elif name != "index":
                             _merge(slot, {name: item})
             elif key == "usage":
@@ -349,9 +602,10 @@ def completion_from_chunks(chunks: list[Delta]) -> dict:
             elif key != "object" and (value is not None or key not in top):
                 top[key] = value
     for slot in choices.values():
-        for call in slot["message"].get("tool_calls") or ():
+        for call in slot.get("message", {}).get("tool_calls") or ():
             call.pop("index", None)
-    completion = {"id": top.pop("id", None), "object": "chat.completion",
+    completion = {"id": top.pop("id", None),
+                  "object": "text_completion" if legacy else "chat.completion",
                   "created": top.pop("created", None), "model": top.pop("model", None),
                   "choices": [choices[i] for i in sorted(choices, key=_index_order)],
                   "usage": usage}

@@ -1,14 +1,21 @@
 """The one pipeline behind every client protocol: a parsed request in, a running relay out.
 
-Each protocol module (`api` for /api/gpt/get, `openai_api` for /v1) parses its own request
-into a `Turn`, the value this module takes; from there everything is shared: the role
-template and the history budget (`payload`), the upstream request, the relay with its
-heartbeats and cancellation, and the access line written when the reply ends (`start`).
-The protocol then frames the relay's deltas in its own shape and shapes its own errors.
+Each protocol module (`api` for /api/gpt/get, `openai_api` for /v1, `chat_process`,
+`user_protocol`) parses its own request into a `Turn`, the value this module takes; from there
+everything is shared: the role template and the history budget (`payload`), the upstream
+request with failover, the relay with its heartbeats and cancellation, and the access line
+and metrics written when the reply ends (`start`). The protocol then frames the relay's
+deltas in its own shape and shapes its own errors.
+
+A turn names its upstream operation (`operations`: chat completions by default, or
+embeddings, images, the Responses API, legacy completions); what differs between them is
+that small description, never a second path: every operation opens its upstream in `start`,
+and only there.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -17,9 +24,11 @@ from dataclasses import dataclass, field, replace
 from flask import Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from .budgets import IMAGE_TOKENS, Ask, Hold, Spent
 from .config import Config
 from .errors import PayloadTooLarge, ProxyError, UnknownRole
 from .identity import Caller, caller
+from .operations import CHAT, Operation, Usage
 from .relay import Outcome, Relay, client_watcher
 from .roles import DEFAULT_ROLE, ROLE_NAME, Role, assemble_messages
 from .security import loggable
@@ -44,6 +53,7 @@ class Turn:
     last_from_user: bool = True  # the conversation must end with the user's message
     log_text: str | None = None  # the user's message for the access line (LOG_CONTENT)
     log_fields: Mapping[str, object] = field(default_factory=dict)  # more `name=value` for it
+    operation: Operation = CHAT  # what is asked of the upstream (not chat: `options` is the body)
 
     @property
     def whole(self) -> bool:
@@ -144,22 +154,26 @@ def find_role(name: str, caller: Caller) -> Role | OwnRole:
     return state.roles.get(name)
 
 
-def payload(turn: Turn, role: Role | OwnRole, config: Config) -> dict:
-    """The upstream request body: role messages, system text and the history within its
-    budget, the protocol's other fields as they are; streams report their usage. A
-    conversation that already opens with an own role's messages (the GPT Terminal page puts
-    them there itself) gets them once, not twice."""
-    head = role.render()
-    history = turn.history
-    if isinstance(role, OwnRole) and len(history) > len(head) and all(
-            m.get("role") == h["role"] and m.get("content") == h["content"]
-            for m, h in zip(history, head, strict=False)):
-        history = history[len(head):]
-    messages = assemble_messages(head, history, system=turn.system,
-                                 max_chars=config.max_history_chars,
-                                 last_from_user=turn.last_from_user)
-    body = {**turn.options, "model": turn.model, "messages": messages, "stream": turn.stream}
-    if turn.stream:
+def payload(turn: Turn, role: Role | OwnRole | None, config: Config) -> dict:
+    """The upstream request body. Chat: role messages, system text and the history within its
+    budget, the protocol's other fields as they are; a conversation that already opens with
+    an own role's messages (the GPT Terminal page puts them there itself) gets them once, not
+    twice. Any other operation: the client's body as its door checked it, with the model
+    resolved. Streams report their usage."""
+    if turn.operation.chat:
+        head = role.render()
+        history = turn.history
+        if isinstance(role, OwnRole) and len(history) > len(head) and all(
+                m.get("role") == h["role"] and m.get("content") == h["content"]
+                for m, h in zip(history, head, strict=False)):
+            history = history[len(head):]
+        messages = assemble_messages(head, history, system=turn.system,
+                                     max_chars=config.max_history_chars,
+                                     last_from_user=turn.last_from_user)
+        body = {**turn.options, "model": turn.model, "messages": messages, "stream": turn.stream}
+    else:
+        body = {**turn.options, "model": turn.model}
+    if turn.stream and turn.operation.stream_usage:
         options = turn.options.get("stream_options")
         body["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                   "include_usage": True}
@@ -172,10 +186,13 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
     state = current_app.extensions["gpt_proxy"]
     config = state.config
     who = caller()
-    role = find_role(turn.role, who)
-    role_model = turn.model is None and role.model is not None
+    operation = turn.operation
+    role, role_model = None, False
+    if operation.chat:
+        role = find_role(turn.role, who)
+        role_model = turn.model is None and role.model is not None
     if turn.model is None:  # the request named no model: the role's, else the default
-        turn = replace(turn, model=role.model or config.openai_model)
+        turn = replace(turn, model=role and role.model or config.openai_model)
     if not who.may_use(turn.model):
         raise ProxyError(f"this API key may not use model {turn.model[:200]!r} (it may use: "
                          f"{', '.join(who.key.models)})", status=403,
@@ -183,11 +200,17 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
     g.chat = {"role": turn.role, "model": turn.model, "framing": turn.framing,
               "protocol": turn.protocol}
     body = payload(turn, role, config)
+    hold = admit(body, turn, who)
     gone = client_watcher(request.environ)
+    # Every operation of every door opens its upstream here and nowhere else: the place for
+    # a step that must come first (admission: `operation.asked(body)` is the most it may use).
     try:
-        stream = state.upstream.open(body, gone)
-    except ProxyError as err:  # for the access line of this error
-        g.chat["upstream"], g.chat["tried"] = getattr(err, "upstream", "-"), getattr(err, "tried", 0)
+        stream = state.upstream.open(body, gone, operation.path)
+    except BaseException as err:
+        state.budgets.settle(hold, Spent(outcome="failed"))  # nothing was relayed
+        if isinstance(err, ProxyError):  # for the access line of this error
+            g.chat["upstream"] = getattr(err, "upstream", "-")
+            g.chat["tried"] = getattr(err, "tried", 0)
         raise
     started = g.get("started") or time.monotonic()
     write_line = access_logger(request.environ, g.get("request_id", "-"), started,
@@ -198,9 +221,12 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
 
     def closed(outcome: Outcome) -> None:
         try:
+            outcome.measured = measure(operation, outcome, body)
             if on_close is not None:
                 on_close(outcome)
         finally:
+            state.budgets.settle(hold, spent(outcome, hold.ask,
+                                             getattr(stream, "upstream", "demo")))
             write_line(outcome)
             metrics.stream_ended(route=route, protocol=turn.protocol, framing=turn.framing,
                                  model=turn.model, outcome=outcome,
@@ -208,8 +234,90 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
                                  started=started, upstream=getattr(stream, "upstream", "demo"),
                                  role_model=role_model)
     return Relay(stream, heartbeat=config.heartbeat_seconds,
-                 max_event_bytes=config.max_event_bytes, client_gone=gone,
-                 max_seconds=config.max_stream_seconds, on_close=closed)
+                 max_event_bytes=max(config.max_event_bytes, operation.max_answer_bytes),
+                 client_gone=gone, max_seconds=config.max_stream_seconds, on_close=closed,
+                 reader_type=operation.reader_type)
+
+
+def measure(operation: Operation, outcome: Outcome, body: dict) -> Usage:
+    """What the reply used, as its operation reads it; never raises (a strange answer is an
+    unknown usage, not a failed close)."""
+    try:
+        return operation.usage(outcome, body)
+    except Exception:  # noqa: BLE001 - the access line and the relay's close must still run
+        logging.getLogger("gpt_proxy").exception("reading the usage of a %s reply failed",
+                                                 operation.name)
+        return Usage()
+
+
+def admit(body: dict, turn: Turn, who: Caller) -> Hold:
+    """Reserve the request's worst case against the caller's budgets (see `budgets`): the
+    prompt's bound, and what the operation says it may make (`Operation.asked`: tokens, or
+    images). A request that could make any number of tokens, under a budget, is first given a
+    bound (its operation's first token field: MAX_TOKENS_CEILING, else BUDGET_MAX_TOKENS)."""
+    state = current_app.extensions["gpt_proxy"]
+    operation = turn.operation
+    asked = operation.asked(body)
+    output = asked.output_tokens
+    if (output is None and operation.token_fields
+            and state.budgets.applying(who.user_id, who.key_id)):
+        output = body[operation.token_fields[0]] = (state.config.max_tokens_ceiling
+                                                    or state.config.budget_max_tokens)
+    choices = body.get("n") if operation.chat and _count(body.get("n")) else 1
+    hold = state.budgets.admit(Ask(
+        model=turn.model, prompt_tokens=prompt_bound(body),
+        completion_tokens=(output or 0) * max(choices, 1), door=turn.protocol,
+        request_id=g.get("request_id", "-"), role=turn.role if operation.chat else None,
+        images=asked.images, image_size=asked.image_size), who.user_id, who.key_id)
+    g.budget_hold = hold
+    return hold
+
+
+_IMAGE_PARTS = ("image_url", "input_image", "image")
+
+
+def prompt_bound(body: dict) -> int:
+    """At least the prompt's tokens: the bytes of the JSON sent upstream (a token is never
+    shorter than one byte of UTF-8), each image part counted as IMAGE_TOKENS instead."""
+    images = 0
+
+    def without_images(value):
+        nonlocal images
+        if isinstance(value, dict):
+            if value.get("type") in _IMAGE_PARTS:
+                images += 1
+                return None
+            return {key: without_images(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [without_images(item) for item in value]
+        return value
+    data = json.dumps(without_images(body), ensure_ascii=False).encode("utf-8", "replace")
+    return len(data) + images * IMAGE_TOKENS
+
+
+def spent(outcome: Outcome, ask: Ask, upstream: str) -> Spent:
+    """What a relayed reply came to: the usage the upstream reported (as its operation reads
+    it); without it (the client left, the upstream broke off or sent none) the prompt's bound
+    plus one token per text chunk relayed."""
+    measured = getattr(outcome, "measured", None) or Usage()
+    result = ("client_left" if outcome.client_left else
+              f"error:{outcome.error.code}" if outcome.error is not None else "ok")
+    usage = outcome.usage if isinstance(outcome.usage, dict) else {}
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    cached = cached if _count(cached) else 0
+    if measured.input_tokens is not None and (measured.output_tokens is not None
+                                               or ask.completion_tokens == 0):
+        return Spent(measured.input_tokens, measured.output_tokens or 0, cached,
+                     images=measured.images, outcome=result, upstream=upstream)
+    if measured.images:  # images counted from the answer; no token usage reported
+        return Spent(0, 0, images=measured.images, outcome=result, upstream=upstream)
+    return Spent(ask.prompt_tokens, len(outcome.content) + len(outcome.reasoning),
+                 outcome=result + ("" if result != "ok" else ":no_usage"), upstream=upstream)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def stream_response(frames, mimetype: str) -> Response:
@@ -236,13 +344,15 @@ def access_logger(environ: dict, request_id: str, started: float | None, turn: T
         now = time.monotonic()
         ttft = (f"{(outcome.first_token_at - started) * 1000:.0f}ms"
                 if outcome.first_token_at else "-")
-        usage = outcome.usage if isinstance(outcome.usage, dict) else {}
+        usage = outcome.measured if isinstance(outcome.measured, Usage) else Usage()
         error = outcome.error
         status = error.status if (error is not None and turn.whole) else 200
         result = ("client_left" if outcome.client_left else
                   f"error:{error.code}" if error is not None else "ok")
         extra = "".join(f" {name}={loggable(value, 100)}"
                         for name, value in turn.log_fields.items())
+        if usage.images:
+            extra += f" images={usage.images} size={loggable(usage.image_size or '-', 20)}"
         extra += f" content={loggable(content, 2000)}" if content else ""
         log.info("request id=%s client=%s method=POST path=%s status=%d protocol=%s role=%s "
                  "model=%s upstream=%s tried=%d framing=%s result=%s ttft=%s duration=%.0fms "
@@ -250,6 +360,6 @@ def access_logger(environ: dict, request_id: str, started: float | None, turn: T
                  loggable(environ.get("PATH_INFO", "-")), status, turn.protocol,
                  loggable(turn.role), loggable(turn.model), upstream, tried, turn.framing,
                  loggable(result, 60), ttft, (now - started) * 1000, outcome.chars,
-                 loggable(usage.get("prompt_tokens", "-"), 20),
-                 loggable(usage.get("completion_tokens", "-"), 20), extra)
+                 "-" if usage.input_tokens is None else usage.input_tokens,
+                 "-" if usage.output_tokens is None else usage.output_tokens, extra)
     return write

@@ -9,7 +9,9 @@ upstream in `finally`.
 
 It knows nothing of client protocols: each protocol hands it a `Framer` (its bytes for a
 batch of deltas, an error, a heartbeat), and a framer that relays the upstream's own chunks
-says so with `raw`.
+says so with `raw`. Nor of upstream operations: the pipeline hands it the reader that turns
+the upstream's events into deltas (`ChunkReader` for completions, `EventReader` for the
+Responses API).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Outcome:
     client_left: bool = False
     chunks: list[Delta] = field(default_factory=list)  # the upstream's own, when collected raw
     heartbeats: int = 0  # pings sent while the upstream was silent
+    measured: object = None  # what the reply used, as its operation reads it (pipeline sets it)
 
     @property
     def chars(self) -> int:
@@ -54,12 +57,13 @@ class Outcome:
         return sum(map(len, self.content))
 
 
-def read_deltas(stream, max_event_bytes: int, raw: bool = False) -> Iterator[list[Delta] | None]:
+def read_deltas(stream, max_event_bytes: int, raw: bool = False,
+                reader_type: type[ChunkReader] = ChunkReader) -> Iterator[list[Delta] | None]:
     """The upstream's deltas, a batch per network read (one read often holds several chunks),
     or None for a read that brought none (or a timed read that gave up: see `Inline`).
     A failure raises only after the deltas that came before it were handed out. `raw`: the
-    upstream's chunks come out too (see `ChunkReader`)."""
-    reader = ChunkReader(raw)
+    upstream's chunks come out too (see `ChunkReader`); `reader_type`: what reads them."""
+    reader = reader_type(raw)
     if stream.is_json:  # an upstream that ignored stream=true: one completion object
         parts, size = [], 0
         for data in stream.chunks():
@@ -122,10 +126,12 @@ class Pump:
     The queue is bounded: when the client reads slower than the upstream writes, the reader
     waits (and TCP pushes back on the upstream) instead of piling the reply up in memory."""
 
-    def __init__(self, stream, max_event_bytes: int, raw: bool = False) -> None:
+    def __init__(self, stream, max_event_bytes: int, raw: bool = False,
+                 reader_type: type[ChunkReader] = ChunkReader) -> None:
         self.stream = stream
         self.max_event_bytes = max_event_bytes
         self.raw = raw
+        self.reader_type = reader_type
         self.queue = queue.Queue(maxsize=QUEUE_BATCHES)
         self.stopped = False
         self.thread = threading.Thread(target=self._run, name="upstream-reader", daemon=True)
@@ -147,7 +153,8 @@ class Pump:
     def _run(self) -> None:
         put = self._put
         try:
-            for batch in read_deltas(self.stream, self.max_event_bytes, self.raw):
+            for batch in read_deltas(self.stream, self.max_event_bytes, self.raw,
+                                     self.reader_type):
                 if batch is not None and not put(batch):
                     return
             self.stream.drain()
@@ -174,9 +181,10 @@ class Inline:
     """What `Pump` does, in the relay's own thread (greenlet): no helper, no queue, two fewer
     switches per token. For a stream whose reads give up after `stream.wait` seconds."""
 
-    def __init__(self, stream, max_event_bytes: int, raw: bool = False) -> None:
+    def __init__(self, stream, max_event_bytes: int, raw: bool = False,
+                 reader_type: type[ChunkReader] = ChunkReader) -> None:
         self.stream = stream
-        self.deltas = read_deltas(stream, max_event_bytes, raw)
+        self.deltas = read_deltas(stream, max_event_bytes, raw, reader_type)
         self.ended = False
 
     def get(self, timeout: float):
@@ -204,12 +212,13 @@ class Inline:
         """Nothing runs on its own here."""
 
 
-def reader_for(stream, max_event_bytes: int, raw: bool = False):
+def reader_for(stream, max_event_bytes: int, raw: bool = False,
+               reader_type: type[ChunkReader] = ChunkReader):
     """`Inline` when the stream can time its reads, else a `Pump` thread."""
     timed = getattr(stream, "timed_reads", None)
     if timed is not None and timed():
-        return Inline(stream, max_event_bytes, raw)
-    return Pump(stream, max_event_bytes, raw)
+        return Inline(stream, max_event_bytes, raw, reader_type)
+    return Pump(stream, max_event_bytes, raw, reader_type)
 
 
 def client_watcher(environ: dict) -> Callable[[], bool]:
@@ -259,8 +268,10 @@ class Relay:
     def __init__(self, stream, *, heartbeat: float, max_event_bytes: int,
                  client_gone: Callable[[], bool] = lambda: False,
                  max_seconds: float = 3600.0, tick: float = TICK_SECONDS,
-                 on_close: Callable[[Outcome], None] | None = None) -> None:
+                 on_close: Callable[[Outcome], None] | None = None,
+                 reader_type: type[ChunkReader] = ChunkReader) -> None:
         self.stream = stream
+        self.reader_type = reader_type
         self.heartbeat = heartbeat
         self.max_event_bytes = max_event_bytes
         self.client_gone = client_gone
@@ -276,7 +287,7 @@ class Relay:
         heartbeat is due. Ends quietly if the client left; sets `outcome.error` if the upstream
         failed. Always closes the upstream."""
         outcome = self.outcome
-        pump = reader_for(self.stream, self.max_event_bytes, self.raw)
+        pump = reader_for(self.stream, self.max_event_bytes, self.raw, self.reader_type)
         start = last_sent = last_check = time.monotonic()
         deadline = start + self.max_seconds
         try:
@@ -337,6 +348,9 @@ class Relay:
             outcome.reasoning.append(d.text)
         elif d.kind == "done":
             outcome.finish_reason, outcome.usage, outcome.model = d.finish_reason, d.usage, d.model
+        elif d.kind == "error":  # an upstream error event, relayed already (see EventReader)
+            outcome.error = _as_error(UpstreamError(d.text), self.stream)
+            outcome.usage, outcome.model = d.usage, d.model
         elif self.keep_chunks:
             outcome.chunks.append(d)
 

@@ -1,6 +1,8 @@
-"""The upstream client: one pooled `requests.Session`, opening chat-completion streams.
+"""The upstream client: one pooled `requests.Session`, opening chat-completion streams and
+the other operations' answers (the path after the base URL is the caller's: /chat/completions,
+/embeddings, /images/generations, /responses, /completions).
 
-`OpenAIUpstream.open()` sends the request and checks the status before anything reaches our
+`Endpoint.open()` sends the request and checks the status before anything reaches our
 client, so failures become real statuses: 401/403 -> 502 (our key was refused), 404 -> 502
 naming the model, 429 -> 429 with Retry-After, 400/422 -> 400 (the upstream rejected what was
 asked, e.g. a context too long), 5xx -> 502, refused -> 503, timeouts -> 504. No text that
@@ -38,6 +40,12 @@ from .errors import (
 
 READ_SIZE = 65536
 MAX_ERROR_BODY = 65536
+MAX_CHUNK_LINE = 4096  # bytes of a chunk-size (or trailer) line
+MAX_CHUNK_SIZE = 1 << 63  # a size no signed 64-bit length holds is broken framing (as curl)
+CHAT_PATH = "/chat/completions"
+# Azure OpenAI serves these per resource, not per deployment: the body's `model` names the
+# deployment (its "v1" Responses API; the api_version must be one that has it).
+AZURE_RESOURCE_PATHS = frozenset(("/responses",))
 _KEYLIKE = re.compile(r"\b(sk|key|pk|rk)-[A-Za-z0-9_\-*.]{6,}")
 
 
@@ -155,6 +163,10 @@ class UpstreamStream:
             if self.closed:
                 return
             raise UpstreamTimeout("upstream timed out: no data within the read timeout") from None
+        except BrokenChunks as exc:
+            if self.closed:
+                return
+            raise UpstreamError(f"upstream sent a broken chunked body: {exc}") from None
         except (ProtocolError, OSError, ValueError, AttributeError,
                 requests.RequestException) as exc:
             if self.closed:
@@ -228,9 +240,15 @@ def _sized(read1, length: int | None, finished) -> Iterator[bytes | None]:
     finished()
 
 
+class BrokenChunks(ProtocolError):
+    """The body's chunked framing is broken (the connection itself is fine)."""
+
+
 def _dechunked(read1, finished) -> Iterator[bytes | None]:
     """Chunked transfer coding undone incrementally; trailers are read and dropped. A framing
-    error is raised only after the good bytes before it were handed out."""
+    error is raised only after the good bytes before it were handed out. Nothing is ever
+    allocated by what a size line claims; a line is at most MAX_CHUNK_LINE bytes however the
+    network cuts it."""
     pending = b""
     left = 0  # chunk bytes still to come; -1: the CRLF after a chunk is due
     trailers = False
@@ -255,7 +273,7 @@ def _dechunked(read1, finished) -> Iterator[bytes | None]:
                     pending = data[pos:]
                     break
                 if data[pos:pos + 2] != b"\r\n":
-                    error = "bad chunked encoding"
+                    error = "no CRLF after a chunk"
                     break
                 pos += 2
                 left = 0
@@ -263,8 +281,11 @@ def _dechunked(read1, finished) -> Iterator[bytes | None]:
                 eol = data.find(b"\n", pos)
                 if eol < 0:
                     pending = data[pos:]
-                    if len(pending) > 4096:
+                    if len(pending) > MAX_CHUNK_LINE:
                         error = "chunk header too long"
+                    break
+                if eol - pos > MAX_CHUNK_LINE:
+                    error = "chunk header too long"
                     break
                 line = data[pos:eol]
                 pos = eol + 1
@@ -276,16 +297,16 @@ def _dechunked(read1, finished) -> Iterator[bytes | None]:
                 try:
                     left = int(line.split(b";", 1)[0].strip(), 16)
                 except ValueError:
-                    error = "bad chunked encoding"
+                    error = "a chunk size that is not a hex number"
                     break
-                if left < 0:
-                    error = "bad chunked encoding"
+                if not 0 <= left < MAX_CHUNK_SIZE:
+                    error = "a chunk size out of range"
                     break
                 trailers = left == 0
         if out:
             yield out[0] if len(out) == 1 else b"".join(out)
         if error is not None:
-            raise ProtocolError(error)
+            raise BrokenChunks(error)
         if ended:
             finished()
             return
@@ -365,23 +386,34 @@ class Endpoint:
             self.auth: requests.auth.AuthBase = AzureKeyAuth(spec.key)
         else:
             self.auth = BearerAuth(spec.key)
-            self.url = spec.base_url + "/chat/completions"
 
-    def url_for(self, model: str) -> str:
-        """OpenAI: `{base}/chat/completions`; Azure: the model's deployment, with the API
-        version as a query parameter."""
+    def url_for(self, model: str, path: str = CHAT_PATH) -> str:
+        """OpenAI-compatible: `{base}{path}`; Azure: the model's deployment, then the path,
+        with the API version as a query parameter; a path Azure serves per resource
+        (AZURE_RESOURCE_PATHS: the Responses API) is `{base}/openai{path}`, the deployment
+        being named in the body instead."""
         if self.spec.kind != "azure":
-            return self.url
+            return self.spec.base_url + path
+        version = quote(self.spec.api_version, safe="")
+        if path in AZURE_RESOURCE_PATHS:
+            return f"{self.spec.base_url}/openai{path}?api-version={version}"
         deployment = self.spec.deployments.get(model, model)
         return (f"{self.spec.base_url}/openai/deployments/{quote(deployment, safe='')}"
-                f"/chat/completions?api-version={quote(self.spec.api_version, safe='')}")
+                f"{path}?api-version={version}")
 
-    def open(self, payload: dict, data: bytes, timeout: tuple[float, float]) -> UpstreamStream:
-        """Send the request; return the open stream, or raise the error our client should get.
-        A connection that failed before the request left (refused, no route, a failed name
-        lookup) is tried again after a short backoff, up to CONNECT_RETRIES times."""
+    def open(self, payload: dict, data: bytes, timeout: tuple[float, float],
+             path: str = CHAT_PATH) -> UpstreamStream:
+        """Send the request to `path`; return the open stream, or raise the error our client
+        should get. A connection that failed before the request left (refused, no route, a
+        failed name lookup) is tried again after a short backoff, up to CONNECT_RETRIES times."""
         key = self.spec.key
-        template, settings = self._template(self.url_for(payload.get("model", "")))
+        model = payload.get("model", "")
+        if self.spec.kind == "azure" and path in AZURE_RESOURCE_PATHS:
+            deployment = self.spec.deployments.get(model, model)
+            if deployment != model:  # the body names the deployment there
+                data = json.dumps({**payload, "model": deployment},
+                                  ensure_ascii=False).encode("utf-8")
+        template, settings = self._template(self.url_for(model, path))
         for attempt in range(self.config.connect_retries + 1):
             request = _with_body(template, data)
             try:

@@ -15,6 +15,7 @@ import logging
 
 from flask import Blueprint, current_app, jsonify, request
 
+from . import pipeline
 from .accounts import (
     MAX_ROLE_DESCRIPTION,
     MAX_ROLE_NAME,
@@ -26,7 +27,7 @@ from .accounts import (
     role_elements,
     username_key,
 )
-from .errors import BadRequest, NotFound, ProxyError, Unauthorized
+from .errors import BadRequest, ClientLeft, NotFound, ProxyError, Unauthorized, UpstreamError
 from .identity import (
     Caller,
     LoginThrottle,
@@ -36,7 +37,12 @@ from .identity import (
     same_origin_only,
     set_session_cookie,
 )
+from .images import MAX_PROMPT_CHARS, page_urls
+from .operations import IMAGES
+from .relay import Outcome, client_watcher
 from .roles import DEFAULT_ROLE
+from .validation import check_text as check_chars
+from .validation import parse_body
 
 bp = Blueprint("user_protocol", __name__, url_prefix="/api")
 log = logging.getLogger("gpt_proxy.accounts")
@@ -88,11 +94,8 @@ def error_response(err: ProxyError):
 def _body() -> dict:
     """The JSON object sent; an empty body is an empty object (the page sends none to
     `user/current`, `user/logout` and `role/listByUserId`)."""
-    from .pipeline import read_body
-    from .validation import parse_body
-
     state = current_app.extensions["gpt_proxy"]
-    raw = read_body(state.config)
+    raw = pipeline.read_body(state.config)
     return parse_body(raw) if raw.strip() else {}
 
 
@@ -289,3 +292,88 @@ def role_delete():
     signed = _signed_in()
     _state().accounts.delete_role(signed.user.id, _keyword(_body()))
     return ok(True)
+
+
+# --- POST /api/gpt/getImage: GPT image generation -------------------------------------------
+# `{prompt, number, size}` as the July-2023 frontend sends it (`number` null when the user gave
+# none, `size` absent): `prompt` required; `number` 1-5 (default 1; an integer, or its digits
+# as a string); `size` 256x256, 512x512 or 1024x1024 (default 256x256); nothing else. The
+# upstream (OPENAI_IMAGE_MODEL) is asked through the shared pipeline for base64 images, and
+# the answer is `[{"url": "data:image/...;base64,..."}, ...]`: images the page shows under
+# its strict CSP, from any worker, with nothing kept here (`images`: a URL-only upstream's
+# images are fetched into data: URLs; any other URL is refused).
+
+IMAGE_FIELDS = ("prompt", "number", "size")
+IMAGE_SIZES = ("256x256", "512x512", "1024x1024")
+MAX_IMAGES = 5
+
+
+def image_request(body: dict) -> tuple[str, int, str]:
+    """(prompt, number, size) of a getImage body, or a BadRequest (code 40000) naming the
+    field."""
+    for key in body:
+        if key not in IMAGE_FIELDS:
+            raise BadRequest(f"'{str(key)[:100]}' is not a supported field (supported: "
+                             f"{', '.join(IMAGE_FIELDS)})", field=str(key)[:100])
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise BadRequest("'prompt' is required: describe the image", field="prompt")
+    check_chars(prompt, "prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise BadRequest(f"'prompt' is {len(prompt)} characters long; at most "
+                         f"{MAX_PROMPT_CHARS} are accepted", field="prompt")
+    number = body.get("number")
+    if number is None:
+        number = 1
+    elif isinstance(number, str) and number.strip().isdigit() and len(number) < 4:
+        number = int(number)
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_IMAGES:
+        raise BadRequest(f"'number' must be an integer from 1 to {MAX_IMAGES}", field="number")
+    size = body.get("size")
+    if size is None:
+        size = IMAGE_SIZES[0]
+    elif size not in IMAGE_SIZES:
+        raise BadRequest(f"'size' must be one of {', '.join(IMAGE_SIZES)}", field="size")
+    return prompt, number, size
+
+
+@bp.post("/gpt/getImage")
+def get_image():
+    state = current_app.extensions["gpt_proxy"]
+    config = state.config
+    prompt, number, size = image_request(parse_body(pipeline.read_body(config)))
+    model = config.openai_image_model
+    if config.allowed_models and model not in config.allowed_models or not state.upstream.serves(
+            model):
+        raise BadRequest(f"images are not served here: the image model {model!r} "
+                         "(OPENAI_IMAGE_MODEL) is not allowed (ALLOWED_MODELS) or no upstream "
+                         "serves it", code="model_not_allowed")
+    options: dict = {"prompt": prompt, "n": number, "size": size}
+    if not model.startswith("gpt-image"):  # those always answer base64, and take no format
+        options["response_format"] = "b64_json"
+    turn = pipeline.Turn("user", "application/json", [], model, options=options, stream=False,
+                         last_from_user=False, log_text=prompt, operation=IMAGES)
+    gone = client_watcher(request.environ)
+    urls: list[str] = []
+
+    def shown(outcome: Outcome) -> None:
+        """The answer's images as data: URLs, before the access line is written (a refused
+        or failed image is this request's outcome)."""
+        if outcome.error is not None or outcome.client_left:
+            return
+        answer = next((d.chunk for d in outcome.chunks if d.kind == "completion"), None)
+        try:
+            if answer is None:
+                raise UpstreamError("the upstream answered with an event stream, not images")
+            urls.extend(page_urls(answer, config, gone))
+        except ProxyError as err:
+            outcome.error = err
+            if isinstance(err, ClientLeft):
+                outcome.client_left = True
+
+    outcome = pipeline.start(turn, on_close=shown).collect(raw=True)
+    if outcome.error is not None:
+        raise outcome.error
+    if outcome.client_left:
+        raise ClientLeft("the client left before the images were made")
+    return ok([{"url": url} for url in urls])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,17 @@ TEST_KEY = "sk-test-SECRET-0123456789abcdef"
 _DB_DIR = tempfile.mkdtemp(prefix="gpt_proxy-tests-")
 atexit.register(shutil.rmtree, _DB_DIR, True)
 TEST_DATABASE = f"sqlite:///{_DB_DIR}/gpt_proxy.db"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _project_data_untouched():
+    """No test writes the project's own database (each names one of its own, or
+    TEST_DATABASE): a developer's accounts and ledger live there."""
+    project = ROOT / "data" / "gpt_proxy.db"
+    before = project.stat().st_mtime_ns if project.exists() else None
+    yield
+    after = project.stat().st_mtime_ns if project.exists() else None
+    assert after == before, f"a test wrote {project}: give it database_url=TEST_DATABASE"
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +116,37 @@ def sse_events(text: str) -> list[tuple[str, dict]]:
     return events
 
 
+def until(condition: Callable[[], object], message: str = "the condition never held",
+          timeout: float = 10.0) -> None:
+    """Poll `condition` until it holds. The deadline is generous (many times what the event
+    needs): a slow machine makes a test wait longer, never fail."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.02)  # polling for an event; not synchronising a test
+
+
+def sent_messages(upstream, index: int = -1) -> list[dict]:
+    """The role and content of each message the upstream got in request `index`."""
+    return [{"role": m["role"], "content": m["content"]}
+            for m in upstream.records[index].json["messages"]]
+
+
+def access_lines(caplog, request_id: str | None = None) -> list[str]:
+    """The access lines logged in-process (those of request `request_id` when given)."""
+    return [r.getMessage() for r in caplog.records if r.name == "gpt_proxy.access"
+            and (request_id is None or f"id={request_id} " in r.getMessage())]
+
+
+def access_line(caplog, response) -> str:
+    """The one access line of an in-process `response` (read to its end first: a stream's
+    line is written when it ends)."""
+    response.get_data()
+    found = access_lines(caplog, response.headers["X-Request-Id"])
+    assert len(found) == 1, found
+    return found[0]
+
+
 class Gunicorn:
     """The real service under gunicorn (the repo's gunicorn.conf.py), on a free port."""
 
@@ -150,10 +195,12 @@ class Gunicorn:
         raise AssertionError(f"no log line with {parts} within {timeout} s")
 
 
-def serve(fake_upstream, folder: Path, **env: str):
-    """The body of a fixture that needs a server of its own: gunicorn with one worker against
-    the session's fake upstream, `env` on top, its log in `folder`; stopped afterwards."""
-    server = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": fake_upstream.url,
+@contextlib.contextmanager
+def serve(upstream, folder: Path, **env: str) -> Iterator[Gunicorn]:
+    """A gunicorn of its own, for a fixture or a test: one worker against `upstream` (a fake
+    upstream, or anything with a base `url`), `env` on top, its log in `folder`; stopped
+    afterwards."""
+    server = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": upstream.url,
                        "OPENAI_MODEL": "fake-model", "WEB_CONCURRENCY": "1", **env},
                       folder / "gunicorn.log")
     try:
@@ -167,8 +214,9 @@ def gunicorn_server(fake_upstream, tmp_path_factory):
     """gunicorn serving the app against the session's fake upstream (1 s heartbeats), its
     conversations in a temporary SQLite file (never the project's data/)."""
     folder = tmp_path_factory.mktemp("gunicorn")
-    yield from serve(fake_upstream, folder, HEARTBEAT_SECONDS="1",
-                     CONVERSATION_STORE=f"sqlite:///{folder}/conversations.db")
+    with serve(fake_upstream, folder, HEARTBEAT_SECONDS="1",
+               CONVERSATION_STORE=f"sqlite:///{folder}/conversations.db") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -187,6 +235,18 @@ def users_server(fake_upstream, tmp_path_factory):
 def live(gunicorn_server, upstream):
     """The running gunicorn, with the fake upstream emptied for this test."""
     return gunicorn_server
+
+
+@pytest.fixture(scope="session")
+def self_signed_cert(tmp_path_factory) -> tuple[Path, Path]:
+    """(certificate, key): a self-signed certificate for 127.0.0.1, trusted by no one unless
+    a test names it (REQUESTS_CA_BUNDLE)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
 
 
 @pytest.fixture(scope="session")
@@ -217,6 +277,23 @@ def redis_url(tmp_path_factory):
         raise
     yield url
     stop_process(proc)
+
+
+@pytest.fixture()
+def redis_without_scripts(redis_url):
+    """A URL of the session's redis-server for a user who may do everything but run scripts:
+    a store that reads single keys but fails its history walk (a server-side script)."""
+    import redis
+
+    user, password = f"noscripts-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                      commands=["+@all", "-@scripting"])
+    try:
+        yield redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
+    finally:
+        admin.acl_deluser(user)
+        admin.close()
 
 
 @pytest.fixture(scope="session")

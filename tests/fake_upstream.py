@@ -3,16 +3,18 @@
 An asyncio HTTP/1.1 server in a background thread. Each request is answered by the next
 `Scenario` queued with `push()` (or the default one): a status, headers, and body parts written
 exactly as given — so an event, a CRLF or a UTF-8 character can be cut across writes — with
-pauses between them. It records every request (headers, JSON body) and the moment the client
+pauses between them, or gates the test opens. It records every request (headers, JSON body) and the moment the client
 disconnected, which is how tests see that the proxy closed its upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import ssl
+import struct
 import threading
 import time
 from collections import deque
@@ -23,7 +25,9 @@ from dataclasses import dataclass, field
 class Scenario:
     status: int = 200
     headers: dict = field(default_factory=lambda: {"Content-Type": "text/event-stream"})
-    parts: list = field(default_factory=list)  # bytes to write, or a float: pause that long
+    # bytes to write, a float: pause that long, or a threading.Event: wait until the test
+    # sets it (so a test decides when the upstream goes on, whatever the machine's speed)
+    parts: list = field(default_factory=list)
     chunked: bool = True  # False: no length, the end of the body is the connection closing
     hold_open: bool = False  # after the parts, keep the connection open until the client leaves
     close_after: bool = False  # close the connection after the body (no keep-alive)
@@ -121,6 +125,87 @@ def stream_scenario(tokens, *, size=7, pause=0.0, first_delay=0.0, chunked=True,
     if first_delay:
         parts.insert(0, first_delay)
     return Scenario(parts=parts, chunked=chunked, hold_open=hold_open)
+
+
+def response_object(text: str, *, status: str = "completed", usage=True,
+                    model: str = "fake-model") -> dict:
+    """One Responses API `response` object holding `text` (no output while in progress)."""
+    output = [] if status == "in_progress" else [
+        {"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+         "content": [{"type": "output_text", "text": text, "annotations": []}]}]
+    return {"id": "resp_1", "object": "response", "created_at": 1, "status": status,
+            "error": None, "model": model, "output": output, "parallel_tool_calls": True,
+            "tool_choice": "auto", "tools": [],
+            "usage": {"input_tokens": 7, "output_tokens": len(text.split()) or 1,
+                      "total_tokens": 7 + (len(text.split()) or 1)}
+            if usage and status != "in_progress" else None}
+
+
+def responses_events(tokens, *, end: str = "completed", model: str = "fake-model",
+                     reasoning=()) -> list[tuple[str, dict]]:
+    """The (event name, data) of a Responses API stream of `tokens`, as OpenAI sends them;
+    `end`: completed, incomplete, failed, or "" (the stream stops before its end)."""
+    text = "".join(tokens)
+    events: list[tuple[str, dict]] = []
+
+    def add(name: str, **fields) -> None:
+        events.append((name, {"type": name, "sequence_number": len(events), **fields}))
+
+    where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    add("response.created", response=response_object("", status="in_progress", model=model))
+    add("response.in_progress", response=response_object("", status="in_progress", model=model))
+    for piece in reasoning:
+        add("response.reasoning_summary_text.delta", item_id="rs_1", output_index=0,
+            summary_index=0, delta=piece)
+    add("response.output_item.added", output_index=0,
+        item={"id": "msg_1", "type": "message", "status": "in_progress", "role": "assistant",
+              "content": []})
+    add("response.content_part.added", **where,
+        part={"type": "output_text", "text": "", "annotations": []})
+    for token in tokens:
+        add("response.output_text.delta", **where, delta=token, logprobs=[])
+    if not end:
+        return events
+    add("response.output_text.done", **where, text=text, logprobs=[])
+    if end == "failed":
+        failed = response_object(text, status="failed", model=model)
+        failed["error"] = {"code": "server_error", "message": "the model broke down"}
+        add("response.failed", response=failed)
+    else:
+        add(f"response.{end}", response=response_object(text, status=end, model=model))
+    return events
+
+
+def responses_stream(tokens, *, newline: str = "\n", comments: bool = True, **kw) -> bytes:
+    """The whole body of a Responses API stream of `tokens` (see `responses_events`)."""
+    out = [f": keep-alive{newline}{newline}".encode()] if comments else []
+    for name, data in responses_events(tokens, **kw):
+        out.append(f"event: {name}{newline}data: {json.dumps(data, ensure_ascii=False)}"
+                   f"{newline}{newline}".encode())
+    return b"".join(out)
+
+
+def responses_scenario(tokens, *, size: int = 7, pause: float = 0.0, hold_open: bool = False,
+                       **kw) -> Scenario:
+    return Scenario(parts=cut(responses_stream(tokens, **kw), size, pause), hold_open=hold_open)
+
+
+def image_answer(images=None, *, urls=None) -> dict:
+    """An image generation answer: base64 `images` (bytes), or `urls`."""
+    data = ([{"url": url, "revised_prompt": "revised"} for url in urls] if urls is not None
+            else [{"b64_json": base64.b64encode(image).decode(), "revised_prompt": "revised"}
+                  for image in images])
+    return {"created": 1, "data": data,
+            "usage": {"input_tokens": 10, "output_tokens": 20, "total_tokens": 30}}
+
+
+def embeddings_answer(vectors, *, encoded: bool = False, model: str = "fake-embed") -> dict:
+    """An embeddings answer: float vectors, or (`encoded`) their float32 bytes in base64."""
+    data = [{"object": "embedding", "index": i,
+             "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+             if encoded else v} for i, v in enumerate(vectors)]
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": 4, "total_tokens": 4}}
 
 
 def json_scenario(status: int, body, headers=None) -> Scenario:
@@ -259,6 +344,10 @@ class FakeUpstream:
                     return False
                 if isinstance(part, (int, float)):
                     await asyncio.sleep(part)
+                    continue
+                if isinstance(part, threading.Event):
+                    while not part.is_set() and not record.disconnected.is_set():
+                        await asyncio.sleep(0.01)  # polling the test's gate
                     continue
                 if scenario.chunked:
                     writer.write(b"%x\r\n%s\r\n" % (len(part), part))

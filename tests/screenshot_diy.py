@@ -16,7 +16,7 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from .browser_helpers import CHROMIUM, CHROMIUM_ARGS, TerminalPage
-from .conftest import ROOT, TEST_KEY, Gunicorn
+from .conftest import ROOT, serve
 from .fake_upstream import FakeUpstream, Scenario, chunk_json, sse_bytes
 
 DEFINITION = ("You are a poet who answers every message with one haiku (5-7-5 syllables),\n"
@@ -36,30 +36,26 @@ def reply(tokens: list[str], model: str) -> Scenario:
 
 def main(out: Path) -> None:
     upstream = FakeUpstream().start()
-    with tempfile.TemporaryDirectory() as tmp:
-        server = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": upstream.url,
-                           "OPENAI_MODEL": "gpt-4o-mini", "WEB_CONCURRENCY": "1"},
-                          Path(tmp) / "gunicorn.log")
-        try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1000, "height": 800})
-                term = TerminalPage(page, server.url).open()
-                term.type_command("clear")
-                term.make_role("poet", DEFINITION, name="Haiku poet",
-                               description="Answers every message with one haiku")
-                term.type_command("gpt role")
-                term.type_command("gpt role poet")
-                upstream.push(reply(HAIKU, "gpt-4o-mini"))
-                term.chat("gpt chat the sea at night")
-                term.input.fill("gpt diy --export ")  # the hint line, as it is typed
-                term.hint.locator(".hint-about").filter(has_text="--export").wait_for()
-                page.screenshot(path=str(out))
-                browser.close()
-        finally:
-            server.stop()
-            upstream.stop()
-
+    try:
+        with tempfile.TemporaryDirectory() as tmp, \
+                serve(upstream, Path(tmp), OPENAI_MODEL="gpt-4o-mini") as server, \
+                sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            term = TerminalPage(page, server.url).open()
+            term.type_command("clear")
+            term.make_role("poet", DEFINITION, name="Haiku poet",
+                           description="Answers every message with one haiku")
+            term.type_command("gpt role")
+            term.type_command("gpt role poet")
+            upstream.push(reply(HAIKU, "gpt-4o-mini"))
+            term.chat("gpt chat the sea at night")
+            term.input.fill("gpt diy --export ")  # the hint line, as it is typed
+            term.hint.locator(".hint-about").filter(has_text="--export").wait_for()
+            page.screenshot(path=str(out))
+            browser.close()
+    finally:
+        upstream.stop()
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "static" / "screenshot-diy.png")

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.browser
 pytest_plugins = ["tests.browser_fixtures"]  # the chromium, open_terminal and term fixtures
 
 TOKENS = ["Hello", " there,", " this", " reply", " grows", " in", " steps."]
-COMMANDS = ["gpt chat", "gpt role", "gpt diy", "gpt model", "gpt history", "gpt reset", "clear",
+COMMANDS = ["gpt chat", "gpt image", "gpt role", "gpt diy", "gpt model", "gpt history", "gpt reset", "clear",
             "history", "help"]
 
 
@@ -35,15 +35,24 @@ def test_page_loads_under_its_csp_with_no_console_errors(term, live):
     assert all(url.startswith(live.url) for url in term.requests), term.requests
 
 
-def test_demo_mode_shows_a_one_line_banner(open_terminal):
+@pytest.mark.parametrize("width", [1000, 360])
+def test_demo_mode_shows_a_one_line_banner(open_terminal, width):
     def demo_health(page):
         page.route("**/healthz", lambda route: route.fulfill(
             status=200, content_type="application/json",
             body=json.dumps({"status": "ok", "upstream": "demo", "demo": True, "model": "demo"})))
 
-    term = open_terminal(setup=demo_health)
-    expect()(term.page.locator("#banner")).to_be_visible()
-    expect()(term.page.locator("#banner")).to_contain_text("Demo mode")
+    term = open_terminal(width=width, setup=demo_health)
+    banner = term.page.locator("#banner")
+    expect()(banner).to_be_visible()
+    expect()(banner).to_contain_text("Demo mode")
+    lines = banner.evaluate("""(banner) => {
+        const range = document.createRange();
+        range.selectNodeContents(banner);
+        return new Set([...range.getClientRects()].map((box) => Math.round(box.top))).size;
+    }""")  # the text's line boxes, counted by where each starts
+    assert lines == 1
+    assert banner.get_attribute("title") == banner.text_content()  # cut short: all in the title
 
 
 def test_reply_grows_in_steps_then_equals_the_upstream_text(term, upstream):

@@ -94,8 +94,9 @@ def test_a_keyword_taken_by_a_server_role_or_an_own_role_is_refused(term, upstre
 @pytest.fixture(scope="module")
 def small_limit_server(fake_upstream, tmp_path_factory):
     """gunicorn whose MAX_SYSTEM_CHARS is 300, so the page's limit can only come from it."""
-    yield from serve(fake_upstream, tmp_path_factory.mktemp("gunicorn-small"),
-                     MAX_SYSTEM_CHARS="300")
+    with serve(fake_upstream, tmp_path_factory.mktemp("gunicorn-small"),
+               MAX_SYSTEM_CHARS="300") as server:
+        yield server
 
 
 def test_a_definition_longer_than_the_server_accepts_is_refused_with_the_servers_limit(
@@ -277,9 +278,10 @@ def test_an_export_demotes_level_one_headings_and_closes_an_open_fence_and_says_
 @pytest.fixture(scope="module")
 def large_limit_server(fake_upstream, tmp_path_factory):
     """gunicorn whose MAX_SYSTEM_CHARS admits definitions larger than a role file may be."""
-    yield from serve(fake_upstream, tmp_path_factory.mktemp("gunicorn-large"),
-                     MAX_SYSTEM_CHARS="400000", MAX_HISTORY_CHARS="500000",
-                     MAX_BODY_BYTES="4000000")
+    with serve(fake_upstream, tmp_path_factory.mktemp("gunicorn-large"),
+               MAX_SYSTEM_CHARS="400000", MAX_HISTORY_CHARS="500000",
+               MAX_BODY_BYTES="4000000") as server:
+        yield server
 
 
 def test_an_export_larger_than_the_server_loads_says_so(open_terminal, large_limit_server):
@@ -304,8 +306,9 @@ def role_model_server(fake_upstream, tmp_path_factory):
     roles = tmp_path_factory.mktemp("roles-with-model")
     (roles / "cheap.md").write_text("---\ndescription: Short answers\nmodel: cheap-model\n---\n"
                                     "# SYSTEM\nAnswer in five words.\n")
-    yield from serve(fake_upstream, tmp_path_factory.mktemp("gunicorn-role-model"),
-                     ROLES_DIR=str(roles))
+    with serve(fake_upstream, tmp_path_factory.mktemp("gunicorn-role-model"),
+               ROLES_DIR=str(roles)) as server:
+        yield server
 
 
 def test_a_roles_own_model_is_listed_and_asked_unless_the_user_names_one(
@@ -374,7 +377,7 @@ def help_heading(term, command: str) -> str:
 
 def test_the_hint_line_shows_the_usage_of_the_command_being_typed(term):
     usage = {name: help_heading(term, name) for name in ("gpt", "gpt chat", "gpt diy", "help")}
-    assert usage["gpt"].startswith("gpt <chat | role | diy")
+    assert usage["gpt"].startswith("gpt <chat | image | role | diy")
     assert usage["gpt chat"].startswith("gpt chat [-r role]")
     assert usage["gpt diy"].startswith("gpt diy -k <keyword> -n <name> -d <description>")
     hint_usage = term.hint.locator(".hint-usage")

@@ -16,7 +16,7 @@ from gpt_proxy import chat_process, create_app
 from gpt_proxy.chunks import Delta
 from gpt_proxy.conversations import SQLiteStore, StoreError
 
-from .conftest import TEST_KEY, FakeClock, free_port, make_config
+from .conftest import TEST_KEY, FakeClock, access_line, free_port, make_config, sent_messages
 from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes, stream_scenario
 from .test_integration import TEXT, TOKENS
 
@@ -56,8 +56,9 @@ def lines(response) -> list[dict]:
     return [json.loads(line) for line in body.split("\n")]
 
 
-def chat(client, prompt="hi", parent=None, headers=None, **fields):
+def chat(client, prompt="hi", parent=None, headers=None, options_extra=None, **fields):
     options = {"parentMessageId": parent} if parent else {}
+    options.update(options_extra or {})
     return client.post(CHAT, json={"prompt": prompt, "options": options, **fields},
                        headers=headers or {})
 
@@ -71,20 +72,6 @@ def assert_fail(response, status="Fail", *words):
     for word in words:
         assert word in body["message"], body["message"]
     return body["message"]
-
-
-def access_line(caplog, response) -> str:
-    response.get_data()  # a stream's line is written when it ends
-    request_id = response.headers["X-Request-Id"]
-    found = [r.getMessage() for r in caplog.records if r.name == "gpt_proxy.access"
-             and f"id={request_id} " in r.getMessage()]
-    assert len(found) == 1, found
-    return found[0]
-
-
-def sent_messages(upstream, index=-1) -> list[dict]:
-    return [{"role": m["role"], "content": m["content"]}
-            for m in upstream.records[index].json["messages"]]
 
 
 # --- session, verify, config ----------------------------------------------------------------
@@ -172,6 +159,20 @@ def test_a_reply_is_lines_each_holding_the_reply_so_far(client, upstream, caplog
     assert "protocol=chat-process" in line and "status=200" in line and "memory=new" in line
     assert f"chars={len(TEXT)}" in line
     assert upstream.records[0].json["messages"] == [{"role": "user", "content": "hello"}]
+
+
+def test_the_conversation_id_is_echoed_in_every_line_when_given(client, upstream):
+    upstream.push(stream_scenario(TOKENS, size=30, pause=0.02), stream_scenario(["ok"]))
+    given = lines(chat(client, "hello", options_extra={"conversationId": "conv-7"}))
+    assert len(given) >= 3 and all(line["conversationId"] == "conv-7" for line in given)
+    assert all("conversationId" not in line for line in lines(chat(client, "hello")))
+
+
+@pytest.mark.parametrize("ceiling", [0, 64])
+def test_max_tokens_ceiling_is_sent_as_max_tokens(make, upstream, ceiling):
+    lines(chat(make(max_tokens_ceiling=ceiling)))
+    sent = upstream.wait_for_request().json
+    assert sent.get("max_tokens") == (ceiling or None)
 
 
 @pytest.mark.parametrize("scenario", [
@@ -473,6 +474,35 @@ def test_an_unreachable_redis_store_is_a_fail_before_the_first_byte(make, upstre
     client = make(conversation_store=f"redis://127.0.0.1:{free_port()}/0")
     assert_fail(chat(client), "Fail", "conversation store", "Redis", "try again later")
     assert upstream.records == []
+
+
+def test_a_redis_store_failing_during_the_history_walk_is_a_fail_before_the_first_byte(
+        make, upstream, redis_without_scripts, caplog):
+    caplog.set_level(logging.INFO)
+    client = make(conversation_store=redis_without_scripts)
+    first = lines(chat(client, "hello"))[-1]  # stored: single keys work
+    response = chat(client, "go on", parent=first["id"])  # the walk is a script: refused
+    assert_fail(response, "Fail", "conversation store", "cannot be read", "try again later")
+    assert "status=503" in access_line(caplog, response)
+    assert len(upstream.records) == 1  # nothing spent on the follow-up
+
+
+def test_a_broken_redis_entry_in_the_history_is_a_fail_before_the_first_byte(
+        make, upstream, redis_url, caplog):
+    import redis
+
+    caplog.set_level(logging.INFO)
+    client = make(conversation_store=redis_url)
+    first = lines(chat(client, "hello"))[-1]
+    keys = redis.Redis.from_url(redis_url)
+    try:
+        keys.set(f"gpt_proxy:conversation:msg:{first['parentMessageId']}", "{broken", ex=60)
+    finally:
+        keys.close()
+    response = chat(client, "go on", parent=first["id"])
+    assert_fail(response, "Fail", "conversation store", "holds a broken entry")
+    assert "status=503" in access_line(caplog, response)
+    assert len(upstream.records) == 1
 
 
 def test_a_reply_that_cannot_be_stored_says_so_in_its_last_line(client, upstream, monkeypatch):

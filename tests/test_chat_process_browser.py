@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from .browser_helpers import WAIT_MS, missing
+from .conftest import sent_messages
 from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes
 from .processes import Nginx, nginx_binary
 from .test_integration import TEXT, TOKENS
@@ -109,11 +110,6 @@ def cut_in_characters(tokens, pause: float = 0.15) -> Scenario:
     return Scenario(parts=parts)
 
 
-def sent(upstream, index: int = -1) -> list[dict]:
-    return [{"role": m["role"], "content": m["content"]}
-            for m in upstream.records[index].json["messages"]]
-
-
 def test_the_reading_loop_shows_the_reply_growing_to_exactly_the_upstream_text(page, upstream):
     upstream.push(cut_in_characters(TOKENS), cut_in_characters(["好的", "。"]))
     result = page.evaluate("chat({prompt: 'hello', options: {}})")
@@ -129,9 +125,9 @@ def test_the_reading_loop_shows_the_reply_growing_to_exactly_the_upstream_text(p
     follow = page.evaluate("(id) => chat({prompt: 'and then?', options: {parentMessageId: id}})",
                            last["id"])
     assert follow["shown"][-1] == "好的。"
-    assert sent(upstream) == [{"role": "user", "content": "hello"},
-                              {"role": "assistant", "content": TEXT},
-                              {"role": "user", "content": "and then?"}]
+    assert sent_messages(upstream) == [{"role": "user", "content": "hello"},
+                                       {"role": "assistant", "content": TEXT},
+                                       {"role": "user", "content": "and then?"}]
 
 
 def test_stop_closes_the_upstream_within_a_second_and_a_follow_up_sees_the_cut_reply(
@@ -148,16 +144,13 @@ def test_stop_closes_the_upstream_within_a_second_and_a_follow_up_sees_the_cut_r
     page.evaluate("window.current.xhr.abort()")
     assert record.seconds_to_close(stopped_at, wait=5) < 1.0
     reply_id = page.evaluate("window.current.last.id")
-    deadline = time.monotonic() + 10
-    while "id=browser-stop-1 " not in live.logs():  # written once the cut reply is stored
-        assert time.monotonic() < deadline, live.logs()[-2000:]
-        time.sleep(0.05)  # polling the log file for a line the server writes
+    live.wait_for_log("id=browser-stop-1 ", timeout=10)  # written once the cut reply is stored
     follow = page.evaluate("(id) => chat({prompt: 'go on', options: {parentMessageId: id}})",
                            reply_id)
     assert follow["shown"][-1] == "…and so on."
-    assert sent(upstream) == [{"role": "user", "content": "a long story"},
-                              {"role": "assistant", "content": "Once upon a time"},
-                              {"role": "user", "content": "go on"}]
+    assert sent_messages(upstream) == [{"role": "user", "content": "a long story"},
+                                       {"role": "assistant", "content": "Once upon a time"},
+                                       {"role": "user", "content": "go on"}]
 
 
 def test_an_error_before_the_first_byte_is_the_envelope_the_frontends_show(page, upstream):

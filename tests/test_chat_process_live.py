@@ -13,7 +13,7 @@ import pytest
 import redis
 import requests
 
-from .conftest import TEST_KEY, Gunicorn
+from .conftest import Gunicorn, sent_messages, serve
 from .fake_upstream import Scenario, chunk_json, sse_bytes, stream_scenario
 from .test_integration import TEXT, TOKENS
 from .test_operations import workers
@@ -21,24 +21,19 @@ from .test_operations import workers
 CHAT = "/api/chat-process"
 
 
-def env(fake_upstream, store: str, **extra) -> dict:
-    return {"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": fake_upstream.url,
-            "OPENAI_MODEL": "fake-model", "HEARTBEAT_SECONDS": "1", "WEB_CONCURRENCY": "1",
-            "CONVERSATION_STORE": store, **extra}
-
-
 @pytest.fixture()
-def servers(tmp_path):
-    """Start gunicorns with `start(env)`; every one is stopped at the end."""
-    started = []
-
-    def start(environment: dict) -> Gunicorn:
-        started.append(Gunicorn(environment, tmp_path / f"gunicorn-{len(started)}.log"))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
+def servers(fake_upstream, tmp_path):
+    """`servers(store, **env)`: a gunicorn of its own (1 s heartbeats) with its conversations
+    in `store`; every one is stopped at the end."""
+    started: list = []
+    with contextlib.ExitStack() as stack:
+        def start(store: str, **env: str) -> Gunicorn:
+            folder = tmp_path / f"gunicorn-{len(started)}"
+            folder.mkdir()
+            started.append(folder)
+            return stack.enter_context(serve(fake_upstream, folder, HEARTBEAT_SECONDS="1",
+                                             CONVERSATION_STORE=store, **env))
+        yield start
 
 
 def ask(server, prompt: str, parent: str | None = None) -> list[dict]:
@@ -49,11 +44,6 @@ def ask(server, prompt: str, parent: str | None = None) -> list[dict]:
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("application/octet-stream")
     return [json.loads(line) for line in response.content.decode("utf-8").split("\n")]
-
-
-def sent(upstream, index: int = -1) -> list[dict]:
-    return [{"role": m["role"], "content": m["content"]}
-            for m in upstream.records[index].json["messages"]]
 
 
 @contextlib.contextmanager
@@ -72,8 +62,7 @@ def only(worker: psutil.Process, pool: list[psutil.Process]):
 
 def test_a_conversation_goes_on_in_the_other_worker(servers, fake_upstream, upstream,
                                                     tmp_path):
-    server = servers(env(fake_upstream, f"sqlite:///{tmp_path}/conversations.db",
-                         WEB_CONCURRENCY="2"))
+    server = servers(f"sqlite:///{tmp_path}/conversations.db", WEB_CONCURRENCY="2")
     first, second = workers(server, 2)
     upstream.push(stream_scenario(TOKENS, size=5), stream_scenario(["Sure."]),
                   stream_scenario(["Bye."]))
@@ -84,7 +73,7 @@ def test_a_conversation_goes_on_in_the_other_worker(servers, fake_upstream, upst
         follow = ask(server, "again?", reply["id"])[-1]
     with only(first, [first, second]):
         ask(server, "bye", follow["id"])
-    assert sent(upstream) == [
+    assert sent_messages(upstream) == [
         {"role": "user", "content": "hello"}, {"role": "assistant", "content": TEXT},
         {"role": "user", "content": "again?"}, {"role": "assistant", "content": "Sure."},
         {"role": "user", "content": "bye"}]
@@ -93,27 +82,27 @@ def test_a_conversation_goes_on_in_the_other_worker(servers, fake_upstream, upst
 
 def test_a_conversation_survives_a_restart(servers, fake_upstream, upstream, tmp_path):
     store = f"sqlite:///{tmp_path}/conversations.db"
-    before = servers(env(fake_upstream, store))
+    before = servers(store)
     upstream.push(stream_scenario(["Remembered."]), stream_scenario(["Yes."]))
     reply = ask(before, "remember me")[-1]
     before.stop()
-    after = servers(env(fake_upstream, store))
+    after = servers(store)
     assert ask(after, "do you?", reply["id"])[-1]["text"] == "Yes."
-    assert sent(upstream) == [{"role": "user", "content": "remember me"},
-                              {"role": "assistant", "content": "Remembered."},
-                              {"role": "user", "content": "do you?"}]
+    assert sent_messages(upstream) == [{"role": "user", "content": "remember me"},
+                                       {"role": "assistant", "content": "Remembered."},
+                                       {"role": "user", "content": "do you?"}]
 
 
 def test_two_instances_share_conversations_through_redis(servers, fake_upstream, upstream,
                                                          redis_url):
-    one = servers(env(fake_upstream, redis_url))
-    two = servers(env(fake_upstream, redis_url))
+    one = servers(redis_url)
+    two = servers(redis_url)
     upstream.push(stream_scenario(["From one."]), stream_scenario(["From two."]),
                   stream_scenario(["One again."]))
     reply = ask(one, "start on one")[-1]
     follow = ask(two, "go on on two", reply["id"])[-1]
     ask(one, "back to one", follow["parentMessageId"])  # GPT Terminal's kind of id, too
-    assert sent(upstream) == [
+    assert sent_messages(upstream) == [
         {"role": "user", "content": "start on one"}, {"role": "assistant", "content": "From one."},
         {"role": "user", "content": "go on on two"}, {"role": "assistant", "content": "From two."},
         {"role": "user", "content": "back to one"}]
@@ -125,21 +114,9 @@ def test_two_instances_share_conversations_through_redis(servers, fake_upstream,
         client.close()
 
 
-def access_line(server, reply_id_hint: str, deadline: float) -> str:
-    """Wait (bounded) for the access line of the chat-process request with `reply_id_hint`
-    in its log (the line is written once the reply was stored)."""
-    while time.monotonic() < deadline:
-        found = [line for line in server.logs().splitlines()
-                 if "path=/api/chat-process" in line and reply_id_hint in line]
-        if found:
-            return found[-1]
-        time.sleep(0.05)  # polling the log file for a line the server writes
-    raise AssertionError(f"no access line with {reply_id_hint!r}: {server.logs()[-2000:]}")
-
-
 def test_stop_closes_the_upstream_within_a_second_and_the_cut_reply_is_kept(
         servers, fake_upstream, upstream, tmp_path):
-    server = servers(env(fake_upstream, f"sqlite:///{tmp_path}/conversations.db"))
+    server = servers(f"sqlite:///{tmp_path}/conversations.db")
     upstream.push(Scenario(parts=[sse_bytes(chunk_json("", role="assistant")),
                                   sse_bytes(chunk_json("The first")),
                                   sse_bytes(chunk_json(" words"))], hold_open=True),
@@ -157,18 +134,20 @@ def test_stop_closes_the_upstream_within_a_second_and_the_cut_reply_is_kept(
     stopped_at = time.monotonic()
     response.close()
     assert record.seconds_to_close(stopped_at, wait=5) < 1.0
-    line = access_line(server, "id=stopped-reply-1 ", time.monotonic() + 10)
+    line = server.wait_for_log("path=/api/chat-process", "id=stopped-reply-1 ", timeout=10)
     assert "result=client_left" in line
     ask(server, "go on", last["id"])
-    assert sent(upstream) == [{"role": "user", "content": "tell me a long story"},
-                              {"role": "assistant", "content": "The first words"},
-                              {"role": "user", "content": "go on"}]
+    assert sent_messages(upstream) == [{"role": "user", "content": "tell me a long story"},
+                                       {"role": "assistant", "content": "The first words"},
+                                       {"role": "user", "content": "go on"}]
 
 
 def test_a_store_that_cannot_be_created_is_a_fail_before_the_first_byte(servers, fake_upstream,
                                                                        upstream, tmp_path):
+    """Its folder broke after start (at start, the service would refuse: test_startup.py)."""
+    server = servers(f"sqlite:///{tmp_path}/not-a-folder/c.db")
+    (tmp_path / "not-a-folder").rmdir()  # made by the start-up check, still empty
     (tmp_path / "not-a-folder").write_text("a file where the folder should be")
-    server = servers(env(fake_upstream, f"sqlite:///{tmp_path}/not-a-folder/c.db"))
     response = requests.post(f"{server.url}{CHAT}", json={"prompt": "hi"}, timeout=20)
     body = response.json()
     assert response.status_code == 200 and body["status"] == "Fail"

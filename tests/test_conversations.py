@@ -331,3 +331,32 @@ def test_the_store_settings_and_their_defaults():
     assert (config.conversation_ttl_days, config.chat_process_role) == (0.5, "cli")
     assert load_config({"CONVERSATION_STORE": "sqlite:////var/lib/gpt/c.db"}).conversation_store \
         == "sqlite:////var/lib/gpt/c.db"
+
+
+def test_a_redis_that_fails_during_the_history_walk_is_a_clear_error(redis_without_scripts,
+                                                                   clock):
+    store = RedisStore(redis_without_scripts, DAY, clock, prefix=f"test:{uuid.uuid4().hex}")
+    try:
+        first, second = chain(store, "hello", "hi")  # single keys are read and written
+        assert store.get(second.id) == second
+        with pytest.raises(StoreError) as caught:
+            resolve(store, second.id, max_messages=10, max_chars=1000)  # the walk: a script
+        assert "cannot be read" in str(caught.value) and "NoPermission" in str(caught.value)
+    finally:
+        store.close()
+
+
+def test_a_broken_redis_entry_is_a_clear_error_wherever_it_is_met(redis_url, clock):
+    prefix = f"test:{uuid.uuid4().hex}"
+    store = RedisStore(redis_url, DAY, clock, prefix=prefix)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.set(f"{prefix}:msg:broken", "not json", ex=60)
+        child = store.add("child", "broken", "user", "hello")
+        with pytest.raises(StoreError, match="holds a broken entry for 'broken'"):
+            store.get("broken")
+        with pytest.raises(StoreError, match="holds a broken entry"):  # met on the walk
+            store.ancestors(child.id, 10, 1000)
+    finally:
+        client.close()
+        store.close()

@@ -14,8 +14,9 @@ import pytest
 from gpt_proxy import create_app
 from gpt_proxy.config import ConfigError, UpstreamSpec, load_config
 from gpt_proxy.failover import Breaker, Upstreams
+from gpt_proxy.upstream import new_session
 
-from .conftest import TEST_DATABASE, TEST_KEY, FakeClock, sse_events
+from .conftest import TEST_DATABASE, TEST_KEY, FakeClock, access_lines, sse_events
 from .fake_upstream import (
     FakeUpstream,
     Scenario,
@@ -50,14 +51,14 @@ def spec(name, url, key=KEY_A, **kw) -> UpstreamSpec:
     return UpstreamSpec(name, url, key, **kw)
 
 
-def service(specs, clock=None, sleep=lambda s: None, **overrides):
+def service(specs, clock=None, sleep=lambda s: None, session=None, **overrides):
     """The app with these upstreams (in this order unless they name priorities, as in a
     file), a hand-moved clock, and no real backoff sleeps."""
     specs = [s if s.priority else replace(s, priority=i + 1) for i, s in enumerate(specs)]
     config = load_config({}, openai_model="fake-model", upstreams=tuple(specs),
                          database_url=TEST_DATABASE, **overrides)
     clock = clock or FakeClock()
-    upstreams = Upstreams(config, clock=clock, sleep=sleep)
+    upstreams = Upstreams(config, session, clock=clock, sleep=sleep)
     return create_app(config, upstream=upstreams).test_client(), upstreams, clock
 
 
@@ -68,10 +69,6 @@ def ask(client, accept="text/event-stream", **body):
 
 def refused_url() -> str:
     return f"http://127.0.0.1:{free_port()}/v1"
-
-
-def access_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "gpt_proxy.access"]
 
 
 # --- the upstream list ----------------------------------------------------------------------
@@ -231,14 +228,24 @@ def test_a_client_or_key_error_is_answered_without_failing_over(fakes, status, e
 
 
 def test_a_timeout_before_the_headers_fails_over_within_the_failover_budget(fakes):
+    """The wait for the first upstream's headers is cut from the 120 s read timeout to the
+    1 s budget (a would answer after 30 s: its "late" would be the reply); the last upstream
+    tried gets its full timeouts."""
     a, b, _ = fakes
     a.push(Scenario(head_delay=30, parts=[sse_bytes(chunk_json("late"))]))
-    client, _, _ = service([spec("a", a.url), spec("b", b.url, KEY_B)],
-                           clock=time.monotonic, failover_seconds=1)
-    started = time.monotonic()
+    session, timeouts = new_session(), []
+    send = session.send
+
+    def recording_send(request, **settings):
+        timeouts.append(settings["timeout"])
+        return send(request, **settings)
+
+    session.send = recording_send
+    client, _, _ = service([spec("a", a.url), spec("b", b.url, KEY_B)], session=session,
+                           failover_seconds=1, upstream_read_timeout=120)
     assert ask(client, "*/*").get_data(as_text=True) == "Hello, world!"
-    assert time.monotonic() - started < 5  # the 120 s read timeout was cut to the budget
-    assert a.records[0].disconnected.wait(2)
+    assert timeouts == [(1.0, 1.0), (10.0, 120.0)]
+    assert a.records[0].disconnected.wait(10)
 
 
 def test_a_retry_after_keeps_the_upstream_aside_until_it_passes(fakes):
@@ -442,12 +449,15 @@ def test_failovers_and_benched_upstreams_show_in_the_metrics(fakes):
     config = load_config({}, openai_model="fake-model", upstreams=(
         spec("a", a.url, priority=1), spec("b", b.url, KEY_B, priority=2)))
     upstreams = Upstreams(config, clock=FakeClock(), sleep=lambda s: None, metrics=metrics)
+    before = time.time()
     upstreams.open({"model": "fake-model", "messages": []}).close()
+    after = time.time()
     m = samples(generate_latest(metrics.registry).decode())
     assert value(m, "gpt_proxy_failovers_total", upstream="a") == 1
     assert value(m, "gpt_proxy_upstream_errors_total", upstream="a",
                  kind="upstream_rate_limited") == 1
-    assert value(m, "gpt_proxy_upstream_benched_until_seconds", upstream="a") > time.time() + 15
+    benched_until = value(m, "gpt_proxy_upstream_benched_until_seconds", upstream="a")
+    assert before + 20 <= benched_until <= after + 20  # its Retry-After, as a Unix time
     assert value(m, "gpt_proxy_upstream_failures_in_a_row", upstream="a") == 1
 
 

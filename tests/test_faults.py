@@ -1,8 +1,10 @@
-"""Faults from the upstream: each gives the client a clear error, in every framing, within a
-bounded time and memory, and the service keeps serving everyone else.
+"""Faults from the upstream: each gives the client a clear error, in every framing, in bounded
+memory, ended by the limit meant for it (its error says which), and the service keeps serving
+everyone else.
 
 In-process (Flask's test client against the real fake upstream) with small timeouts, then the
-same faults all at once against one real gunicorn worker.
+same faults all at once against one real gunicorn worker. Nothing here times the machine: a
+test asserts which error ended a reply, the order of events, or a count.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import random
 import socket
 import threading
-import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,7 +21,7 @@ import requests
 
 from gpt_proxy import create_app
 
-from .conftest import TEST_KEY, Gunicorn, free_port, make_config, sse_events
+from .conftest import TEST_KEY, free_port, make_config, serve, sse_events, until
 from .fake_upstream import Scenario, chunk_json, openai_stream, sse_bytes
 
 CHAT = "/api/gpt/get"
@@ -36,10 +37,8 @@ def fault_client(base_url, **overrides):
 
 
 def ask(client, accept):
-    started = time.monotonic()
     response = client.post(CHAT, json={"message": "hi"}, headers={"Accept": accept})
-    text = response.get_data(as_text=True)
-    return response, text, time.monotonic() - started
+    return response, response.get_data(as_text=True)
 
 
 def client_error(response, text, accept) -> tuple[int, str, str]:
@@ -59,8 +58,8 @@ def client_error(response, text, accept) -> tuple[int, str, str]:
 
 
 def assert_still_serving(client):
-    response, text, elapsed = ask(client, TEXT)
-    assert response.status_code == 200 and text == "Hello, world!" and elapsed < 2
+    response, text = ask(client, TEXT)
+    assert response.status_code == 200 and text == "Hello, world!"
 
 
 # --- before the first byte ------------------------------------------------------------------
@@ -105,20 +104,19 @@ def hangup_server():
 
 @pytest.mark.parametrize("accept", [SSE, JSON, TEXT])
 def test_connection_refused_is_503(upstream, accept):
-    response, text, elapsed = ask(fault_client(f"http://127.0.0.1:{free_port()}/v1"), accept)
+    response, text = ask(fault_client(f"http://127.0.0.1:{free_port()}/v1"), accept)
     assert client_error(response, text, accept)[:2] == (503, "upstream_unavailable")
-    assert elapsed < 2
 
 
 @pytest.mark.parametrize("accept", [SSE, JSON, TEXT])
 def test_timeout_before_the_headers_is_504(silent_server, accept):
-    response, text, elapsed = ask(fault_client(silent_server), accept)
-    assert client_error(response, text, accept)[:2] == (504, "upstream_timeout")
-    assert READ_TIMEOUT <= elapsed < READ_TIMEOUT + 2
+    response, text = ask(fault_client(silent_server), accept)
+    status, code, message = client_error(response, text, accept)
+    assert (status, code) == (504, "upstream_timeout") and "before it answered" in message
 
 
 def test_connection_closed_without_an_answer_is_a_clean_error(hangup_server):
-    response, text, _ = ask(fault_client(hangup_server), SSE)
+    response, text = ask(fault_client(hangup_server), SSE)
     status, code, _ = client_error(response, text, SSE)
     assert (status, code) in ((502, "upstream_error"), (503, "upstream_unavailable"))
 
@@ -164,19 +162,16 @@ def test_a_fault_mid_stream_is_a_clear_error_and_the_upstream_is_closed(upstream
     scenario, code, words = MID_STREAM[name]
     upstream.push(scenario)
     client = fault_client(upstream.url)
-    response, text, elapsed = ask(client, accept)
+    response, text = ask(client, accept)
     status, got_code, message = client_error(response, text, accept)
     assert words in message and message
     if accept == JSON:
         assert status in (502, 504) and got_code == code
     else:
         assert status == 200 and got_code in ("", code) and text.count("Hello") >= 1
-    assert elapsed < MAX_STREAM + 1.5
     record = upstream.wait_for_request()
-    deadline = time.monotonic() + 3  # the upstream's response ended, or we hung up on it
-    while not (record.completed.is_set() or record.disconnected.is_set()):
-        assert time.monotonic() < deadline, "the upstream connection was left open"
-        record.disconnected.wait(0.02)
+    until(lambda: record.completed.is_set() or record.disconnected.is_set(),
+          "the upstream connection was left open")  # it ended, or we hung up on it
     assert_still_serving(client)
 
 
@@ -184,16 +179,21 @@ def test_a_fault_mid_stream_is_a_clear_error_and_the_upstream_is_closed(upstream
 def test_a_web_page_instead_of_a_stream_is_a_502_before_the_first_byte(upstream, accept):
     upstream.push(Scenario(headers={"Content-Type": "text/html; charset=utf-8"},
                            parts=[b"<html><body>Welcome to nginx!</body></html>"]))
-    response, text, _ = ask(fault_client(upstream.url), accept)
+    response, text = ask(fault_client(upstream.url), accept)
     status, code, message = client_error(response, text, accept)
     assert (status, code) == (502, "upstream_error") and "OPENAI_BASE_URL" in message
 
 
 def test_done_then_an_open_connection_does_not_hold_the_reply(upstream):
+    """[DONE] ends the reply although the upstream keeps its body open: the reply ends whole
+    (waiting for the body's end would end it with the read timeout's error instead), and it
+    is we who close the upstream."""
     upstream.push(Scenario(parts=[openai_stream(["Hello", "!"])], hold_open=True))
-    response, text, elapsed = ask(fault_client(upstream.url, upstream_read_timeout=10,
-                                               max_stream_seconds=20), TEXT)
-    assert response.status_code == 200 and text == "Hello!" and elapsed < 2
+    response, text = ask(fault_client(upstream.url, upstream_read_timeout=10,
+                                      max_stream_seconds=20), TEXT)
+    assert response.status_code == 200 and text == "Hello!"
+    record = upstream.wait_for_request()
+    assert record.disconnected.wait(10) and not record.completed.is_set()
 
 
 def test_a_line_of_many_megabytes_is_read_in_bounded_memory(upstream):
@@ -201,7 +201,7 @@ def test_a_line_of_many_megabytes_is_read_in_bounded_memory(upstream):
     client = fault_client(upstream.url, max_event_bytes=1_048_576)
     tracemalloc.start()
     try:
-        response, text, _ = ask(client, SSE)
+        response, text = ask(client, SSE)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -211,70 +211,92 @@ def test_a_line_of_many_megabytes_is_read_in_bounded_memory(upstream):
 
 
 def test_a_slow_fault_does_not_hold_up_other_requests(upstream):
+    """While one reply runs on an upstream that never ends (it ends here only when its client
+    leaves), other requests are answered."""
     upstream.push(MID_STREAM["never ends"][0])
-    client = fault_client(upstream.url, max_stream_seconds=1.5)
+    client = fault_client(upstream.url, max_stream_seconds=60)
+    first_bytes, leave = threading.Event(), threading.Event()
+
+    def stuck() -> str:
+        response = client.post(CHAT, json={"message": "hi"}, headers={"Accept": SSE},
+                               buffered=False)
+        received = b""
+        try:
+            for data in response.response:
+                received += data
+                first_bytes.set()
+                if leave.is_set():
+                    break
+        finally:
+            response.close()
+        return received.decode()
+
     with ThreadPoolExecutor(1) as pool:
-        stuck = pool.submit(ask, client, SSE)
-        upstream.wait_for_request()
-        for _ in range(3):
-            assert_still_serving(client)
-        assert not stuck.done()
-        response, text, elapsed = stuck.result(timeout=10)
-    assert client_error(response, text, SSE)[1] == "upstream_timeout"
+        running = pool.submit(stuck)
+        try:
+            assert first_bytes.wait(10)
+            for _ in range(3):
+                assert_still_serving(client)
+            record = upstream.records[0]
+            assert not running.done() and not record.disconnected.is_set()  # still relaying
+        finally:
+            leave.set()
+        assert "Hello" in running.result(timeout=10)
+    assert record.disconnected.wait(10)  # the client left: the upstream was closed
 
 
 # --- the same faults at once, against one gunicorn worker ------------------------------------
 
 @pytest.fixture(scope="module")
 def one_worker(fake_upstream, tmp_path_factory):
-    server = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": fake_upstream.url,
-                       "OPENAI_MODEL": "fake-model", "HEARTBEAT_SECONDS": "1",
-                       "UPSTREAM_READ_TIMEOUT": "1", "MAX_STREAM_SECONDS": "2",
-                       "MAX_EVENT_BYTES": "1048576", "WEB_CONCURRENCY": "1"},
-                      tmp_path_factory.mktemp("faults") / "gunicorn.log")
-    yield server
-    server.stop()
+    """One worker whose read timeout ends a stalled stream soon, but whose MAX_STREAM_SECONDS
+    no test waits for: a reply that never ends runs until its client leaves."""
+    with serve(fake_upstream, tmp_path_factory.mktemp("faults"), HEARTBEAT_SECONDS="1",
+               UPSTREAM_READ_TIMEOUT="1", MAX_STREAM_SECONDS="120",
+               MAX_EVENT_BYTES="1048576") as server:
+        yield server
 
 
 def worker_of(server) -> psutil.Process:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        children = psutil.Process(server.proc.pid).children()
-        if children:
-            return children[0]
-        time.sleep(0.05)  # polling for the worker to be forked
-    raise RuntimeError("no gunicorn worker")
+    until(lambda: psutil.Process(server.proc.pid).children(), "no gunicorn worker")
+    return psutil.Process(server.proc.pid).children()[0]
 
 
 def test_faults_at_once_leave_the_worker_serving_others(one_worker, upstream):
     worker = worker_of(one_worker)
     requests.get(f"{one_worker.url}/healthz", timeout=5).raise_for_status()
     rss_before = worker.memory_info().rss
-    faults = ["stall", "a line of megabytes", "never ends", "random bytes", "cut mid-event"]
+    faults = ["stall", "a line of megabytes", "random bytes", "cut mid-event"]
 
     def stream():
-        started = time.monotonic()
-        response = requests.post(f"{one_worker.url}{CHAT}", json={"message": "hi"},
-                                 headers={"Accept": SSE}, timeout=15)
-        return response.text, time.monotonic() - started
+        return requests.post(f"{one_worker.url}{CHAT}", json={"message": "hi"},
+                             headers={"Accept": SSE}, timeout=30).text
 
     with ThreadPoolExecutor(len(faults)) as pool:
-        running = []
-        for count, name in enumerate(faults, start=1):
-            upstream.push(MID_STREAM[name][0])
-            running.append(pool.submit(stream))
-            upstream.wait_for_request(count)  # each fault got its own scenario, in order
-        for _ in range(5):
-            started = time.monotonic()
-            response = requests.post(f"{one_worker.url}{CHAT}", json={"message": "hi"},
-                                     timeout=5)
-            assert response.text == "Hello, world!" and time.monotonic() - started < 1
-        assert sum(not f.done() for f in running) >= 2  # they were still running meanwhile
-        results = [f.result(timeout=15) for f in running]
-    for name, (text, elapsed) in zip(faults, results, strict=True):
+        upstream.push(MID_STREAM["never ends"][0])
+        endless = requests.post(f"{one_worker.url}{CHAT}", json={"message": "hi"},
+                                headers={"Accept": SSE}, stream=True, timeout=30)
+        try:
+            chunks, received = endless.iter_content(None), b""  # (a loop left would close it)
+            while b"Hello" not in received:
+                received += next(chunks)  # each read bounded by the timeout
+            running = []
+            for count, name in enumerate(faults, start=2):
+                upstream.push(MID_STREAM[name][0])
+                running.append(pool.submit(stream))
+                upstream.wait_for_request(count)  # each fault got its own scenario, in order
+            for _ in range(5):
+                response = requests.post(f"{one_worker.url}{CHAT}", json={"message": "hi"},
+                                         timeout=30)
+                assert response.text == "Hello, world!"
+            assert not upstream.records[0].disconnected.is_set()  # the endless one still runs
+            results = [f.result(timeout=30) for f in running]
+        finally:
+            endless.close()
+    assert upstream.records[0].disconnected.wait(10)
+    for name, text in zip(faults, results, strict=True):
         name_, data = sse_events(text)[-1]
         assert name_ == "error" and data["error"]["code"] == MID_STREAM[name][1], name
-        assert elapsed < 5, name
     assert worker.is_running() and worker_of(one_worker).pid == worker.pid
     assert worker.memory_info().rss - rss_before < 40_000_000
     assert "Traceback" not in one_worker.logs()

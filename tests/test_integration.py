@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 
 import pytest
@@ -71,18 +72,25 @@ def test_close_delimited_upstream_body_is_relayed(live, upstream):
 
 
 def test_tokens_arrive_one_by_one_not_buffered(live, upstream):
-    """Each token is written as it comes: the client sees the first before the upstream sends
-    the second (the upstream waits until the client proves it got the first)."""
-    upstream.push(stream_scenario(["first", "second"], size=10_000, comments=False,
-                                  empty_choices=False, hold_open=True))
+    """Each token is written as it comes: the client has the first while the upstream holds
+    back the second (until the test lets it go on), then it gets the second."""
+    go_on = threading.Event()
+    upstream.push(Scenario(parts=[sse_bytes(chunk_json("first")), go_on,
+                                  sse_bytes(chunk_json("second")),
+                                  sse_bytes(chunk_json(finish="stop")), sse_bytes("[DONE]")]))
     response = post(live)
-    chunks = response.iter_content(chunk_size=None)
-    received = b""
-    deadline = time.monotonic() + 5
-    while b"first" not in received and time.monotonic() < deadline:
-        received += next(chunks)
-    assert b"first" in received  # the whole body is held open upstream: no buffering to the end
-    response.close()
+    try:
+        chunks = response.iter_content(chunk_size=None)  # each read bounded by the timeout
+        received = b""
+        while b"first" not in received:
+            received += next(chunks)
+        assert received == b"first"  # the second has not been sent yet
+        go_on.set()
+        received += b"".join(chunks)
+    finally:
+        go_on.set()
+        response.close()
+    assert received == b"firstsecond"
 
 
 def test_heartbeat_comments_while_upstream_is_silent_before_first_token(live, upstream):
@@ -195,16 +203,10 @@ def test_bad_configuration_stops_gunicorn_with_the_variable_named(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tls_upstream(tmp_path_factory):
+def tls_upstream(self_signed_cert):
     """The fake upstream over HTTPS, with a self-signed certificate for 127.0.0.1."""
-    import subprocess
-
     from .fake_upstream import FakeUpstream
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    cert, key = self_signed_cert
     server = FakeUpstream(tls=(str(cert), str(key))).start()
     yield server, cert
     server.stop()
@@ -212,14 +214,11 @@ def tls_upstream(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tls_live(tls_upstream, tmp_path_factory):
-    from .conftest import TEST_KEY, Gunicorn
+    from .conftest import serve
     server, cert = tls_upstream
-    service = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": server.url,
-                        "OPENAI_MODEL": "fake-model", "HEARTBEAT_SECONDS": "1",
-                        "WEB_CONCURRENCY": "1", "REQUESTS_CA_BUNDLE": str(cert)},
-                       tmp_path_factory.mktemp("tls-gunicorn") / "gunicorn.log")
-    yield service
-    service.stop()
+    with serve(server, tmp_path_factory.mktemp("tls-gunicorn"), HEARTBEAT_SECONDS="1",
+               REQUESTS_CA_BUNDLE=str(cert)) as service:
+        yield service
 
 
 def test_https_upstream_streams_exactly_reuses_its_connection_and_is_cancelled(tls_live, tls_upstream):

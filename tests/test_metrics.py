@@ -22,7 +22,7 @@ from gpt_proxy import create_app
 from gpt_proxy.metrics import Metrics
 from gpt_proxy.relay import Outcome
 
-from .conftest import TEST_KEY, Gunicorn, make_config
+from .conftest import TEST_KEY, make_config, serve
 from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes, stream_scenario
 
 METRICS = "http://localhost:7346"  # the metrics listener, as the test client addresses it
@@ -61,10 +61,13 @@ def scrape(client) -> dict:
 
 
 def test_metrics_live_on_their_own_listener_only(client):
+    assert client.get("/healthz").status_code == 200
     assert client.get("/metrics").status_code == 404
     assert client.get("/healthz", base_url=METRICS).status_code == 404
     assert client.get("/api/roles", base_url=METRICS).status_code == 404
-    assert scrape(client) is not None
+    m = scrape(client)  # what it serves: the counts of the requests above
+    assert value(m, "gpt_proxy_requests_total", route="/healthz", outcome="ok") == 1
+    assert value(m, "gpt_proxy_requests_total", outcome="not_found") == 2  # on its listener
 
 
 def test_a_relayed_reply_counts_once_with_its_tokens_characters_and_timings(client, upstream):
@@ -225,34 +228,32 @@ def test_two_workers_count_every_request_once_and_a_killed_workers_counts_stay(
     fake_upstream.reset()
     fake_upstream.default = stream_scenario(["a", "b"], pause=0.02)
     folder = tmp_path / "metrics"
-    server = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": fake_upstream.url,
-                       "OPENAI_MODEL": "fake-model", "WEB_CONCURRENCY": "2",
-                       "PROMETHEUS_MULTIPROC_DIR": str(folder)}, tmp_path / "gunicorn.log")
     try:
-        sent = 0
-        pool = concurrent.futures.ThreadPoolExecutor(16)
-        for _ in range(10):  # until both workers have served (bounded)
-            statuses = list(pool.map(lambda i: ask(server.url, i), range(sent, sent + 32)))
-            assert statuses == [200] * 32
-            sent += 32
-            if len(glob.glob(str(folder / "counter_*.db"))) >= 2:
-                break
-        assert len(glob.glob(str(folder / "counter_*.db"))) >= 2, "one worker took everything"
-        m = samples(requests.get(server.metrics_url, timeout=10).text)
-        assert value(m, "gpt_proxy_requests_total", outcome="ok") == sent
-        assert value(m, "gpt_proxy_relayed_characters_total") == 2 * sent
-        assert value(m, "gpt_proxy_streams_open") == 0
+        with serve(fake_upstream, tmp_path, WEB_CONCURRENCY="2",
+                   PROMETHEUS_MULTIPROC_DIR=str(folder)) as server:
+            sent = 0
+            pool = concurrent.futures.ThreadPoolExecutor(16)
+            for _ in range(10):  # until both workers have served (bounded)
+                statuses = list(pool.map(lambda i: ask(server.url, i), range(sent, sent + 32)))
+                assert statuses == [200] * 32
+                sent += 32
+                if len(glob.glob(str(folder / "counter_*.db"))) >= 2:
+                    break
+            assert len(glob.glob(str(folder / "counter_*.db"))) >= 2, "one worker took everything"
+            m = samples(requests.get(server.metrics_url, timeout=10).text)
+            assert value(m, "gpt_proxy_requests_total", outcome="ok") == sent
+            assert value(m, "gpt_proxy_relayed_characters_total") == 2 * sent
+            assert value(m, "gpt_proxy_streams_open") == 0
 
-        victim = psutil.Process(server.proc.pid).children()[0]
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.wait(10)
-        statuses = list(pool.map(lambda i: ask(server.url, i), range(10)))
-        assert statuses == [200] * 10
-        m = samples(requests.get(server.metrics_url, timeout=10).text)
-        assert value(m, "gpt_proxy_requests_total", outcome="ok") == sent + 10
-        pool.shutdown()
+            victim = psutil.Process(server.proc.pid).children()[0]
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait(10)
+            statuses = list(pool.map(lambda i: ask(server.url, i), range(10)))
+            assert statuses == [200] * 10
+            m = samples(requests.get(server.metrics_url, timeout=10).text)
+            assert value(m, "gpt_proxy_requests_total", outcome="ok") == sent + 10
+            pool.shutdown()
     finally:
-        server.stop()
         fake_upstream.default = stream_scenario(["Hello", ", ", "world", "!"])
 
 

@@ -78,8 +78,9 @@ def page_origin():
 @pytest.fixture(scope="module")
 def cors_server(fake_upstream, page_origin, tmp_path_factory):
     """The service with a proxy token and the page's origin (on `localhost`) listed."""
-    yield from serve(fake_upstream, tmp_path_factory.mktemp("gunicorn-cors"),
-                     PROXY_TOKEN=TOKEN, CORS_ORIGINS=f"http://localhost:{page_origin}")
+    with serve(fake_upstream, tmp_path_factory.mktemp("gunicorn-cors"),
+               PROXY_TOKEN=TOKEN, CORS_ORIGINS=f"http://localhost:{page_origin}") as server:
+        yield server
 
 
 @pytest.fixture()
@@ -188,16 +189,18 @@ def test_a_failure_mid_stream_is_an_api_error_after_the_text(page, cors_server, 
 def test_aborting_the_stream_in_the_page_closes_the_upstream_within_a_second(
         page, cors_server, upstream):
     upstream.push(Scenario(parts=[sse_bytes(chunk_json("one"))], hold_open=True))
-    first = run(page(), """
+    chat_ui = page()
+    first = run(chat_ui, """
         const stream = await client.chat.completions.create(
             { model: "fake-model", messages: [{ role: "user", content: "hi" }], stream: true });
-        for await (const chunk of stream) {
-            stream.controller.abort();
-            return chunk.choices[0].delta.content;
-        }""", cors_server.url)
-    aborted_at = time.monotonic()
+        window.stream = stream;  // read by hand: leaving a for-await loop would abort it
+        const { value } = await stream[Symbol.asyncIterator]().next();
+        return value.choices[0].delta.content;""", cors_server.url)
     assert first == "one"
     record = upstream.wait_for_request()
+    assert not record.disconnected.is_set()  # nothing aborted it yet
+    aborted_at = time.monotonic()  # the second counts from the abort
+    chat_ui.evaluate("window.stream.controller.abort()")
     assert record.seconds_to_close(aborted_at) < 1.0
 
 

@@ -10,7 +10,7 @@ import openai
 import pytest
 import requests
 
-from .conftest import TEST_KEY
+from .conftest import TEST_KEY, free_port, serve
 from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes, stream_scenario
 from .test_integration import TEXT, TOKENS
 
@@ -151,20 +151,14 @@ def test_client_errors_raise_the_sdks_exception_classes(sdk, live, upstream):
     assert upstream.records == []
 
 
-def test_an_unreachable_upstream_raises_a_503(live, tmp_path):
-    from .conftest import Gunicorn
-    from .processes import free_port
-    service = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "WEB_CONCURRENCY": "1",
-                        "OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1"},
-                       tmp_path / "gunicorn.log")
-    try:
+def test_an_unreachable_upstream_raises_a_503(upstream, tmp_path):
+    with serve(upstream, tmp_path,
+               OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1") as service:
         client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="x", max_retries=0)
         with pytest.raises(openai.InternalServerError) as caught:
             client.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True)
         assert caught.value.status_code == 503
         assert TEST_KEY not in service.logs()
-    finally:
-        service.stop()
 
 
 def test_a_failure_mid_stream_raises_while_iterating_after_the_text(sdk, upstream):

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import requests
 
-from .conftest import TEST_KEY, Gunicorn
+from .conftest import serve
 from .fake_upstream import Scenario, chunk_json, sse_bytes
 
 TOKENS = [f"t{i} " for i in range(16)]
@@ -35,16 +35,10 @@ def slow_scenario() -> Scenario:
 @pytest.fixture()
 def server(fake_upstream, upstream, tmp_path):
     """A gunicorn of its own (two workers): these tests kill, reload and stop it."""
-    gunicorn = Gunicorn({"OPENAI_API_KEY": TEST_KEY, "OPENAI_BASE_URL": fake_upstream.url,
-                         "OPENAI_MODEL": "fake-model", "HEARTBEAT_SECONDS": "1",
-                         "WEB_CONCURRENCY": "2", "GRACEFUL_TIMEOUT": "20"},
-                        tmp_path / "gunicorn.log")
-    workers(gunicorn, 2)
-    yield gunicorn
-    if gunicorn.proc.poll() is None:
-        gunicorn.stop()
-    else:
-        gunicorn.log.close()
+    with serve(fake_upstream, tmp_path, HEARTBEAT_SECONDS="1", WEB_CONCURRENCY="2",
+               GRACEFUL_TIMEOUT="20") as gunicorn:
+        workers(gunicorn, 2)
+        yield gunicorn
 
 
 def workers(server, count: int, exclude: frozenset = frozenset()) -> list[psutil.Process]:
@@ -188,7 +182,6 @@ def test_a_shutdown_lets_a_running_stream_finish_and_takes_no_new_ones(server, u
     pool = workers(server, 2)
     upstream.push(slow_scenario())
     stream = open_stream(server, pool)
-    started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 5
     while True:  # the master closes its listening socket at once
@@ -198,9 +191,8 @@ def test_a_shutdown_lets_a_running_stream_finish_and_takes_no_new_ones(server, u
             break
         assert time.monotonic() < deadline, "still accepting after TERM"
         time.sleep(0.05)  # polling for the listener to close
-    assert complete(stream.wait()), (stream.error, stream.text)
-    assert server.proc.wait(15) == 0
-    assert time.monotonic() - started < 15
+    assert complete(stream.wait()), (stream.error, stream.text)  # not cut at GRACEFUL_TIMEOUT
+    assert server.proc.wait(30) == 0
 
 
 def test_the_dockerfile_runs_the_readme_command_as_a_non_root_user_with_a_healthcheck():
@@ -212,7 +204,8 @@ def test_the_dockerfile_runs_the_readme_command_as_a_non_root_user_with_a_health
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
     assert any(line.startswith("HEALTHCHECK") for line in lines)
-    assert "/healthz" in " ".join(lines)
+    assert 'CMD ["python", "healthcheck.py"]' in lines  # which asks /healthz
+    assert "/healthz" in (root / "healthcheck.py").read_text()
     assert any("BIND=0.0.0.0:7345" in line for line in lines)
     assert any("pip install" in line and "-r requirements.txt" in line for line in lines)
     assert lines[-1] == 'CMD ["gunicorn", "-c", "gunicorn.conf.py", "app:app"]'

@@ -17,7 +17,7 @@ import requests
 from gpt_proxy import create_app
 from gpt_proxy.config import ConfigError, load_config
 
-from .conftest import ROOT, TEST_KEY, free_port, make_config
+from .conftest import ROOT, TEST_KEY, access_lines, free_port, make_config
 from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes
 
 TOKEN = "proxy-token-0123456789-abcdef"
@@ -128,6 +128,50 @@ def test_listed_origin_gets_cors_headers_and_a_preflight_without_the_token(upstr
                         headers={"Origin": EVIL, "Sec-Fetch-Site": "cross-site", **auth()})
     assert_json_error(other, 403, "forbidden_origin")
     assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_cors_origins_star_lets_every_origin_in_without_credentials(upstream):
+    client = make_client(upstream, cors_origins=("*",), proxy_token=TOKEN)
+    for origin in (EVIL, "http://localhost:3000"):
+        preflight = client.options(CHAT, headers={
+            "Origin": origin, "Sec-Fetch-Site": "cross-site",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert preflight.status_code == 200
+        assert preflight.headers["Access-Control-Allow-Origin"] in ("*", origin)
+        response = client.post(CHAT, json={"message": "hi"},
+                               headers={"Origin": origin, "Sec-Fetch-Site": "cross-site",
+                                        **auth()})
+        assert response.get_data(as_text=True) == "Hello, world!"
+        assert response.headers["Access-Control-Allow-Origin"] in ("*", origin)
+        assert "Access-Control-Allow-Credentials" not in response.headers
+    assert_json_error(client.post(CHAT, json={"message": "hi"}, headers={
+        "Origin": EVIL, "Sec-Fetch-Site": "cross-site"}), 401)  # the token still applies
+
+
+def test_a_same_site_request_from_an_origin_not_listed_is_refused(upstream):
+    """Another port or subdomain of the same site is still another origin."""
+    listed = "https://chat.example.com"
+    client = make_client(upstream, cors_origins=(listed,))
+    for origin in ("https://evil.example.com", "https://chat.example.com:8443"):
+        response = client.post(CHAT, json={"message": "hi"},
+                               headers={"Origin": origin, "Sec-Fetch-Site": "same-site"})
+        assert_json_error(response, 403, "forbidden_origin")
+    response = client.post(CHAT, json={"message": "hi"},
+                           headers={"Origin": listed, "Sec-Fetch-Site": "same-site"})
+    assert response.status_code == 200 and len(upstream.records) == 1
+
+
+@pytest.mark.parametrize("token,warned", [("t0ken-of-15-chr", True),
+                                          ("t0ken-of-16-char", False)])
+def test_a_proxy_token_shorter_than_16_characters_is_warned_about(upstream, caplog, token,
+                                                                  warned):
+    caplog.set_level(logging.WARNING, logger="gpt_proxy.security")
+    make_client(upstream, proxy_token=token)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "gpt_proxy.security"]
+    assert warnings == (["PROXY_TOKEN is shorter than 16 characters: easy to guess"]
+                        if warned else [])
+    assert token not in caplog.text
 
 
 @pytest.mark.parametrize("value", ["https://x.example/path", "x.example", "https://.*",
@@ -324,11 +368,6 @@ def test_a_long_history_is_trimmed_to_the_character_budget(upstream):
 
 # --- the access log -------------------------------------------------------------------------
 
-def access_lines(caplog, request_id):
-    return [r.getMessage() for r in caplog.records
-            if r.name == "gpt_proxy.access" and f"id={request_id} " in r.getMessage()]
-
-
 @pytest.mark.parametrize("headers,body", [
     ({}, {"message": "secret words"}),
     ({"Accept": "text/event-stream"}, {"message": "secret words"}),
@@ -420,10 +459,19 @@ def test_the_key_never_reaches_the_gunicorn_log(live, upstream):
 
 
 def test_env_example_lists_every_setting_with_its_default():
+    """Set, or left as a `# NAME=default` comment (an address whose default differs in the
+    Docker image, which a copied .env must not replace); never set and commented both."""
+    import re
+
     from dotenv import dotenv_values
 
     from gpt_proxy.config import PARSERS, Config
 
+    text = (ROOT / ".env.example").read_text()
     values = dotenv_values(ROOT / ".env.example")
-    assert {name.upper() for name in PARSERS} <= set(values)
+    commented = dict(re.findall(r"^# ([A-Z][A-Z0-9_]*)=(\S*)$", text, re.MULTILINE))
+    assert {name.upper() for name in PARSERS} <= set(values) | set(commented)
+    assert not set(values) & set(commented)
     assert load_config(values) == Config()
+    assert load_config({**values, **commented}) == Config()
+    assert set(commented) == {"METRICS_BIND", "BIND"}  # the two addresses, nothing else

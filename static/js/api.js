@@ -1,8 +1,9 @@
-// The service's HTTP API as the page uses it: roles, limits, health, a streamed chat reply, API
-// keys (JSON routes), and the GPT Terminal user protocol (accounts and own roles: POST routes
-// answering HTTP 200 with an envelope {code, data} or {code, message}). Every failure becomes
-// an ApiError with a message and a hint a person can act on. Requests carry the page's own
-// cookies (fetch's default, same-origin), so a signed-in session goes along with each.
+// The service's HTTP API as the page uses it: roles, limits, health, a streamed chat reply,
+// generated images, API keys (JSON routes), and the GPT Terminal user protocol (accounts and
+// own roles: POST routes answering HTTP 200 with an envelope {code, data} or {code, message}).
+// Every failure becomes an ApiError with a message and a hint a person can act on. Requests
+// carry the page's own cookies (fetch's default, same-origin), so a signed-in session goes
+// along with each.
 
 import { readEvents } from "./sse.js";
 
@@ -115,14 +116,15 @@ export async function asksForCredentials() {
 const ENVELOPE_STATUS = { 40000: 400, 40100: 401, 40300: 403, 40400: 404, 50000: 500 };
 
 /**
- * POST to a route of the GPT Terminal user protocol (`/api/user/...`, `/api/role/...`): the
- * envelope's `data`
+ * POST to a route of the GPT Terminal user protocol (`/api/user/...`, `/api/role/...`,
+ * `/api/gpt/getImage`): the envelope's `data`
  * on success; on failure an ApiError with the envelope's message, `status` being the HTTP status
  * its code stands for (40100: 401, not signed in) and `code` the envelope's code. `body` null:
- * nothing is sent (the protocol's `user/current`, `user/logout`, `role/listByUserId`).
+ * nothing is sent (the protocol's `user/current`, `user/logout`, `role/listByUserId`). `token`:
+ * a proxy token or API key to send as well (the session cookie goes along in any case).
  */
-export async function postEnvelope(path, body = null, { signal } = {}) {
-  const headers = { Accept: "application/json" };
+export async function postEnvelope(path, body = null, { token = "", signal } = {}) {
+  const headers = { Accept: "application/json", ...authHeaders(token) };
   if (body !== null) headers["Content-Type"] = "application/json";
   let response;
   try {
@@ -138,7 +140,8 @@ export async function postEnvelope(path, body = null, { signal } = {}) {
   let envelope;
   try {
     envelope = await response.json();
-  } catch {
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
     envelope = null;
   }
   if (!envelope || typeof envelope !== "object") {
@@ -148,8 +151,8 @@ export async function postEnvelope(path, body = null, { signal } = {}) {
   }
   if (envelope.code === 0) return envelope.data;
   const code = Number(envelope.code);
-  const message = String(envelope.message || envelope.msg || `the server refused it (code ${code || "?"})`);
-  throw new ApiError(message, { status: ENVELOPE_STATUS[code] || 500, code: String(code || "") });
+  const message = String(envelope.message || envelope.msg || "unknown error");
+  throw new ApiError(message, { status: ENVELOPE_STATUS[code] || 500, code: String(code || 50000) });
 }
 
 /** The server's limits; `max_system_chars` is the longest definition an own role may have. */
@@ -229,4 +232,31 @@ export async function* chatStream({ messages, role, system, temperature, model, 
   throw new ApiError("the reply ended before it was finished (the connection closed early)", {
     hint: "try again",
   });
+}
+
+const IMAGE_HINTS = {
+  40000: "check the prompt and the options: help gpt image",
+  40100: "this server needs a proxy token: gpt token <token>",
+  40300: "this server does not let you make images",
+  50000: "the image service failed: try again, or tell the operator",
+};
+
+/**
+ * Ask for images (POST /api/gpt/getImage, the GPT Terminal user protocol): resolves with the
+ * `data:` URLs of the images made; an ApiError for a failure (its envelope's message); an
+ * AbortError when `signal` aborts (the connection closes, so the server stops too).
+ */
+export async function getImages({ prompt, number, size, token = "", signal }) {
+  let data;
+  try {
+    data = await postEnvelope("/api/gpt/getImage", { prompt, number, size }, { token, signal });
+  } catch (err) {
+    if (err instanceof ApiError && err.code) {
+      err.message = `no image was made: ${err.message}`;
+      err.hint = IMAGE_HINTS[err.code] || "";
+    }
+    throw err;
+  }
+  if (!Array.isArray(data)) throw new ApiError("the server's answer holds no images");
+  return data.map((item) => (item && typeof item.url === "string" ? item.url : ""));
 }

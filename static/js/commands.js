@@ -6,6 +6,7 @@ import { explain } from "./account.js";
 import { ApiError } from "./api.js";
 import { runChat } from "./chat.js";
 import { diy, ownRoleList } from "./diy.js";
+import { runImage } from "./image.js";
 import { key } from "./keys.js";
 import { MarkdownView } from "./markdown.js";
 import { ownRoleStore } from "./ownroles.js";
@@ -20,6 +21,13 @@ export const CHAT_OPTIONS = [
   { short: "m", long: "model", key: "model", value: true, valueName: "model name", example: "-m gpt-4o-mini" },
 ];
 
+const IMAGE_USAGE = "gpt image <prompt> [-n 1..5] [-s 256|512|1024]";
+export const IMAGE_OPTIONS = [
+  { short: "n", long: "number", key: "number", value: true, valueName: "number from 1 to 5", example: "-n 2" },
+  { short: "s", long: "size", key: "size", value: true, valueName: "size: 256, 512 or 1024", example: "-s 512" },
+];
+export const IMAGE_SIZES = ["256", "512", "1024"];
+
 export const COMMANDS = [
   {
     name: "gpt chat",
@@ -31,6 +39,17 @@ export const COMMANDS = [
       ["-m, --model <name>", "ask this model instead of the one set by gpt model"],
     ],
     examples: ["gpt chat -r ikun hi", "gpt chat -t 0.2 'what does \"tail -f\" do?'"],
+  },
+  {
+    name: "gpt image",
+    usage: IMAGE_USAGE,
+    about: "Draw images from a description. A progress line shows while they are made, then the images; Ctrl+C stops it. " +
+      "The options may come before or after the prompt.",
+    options: [
+      ["-n, --number <1..5>", "how many images (default 1)"],
+      ["-s, --size <256|512|1024>", "their width and height in pixels (default 256)"],
+    ],
+    examples: ["gpt image a lighthouse at night, oil painting", "gpt image -n 2 -s 512 a cat reading a newspaper"],
   },
   { name: "gpt role", usage: "gpt role [name]", about: "Without a name: list the roles, the server's and your own. With a name: make it the default role." },
   {
@@ -131,7 +150,8 @@ export async function runCommand(line, app) {
     // A chat message is the line's own text, so an apostrophe in it is no open quote.
     const parsed = tokenize(line, { partial: true });
     const { words } = parsed;
-    const isChat = words[0] === "gpt" && words[1] === "chat";
+    // So is an image prompt.
+    const isChat = words[0] === "gpt" && (words[1] === "chat" || words[1] === "image");
     if (parsed.quote && !isChat) throw unclosed(parsed.quote);
     if (!words.length) return;
     const [name, ...rest] = words;
@@ -181,6 +201,7 @@ async function gpt(words, app, parsed) {
   }
   switch (sub) {
     case "chat": return chat(rest, app, parsed);
+    case "image": return image(rest, app, parsed);
     case "role": return role(rest, app);
     case "diy": return diy(rest, app);
     case "model": return model(rest, app);
@@ -225,6 +246,102 @@ async function chat(words, app, parsed) {
   const model = options.model || app.settings.model || "";
   if (model.length > 200) throw new UsageError("gpt chat: the model name is too long", "see: gpt model");
   await runChat(app, { message, role, temperature, model });
+}
+
+/** The option an option word names (-n, --number, -n2, --number=2), and its inline value. */
+function imageOption(word) {
+  const long = /^--([a-z]+)(?:=(.*))?$/.exec(word);
+  if (long) {
+    const option = IMAGE_OPTIONS.find((o) => o.long === long[1]);
+    return option ? { option, inline: long[2] === undefined ? null : long[2] } : null;
+  }
+  const short = /^-([a-zA-Z])(.*)$/.exec(word);
+  const option = short && IMAGE_OPTIONS.find((o) => o.short === short[1]);
+  return option ? { option, inline: short[2] || null } : null;
+}
+
+function looksLikeOption(word) {
+  return /^--?[a-zA-Z]/.test(word);
+}
+
+/**
+ * `gpt image` words -> {prompt, options}: options before the prompt (up to `--`) and after
+ * it; the prompt is the line's own text between them (quotes and apostrophes kept, a prompt
+ * that is one quoted string loses its quotes). An unknown option at either end is refused.
+ */
+function imageArgs(rest, parsed) {
+  const usage = `usage: ${IMAGE_USAGE}`;
+  const options = {};
+  const take = (found, value, word) => {
+    if (value === undefined || value === null || value === "") {
+      throw new UsageError(`gpt image: option ${word} needs a ${found.option.valueName}`, usage);
+    }
+    options[found.option.key] = value;
+  };
+  let first = 0;
+  while (first < rest.length) {
+    const word = rest[first];
+    if (word === "--") {
+      first += 1;
+      break;
+    }
+    if (!looksLikeOption(word)) break;
+    const found = imageOption(word);
+    if (!found) throw new UsageError(`gpt image: unknown option ${word} (options: -n, -s)`, usage);
+    if (found.inline !== null) take(found, found.inline, word);
+    else take(found, rest[first + 1], word);
+    first += found.inline !== null ? 1 : 2;
+  }
+  let last = rest.length; // the prompt ends before rest[last]
+  while (last > first) {
+    const word = rest[last - 1];
+    const found = imageOption(word);
+    if (found && found.inline !== null) {
+      take(found, found.inline, word);
+      last -= 1;
+      continue;
+    }
+    const before = last - 2 >= first ? rest[last - 2] : "";
+    const named = before ? imageOption(before) : null;
+    if (named && named.inline === null) {
+      take(named, word, before);
+      last -= 2;
+      continue;
+    }
+    if (found) take(found, undefined, word); // its value is missing: refused
+    const unknown = [word, before].find(looksLikeOption);
+    if (unknown) throw new UsageError(`gpt image: unknown option ${unknown} (options: -n, -s)`, usage);
+    break;
+  }
+  let prompt = "";
+  if (last > first) {
+    const offset = parsed.words.length - rest.length;
+    const from = parsed.starts[offset + first];
+    const to = last < rest.length ? parsed.starts[offset + last] : parsed.line.length;
+    prompt = parsed.line.slice(from, to).trim();
+    if (last - first === 1 && /^["']/.test(prompt) && prompt.endsWith(prompt[0]) && prompt.length > 1) prompt = rest[first];
+  }
+  return { prompt, options };
+}
+
+async function image(words, app, parsed) {
+  const usage = `usage: ${IMAGE_USAGE}`;
+  const { prompt, options } = imageArgs(words, parsed);
+  if (!prompt.trim()) throw new UsageError("gpt image needs a prompt: what to draw", "e.g. gpt image a lighthouse at night -n 2");
+  let number = 1;
+  if (options.number !== undefined) {
+    if (!/^[1-5]$/.test(options.number)) throw new UsageError(`gpt image: -n needs a number from 1 to 5, not "${options.number}"`, usage);
+    number = Number(options.number);
+  }
+  let size = "256x256";
+  if (options.size !== undefined) {
+    const side = /^(\d+)(?:x(\d+))?$/.exec(options.size);
+    if (!side || !IMAGE_SIZES.includes(side[1]) || (side[2] && side[2] !== side[1])) {
+      throw new UsageError(`gpt image: -s needs a size of 256, 512 or 1024, not "${options.size}"`, usage);
+    }
+    size = `${side[1]}x${side[1]}`;
+  }
+  await runImage(app, { prompt, number, size });
 }
 
 async function role(words, app) {

@@ -3,7 +3,7 @@
 // It asks the network nothing.
 
 import { optionName, parseOptions, tokenize } from "./args.js";
-import { CHAT_OPTIONS, GPT_SUBCOMMANDS, TOP, USER_SUBCOMMANDS } from "./commands.js";
+import { CHAT_OPTIONS, GPT_SUBCOMMANDS, IMAGE_OPTIONS, IMAGE_SIZES, TOP, USER_SUBCOMMANDS } from "./commands.js";
 import { DIY_OPTIONS } from "./diy.js";
 import { KEY_ACTIONS, KEY_CREATE_OPTIONS } from "./keys.js";
 import { ownRoleStore } from "./ownroles.js";
@@ -50,6 +50,12 @@ function candidates(words, current, app) {
       if (last === "-t" || last === "--temperature") return [];
       if (current.startsWith("--")) return CHAT_OPTIONS.map((o) => `--${o.long}`);
       return current === "" || current.startsWith("-") ? CHAT_OPTIONS.map((o) => `-${o.short}`) : [];
+    }
+    case "image": {
+      if (last === "-s" || last === "--size") return IMAGE_SIZES;
+      if (last === "-n" || last === "--number") return ["1", "2", "3", "4", "5"];
+      if (current.startsWith("--")) return IMAGE_OPTIONS.map((o) => `--${o.long}`);
+      return current.startsWith("-") ? IMAGE_OPTIONS.map((o) => `-${o.short}`) : [];
     }
     case "role": return words.length === 2 ? roleNames(app) : [];
     case "model": return words.length === 2 ? [...new Set([...models, "--default"])] : [];

@@ -1,0 +1,191 @@
+"""What the user service costs: `python -m bench.identity [--repeats 3] [--quick]`.
+
+Three configurations of the service, each started fresh with a database of its own (SQLite
+in bench/results/), run interleaved so drift hits them alike:
+- `open`: AUTH=open, no budget (every request still leaves its ledger row);
+- `key`: AUTH=users, every request with an API key, no budget;
+- `budgets`: the same key under three budgets that all apply (the key's tokens per day, the
+  user's dollars per month, the service's tokens in total): three reservations and three
+  settlements per request.
+For each: the short-replies scenario of `bench.run` (64 clients, 40 requests each, 10-token
+replies as fast as the upstream can): replies per second, the service's CPU per request.
+`key` minus `open` is what identity costs; `budgets` minus `key` what admission and
+settlement cost.
+
+Then the stall check: 100 streams at 50 tokens/s through the `budgets` service, alone and
+while 50 logins (argon2id, ~30 ms of CPU each) and 50 key checks arrive at the same moment:
+the streams' per-token latency (upstream write to client arrival) in both, p50 and p99 (a
+worker stalled by a login, or by the database, would show here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import threading
+import time
+import urllib.request
+
+from .load import Target
+from .run import LATENCY, SHORT, Bench, Scenario, med
+from .service import ROOT, BenchUpstream, Service
+
+RESULTS = ROOT / "bench" / "results"
+ADMIN = "bench-admin-token-0123456789"
+
+
+def _call(port: int, method: str, path: str, body: dict | None = None,
+          token: str = ADMIN) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read() or b"{}")
+
+
+def start(upstream: BenchUpstream, name: str, users: bool, budgets: bool) -> tuple[Service, str]:
+    """A service in configuration `name`; the key its requests carry ('' for open)."""
+    database = RESULTS / f"identity-{name}-{time.time_ns()}.db"
+    env = {"DATABASE_URL": f"sqlite:///{database}", "PROXY_TOKEN": ADMIN,
+           "AUTH": "users" if users else "open", "DEFAULT_PRICE": "0.15/0.6",
+           "LOGIN_LIMIT": "100000/minute", "REGISTRATION": "open",
+           "CONVERSATION_STORE": f"sqlite:///{RESULTS}/identity-conversations.db"}
+    service = Service(upstream.url, RESULTS / f"identity-{name}.log", extra_env=env)
+    if not users:
+        return service, ""
+    port = service.port
+    user = _call(port, "POST", "/api/admin/users", {"username": "bench",
+                                                    "password": "bench password"})
+    key = _call(port, "POST", "/api/admin/keys", {"user": "bench", "name": "bench"})
+    if budgets:
+        for scope, subject, unit, period, limit in (
+                ("key", key["id"], "tokens", "day", 10**12),
+                ("user", user["id"], "usd", "month", "1000000"),
+                ("service", 0, "tokens", "total", 10**15)):
+            _call(port, "POST", "/api/admin/budgets", {"scope": scope, "subject": subject,
+                                                       "unit": unit, "period": period,
+                                                       "limit": limit})
+    return service, key["key"]
+
+
+def target(port: int, key: str) -> Target:
+    headers = {"Accept": "text/event-stream"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return Target("service", "127.0.0.1", port, "/api/gpt/get", headers,
+                  lambda sid, n, rate: {"message": f"bench sid={sid} n={n} rate={rate:g}"},
+                  b"event: done")
+
+
+def storm(port: int, key: str, logins: int = 50, checks: int = 50) -> float:
+    """`logins` logins and `checks` key checks at the same moment; their wall time (s)."""
+    barrier = threading.Barrier(logins + checks)
+
+    def login() -> None:
+        barrier.wait(30)
+        _call(port, "POST", "/api/user/login", {"username": "bench",
+                                                 "password": "bench password"}, token="")
+
+    def check() -> None:
+        barrier.wait(30)
+        _call(port, "GET", "/v1/models", token=key)
+    threads = [threading.Thread(target=login) for _ in range(logins)]
+    threads += [threading.Thread(target=check) for _ in range(checks)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return time.monotonic() - started
+
+
+async def run(args, log) -> dict:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    upstream = BenchUpstream()
+    short = SHORT if not args.quick else Scenario("short replies", 64, 10, 0.0, rounds=10,
+                                                  stagger=0.0)
+    configs = (("open", False, False), ("key", True, False), ("budgets", True, True))
+    results: dict = {name: [] for name, _, _ in configs}
+    try:
+        for i in range(args.repeats):
+            for name, users, budgets in (configs if i % 2 == 0 else configs[::-1]):
+                service, key = start(upstream, name, users, budgets)
+                try:
+                    bench = Bench(upstream, service)
+                    await bench.warm_up()
+                    bench.through = target(service.port, key)
+                    await bench.phase(bench.through, Scenario("warm", 32, 10, 0.0, rounds=5,
+                                                              stagger=0.0))
+                    results[name] += await bench.scenario(short, 1, lambda t, n=name:
+                                                          log(f"[{n}] {t.strip()}"))
+                finally:
+                    service.stop()
+        stall: dict = {"alone": [], "storm": [], "storm_seconds": []}
+        service, key = start(upstream, "stall", True, True)
+        try:
+            bench = Bench(upstream, service)
+            await bench.warm_up()
+            through = target(service.port, key)
+            loop = asyncio.get_running_loop()
+            for _ in range(args.repeats):
+                # the same streams through the service, alone and with the storm under way
+                # (it starts once the streams are all open: one stream's length in)
+                alone, _ = await bench.phase(through, LATENCY)
+                stall["alone"].append(alone)
+                running = loop.run_in_executor(None, lambda: (time.sleep(2.0),
+                                                              storm(service.port, key))[1])
+                stormy, _ = await bench.phase(through, LATENCY)
+                stall["storm"].append(stormy)
+                stall["storm_seconds"].append(await running)
+                log(f"  stall: per-token p50/p99 alone {alone['tok_p50']:.2f}/"
+                    f"{alone['tok_p99']:.2f} ms, with the storm {stormy['tok_p50']:.2f}/"
+                    f"{stormy['tok_p99']:.2f} ms (storm {stall['storm_seconds'][-1]:.2f} s)")
+        finally:
+            service.stop()
+        results["stall"] = stall
+        return results
+    finally:
+        upstream.stop()
+
+
+def report(results: dict) -> str:
+    rows = ["| configuration | short replies/s (median) | service CPU per request | vs open |",
+            "|---|---|---|---|"]
+    base = med(results["open"], "service", "cpu_ms_per_request")
+    for name in ("open", "key", "budgets"):
+        runs = results[name]
+        cpu = med(runs, "service", "cpu_ms_per_request")
+        rows.append(f"| {name} | {med(runs, 'service', 'req_per_s'):,.0f} | {cpu:.2f} ms | "
+                    f"{cpu - base:+.2f} ms |")
+    stall = results["stall"]
+    rows += ["", "| 100 streams x 50 tok/s through the `budgets` service | per-token p50 | "
+             "per-token p99 |", "|---|---|---|"]
+    for name in ("alone", "storm"):
+        rows.append(f"| {'alone' if name == 'alone' else 'with 50 logins + 50 key checks'} | "
+                    f"{statistics.median(r['tok_p50'] for r in stall[name]):.2f} ms | "
+                    f"{statistics.median(r['tok_p99'] for r in stall[name]):.2f} ms |")
+    rows.append(f"\nthe logins and key checks took {statistics.median(stall['storm_seconds']):.2f}"
+                " s (median) while the streams ran")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="fewer requests per run")
+    args = parser.parse_args()
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+    results = asyncio.run(run(args, log))
+    (RESULTS / "identity.json").write_text(json.dumps(results, default=str, indent=1))
+    print()
+    print(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,588 @@
+"""Budgets and the usage ledger: each key, user and the whole service spends only what it was
+given, and every request leaves one row saying what it came to. Over `db`; knows nothing of
+HTTP.
+
+A budget is a limit on one subject (the service, a user, or a key) in one unit (tokens,
+US dollars counted in nanodollars, or requests) over one period (`minute`, `day`, `month`,
+`total`; days and months are calendar ones in BUDGET_TZ, a minute is a UTC minute). Each
+period's use is a counter row (`spent`, `reserved`). Requests and tokens per minute per key
+(rpm, tpm) are budgets too: `requests` or `tokens` per `minute`.
+
+The rules that make it exact:
+- Admission, before the upstream is asked: the request's worst case is reserved against every
+  budget that applies to it, in one transaction, each budget by one conditional write:
+
+      INSERT INTO budget_counters ... SELECT :budget, :window, 0, :amount
+        WHERE :amount <= <the limit>
+      ON CONFLICT (budget_id, window) DO UPDATE SET reserved = reserved + :amount
+        WHERE spent + reserved + :amount <= <the limit>  RETURNING spent, reserved
+
+  (all of a request's budgets in one such statement, their rows in id order). A budget whose
+  row does not come back has no room: the transaction is rolled back (nothing stays
+  reserved anywhere), and the request is refused naming the budget and when it resets.
+  Never a read, a decision in Python, then a write: on PostgreSQL the second of two writers
+  re-checks the condition on the row the first committed; on SQLite the transaction holds
+  the database's write lock. So requests arriving together can never all pass one check.
+- The worst case: the prompt, bounded by the bytes of the JSON sent upstream (every token is
+  at least one byte of UTF-8), an image part counted as IMAGE_TOKENS tokens instead of its
+  bytes; plus the completion, bounded by `max_tokens` (or `max_completion_tokens`) times `n`.
+  A request with no such bound under a budget is sent with `max_tokens` = MAX_TOKENS_CEILING,
+  else BUDGET_MAX_TOKENS, so its worst case is known.
+- The reservation is a ledger row in state `open`, holding what it reserved per counter.
+- Settlement, however the reply ends, in one transaction: the ledger row is settled (only if
+  still open: settling twice is impossible) and each counter's reservation becomes the real
+  amount: the upstream's reported usage; for a reply cut short (the client left, or the
+  upstream broke off) the prompt's bound plus one token per text chunk relayed (OpenAI-
+  compatible APIs stream one token per chunk); nothing for a failure before the first byte.
+  Failover settles once, with the upstream that answered.
+- A worker that dies leaves open rows: once past their `expires` (the longest a reply can
+  run, MAX_STREAM_SECONDS, plus the upstream's timeouts and a minute) any process settles
+  them at the amount reserved (the upstream may have served them in full; the budget is
+  never overshot, and the ledger says `expired`).
+- Ledger rows older than LEDGER_DAYS, and counters of periods long over, are deleted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from .db import Database, DatabaseError, budget_counters, budgets, ledger
+from .errors import BadRequest, NotFound, ProxyError
+from .prices import Price, dollars
+
+log = logging.getLogger("gpt_proxy.budgets")
+
+SCOPES = ("service", "user", "key")
+UNITS = ("tokens", "usd", "requests")
+PERIODS = ("minute", "day", "month", "total")
+IMAGE_TOKENS = 3000  # the bound of one image part in a prompt
+CACHE_SECONDS = 0.5  # how long a subject's list of budgets is reused (changes: < 1 s)
+SWEEP_EVERY = 60.0
+SWEEP_BATCH = 200
+_PERIOD_WORDS = {"minute": "per-minute", "day": "daily", "month": "monthly", "total": "total"}
+
+
+class OverBudget(ProxyError):
+    """A budget has no room for the request's worst case."""
+
+    status = 429
+    code = "budget_exceeded"
+
+
+class Unpriced(ProxyError):
+    """A money budget applies, and the model has no price (and no DEFAULT_PRICE is set)."""
+
+    status = 403
+    code = "model_unpriced"
+
+
+@dataclass(frozen=True)
+class Budget:
+    id: int
+    scope: str
+    subject_id: int
+    unit: str
+    period: str
+    limit: int
+
+    @property
+    def label(self) -> str:
+        """`scope.unit.period`, e.g. key.tokens.day (bounded: for metrics and headers)."""
+        return f"{self.scope}.{self.unit}.{self.period}"
+
+    def amount(self, value: int) -> str:
+        if self.unit == "usd":
+            return f"${dollars(value)}"
+        return f"{value:,} {self.unit}"
+
+    def describe(self) -> str:
+        whose = {"service": "the service's", "user": "your account's", "key": "this key's"}
+        return (f"{whose[self.scope]} {_PERIOD_WORDS[self.period]} {self.unit} budget "
+                f"({self.amount(self.limit)})")
+
+    def public(self) -> dict:
+        return {"id": self.id, "scope": self.scope, "subject_id": self.subject_id,
+                "unit": self.unit, "period": self.period, "limit": self.limit
+                if self.unit != "usd" else dollars(self.limit)}
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a request may cost at worst, and what the ledger should say of it."""
+
+    model: str
+    prompt_tokens: int  # the bound
+    completion_tokens: int  # the bound
+    door: str
+    request_id: str
+    role: str | None = None
+    images: int = 0
+    image_size: str | None = None
+
+
+@dataclass(frozen=True)
+class Spent:
+    """What a request came to."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    images: int = 0
+    outcome: str = "ok"
+    upstream: str | None = None
+
+
+@dataclass
+class Hold:
+    """An admitted request: its ledger row (None: no budget applied, the row is written at
+    settlement) and what it reserved."""
+
+    ask: Ask
+    user_id: int | None
+    key_id: int | None
+    started: float
+    ledger_id: int | None = None
+    holds: list[tuple[int, str, str, int]] = field(default_factory=list)  # budget, window,
+    #                                                                        unit, amount
+    remaining: list[tuple[Budget, int]] = field(default_factory=list)
+    price: Price | None = None
+    done: bool = False
+
+    def header(self) -> str:
+        """`X-Budget-Remaining`: each budget's room left if this request costs its worst."""
+        return ", ".join(f"{b.label}={dollars(left) if b.unit == 'usd' else left}"
+                         for b, left in self.remaining)
+
+
+def window(period: str, now: float, tz: ZoneInfo) -> tuple[str, float | None]:
+    """The counter a moment falls in for `period`, and when that period ends."""
+    if period == "total":
+        return "total", None
+    if period == "minute":
+        start = int(now // 60) * 60
+        return f"m:{start}", start + 60.0
+    local = dt.datetime.fromtimestamp(now, tz)
+    if period == "day":
+        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        ends = (start + dt.timedelta(days=1)).replace(tzinfo=None)
+        return f"d:{start:%Y-%m-%d}", ends.replace(tzinfo=tz).timestamp()
+    start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = (start.replace(tzinfo=None) + dt.timedelta(days=32)).replace(day=1)
+    return f"M:{start:%Y-%m}", following.replace(tzinfo=tz).timestamp()
+
+
+def _iso(moment: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+
+
+def _in(seconds: float) -> str:
+    seconds = max(0, int(seconds + 0.999))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} days"
+
+
+@functools.lru_cache(maxsize=32)
+def _rows(n: int, names: tuple[str, ...], types: tuple[str, ...]) -> str:
+    """`n` rows of bound values as a derived table (SELECT ... UNION ALL ...), typed."""
+    return " UNION ALL ".join(
+        "SELECT " + ", ".join(f"CAST(:{name}{i} AS {kind}) AS {name}"
+                              for name, kind in zip(names, types, strict=True))
+        for i in range(n))
+
+
+@functools.lru_cache(maxsize=16)
+def _reserve(n: int) -> str:
+    """One statement reserving against `n` budgets: a conditional upsert per counter row (see
+    the module's rules); the rows that had room come back."""
+    rows = _rows(n, ("budget_id", "window_key", "amount", "ends"),
+                 ("INTEGER", "VARCHAR(24)", "BIGINT", "DOUBLE PRECISION"))
+    return (
+        "INSERT INTO budget_counters (budget_id, window_key, spent, reserved, ends) "
+        f"SELECT r.budget_id, r.window_key, 0, r.amount, r.ends FROM ({rows}) AS r "
+        "WHERE r.amount <= (SELECT amount_limit FROM budgets WHERE id = r.budget_id) "
+        "ON CONFLICT (budget_id, window_key) DO UPDATE "
+        "SET reserved = budget_counters.reserved + excluded.reserved "
+        "WHERE budget_counters.spent + budget_counters.reserved + excluded.reserved "
+        "<= (SELECT amount_limit FROM budgets WHERE id = excluded.budget_id) "
+        "RETURNING budget_id, spent, reserved")
+
+
+@functools.lru_cache(maxsize=16)
+def _settle(n: int) -> str:
+    """One statement turning `n` reservations into what was spent."""
+    rows = _rows(n, ("budget_id", "window_key", "held", "actual"),
+                 ("INTEGER", "VARCHAR(24)", "BIGINT", "BIGINT"))
+    return (
+        "UPDATE budget_counters SET reserved = budget_counters.reserved - v.held, "
+        f"spent = budget_counters.spent + v.actual FROM ({rows}) AS v "
+        "WHERE budget_counters.budget_id = v.budget_id "
+        "AND budget_counters.window_key = v.window_key")
+
+
+def _settle_params(holds, actual: Callable[[str, int], int]) -> dict:
+    params = {}
+    for i, (budget_id, key, unit, held) in enumerate(holds):
+        params.update({f"budget_id{i}": budget_id, f"window_key{i}": key, f"held{i}": held,
+                       f"actual{i}": actual(unit, held)})
+    return params
+
+
+# The statements every request runs: plain SQL for the driver (`Database.raw_write`), since
+# SQLAlchemy's execution layer would cost more than the statements themselves.
+_LEDGER_OPEN = (
+    "INSERT INTO ledger (request_id, created, user_id, key_id, door, model, role, state, "
+    "expires, holds) VALUES (:request_id, :created, :user_id, :key_id, :door, :model, :role, "
+    "'open', :expires, :holds) RETURNING id")
+_LEDGER_SETTLE = (
+    "UPDATE ledger SET finished = :finished, upstream = :upstream, "
+    "prompt_tokens = :prompt_tokens, completion_tokens = :completion_tokens, images = :images, "
+    "cost = :cost, outcome = :outcome, duration_ms = :duration_ms, state = 'settled' "
+    "WHERE id = :id AND state = 'open'")
+_LEDGER_SETTLED = (
+    "INSERT INTO ledger (request_id, created, user_id, key_id, door, model, role, finished, "
+    "upstream, prompt_tokens, completion_tokens, images, cost, outcome, duration_ms, state) "
+    "VALUES (:request_id, :created, :user_id, :key_id, :door, :model, :role, :finished, "
+    ":upstream, :prompt_tokens, :completion_tokens, :images, :cost, :outcome, :duration_ms, "
+    "'settled')")
+
+
+class Budgets:
+    """Admission, settlement, the ledger, and the budgets themselves."""
+
+    def __init__(self, db: Database, *, prices: Mapping[str, Price] | None = None,
+                 default_price: Price | None = None, tz: str = "UTC",
+                 hold_seconds: float = 1230.0, ledger_days: float = 400.0,
+                 clock: Callable[[], float] = time.time, metrics=None) -> None:
+        self.db = db
+        self.prices = prices or {}
+        self.default_price = default_price
+        self.tz = ZoneInfo(tz)
+        self.hold_seconds = hold_seconds
+        self.ledger_days = ledger_days
+        self.clock = clock
+        self.metrics = metrics
+        self._cache: dict[tuple, tuple[float, list[Budget]]] = {}
+        self._last_sweep = float("-inf")
+
+    # --- which budgets apply ----------------------------------------------------------------
+
+    def applying(self, user_id: int | None, key_id: int | None) -> list[Budget]:
+        """The budgets a request of this user and key must fit (the service's included), in
+        id order (the order rows are locked in: no deadlock between two transactions)."""
+        subject = (user_id, key_id)
+        now = self.clock()
+        cached = self._cache.get(subject)
+        if cached is not None and now - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        whose = budgets.c.scope == "service"
+        if user_id is not None:
+            whose = sa.or_(whose, sa.and_(budgets.c.scope == "user",
+                                          budgets.c.subject_id == user_id))
+        if key_id is not None:
+            whose = sa.or_(whose, sa.and_(budgets.c.scope == "key",
+                                          budgets.c.subject_id == key_id))
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(budgets).where(whose).order_by(budgets.c.id)).all()
+        found = [Budget(r.id, r.scope, r.subject_id, r.unit, r.period, r.amount_limit)
+                 for r in rows]
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[subject] = (now, found)
+        return found
+
+    def price(self, model: str) -> Price | None:
+        return self.prices.get(model) or self.default_price
+
+    # --- admission ----------------------------------------------------------------------------
+
+    def _amount(self, budget: Budget, ask: Ask, price: Price | None) -> int:
+        if budget.unit == "requests":
+            return 1
+        if budget.unit == "tokens":
+            return ask.prompt_tokens + ask.completion_tokens
+        if price is None:
+            raise Unpriced(f"the model {ask.model[:200]!r} has no price, and a money budget "
+                           "applies: the operator adds it to PRICES_FILE (or sets "
+                           "DEFAULT_PRICE)", field="model")
+        if ask.images:
+            cost = price.image(ask.image_size, ask.images)
+            if cost is None:
+                raise Unpriced(f"images of size {ask.image_size!r} from {ask.model[:200]!r} "
+                               "have no price, and a money budget applies", field="size")
+            return cost + price.tokens(ask.prompt_tokens, 0)
+        return price.tokens(ask.prompt_tokens, ask.completion_tokens)
+
+    def admit(self, ask: Ask, user_id: int | None, key_id: int | None) -> Hold:
+        """Reserve `ask`'s worst case against every budget that applies (one transaction);
+        OverBudget naming the first budget without room."""
+        now = self.clock()
+        if now - self._last_sweep >= SWEEP_EVERY:
+            self._last_sweep = now
+            self.sweep()
+        hold = Hold(ask, user_id, key_id, now, price=self.price(ask.model))
+        applying = self.applying(user_id, key_id)
+        if not applying:
+            return hold
+        amounts = [(b, self._amount(b, ask, hold.price)) for b in applying]
+        # One transaction: a budget without room rolls back every reservation made with it.
+        params: dict = {}
+        for i, (budget, amount) in enumerate(amounts):
+            key, ends = window(budget.period, now, self.tz)
+            params.update({f"budget_id{i}": budget.id, f"window_key{i}": key,
+                           f"amount{i}": amount, f"ends{i}": ends})
+            hold.holds.append((budget.id, key, budget.unit, amount))
+        with self.db.raw_write() as conn:
+            rows = {row[0]: row for row in conn.execute(_reserve(len(amounts)), params)}
+            missing = [(b, params[f"ends{i}"]) for i, (b, _) in enumerate(amounts)
+                       if b.id not in rows]
+            if missing:
+                budget, ends = missing[0]
+                if self.metrics is not None:
+                    self.metrics.budget_refused(budget.label)
+                raise self._refusal(budget, ends, now)  # raised inside: the rollback
+            hold.remaining = [(b, max(0, b.limit - rows[b.id][1] - rows[b.id][2]))
+                              for b, _ in amounts]
+            hold.ledger_id = conn.execute(_LEDGER_OPEN, {
+                "request_id": ask.request_id[:64], "created": now, "user_id": user_id,
+                "key_id": key_id, "door": ask.door, "model": ask.model[:200],
+                "role": (ask.role or None) and ask.role[:64], "expires": now + self.hold_seconds,
+                "holds": json.dumps(hold.holds)})[0][0]
+        if self.metrics is not None:
+            self.metrics.holds_changed(1)
+        return hold
+
+    def _refusal(self, budget: Budget, ends: float | None, now: float) -> OverBudget:
+        if ends is None:
+            return OverBudget(f"{budget.describe()} is used up; it does not reset (ask the "
+                              "operator for more)", code="budget_exceeded")
+        wait = max(1, int(ends - now + 0.999))
+        code = "rate_limit_exceeded" if budget.period == "minute" else "budget_exceeded"
+        refusal = OverBudget(f"{budget.describe()} has no room for this request; it resets at "
+                             f"{_iso(ends)} (in {_in(ends - now)})", code=code,
+                             headers={"Retry-After": str(wait)})
+        refusal.unit = budget.unit
+        return refusal
+
+    # --- settlement ----------------------------------------------------------------------------
+
+    def settle(self, hold: Hold, spent: Spent) -> None:
+        """The hold becomes what the request came to (see the module's rules); once."""
+        if hold.done:
+            return
+        hold.done = True
+        now = self.clock()
+        ask = hold.ask
+        cost = None
+        if hold.price is not None:
+            cost = hold.price.tokens(spent.prompt_tokens, spent.completion_tokens,
+                                     spent.cached_tokens)
+            if spent.images:
+                cost += hold.price.image(ask.image_size, spent.images) or 0
+        actual = {"tokens": spent.prompt_tokens + spent.completion_tokens,
+                  "requests": 1 if spent.outcome != "failed" else 0, "usd": cost or 0}
+        row = {"finished": now, "upstream": spent.upstream and spent.upstream[:64],
+               "prompt_tokens": spent.prompt_tokens, "completion_tokens": spent.completion_tokens,
+               "images": spent.images or None, "cost": cost, "outcome": spent.outcome[:64],
+               "duration_ms": int((now - hold.started) * 1000)}
+        try:
+            with self.db.raw_write() as conn:
+                if hold.ledger_id is None:
+                    conn.execute(_LEDGER_SETTLED, {
+                        "request_id": ask.request_id[:64], "created": hold.started,
+                        "user_id": hold.user_id, "key_id": hold.key_id, "door": ask.door,
+                        "model": ask.model[:200], "role": (ask.role or None) and ask.role[:64],
+                        **row})
+                    return
+                conn.execute(_LEDGER_SETTLE, {"id": hold.ledger_id, **row})
+                if conn.rowcount != 1:
+                    return  # settled already (expired by a sweep)
+                conn.execute(_settle(len(hold.holds)), _settle_params(
+                    hold.holds, lambda unit, held: actual[unit]))
+        except DatabaseError as exc:
+            # The reply is over; its reservation stays and is settled by a sweep later.
+            log.error("ledger: request %s not settled: %s", ask.request_id, exc)
+            return
+        if self.metrics is not None and hold.ledger_id is not None:
+            self.metrics.holds_changed(-1)
+
+    def sweep(self) -> int:
+        """Settle open rows past their expiry at what they reserved; delete old ledger rows
+        and ended counters. How many rows were settled."""
+        now = self.clock()
+        settled = 0
+        try:
+            with self.db.read() as conn:
+                stale = conn.execute(sa.select(ledger.c.id, ledger.c.holds).where(
+                    ledger.c.state == "open", ledger.c.expires < now).limit(SWEEP_BATCH)).all()
+            for row in stale:
+                with self.db.write() as conn:
+                    done = conn.execute(ledger.update().where(
+                        ledger.c.id == row.id, ledger.c.state == "open").values(
+                        state="settled", outcome="expired", finished=now))
+                    if done.rowcount != 1:
+                        continue
+                    holds = json.loads(row.holds or "[]")
+                    if holds:
+                        conn.execute(sa.text(_settle(len(holds))), _settle_params(
+                            holds, lambda unit, held: held))
+                    settled += 1
+            with self.db.write() as conn:
+                old = sa.select(ledger.c.id).where(
+                    ledger.c.created < now - self.ledger_days * 86400,
+                    ledger.c.state == "settled").limit(5000)
+                conn.execute(ledger.delete().where(ledger.c.id.in_(old)))
+                conn.execute(budget_counters.delete().where(
+                    budget_counters.c.ends < now - 3600, budget_counters.c.reserved == 0,
+                    budget_counters.c.window_key.like("m:%")))
+        except DatabaseError as exc:
+            log.warning("ledger sweep failed: %s", exc)
+        if settled:
+            log.warning("ledger: %d reservation(s) of a worker that stopped were settled at "
+                        "their worst case", settled)
+        return settled
+
+    # --- the budgets themselves ------------------------------------------------------------------
+
+    def set_budget(self, scope: str, subject_id: int, unit: str, period: str,
+                   limit: int) -> Budget:
+        """Make a budget, or change its limit (one per scope, subject, unit and period)."""
+        if scope not in SCOPES or unit not in UNITS or period not in PERIODS:
+            raise BadRequest(f"a budget is one of {SCOPES} x {UNITS} x {PERIODS}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**62:
+            raise BadRequest("a budget's limit is a whole number, at least 0", field="limit")
+        subject_id = 0 if scope == "service" else subject_id
+        where = (budgets.c.scope == scope, budgets.c.subject_id == subject_id,
+                 budgets.c.unit == unit, budgets.c.period == period)
+        with self.db.write() as conn:
+            changed = conn.execute(budgets.update().where(*where).values(amount_limit=limit))
+            if changed.rowcount == 0:
+                conn.execute(budgets.insert().values(scope=scope, subject_id=subject_id,
+                                                     unit=unit, period=period,
+                                                     amount_limit=limit, created=self.clock()))
+            row = conn.execute(sa.select(budgets).where(*where)).first()
+        self._cache.clear()
+        return Budget(row.id, row.scope, row.subject_id, row.unit, row.period, row.amount_limit)
+
+    def delete_budget(self, budget_id: int) -> None:
+        with self.db.write() as conn:
+            conn.execute(budget_counters.delete().where(budget_counters.c.budget_id == budget_id))
+            done = conn.execute(budgets.delete().where(budgets.c.id == budget_id))
+        if done.rowcount != 1:
+            raise NotFound(f"no budget with id {budget_id}", code="unknown_budget")
+        self._cache.clear()
+
+    def list_budgets(self) -> list[Budget]:
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(budgets).order_by(budgets.c.id)).all()
+        return [Budget(r.id, r.scope, r.subject_id, r.unit, r.period, r.amount_limit)
+                for r in rows]
+
+    # --- what people see ------------------------------------------------------------------------
+
+    def standing(self, applying: list[Budget]) -> list[dict]:
+        """Each budget with its current period's spend, what is reserved and left, and when
+        it resets."""
+        now = self.clock()
+        found = []
+        with self.db.read() as conn:
+            for budget in applying:
+                key, ends = window(budget.period, now, self.tz)
+                row = conn.execute(sa.select(budget_counters.c.spent, budget_counters.c.reserved)
+                                   .where(budget_counters.c.budget_id == budget.id,
+                                          budget_counters.c.window_key == key)).first()
+                spent, reserved = (row.spent, row.reserved) if row is not None else (0, 0)
+                show = dollars if budget.unit == "usd" else (lambda v: v)
+                found.append({**budget.public(), "spent": show(spent),
+                              "reserved": show(reserved),
+                              "left": show(max(0, budget.limit - spent - reserved)),
+                              "resets_at": _iso(ends) if ends else None})
+        return found
+
+    def spend_by_day(self, *, user_id: int | None = None, key_id: int | None = None,
+                     days: int = 31) -> list[dict]:
+        """Spend per day (UTC) and model over the last `days` days."""
+        since = self.clock() - days * 86400
+        query = sa.select(ledger.c.created, ledger.c.model, ledger.c.prompt_tokens,
+                          ledger.c.completion_tokens, ledger.c.cost).where(
+            ledger.c.created >= since, ledger.c.state == "settled")
+        if user_id is not None:
+            query = query.where(ledger.c.user_id == user_id)
+        if key_id is not None:
+            query = query.where(ledger.c.key_id == key_id)
+        totals: dict[tuple[str, str], dict] = {}
+        with self.db.read() as conn:
+            for row in conn.execute(query.order_by(ledger.c.created)):
+                day = time.strftime("%Y-%m-%d", time.gmtime(row.created))
+                entry = totals.setdefault((day, row.model), {
+                    "day": day, "model": row.model, "requests": 0, "prompt_tokens": 0,
+                    "completion_tokens": 0, "cost": 0})
+                entry["requests"] += 1
+                entry["prompt_tokens"] += row.prompt_tokens or 0
+                entry["completion_tokens"] += row.completion_tokens or 0
+                entry["cost"] += row.cost or 0
+        for entry in totals.values():
+            entry["cost"] = dollars(entry["cost"])
+        return list(totals.values())
+
+    LEDGER_COLUMNS = ("id", "request_id", "created", "finished", "user_id", "key_id", "door",
+                      "model", "role", "upstream", "prompt_tokens", "completion_tokens",
+                      "images", "cost", "outcome", "duration_ms", "state")
+
+    def rows(self, *, user_id: int | None = None, key_id: int | None = None,
+             since: float | None = None, until: float | None = None,
+             limit: int | None = None) -> Iterator[dict]:
+        """Ledger rows, oldest first (streamed: an export of a year reads in batches)."""
+        query = sa.select(*[ledger.c[name] for name in self.LEDGER_COLUMNS])
+        for column, value in ((ledger.c.user_id, user_id), (ledger.c.key_id, key_id)):
+            if value is not None:
+                query = query.where(column == value)
+        if since is not None:
+            query = query.where(ledger.c.created >= since)
+        if until is not None:
+            query = query.where(ledger.c.created < until)
+        query = query.order_by(ledger.c.id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.db.read() as conn:
+            result = conn.execution_options(yield_per=500).execute(query)
+            for row in result:
+                item = dict(row._mapping)
+                item["created"] = _iso(item["created"])
+                item["finished"] = _iso(item["finished"]) if item["finished"] else None
+                item["cost"] = dollars(item["cost"])
+                yield item
+
+
+def parse_limit(unit: str, value: object) -> int:
+    """A limit as given by a person (dollars for `usd`) -> the stored whole number."""
+    from .prices import NANO, PriceError, parse_dollars
+
+    if unit == "usd":
+        try:
+            return int(parse_dollars(value, "the limit") * NANO)
+        except PriceError as exc:
+            raise BadRequest(str(exc), field="limit") from None
+    if isinstance(value, bool) or not isinstance(value, (int, str, Decimal)):
+        raise BadRequest(f"a {unit} limit is a whole number", field="limit")
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise BadRequest(f"a {unit} limit is a whole number", field="limit") from None
+    if number < 0:
+        raise BadRequest("a limit is at least 0", field="limit")
+    return number

@@ -1,0 +1,318 @@
+"""Budgets and the ledger (`budgets`, `prices`) on a real SQLite file and a real PostgreSQL
+server: periods, admission, settlement, expiry, and requests arriving together."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+
+from gpt_proxy.budgets import Ask, Budgets, OverBudget, Spent, Unpriced, parse_limit, window
+from gpt_proxy.db import open_database
+from gpt_proxy.errors import BadRequest
+from gpt_proxy.prices import Price, PriceError, default_price, load_prices
+
+from .conftest import FakeClock
+
+ROOT = Path(__file__).resolve().parent.parent
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def at(text: str, tz=dt.UTC) -> float:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=tz).timestamp()
+
+
+# --- periods ---------------------------------------------------------------------------------------
+
+def test_a_day_is_a_calendar_day_in_the_budget_time_zone():
+    # 22:59:59 UTC is 23:59:59 in Berlin (winter); one second later the next day starts
+    assert window("day", at("2026-11-30T22:59:59"), BERLIN) == (
+        "d:2026-11-30", at("2026-12-01T00:00:00", BERLIN))
+    assert window("day", at("2026-11-30T23:00:00"), BERLIN)[0] == "d:2026-12-01"
+    assert window("day", at("2026-11-30T23:30:00"), ZoneInfo("UTC"))[0] == "d:2026-11-30"
+
+
+def test_days_across_a_daylight_saving_change_are_23_and_25_hours():
+    spring = window("day", at("2026-03-29T12:00:00", BERLIN), BERLIN)
+    assert spring[1] - at("2026-03-29T00:00:00", BERLIN) == 23 * 3600
+    autumn = window("day", at("2026-10-25T12:00:00", BERLIN), BERLIN)
+    assert autumn[1] - at("2026-10-25T00:00:00", BERLIN) == 25 * 3600
+
+
+@pytest.mark.parametrize("moment,key,ends", [
+    ("2026-01-31T23:59:59", "M:2026-01", "2026-02-01T00:00:00"),
+    ("2028-02-29T12:00:00", "M:2028-02", "2028-03-01T00:00:00"),  # a leap year's February
+    ("2026-12-31T23:59:59", "M:2026-12", "2027-01-01T00:00:00"),  # the year ends too
+    ("2027-01-01T00:00:00", "M:2027-01", "2027-02-01T00:00:00"),
+])
+def test_a_month_ends_where_the_calendar_says(moment, key, ends):
+    assert window("month", at(moment, BERLIN), BERLIN) == (key, at(ends, BERLIN))
+
+
+def test_a_minute_and_the_total():
+    assert window("minute", 120.5, BERLIN) == ("m:120", 180.0)
+    assert window("total", 1e9, BERLIN) == ("total", None)
+
+
+# --- prices ---------------------------------------------------------------------------------------
+
+def test_prices_are_exact_and_costs_round_up_to_a_nanodollar():
+    price = Price(Decimal("0.15"), Decimal("0.60"), Decimal("0.075"))
+    assert price.tokens(1_000_000, 0) == 150_000_000  # $0.15
+    assert price.tokens(1, 0) == 150  # 0.15 µ$ = 150 n$
+    assert price.tokens(1000, 1000, cached=400) == 600 * 150 + 400 * 75 + 1000 * 600
+    assert Price(Decimal("0.0000001")).tokens(1, 0) == 1  # a tenth of a nanodollar: one
+
+
+def test_the_prices_file_is_read_and_its_mistakes_name_the_model(tmp_path):
+    good = tmp_path / "prices.toml"
+    good.write_text('[models."m"]\ninput = 0.1\noutput = 0.3\n'
+                    '[models."img"]\nimages = { "256x256" = 0.016 }\n')
+    prices = load_prices(good)
+    assert prices["m"].input == Decimal("0.1") and prices["img"].image("256x256", 2) == 32_000_000
+    for text, word in (('[models."m"]\ninput = -1\n', "at least 0"),
+                       ('[models."m"]\ncolour = 1\n', "colour"),
+                       ('[models."m"]\n', "no price"),
+                       ('[models."m"]\nimages = { "big" = 1 }\n', "sizes"),
+                       ("[other]\n", "unknown table"), ("nonsense", "TOML")):
+        good.write_text(text)
+        with pytest.raises(PriceError, match=word):
+            load_prices(good)
+    assert default_price("1/2") == Price(Decimal(1), Decimal(2))
+    with pytest.raises(PriceError):
+        default_price("cheap")
+
+
+def test_limits_as_people_write_them():
+    assert parse_limit("usd", "5.00") == 5_000_000_000
+    assert parse_limit("tokens", "1000") == 1000
+    for unit, value in (("tokens", "1.5"), ("tokens", -1), ("usd", "five"), ("requests", True)):
+        with pytest.raises(BadRequest):
+            parse_limit(unit, value)
+
+
+# --- admission and settlement ----------------------------------------------------------------------
+
+@pytest.fixture()
+def clock():
+    clock = FakeClock()
+    clock.now = at("2026-11-30T12:00:00")
+    return clock
+
+
+@pytest.fixture()
+def db(database_url):
+    database = open_database(database_url, ROOT)
+    yield database
+    database.close()
+
+
+@pytest.fixture()
+def budgets(db, clock):
+    prices = {"priced": Price(Decimal("1"), Decimal("2"))}
+    return Budgets(db, prices=prices, tz="Europe/Berlin", hold_seconds=600, clock=clock)
+
+
+def ask(prompt=100, completion=50, model="priced", request_id="r") -> Ask:
+    return Ask(model=model, prompt_tokens=prompt, completion_tokens=completion, door="test",
+               request_id=request_id)
+
+
+def counter(db, budget) -> tuple[int, int]:
+    with db.read() as conn:
+        rows = conn.execute(sa.text("SELECT spent, reserved FROM budget_counters "
+                                    "WHERE budget_id = :b"), {"b": budget.id}).all()
+    return (sum(r.spent for r in rows), sum(r.reserved for r in rows))
+
+
+def ledger(db) -> list:
+    with db.read() as conn:
+        return conn.execute(sa.text("SELECT * FROM ledger ORDER BY id")).all()
+
+
+def test_a_request_reserves_its_worst_case_then_pays_what_it_used(budgets, db):
+    budget = budgets.set_budget("key", 7, "tokens", "day", 1000)
+    hold = budgets.admit(ask(), None, 7)
+    assert counter(db, budget) == (0, 150)
+    assert hold.header() == "key.tokens.day=850"
+    assert [row.state for row in ledger(db)] == ["open"]
+    budgets.settle(hold, Spent(30, 12, upstream="a"))
+    assert counter(db, budget) == (42, 0)
+    row = ledger(db)[0]
+    assert (row.state, row.prompt_tokens, row.completion_tokens, row.upstream, row.outcome,
+            row.key_id) == ("settled", 30, 12, "a", "ok", 7)
+    assert row.cost == 30 * 1000 + 12 * 2000  # $1 and $2 per million tokens
+    budgets.settle(hold, Spent(999, 999))  # a second settlement changes nothing
+    assert counter(db, budget) == (42, 0)
+
+
+def test_a_budget_without_room_refuses_and_reserves_nothing_anywhere(budgets, db, clock):
+    roomy = budgets.set_budget("service", 0, "tokens", "total", 10_000)
+    tight = budgets.set_budget("user", 3, "tokens", "day", 200)
+    first = budgets.admit(ask(), 3, None)
+    with pytest.raises(OverBudget) as caught:
+        budgets.admit(ask(), 3, None)
+    message = caught.value.message
+    assert "your account's daily tokens budget (200 tokens)" in message
+    assert "resets at 2026-11-30T23:00:00Z" in message and "(in 11 h 0 min)" in message
+    assert caught.value.status == 429 and caught.value.headers["Retry-After"] == "39600"
+    assert counter(db, roomy) == (0, 150) and counter(db, tight) == (0, 150)
+    assert len(ledger(db)) == 1
+    budgets.settle(first, Spent(10, 5))
+    budgets.admit(ask(), 3, None)  # the real use left room
+
+
+def test_a_failure_before_the_first_byte_costs_nothing(budgets, db):
+    tokens = budgets.set_budget("key", 1, "tokens", "day", 1000)
+    requests = budgets.set_budget("key", 1, "requests", "minute", 5)
+    budgets.settle(budgets.admit(ask(), None, 1), Spent(outcome="failed"))
+    assert counter(db, tokens) == (0, 0) and counter(db, requests) == (0, 0)
+    assert ledger(db)[0].outcome == "failed"
+
+
+def test_a_new_day_in_the_budget_time_zone_brings_new_room(budgets, clock):
+    budgets.set_budget("key", 1, "tokens", "day", 150)
+    budgets.settle(budgets.admit(ask(), None, 1), Spent(100, 50))
+    with pytest.raises(OverBudget):
+        budgets.admit(ask(), None, 1)
+    clock.now = at("2026-11-30T22:59:59")  # 23:59:59 in Berlin
+    with pytest.raises(OverBudget):
+        budgets.admit(ask(), None, 1)
+    clock.now = at("2026-11-30T23:00:00")  # midnight in Berlin
+    budgets.admit(ask(), None, 1)
+
+
+def test_a_reservation_made_before_midnight_is_settled_in_its_own_day(budgets, db, clock):
+    budget = budgets.set_budget("key", 1, "tokens", "day", 1000)
+    clock.now = at("2026-11-30T22:59:00")
+    hold = budgets.admit(ask(), None, 1)
+    clock.now = at("2026-11-30T23:01:00")
+    budgets.settle(hold, Spent(10, 10))
+    with db.read() as conn:
+        rows = conn.execute(sa.text("SELECT window_key, spent, reserved FROM budget_counters "
+                                    "WHERE budget_id = :b"), {"b": budget.id}).all()
+    assert [tuple(r) for r in rows] == [("d:2026-11-30", 20, 0)]
+
+
+def test_requests_per_minute_reset_each_minute(budgets, clock):
+    budgets.set_budget("key", 9, "requests", "minute", 2)
+    for _ in range(2):
+        budgets.admit(ask(), None, 9)
+    with pytest.raises(OverBudget) as caught:
+        budgets.admit(ask(), None, 9)
+    assert caught.value.code == "rate_limit_exceeded" and caught.value.unit == "requests"
+    clock.now += 60
+    budgets.admit(ask(), None, 9)
+
+
+def test_a_money_budget_prices_the_worst_case_and_refuses_a_model_without_a_price(budgets, db):
+    budget = budgets.set_budget("service", 0, "usd", "month", parse_limit("usd", "0.001"))
+    hold = budgets.admit(ask(prompt=100, completion=50), None, None)
+    assert counter(db, budget) == (0, 100 * 1000 + 50 * 2000)
+    budgets.settle(hold, Spent(10, 5))
+    assert counter(db, budget) == (10 * 1000 + 5 * 2000, 0)
+    with pytest.raises(Unpriced, match="has no price"):
+        budgets.admit(ask(model="unpriced"), None, None)
+    budgets.default_price = Price(Decimal("3"), Decimal("3"))
+    budgets.admit(ask(model="unpriced"), None, None)
+    tokens_only = budgets.set_budget("service", 0, "usd", "month", 1)  # the same budget, $1e-9
+    assert tokens_only.id == budget.id
+
+
+def test_images_are_priced_per_image_by_size(db, clock):
+    budgets = Budgets(db, prices={"img": Price(images={"256x256": Decimal("0.016")})},
+                      clock=clock)
+    budget = budgets.set_budget("service", 0, "usd", "total", parse_limit("usd", "0.05"))
+    images = Ask("img", prompt_tokens=20, completion_tokens=0, door="test", request_id="i",
+                 images=3, image_size="256x256")
+    hold = budgets.admit(images, None, None)
+    assert counter(db, budget) == (0, 48_000_000)
+    budgets.settle(hold, Spent(images=2))  # one image failed: two paid
+    assert counter(db, budget) == (32_000_000, 0)
+    with pytest.raises(OverBudget):
+        budgets.admit(images, None, None)  # $0.048 does not fit in the $0.018 left
+
+
+def test_a_dead_workers_reservation_is_settled_at_its_worst_case_after_it_expires(budgets, db,
+                                                                                 clock):
+    budget = budgets.set_budget("key", 1, "tokens", "total", 1000)
+    hold = budgets.admit(ask(), None, 1)  # the worker dies: never settled
+    assert budgets.sweep() == 0
+    clock.now += 601
+    assert budgets.sweep() == 1
+    assert counter(db, budget) == (150, 0)
+    assert ledger(db)[0].outcome == "expired"
+    budgets.settle(hold, Spent(1, 1))  # the worker was only slow: no second charge
+    assert counter(db, budget) == (150, 0)
+
+
+def test_old_ledger_rows_and_ended_minutes_are_deleted(db, clock):
+    budgets = Budgets(db, ledger_days=30, clock=clock)
+    budgets.set_budget("key", 1, "requests", "minute", 100)
+    budgets.settle(budgets.admit(ask(), None, 1), Spent(1, 1))
+    clock.now += 31 * 86400
+    budgets.settle(budgets.admit(ask(request_id="new"), None, 1), Spent(1, 1))
+    budgets.sweep()
+    assert [row.request_id for row in ledger(db)] == ["new"]
+    with db.read() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM budget_counters")).scalar() == 1
+
+
+def test_requests_without_a_budget_still_leave_a_ledger_row(budgets, db):
+    hold = budgets.admit(ask(), 5, 6)
+    assert hold.ledger_id is None and ledger(db) == []
+    budgets.settle(hold, Spent(3, 4, outcome="client_left", upstream="a"))
+    row = ledger(db)[0]
+    assert (row.user_id, row.key_id, row.state, row.outcome, row.cost) == (
+        5, 6, "settled", "client_left", 3 * 1000 + 4 * 2000)
+
+
+# --- requests arriving together ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("round_", range(3))
+def test_requests_arriving_together_never_overshoot(budgets, db, round_):
+    """Room for exactly N worst cases; 10 x N admissions at once from as many threads (each
+    with its own connection): exactly N are admitted."""
+    n = 4
+    budget = budgets.set_budget("key", 100 + round_, "tokens", "day", n * 150)
+    start = threading.Barrier(10 * n)
+    admitted, refused, failed = [], [], []
+
+    def one(i):
+        start.wait(30)
+        try:
+            admitted.append(budgets.admit(ask(request_id=str(i)), None, 100 + round_))
+        except OverBudget:
+            refused.append(i)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            failed.append(exc)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(10 * n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failed == [] and len(admitted) == n and len(refused) == 9 * n
+    assert counter(db, budget) == (0, n * 150)
+    for hold in admitted:
+        budgets.settle(hold, Spent(100, 50))
+    spent, reserved = counter(db, budget)
+    assert spent == n * 150 <= budget.limit and reserved == 0
+    assert len([r for r in ledger(db) if r.state == "settled"]) == n
+
+
+def test_the_reservations_of_one_request_are_one_transaction(budgets, db):
+    """Two budgets where the second refuses: the first's reservation is rolled back, even with
+    other requests committing around it."""
+    first = budgets.set_budget("user", 1, "tokens", "day", 10_000)
+    budgets.set_budget("key", 1, "tokens", "day", 100)
+    with pytest.raises(OverBudget):
+        budgets.admit(ask(), 1, 1)
+    assert counter(db, first) == (0, 0)
+    assert json.loads("[]") == []  # nothing else held
+    assert ledger(db) == []
