@@ -226,9 +226,10 @@ def users_server(fake_upstream, tmp_path_factory):
     throttled loosely enough for many tests from one address. Tests share it, each with
     users of its own."""
     folder = tmp_path_factory.mktemp("gunicorn-users")
-    yield from serve(fake_upstream, folder, AUTH="users", REGISTRATION="open",
-                     LOGIN_LIMIT="1000/minute", HEARTBEAT_SECONDS="1",
-                     CONVERSATION_STORE=f"sqlite:///{folder}/conversations.db")
+    with serve(fake_upstream, folder, AUTH="users", REGISTRATION="open",
+               LOGIN_LIMIT="1000/minute", HEARTBEAT_SECONDS="1",
+               CONVERSATION_STORE=f"sqlite:///{folder}/conversations.db") as server:
+        yield server
 
 
 @pytest.fixture()

@@ -300,8 +300,9 @@ TOKEN = "a-proxy-token-of-32-characters!!"
 def token_server(fake_upstream, tmp_path_factory):
     """gunicorn with a proxy token (AUTH=token) and no accounts."""
     folder = tmp_path_factory.mktemp("gunicorn-token")
-    yield from serve(fake_upstream, folder, AUTH="token", PROXY_TOKEN=TOKEN,
-                     CONVERSATION_STORE=f"sqlite:///{folder}/conversations.db")
+    with serve(fake_upstream, folder, AUTH="token", PROXY_TOKEN=TOKEN,
+               CONVERSATION_STORE=f"sqlite:///{folder}/conversations.db") as server:
+        yield server
 
 
 def test_with_a_proxy_token_the_page_asks_for_the_token_and_keeps_roles_in_the_browser(
