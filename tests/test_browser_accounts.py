@@ -16,9 +16,11 @@ import time
 import pytest
 import requests
 
+from gpt_proxy.demo import placeholder_png
+
 from .browser_helpers import expect
 from .conftest import serve
-from .fake_upstream import stream_scenario
+from .fake_upstream import image_answer, json_scenario, stream_scenario
 
 pytestmark = pytest.mark.browser
 pytest_plugins = ["tests.browser_fixtures"]  # the chromium, open_terminal and term fixtures
@@ -289,6 +291,18 @@ def test_a_key_is_made_shown_once_listed_and_revoked(users_term, accounts, upstr
     term.type_command(f"gpt key revoke {key_id}")
     expect()(term.last(".error .error-line")).to_contain_text("already revoked")
     assert term.errors_except("401", "400") == []  # the refusals asked for above
+
+
+def test_gpt_image_asks_to_sign_in_and_draws_once_signed_in(users_term, upstream):
+    term = users_term()
+    term.type_command("gpt image a cat in a hat")
+    expect()(term.last(".error .error-line")).to_contain_text("no image was made")
+    expect()(term.last(".error .hint-line")).to_contain_text("sign in with user login -u <name>")
+    term.sign_up(new_name("fay"), PASSWORD)
+    upstream.push(json_scenario(200, image_answer([placeholder_png(8, 8, "cat")])))
+    term.type_command("gpt image a cat in a hat")
+    expect()(term.last(".image-result").locator(".image-grid img")).to_have_count(1)
+    assert len(upstream.records) == 1  # the refused request never reached the upstream
 
 
 # --- without accounts: the page as it always was ------------------------------------------------
