@@ -4,13 +4,13 @@ Three configurations of the service, each started fresh with a database of its o
 in bench/results/), run interleaved so drift hits them alike:
 - `open`: AUTH=open, no budget (every request still leaves its ledger row);
 - `key`: AUTH=users, every request with an API key, no budget;
+- `budget`: the same key under one budget (its tokens per day);
 - `budgets`: the same key under three budgets that all apply (the key's tokens per day, the
-  user's dollars per month, the service's tokens in total): three reservations and three
-  settlements per request.
+  user's dollars per month, the service's tokens in total).
 For each: the short-replies scenario of `bench.run` (64 clients, 40 requests each, 10-token
 replies as fast as the upstream can): replies per second, the service's CPU per request.
-`key` minus `open` is what identity costs; `budgets` minus `key` what admission and
-settlement cost.
+`key` minus `open` is what identity costs; `budget` and `budgets` minus `key` what admission
+and settlement cost.
 
 Then the stall check: 100 streams at 50 tokens/s through the `budgets` service, alone and
 while 50 logins (argon2id, ~30 ms of CPU each) and 50 key checks arrive at the same moment:
@@ -46,7 +46,7 @@ def _call(port: int, method: str, path: str, body: dict | None = None,
         return json.loads(answer.read() or b"{}")
 
 
-def start(upstream: BenchUpstream, name: str, users: bool, budgets: bool) -> tuple[Service, str]:
+def start(upstream: BenchUpstream, name: str, users: bool, budgets: int) -> tuple[Service, str]:
     """A service in configuration `name`; the key its requests carry ('' for open)."""
     database = RESULTS / f"identity-{name}-{time.time_ns()}.db"
     env = {"DATABASE_URL": f"sqlite:///{database}", "PROXY_TOKEN": ADMIN,
@@ -64,7 +64,7 @@ def start(upstream: BenchUpstream, name: str, users: bool, budgets: bool) -> tup
         for scope, subject, unit, period, limit in (
                 ("key", key["id"], "tokens", "day", 10**12),
                 ("user", user["id"], "usd", "month", "1000000"),
-                ("service", 0, "tokens", "total", 10**15)):
+                ("service", 0, "tokens", "total", 10**15))[:budgets]:
             _call(port, "POST", "/api/admin/budgets", {"scope": scope, "subject": subject,
                                                        "unit": unit, "period": period,
                                                        "limit": limit})
@@ -107,7 +107,7 @@ async def run(args, log) -> dict:
     upstream = BenchUpstream()
     short = SHORT if not args.quick else Scenario("short replies", 64, 10, 0.0, rounds=10,
                                                   stagger=0.0)
-    configs = (("open", False, False), ("key", True, False), ("budgets", True, True))
+    configs = (("open", False, 0), ("key", True, 0), ("budget", True, 1), ("budgets", True, 3))
     results: dict = {name: [] for name, _, _ in configs}
     try:
         for i in range(args.repeats):
@@ -124,7 +124,7 @@ async def run(args, log) -> dict:
                 finally:
                     service.stop()
         stall: dict = {"alone": [], "storm": [], "storm_seconds": []}
-        service, key = start(upstream, "stall", True, True)
+        service, key = start(upstream, "stall", True, 3)
         try:
             bench = Bench(upstream, service)
             await bench.warm_up()
@@ -155,7 +155,7 @@ def report(results: dict) -> str:
     rows = ["| configuration | short replies/s (median) | service CPU per request | vs open |",
             "|---|---|---|---|"]
     base = med(results["open"], "service", "cpu_ms_per_request")
-    for name in ("open", "key", "budgets"):
+    for name in ("open", "key", "budget", "budgets"):
         runs = results[name]
         cpu = med(runs, "service", "cpu_ms_per_request")
         rows.append(f"| {name} | {med(runs, 'service', 'req_per_s'):,.0f} | {cpu:.2f} ms | "

@@ -52,7 +52,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from .db import Database, api_keys, invites, own_roles, sessions, users
-from .errors import BadRequest, NotFound, ProxyError, Unauthorized
+from .errors import BadRequest, Conflict, NotFound, Unauthorized
 
 MAX_USERNAME = 32
 MIN_PASSWORD_CHARS = 8
@@ -80,12 +80,6 @@ HASHER = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1, hash_len=
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _KEY_SHAPE = re.compile(re.escape(KEY_PREFIX) + f"[0-9A-Za-z]{{{KEY_BODY + KEY_CHECK}}}")
 _EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f.]+(\.[^@\s\x00-\x1f\x7f.]+)+")
-
-
-class Conflict(BadRequest):
-    """A name that must be unique is taken."""
-
-    code = "conflict"
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -764,8 +758,3 @@ def role_elements(value: object, field: str, max_chars: int) -> list[tuple[str, 
         raise BadRequest(f"a role's messages are at most {max_chars} characters in all "
                          "(MAX_SYSTEM_CHARS)", field=field, code="system_too_long")
     return elements
-
-
-class Throttled(ProxyError):
-    status = 429
-    code = "too_many_attempts"

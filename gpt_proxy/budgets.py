@@ -57,7 +57,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from .db import Database, DatabaseError, budget_counters, budgets, ledger
-from .errors import BadRequest, NotFound, ProxyError
+from .errors import BadRequest, NotFound, OverBudget, Unpriced
 from .prices import Price, dollars
 
 log = logging.getLogger("gpt_proxy.budgets")
@@ -70,20 +70,6 @@ CACHE_SECONDS = 0.5  # how long a subject's list of budgets is reused (changes: 
 SWEEP_EVERY = 60.0
 SWEEP_BATCH = 200
 _PERIOD_WORDS = {"minute": "per-minute", "day": "daily", "month": "monthly", "total": "total"}
-
-
-class OverBudget(ProxyError):
-    """A budget has no room for the request's worst case."""
-
-    status = 429
-    code = "budget_exceeded"
-
-
-class Unpriced(ProxyError):
-    """A money budget applies, and the model has no price (and no DEFAULT_PRICE is set)."""
-
-    status = 403
-    code = "model_unpriced"
 
 
 @dataclass(frozen=True)

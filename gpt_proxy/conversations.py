@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .config import without_password
+
 log = logging.getLogger("gpt_proxy.conversations")
 
 ROLES = ("user", "assistant")
@@ -305,7 +307,7 @@ class RedisStore:
         self.ttl = ttl
         self.clock = clock
         self.prefix = prefix
-        self.description = f"Redis {_without_password(url)}"
+        self.description = f"Redis {without_password(url)}"
         try:
             self._redis = redis.Redis.from_url(
                 url, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
@@ -380,19 +382,6 @@ class RedisStore:
 
     def close(self) -> None:
         self._redis.close()
-
-
-def _without_password(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else "***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
 
 
 # --- choosing one --------------------------------------------------------------------------

@@ -39,7 +39,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import sqlalchemy as sa
 from sqlalchemy import (
@@ -56,6 +55,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Connection, Engine
+
+from .config import without_password
 
 log = logging.getLogger("gpt_proxy.db")
 
@@ -287,18 +288,6 @@ VERSION = len(MIGRATIONS)
 
 # --- opening ----------------------------------------------------------------------------------
 
-def describe(url: str) -> str:
-    """The URL fit for a message: never its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else "***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
-
-
 def sqlite_file(url: str, root: Path) -> Path | None:
     """The file of a `sqlite:///relative` (to `root`) or `sqlite:////absolute` URL, else None."""
     if not url.startswith("sqlite:///"):
@@ -323,7 +312,7 @@ class Database:
 
     def __init__(self, url: str, root: Path) -> None:
         self.url = url
-        self.description = describe(url)
+        self.description = without_password(url)
         self.sqlite = sqlite_file(url, root)
         self.pid = os.getpid()
         self._lock = threading.Lock()

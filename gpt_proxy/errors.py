@@ -50,6 +50,12 @@ class UnknownRole(NotFound):
     code = "unknown_role"
 
 
+class Conflict(BadRequest):
+    """A name that must be unique is taken (a username, an own role's keyword)."""
+
+    code = "conflict"
+
+
 class PayloadTooLarge(ProxyError):
     status = 413
     code = "payload_too_large"
@@ -58,6 +64,26 @@ class PayloadTooLarge(ProxyError):
 class RateLimited(ProxyError):
     status = 429
     code = "rate_limited"
+
+
+class Throttled(RateLimited):
+    """Too many login (or registration) attempts for a username or an address."""
+
+    code = "too_many_attempts"
+
+
+class OverBudget(RateLimited):
+    """A budget has no room for the request's worst case (the message says which, and when
+    it resets)."""
+
+    code = "budget_exceeded"
+
+
+class Unpriced(ProxyError):
+    """A money budget applies, and the model has no price (and no DEFAULT_PRICE is set)."""
+
+    status = 403
+    code = "model_unpriced"
 
 
 class ClientLeft(ProxyError):

@@ -38,9 +38,9 @@ from typing import TypeVar
 
 from flask import Flask, current_app, g, request
 
-from .accounts import Accounts, Identity, Key, Throttled, User
+from .accounts import Accounts, Identity, Key, User
 from .config import Config
-from .errors import ProxyError, Unauthorized
+from .errors import ProxyError, Throttled, Unauthorized
 from .security import bearer_token, origin_allowed, token_matches
 
 log = logging.getLogger("gpt_proxy.identity")

@@ -20,14 +20,21 @@ from .accounts import (
     MAX_ROLE_DESCRIPTION,
     MAX_ROLE_NAME,
     MAX_USERNAME,
-    Conflict,
     check_keyword,
     check_password,
     check_text,
     role_elements,
     username_key,
 )
-from .errors import BadRequest, ClientLeft, NotFound, ProxyError, Unauthorized, UpstreamError
+from .errors import (
+    BadRequest,
+    ClientLeft,
+    Conflict,
+    NotFound,
+    ProxyError,
+    Unauthorized,
+    UpstreamError,
+)
 from .identity import (
     Caller,
     LoginThrottle,

@@ -329,6 +329,24 @@ def postgres():
     server.stop()
 
 
+@pytest.fixture()
+def db(database_url):
+    """The service's database (`db.Database`) in `database_url`, migrated."""
+    from gpt_proxy.db import open_database
+
+    database = open_database(database_url, ROOT)
+    yield database
+    database.close()
+
+
+@pytest.fixture()
+def clock():
+    """A clock the test moves by hand (`clock.now`), at a Unix time of today's magnitude."""
+    clock = FakeClock()
+    clock.now = 1_800_000_000.0
+    return clock
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
     """A fresh, empty database: an SQLite file, then a PostgreSQL database (the same tests

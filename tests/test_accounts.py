@@ -16,32 +16,15 @@ from gpt_proxy.accounts import (
     CACHE_SECONDS,
     KEY_PREFIX,
     Accounts,
-    Conflict,
     check_email,
     check_keyword,
     check_username,
     looks_like_key,
 )
 from gpt_proxy.db import VERSION, Database, DatabaseError, metadata, open_database
-from gpt_proxy.errors import BadRequest, NotFound, Unauthorized
-
-from .conftest import FakeClock
+from gpt_proxy.errors import BadRequest, Conflict, NotFound, Unauthorized
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture()
-def db(database_url):
-    database = open_database(database_url, ROOT)
-    yield database
-    database.close()
-
-
-@pytest.fixture()
-def clock():
-    clock = FakeClock()
-    clock.now = 1_800_000_000.0
-    return clock
 
 
 @pytest.fixture()
@@ -195,8 +178,11 @@ def test_unknown_and_known_username_logins_take_the_same_time_within_20_percent(
             started = time.perf_counter()
             accounts.authenticate(name, "wrong horse")
             samples.append(time.perf_counter() - started)
-    ratio = statistics.median(unknown) / statistics.median(known)
-    assert 0.8 <= ratio <= 1.2, (statistics.median(known), statistics.median(unknown))
+    # the fastest of each: what a login costs when nothing else competes for the CPU (other
+    # work can only add to a sample, so the minimum is the steadiest measure of the cost)
+    ratio = min(unknown) / min(known)
+    assert 0.8 <= ratio <= 1.2, (min(known), min(unknown), statistics.median(known),
+                                 statistics.median(unknown))
 
 
 # --- sessions -------------------------------------------------------------------------------------

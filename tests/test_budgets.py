@@ -13,12 +13,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from gpt_proxy.budgets import Ask, Budgets, OverBudget, Spent, Unpriced, parse_limit, window
-from gpt_proxy.db import open_database
-from gpt_proxy.errors import BadRequest
+from gpt_proxy.budgets import Ask, Budgets, Spent, parse_limit, window
+from gpt_proxy.errors import BadRequest, OverBudget, Unpriced
 from gpt_proxy.prices import Price, PriceError, default_price, load_prices
-
-from .conftest import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -100,17 +97,9 @@ def test_limits_as_people_write_them():
 # --- admission and settlement ----------------------------------------------------------------------
 
 @pytest.fixture()
-def clock():
-    clock = FakeClock()
+def clock(clock):
     clock.now = at("2026-11-30T12:00:00")
     return clock
-
-
-@pytest.fixture()
-def db(database_url):
-    database = open_database(database_url, ROOT)
-    yield database
-    database.close()
 
 
 @pytest.fixture()

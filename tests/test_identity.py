@@ -223,3 +223,29 @@ def test_token_mode_and_open_mode_are_unchanged(users_app, upstream):
     assert client.post("/api/gpt/get", json={"message": "hi"},
                        headers=bearer(PROXY_TOKEN)).get_data(as_text=True) == "token"
     assert client.get("/api/admin/users", headers=bearer(PROXY_TOKEN)).status_code == 200
+
+
+@pytest.mark.parametrize("env,named", [
+    ({"AUTH": "token"}, "AUTH=token needs PROXY_TOKEN"),
+    ({"AUTH": "everyone"}, "AUTH='everyone'"),
+    ({"REGISTRATION": "sometimes"}, "REGISTRATION"),
+    ({"DATABASE_URL": "mysql://db/gp"}, "DATABASE_URL"),
+    ({"SESSION_DAYS": "0"}, "SESSION_DAYS"),
+    ({"LOGIN_LIMIT": "lots"}, "LOGIN_LIMIT"),
+    ({"BUDGET_TZ": "Mars/Olympus"}, "BUDGET_TZ"),
+    ({"DEFAULT_PRICE": "cheap"}, "DEFAULT_PRICE"),
+    ({"PRICES_FILE": "nowhere.toml"}, "PRICES_FILE='nowhere.toml' cannot be read"),
+])
+def test_settings_the_user_service_cannot_run_with_stop_start_up_naming_them(env, named):
+    from gpt_proxy.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=named.replace("(", r"\(").replace("'", "'")):
+        load_config(env)
+
+
+def test_auth_defaults_to_token_when_a_proxy_token_is_set_as_before():
+    from gpt_proxy.config import load_config
+
+    assert load_config({}).auth == "open"
+    assert load_config({"PROXY_TOKEN": "x" * 20}).auth == "token"
+    assert load_config({"PROXY_TOKEN": "x" * 20, "AUTH": "users"}).auth == "users"
