@@ -113,6 +113,31 @@ class TerminalPage:
         self.input.press("Enter")
         made.nth(count).wait_for()
 
+    @property
+    def secret(self):
+        """The masked field a password is typed into (shown only while one is asked for)."""
+        return self.page.locator("#secret")
+
+    def answer_secret(self, text: str) -> None:
+        """Type `text` into the masked field the terminal shows for a password, and Enter."""
+        self.secret.wait_for(state="visible")
+        self.secret.fill(text)
+        self.secret.press("Enter")
+
+    def sign_up(self, name: str, password: str) -> None:
+        """Register through the prompts (the password asked for twice, masked); signed in."""
+        self.type_command(f"user register -u {name}")
+        self.answer_secret(password)
+        self.page.locator("#prompt-role", has_text="new password again").wait_for()
+        self.answer_secret(password)
+        self.page.locator("#prompt-user", has_text=name).wait_for()
+
+    def log_in(self, name: str, password: str) -> None:
+        """Sign in through the prompts (the password typed into the masked field)."""
+        self.type_command(f"user login -u {name}")
+        self.answer_secret(password)
+        self.page.locator("#prompt-user", has_text=name).wait_for()
+
     def last(self, selector: str):
         return self.page.locator(f"#output {selector}").last
 

@@ -219,6 +219,19 @@ def gunicorn_server(fake_upstream, tmp_path_factory):
         yield server
 
 
+@pytest.fixture(scope="session")
+def users_server(fake_upstream, tmp_path_factory):
+    """gunicorn with accounts (AUTH=users, open registration) against the session's fake
+    upstream, its database (DATABASE_URL) and conversations in a temporary folder; logins
+    throttled loosely enough for many tests from one address. Tests share it, each with
+    users of its own."""
+    folder = tmp_path_factory.mktemp("gunicorn-users")
+    with serve(fake_upstream, folder, AUTH="users", REGISTRATION="open",
+               LOGIN_LIMIT="1000/minute", HEARTBEAT_SECONDS="1",
+               CONVERSATION_STORE=f"sqlite:///{folder}/conversations.db") as server:
+        yield server
+
+
 @pytest.fixture()
 def live(gunicorn_server, upstream):
     """The running gunicorn, with the fake upstream emptied for this test."""

@@ -1,7 +1,9 @@
 """The chat-process frontends' reading loop in Debian's Chromium, deployed as the README says:
 nginx serves the frontend's files at / and passes /api/ to the service under gunicorn. A test
 page (tests/chat_process_page/) stands in for the built `dist/`: an XMLHttpRequest whose
-progress events parse the last line received, as chatgpt-web and GPT Terminal do.
+progress events parse the last line received, as chatgpt-web and GPT Terminal do, and which
+shows an error envelope's message. With accounts (AUTH=users) the frontend sends a user's API
+key as `Authorization: Bearer`, as chatgpt-web sends its "secret key".
 
 Waiting is Playwright's (`wait_for_function`) or a threading Event, never a sleep."""
 
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from .browser_helpers import WAIT_MS, missing
 from .conftest import sent_messages
@@ -52,20 +55,42 @@ def site(gunicorn_server):
         nginx.stop()
 
 
-@pytest.fixture()
-def page(chromium, site, live):
+def open_page(chromium, url: str):
+    """The test page in a fresh context; fails the test on an uncaught page error."""
     context = chromium.new_context()
     try:
         page = context.new_page()
         page.set_default_timeout(WAIT_MS)
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(site + "/")
+        page.goto(url + "/")
         page.wait_for_selector("html[data-ready='true']")
         yield page
         assert errors == []
     finally:
         context.close()
+
+
+@pytest.fixture()
+def page(chromium, site, live):
+    yield from open_page(chromium, site)
+
+
+@pytest.fixture(scope="module")
+def users_site(users_server):
+    """The same deployment in front of the service with accounts (AUTH=users)."""
+    if not nginx_binary():
+        missing("nginx is not installed (apt-get install nginx)")
+    nginx = Nginx(SERVER % users_server.port, files=PAGE)
+    try:
+        yield f"http://127.0.0.1:{nginx.port}"
+    finally:
+        nginx.stop()
+
+
+@pytest.fixture()
+def users_page(chromium, users_site, users_server, upstream):
+    yield from open_page(chromium, users_site)
 
 
 def cut_in_characters(tokens, pause: float = 0.15) -> Scenario:
@@ -138,3 +163,47 @@ def test_an_error_before_the_first_byte_is_the_envelope_the_frontends_show(page,
     assert "retry in 9 s" in result["envelope"]["message"]
     bad = page.evaluate("chat({prompt: '', options: {parentMessageId: 42}})")
     assert bad["envelope"]["status"] == "Fail" and "'prompt'" in bad["envelope"]["message"]
+
+
+# --- with accounts (AUTH=users): a user's API key ---------------------------------------------
+
+def user_key(url: str, name: str) -> tuple[str, int, requests.Session]:
+    """Register `name`, sign in and make an API key, as the web terminal does (its routes);
+    the key, its id, and the signed-in session (to revoke it)."""
+    session = requests.Session()
+    for route in ("register", "login"):
+        answer = session.post(f"{url}/api/user/{route}", timeout=5,
+                              json={"username": name, "password": "correct horse battery"})
+        assert answer.json()["code"] == 0, answer.text
+    made = session.post(f"{url}/api/keys", json={"name": "chatgpt-web"}, timeout=5)
+    assert made.status_code == 201, made.text
+    return made.json()["key"], made.json()["id"], session
+
+
+def test_with_accounts_the_reply_streams_with_a_users_key_and_without_one_is_unauthorized(
+        users_page, users_server, upstream):
+    key, key_id, session = user_key(users_server.url, "reader")
+    bearer = {"Authorization": f"Bearer {key}"}
+    upstream.push(cut_in_characters(TOKENS))
+    result = users_page.evaluate("(headers) => chat({prompt: 'hello', headers})", bearer)
+    assert result["status"] == 200 and result["envelope"] is None
+    assert result["shown"][-1] == TEXT
+    assert len([text for text in result["shown"] if text and text != TEXT]) >= 2  # it grew
+    assert users_page.locator("#error").text_content() == ""
+
+    for headers in ({}, {"Authorization": "Bearer sk-gpx-not-a-real-key"}):
+        result = users_page.evaluate("(headers) => chat({prompt: 'hi', headers})", headers)
+        assert result["status"] == 200 and result["shown"] == []
+        assert result["envelope"]["status"] == "Unauthorized"
+        assert users_page.locator("#error").text_content() == (
+            f"Unauthorized: {result['envelope']['message']}")
+        assert "key" in result["envelope"]["message"]
+
+    revoked = session.delete(f"{users_server.url}/api/keys/{key_id}", timeout=5)
+    assert revoked.status_code == 200, revoked.text
+    # One worker: the one that revoked the key forgets it at once (others within a second).
+    result = users_page.evaluate("(headers) => chat({prompt: 'again', headers})", bearer)
+    assert result["envelope"]["status"] == "Unauthorized", result
+    expected = "Unauthorized: the API key is not valid (unknown, revoked or expired)"
+    assert users_page.locator("#error").text_content() == expected
+    assert len(upstream.records) == 1  # only the reply with the valid key reached it

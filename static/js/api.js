@@ -1,6 +1,9 @@
-// The service's HTTP API as the page uses it: roles, limits, health, a streamed chat reply, and
-// generated images.
-// Every failure becomes an ApiError with a message and a hint a person can act on.
+// The service's HTTP API as the page uses it: roles, limits, health, a streamed chat reply,
+// generated images, API keys (JSON routes), and the GPT Terminal user protocol (accounts and
+// own roles: POST routes answering HTTP 200 with an envelope {code, data} or {code, message}).
+// Every failure becomes an ApiError with a message and a hint a person can act on. Requests
+// carry the page's own cookies (fetch's default, same-origin), so a signed-in session goes
+// along with each.
 
 import { readEvents } from "./sse.js";
 
@@ -16,7 +19,7 @@ export class ApiError extends Error {
 
 const HINTS = {
   400: "check the command's options: help gpt chat",
-  401: "this server needs a proxy token: gpt token <token>",
+  401: "this server needs a proxy token (gpt token <token>) or an account (user login -u <name>)",
   404: "list the roles with: gpt role",
   413: "the conversation is too long to send: gpt reset forgets it",
   429: "too many requests: wait a little and try again",
@@ -33,6 +36,7 @@ const STATUS_WORDS = {
 
 function hintFor(status, code) {
   if (code === "unknown_role") return HINTS[404];
+  if (code === "session_required") return "keys are made from a signed-in page: user login -u <name>";
   if (code === "model_not_allowed") return "pick an allowed model: gpt model <name>";
   if (code === "system_too_long") return "this role's definition is longer than the server now accepts: gpt diy --show <keyword>, then make a shorter role";
   return HINTS[status] || "";
@@ -72,10 +76,16 @@ function authHeaders(token) {
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
-export async function getJSON(path, { token = "", signal } = {}) {
+/** A JSON route: `body` (an object) is sent as JSON; the answer's JSON, or an ApiError. */
+export async function requestJSON(path, { method = "GET", body, token = "", signal } = {}) {
+  const headers = { Accept: "application/json", ...authHeaders(token) };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
-    response = await fetch(path, { headers: { Accept: "application/json", ...authHeaders(token) }, signal });
+    response = await fetch(path, {
+      method, headers, signal, cache: "no-store",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
   } catch (err) {
     if (err.name === "AbortError") throw err;
     throw networkError(err);
@@ -84,8 +94,66 @@ export async function getJSON(path, { token = "", signal } = {}) {
   return response.json();
 }
 
+export const getJSON = (path, options = {}) => requestJSON(path, { ...options, method: "GET" });
+
 export const getRoles = (options) => getJSON("/api/roles", options);
 export const getHealth = (options) => getJSON("/healthz", options);
+
+/** The user's own API keys (a signed-in session only): list, make (the key is in the answer
+ * once), revoke. */
+export const listKeys = () => requestJSON("/api/keys");
+export const createKey = (body) => requestJSON("/api/keys", { method: "POST", body });
+export const revokeKey = (id) => requestJSON(`/api/keys/${encodeURIComponent(id)}`, { method: "DELETE" });
+
+/** Whether the server asks for any credential (a proxy token or an account): the `auth` of
+ * POST /api/session, which the chat-process frontends ask the same. */
+export async function asksForCredentials() {
+  const answer = await requestJSON("/api/session", { method: "POST" });
+  return Boolean(answer && answer.data && answer.data.auth);
+}
+
+// The envelope's codes, as the HTTP statuses they stand for.
+const ENVELOPE_STATUS = { 40000: 400, 40100: 401, 40300: 403, 40400: 404, 50000: 500 };
+
+/**
+ * POST to a route of the GPT Terminal user protocol (`/api/user/...`, `/api/role/...`,
+ * `/api/gpt/getImage`): the envelope's `data`
+ * on success; on failure an ApiError with the envelope's message, `status` being the HTTP status
+ * its code stands for (40100: 401, not signed in) and `code` the envelope's code. `body` null:
+ * nothing is sent (the protocol's `user/current`, `user/logout`, `role/listByUserId`). `token`:
+ * a proxy token or API key to send as well (the session cookie goes along in any case).
+ */
+export async function postEnvelope(path, body = null, { token = "", signal } = {}) {
+  const headers = { Accept: "application/json", ...authHeaders(token) };
+  if (body !== null) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, {
+      method: "POST", headers, signal, cache: "no-store",
+      body: body === null ? undefined : JSON.stringify(body),
+    });
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw networkError(err);
+  }
+  if (!response.ok) throw await httpError(response);
+  let envelope;
+  try {
+    envelope = await response.json();
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    envelope = null;
+  }
+  if (!envelope || typeof envelope !== "object") {
+    throw new ApiError("the server's answer is not JSON", {
+      hint: "is something between the page and the service rewriting replies?",
+    });
+  }
+  if (envelope.code === 0) return envelope.data;
+  const code = Number(envelope.code);
+  const message = String(envelope.message || envelope.msg || "unknown error");
+  throw new ApiError(message, { status: ENVELOPE_STATUS[code] || 500, code: String(code || 50000) });
+}
 
 /** The server's limits; `max_system_chars` is the longest definition an own role may have. */
 export async function getLimits(options) {
@@ -179,32 +247,16 @@ const IMAGE_HINTS = {
  * AbortError when `signal` aborts (the connection closes, so the server stops too).
  */
 export async function getImages({ prompt, number, size, token = "", signal }) {
-  let response;
+  let data;
   try {
-    response = await fetch("/api/gpt/getImage", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json", ...authHeaders(token) },
-      body: JSON.stringify({ prompt, number, size }),
-      signal,
-      cache: "no-store",
-    });
+    data = await postEnvelope("/api/gpt/getImage", { prompt, number, size }, { token, signal });
   } catch (err) {
-    if (err.name === "AbortError") throw err;
-    throw networkError(err);
+    if (err instanceof ApiError && err.code) {
+      err.message = `no image was made: ${err.message}`;
+      err.hint = IMAGE_HINTS[err.code] || "";
+    }
+    throw err;
   }
-  if (!response.ok) throw await httpError(response);
-  let body;
-  try {
-    body = await response.json();
-  } catch (err) {
-    if (err.name === "AbortError") throw err;
-    throw new ApiError("the server's answer is not JSON", { hint: "is something between the page and the service rewriting replies?" });
-  }
-  if (!body || body.code !== 0) {
-    const code = Number(body && body.code) || 0;
-    const message = String((body && (body.message || body.msg)) || "unknown error");
-    throw new ApiError(`no image was made: ${message}`, { code: String(code), hint: IMAGE_HINTS[code] || "" });
-  }
-  if (!Array.isArray(body.data)) throw new ApiError("the server's answer holds no images");
-  return body.data.map((item) => (item && typeof item.url === "string" ? item.url : ""));
+  if (!Array.isArray(data)) throw new ApiError("the server's answer holds no images");
+  return data.map((item) => (item && typeof item.url === "string" ? item.url : ""));
 }

@@ -11,13 +11,15 @@ export class UsageError extends Error {
 /**
  * Words of a line, shell-like: whitespace separates; '...' keeps everything literally;
  * "..." keeps spaces and allows \" and \\; a backslash outside quotes escapes one character.
- * Returns {words, starts (where each word begins in `line`), open (the line ends inside a
+ * Returns {words, starts and ends (where each word begins in `line`, and where it ends: the
+ * index after its last character, a closing quote included), open (the line ends inside a
  * word), quote (the quote left open at the end, or ""), start (where the last word begins)}.
  * An open quote is an error unless `partial` (Tab completion, a chat message's own text).
  */
 export function tokenize(line, { partial = false } = {}) {
   const words = [];
   const starts = [];
+  const ends = [];
   let word = "";
   let inWord = false;
   let quote = "";
@@ -41,7 +43,10 @@ export function tokenize(line, { partial = false } = {}) {
       begin(i);
       word += line[++i];
     } else if (/\s/.test(c)) {
-      if (inWord) words.push(word);
+      if (inWord) {
+        words.push(word);
+        ends.push(i);
+      }
       word = "";
       inWord = false;
     } else {
@@ -50,8 +55,11 @@ export function tokenize(line, { partial = false } = {}) {
     }
   }
   if (quote && !partial) throw unclosed(quote);
-  if (inWord) words.push(word);
-  return { words, starts, open: inWord, quote, start: inWord ? starts[starts.length - 1] : line.length };
+  if (inWord) {
+    words.push(word);
+    ends.push(line.length);
+  }
+  return { words, starts, ends, open: inWord, quote, start: inWord ? starts[starts.length - 1] : line.length };
 }
 
 export function unclosed(quote) {

@@ -1,8 +1,11 @@
 // One question and its streamed reply: a waiting indicator until the first token, reasoning
 // dimmed and apart, the answer as sanitized markdown growing in place, then the outcome.
 // The role's conversation is sent along (bounded) and the new turn is kept afterwards. A
-// server role is named in the request; an own role sends its definition as `system` instead.
+// server role is named in the request, and so is an own role kept on the server under the
+// signed-in user (the server puts its messages first); an own role kept in this browser sends
+// its definition as `system` instead.
 
+import { explain, tokenFor } from "./account.js";
 import { chatStream } from "./api.js";
 import { MarkdownView } from "./markdown.js";
 import { boundedHistory, conversations } from "./store.js";
@@ -40,11 +43,12 @@ export async function runChat(app, { message, role, temperature, model }) {
   let stopped = false;
   try {
     const messages = boundedHistory(conversations.get(role.key), message);
+    const inBrowser = role.own && !role.own.server;
     const parts = chatStream({
       messages,
-      role: role.own ? undefined : role.name,
-      system: role.own ? role.own.definition : undefined,
-      temperature, model, token: app.settings.token, signal: controller.signal,
+      role: inBrowser ? undefined : role.name,
+      system: inBrowser ? role.own.definition : undefined,
+      temperature, model, token: tokenFor(app), signal: controller.signal,
     });
     for await (const part of parts) {
       if (part.type === "content") {
@@ -78,7 +82,7 @@ export async function runChat(app, { message, role, temperature, model }) {
   if (stopped) {
     block.append(element("div", "note", "^C stopped: the reply was cut off here"));
   } else if (failure) {
-    term.error(failure.message || String(failure), failure.hint || "");
+    term.error(failure.message || String(failure), explain(failure, app));
   } else if (done) {
     if (!content) answer.append(element("p", "dim", "(the model sent an empty reply)"));
     const seconds = ((performance.now() - started) / 1000).toFixed(1);

@@ -2,13 +2,17 @@
 // `help` is generated from COMMANDS, so a command cannot exist without being listed.
 
 import { UsageError, parseOptions, tokenize, unclosed } from "./args.js";
+import { explain } from "./account.js";
 import { ApiError } from "./api.js";
 import { runChat } from "./chat.js";
 import { diy, ownRoleList } from "./diy.js";
 import { runImage } from "./image.js";
+import { key } from "./keys.js";
 import { MarkdownView } from "./markdown.js";
+import { ownRoleStore } from "./ownroles.js";
 import { checkRole, loadRoles, resolveRole, roleNames, serverRoleNames } from "./roles.js";
 import { commands as commandStore, conversations, settings } from "./store.js";
+import { USER_SUBCOMMANDS, user } from "./user.js";
 
 const ROLE_OPTION = { short: "r", long: "role", key: "role", value: true, valueName: "role name", example: "-r ikun" };
 export const CHAT_OPTIONS = [
@@ -51,7 +55,8 @@ export const COMMANDS = [
   {
     name: "gpt diy",
     usage: "gpt diy -k <keyword> -n <name> -d <description> | --list | --show <keyword> | --edit <keyword> [-n <name>] [-d <description>] | --export <keyword> | --delete <keyword>",
-    about: "Make a role of your own, kept in this browser: the terminal then asks for its definition, the system prompt " +
+    about: "Make a role of your own, kept in this browser (signed in: saved under your account, in every browser you sign in from): " +
+      "the terminal then asks for its definition, the system prompt " +
       "sent with every message to it (Enter saves, Shift+Enter adds a line, Ctrl+C cancels; the server sets the longest " +
       "allowed). Use it like any role: gpt chat -r <keyword>, gpt role <keyword>. Each keeps its own conversation.",
     options: [
@@ -69,7 +74,51 @@ export const COMMANDS = [
   { name: "gpt model", usage: "gpt model [name | --default]", about: "Show the model asked for, or set it (--default: the server's choice)." },
   { name: "gpt history", usage: "gpt history [-r role]", about: "Show the role's conversation, which each follow-up sends along.", options: [["-r, --role <name>", "another role than the default"]] },
   { name: "gpt reset", usage: "gpt reset [-r role]", about: "Forget the role's conversation and start afresh.", options: [["-r, --role <name>", "another role than the default"]] },
-  { name: "gpt token", usage: "gpt token [token | --clear]", about: "Set the proxy token, if the server asks for one (kept in this browser, never in the history)." },
+  { name: "gpt token", usage: "gpt token [token | --clear]", about: "Set the proxy token, if the server asks for one, or an API key of yours (kept in this browser, never in the history; not sent while you are signed in)." },
+  {
+    name: "gpt key",
+    usage: "gpt key create [-n name] [--days N] [--models a,b] | list | revoke <id>",
+    about: "Your API keys, for SDKs, chat apps and scripts (signed in only). A new key is shown once: store it then.",
+    options: [
+      ["create", "make a key; the server keeps only its fingerprint, so it is shown this once"],
+      ["-n, --name <name>", "what it is for, shown by gpt key list (quote it if it has spaces)"],
+      ["--days <N>", "it stops working after N days (default: never)"],
+      ["--models <a,b>", "it works for these models only (default: any the server allows)"],
+      ["list", "your keys: id, name, its first and last characters, when made and last used"],
+      ["revoke <id>", "stop a key, everywhere, within a second"],
+    ],
+    actions: ["create", "list", "revoke"],
+    examples: ['gpt key create -n "my laptop" --days 90', "gpt key list", "gpt key revoke 3"],
+  },
+  {
+    name: "user",
+    usage: "user [register | login | logout | password]",
+    about: "Alone: who is signed in. Accounts keep your own roles and API keys on the server (on a server with AUTH=users).",
+  },
+  {
+    name: "user register",
+    usage: "user register -u <name> [-p <password>] [-e <email>] [-i <invite>]",
+    about: "Make an account and sign in. Without -p the terminal asks for the password twice, hidden.",
+    options: [
+      ["-u, --username <name>", "1-32 letters, digits, _ . and -"],
+      ["-p, --password <password>", "at least 8 characters; better left out, to be asked for hidden"],
+      ["-e, --email <address>", "optional"],
+      ["-i, --invite <code>", "an invite code, where the server asks for one"],
+    ],
+    examples: ["user register -u ann -e ann@example.com"],
+  },
+  {
+    name: "user login",
+    usage: "user login -u <name> [-p <password>]",
+    about: "Sign in. Without -p the terminal asks for the password, hidden (Ctrl+C cancels).",
+    options: [
+      ["-u, --username <name>", "your username"],
+      ["-p, --password <password>", "better left out, to be asked for hidden; never kept in the history"],
+    ],
+    examples: ["user login -u ann"],
+  },
+  { name: "user logout", usage: "user logout", about: "Sign out (this browser's session ends)." },
+  { name: "user password", usage: "user password", about: "Change your password: the terminal asks for the current one and the new one, hidden. Your other sessions end." },
   { name: "clear", usage: "clear", about: "Clear the screen (also Ctrl+L)." },
   { name: "history", usage: "history [-c]", about: "List the commands typed before (Up/Down walk them).", options: [["-c", "forget them"]] },
   { name: "help", usage: "help [command]", about: "List the commands, or explain one: help gpt chat." },
@@ -83,14 +132,15 @@ const KEYS = [
   ["Ctrl+L", "clear the screen"],
 ];
 
-export const TOP = ["gpt", "clear", "history", "help"];
+export const TOP = ["gpt", "user", "clear", "history", "help"];
 export const GPT_SUBCOMMANDS = COMMANDS.filter((c) => c.name.startsWith("gpt ")).map((c) => c.name.slice(4));
+export { USER_SUBCOMMANDS };
 
 /** `gpt` alone: for the hint line and `help gpt`. */
 export const GPT_COMMAND = {
   name: "gpt",
   usage: `gpt <${GPT_SUBCOMMANDS.join(" | ")}> ...`,
-  about: "Talk to the model and manage its roles; help gpt explains each.",
+  about: "Talk to the model and manage its roles and your keys; help gpt explains each.",
 };
 
 /** Run one command line. Every failure ends as a one-line explanation and a hint. */
@@ -106,6 +156,7 @@ export async function runCommand(line, app) {
     if (!words.length) return;
     const [name, ...rest] = words;
     if (name === "gpt") await gpt(rest, app, { ...parsed, line });
+    else if (name === "user") await user(rest, app);
     else if (name === "clear") {
       noArguments("clear", rest);
       term.clear();
@@ -113,7 +164,8 @@ export async function runCommand(line, app) {
     else if (name === "help") help(rest, app);
     else unknown(name, line);
   } catch (err) {
-    if (err instanceof UsageError || err instanceof ApiError) term.error(err.message, err.hint);
+    if (err instanceof UsageError) term.error(err.message, err.hint);
+    else if (err instanceof ApiError) term.error(err.message, explain(err, app));
     else {
       term.error(`something went wrong in the page: ${err.message || err}`, "reload the page; if it persists, report it");
       console.warn(err);
@@ -122,17 +174,16 @@ export async function runCommand(line, app) {
   term.grew();
 }
 
-/** Lines not to keep in the command history (a token is a secret). */
-export function isRemembered(line) {
-  return !/^\s*gpt\s+token\s+\S/.test(line);
-}
-
 function noArguments(command, rest) {
   if (rest.length) throw new UsageError(`${command} takes no arguments (got "${rest.join(" ")}")`, `just type: ${command}`);
 }
 
 function unknown(name, line) {
-  const near = closest(name, [...TOP, ...GPT_SUBCOMMANDS]);
+  const near = closest(name, [...TOP, ...GPT_SUBCOMMANDS, ...USER_SUBCOMMANDS]);
+  // A user command may hold a password: the rest of the line is never repeated for one.
+  if (near === "user" || USER_SUBCOMMANDS.includes(near)) {
+    throw new UsageError(`unknown command: ${name}`, `did you mean: ${near === "user" ? "user" : `user ${near}`}? (see: help user)`);
+  }
   if (near && GPT_SUBCOMMANDS.includes(near) && !TOP.includes(near)) {
     throw new UsageError(`unknown command: ${name}`, `did you mean: gpt ${near}${line.slice(name.length)}?`);
   }
@@ -157,6 +208,7 @@ async function gpt(words, app, parsed) {
     case "history": return conversationHistory(rest, app);
     case "reset": return reset(rest, app);
     case "token": return token(rest, app);
+    case "key": return key(rest, app);
     default: {
       const near = closest(sub, GPT_SUBCOMMANDS);
       throw new UsageError(`gpt: unknown subcommand ${sub}`,
@@ -180,7 +232,10 @@ async function chat(words, app, parsed) {
   if (!rest.length && parsed.quote) throw unclosed(parsed.quote);
   const message = rest.length ? chatMessage(rest, parsed) : "";
   if (!message.trim()) throw new UsageError("gpt chat needs a message", "e.g. gpt chat -r ikun hi");
-  const role = resolveRole(app, checkRole(options.role || app.settings.role));
+  const roleName = options.role || app.settings.role;
+  // Signed in, a role made in another browser since this page loaded is one more question away.
+  if (app.user && !roleNames(app).includes(roleName)) await loadRoles(app).catch(() => {});
+  const role = resolveRole(app, checkRole(roleName, app));
   let temperature;
   if (options.temperature !== undefined) {
     temperature = Number(options.temperature);
@@ -296,7 +351,7 @@ async function role(words, app) {
   if (!words.length) {
     const list = term.block("role-list", null, "dl");
     for (const name of serverRoleNames(app)) {
-      const info = app.roles.find((r) => r.name === name);
+      const info = app.roles.find((r) => r.name === name && !r.own);
       const dt = document.createElement("dt");
       dt.textContent = name === app.settings.role ? `${name} *` : name;
       const dd = document.createElement("dd");
@@ -307,7 +362,7 @@ async function role(words, app) {
     }
     const own = ownRoleList(app);
     if (own) {
-      term.print("Your own roles (gpt diy, kept in this browser):", "heading own-heading");
+      term.print(`Your own roles (gpt diy, ${ownRoleStore(app).where}):`, "heading own-heading");
       term.output.appendChild(own);
     }
     term.print("* is the default role. Set it: gpt role <name> · once: gpt chat -r <name> <message>", "dim");
@@ -315,7 +370,7 @@ async function role(words, app) {
     return;
   }
   const names = roleNames(app);
-  const name = checkRole(words[0]);
+  const name = checkRole(words[0], app);
   if (!names.includes(name)) {
     throw new UsageError(`there is no role "${name}"`, `roles: ${names.join(", ")}`);
   }
@@ -356,7 +411,7 @@ function model(words, app) {
 function roleOption(words, app, command) {
   const { options, rest } = parseOptions(words, [ROLE_OPTION], command);
   if (rest.length) throw new UsageError(`${command}: unexpected "${rest.join(" ")}"`, `to name a role: ${command} -r ikun`);
-  return resolveRole(app, checkRole(options.role || app.settings.role));
+  return resolveRole(app, checkRole(options.role || app.settings.role, app));
 }
 
 function conversationHistory(words, app) {
@@ -454,6 +509,14 @@ function help(words, app) {
     term.print(GPT_COMMAND.about);
     const list = term.block("help-list", null, "dl");
     for (const command of COMMANDS.filter((c) => c.name.startsWith("gpt "))) addTerm(list, command.usage, command.about);
+    return;
+  }
+  if (words.length === 1 && words[0] === "user") {
+    const group = COMMANDS.filter((c) => c.name === "user" || c.name.startsWith("user "));
+    term.print(group[0].usage, "heading");
+    term.print(group[0].about);
+    const list = term.block("help-list", null, "dl");
+    for (const command of group.slice(1)) addTerm(list, command.usage, command.about);
     return;
   }
   const command = findCommand(words);

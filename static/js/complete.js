@@ -1,11 +1,14 @@
-// Tab completion: the word before the caret, completed from the commands, their options and
-// the role names (the server's and the user's own).
+// Tab completion: the word before the caret, completed from the commands, their options, the
+// role names (the server's and the user's own) and the ids of the keys the page has listed.
+// It asks the network nothing.
 
 import { optionName, parseOptions, tokenize } from "./args.js";
-import { CHAT_OPTIONS, GPT_SUBCOMMANDS, IMAGE_OPTIONS, IMAGE_SIZES, TOP } from "./commands.js";
+import { CHAT_OPTIONS, GPT_SUBCOMMANDS, IMAGE_OPTIONS, IMAGE_SIZES, TOP, USER_SUBCOMMANDS } from "./commands.js";
 import { DIY_OPTIONS } from "./diy.js";
+import { KEY_ACTIONS, KEY_CREATE_OPTIONS } from "./keys.js";
+import { ownRoleStore } from "./ownroles.js";
 import { roleNames } from "./roles.js";
-import { ownRoles } from "./store.js";
+import { LOGIN_OPTIONS, REGISTER_OPTIONS } from "./user.js";
 
 /** Complete the word before the caret: {text: the new text before the caret, choices}. */
 export function complete(before, app) {
@@ -26,9 +29,16 @@ function candidates(words, current, app) {
   if (first === "help") {
     if (words.length === 1) return TOP;
     if (words.length === 2 && second === "gpt") return GPT_SUBCOMMANDS;
+    if (words.length === 2 && second === "user") return USER_SUBCOMMANDS;
     return [];
   }
   if (first === "history") return words.length === 1 ? ["-c"] : [];
+  if (first === "user") {
+    if (words.length === 1) return USER_SUBCOMMANDS;
+    if (second === "login") return optionCandidates(LOGIN_OPTIONS, last, current);
+    if (second === "register") return optionCandidates(REGISTER_OPTIONS, last, current);
+    return [];
+  }
   if (first !== "gpt") return [];
   if (words.length === 1) return GPT_SUBCOMMANDS;
   if (last === "-r" || last === "--role") return roleNames(app);
@@ -52,17 +62,27 @@ function candidates(words, current, app) {
     case "history":
     case "reset": return words.length === 2 ? ["-r"] : [];
     case "token": return words.length === 2 ? ["--clear"] : [];
-    case "diy": return diyCandidates(words, last, current);
+    case "diy": return diyCandidates(words, last, current, app);
+    case "key": {
+      if (words.length === 2) return KEY_ACTIONS;
+      if (words[2] === "create") return optionCandidates(KEY_CREATE_OPTIONS, last, current);
+      return words[2] === "revoke" && words.length === 3 ? app.keyIds || [] : [];
+    }
     default: return [];
   }
 }
 
-function diyCandidates(words, last, current) {
-  if (["--show", "--edit", "--export", "--delete"].includes(last)) return ownRoles.list().map((r) => r.keyword);
-  const option = DIY_OPTIONS.find((o) => optionName(o) === last || `--${o.long}` === last);
-  if (option && option.value) return []; // a new keyword, name or description: nothing to offer
-  if (current.startsWith("--")) return DIY_OPTIONS.map((o) => `--${o.long}`);
-  return current === "" || current.startsWith("-") ? DIY_OPTIONS.map(optionName) : [];
+/** The options of `spec`, unless the word before the caret is one that takes a value. */
+function optionCandidates(spec, last, current) {
+  const option = spec.find((o) => optionName(o) === last || `--${o.long}` === last);
+  if (option && option.value) return []; // its value: nothing to offer
+  if (current.startsWith("--")) return spec.map((o) => `--${o.long}`);
+  return current === "" || current.startsWith("-") ? spec.map(optionName) : [];
+}
+
+function diyCandidates(words, last, current, app) {
+  if (["--show", "--edit", "--export", "--delete"].includes(last)) return ownRoleStore(app).list().map((r) => r.keyword);
+  return optionCandidates(DIY_OPTIONS, last, current);
 }
 
 function safeOptions(words) {

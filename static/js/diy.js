@@ -1,13 +1,18 @@
-// `gpt diy`: roles of the user's own, kept in this browser. Making one asks for its definition
-// (the system prompt) at the prompt; the definition is checked against the server's limit
-// (GET /api/limits) when it is saved, so a role that is kept is one the server will accept.
+// `gpt diy`: roles of the user's own, kept in this browser, or on the server under the
+// signed-in user (ownroles.js: the same commands either way). Making one asks for its
+// definition (the system prompt) at the prompt; the definition is checked against the server's
+// limit (GET /api/limits) when it is saved, so a role that is kept is one the server will
+// accept. Should the server still refuse it (a role of that keyword made meanwhile, in another
+// tab or browser), the definition comes back to the prompt: nothing typed is lost.
 // Names, descriptions and definitions are the user's text: they are only ever set as text.
 
 import { UsageError, parseOptions } from "./args.js";
-import { getLimits } from "./api.js";
-import { DEFAULT_ROLE, ROLE_NAME, loadRoles, resolveRole, serverRoleNames } from "./roles.js";
+import { ApiError, getLimits } from "./api.js";
+import { explain, tokenFor } from "./account.js";
+import { ownRoleStore } from "./ownroles.js";
+import { DEFAULT_ROLE, ROLE_NAME, conversationKey, loadRoles, resolveRole, serverRoleNames } from "./roles.js";
 import { roleFile } from "./rolefile.js";
-import { conversations, ownRoles, settings } from "./store.js";
+import { conversations, settings } from "./store.js";
 
 const EXAMPLE = `gpt diy -k poet -n "Haiku poet" -d "Answers in haiku"`;
 const EDIT_EXAMPLE = `gpt diy --edit poet -d "Answers in a haiku, then a title"`;
@@ -47,13 +52,15 @@ export async function diy(words, app) {
   if (actions.length + (making ? 1 : 0) > 1) {
     throw new UsageError("gpt diy does one thing at a time", `e.g. gpt diy --list, or ${EXAMPLE}`);
   }
+  const store = ownRoleStore(app);
+  if (store.server && actions.length) await loadRoles(app); // the account's roles as they are now
   switch (actions[0]) {
-    case "list": return list(app);
-    case "show": return show(app, options.show);
-    case "export": return exportRole(app, options.export);
-    case "delete": return remove(app, options.delete);
-    case "edit": return edit(app, options);
-    default: return make(app, options);
+    case "list": return list(app, store);
+    case "show": return show(app, store, options.show);
+    case "export": return exportRole(app, store, options.export);
+    case "delete": return remove(app, store, options.delete);
+    case "edit": return edit(app, store, options);
+    default: return make(app, store, options);
   }
 }
 
@@ -83,13 +90,28 @@ function checkKeyword(keyword) {
 }
 
 /** Refuse a keyword that a server role or another own role already has. */
-function checkFree(app, keyword) {
+function checkFree(app, store, keyword) {
   if (serverRoleNames(app).includes(keyword)) {
     throw new UsageError(`"${keyword}" is a role on the server; your own role needs a keyword of its own`,
       `pick another, e.g. -k ${`my-${keyword}`.slice(0, 64)}`);
   }
-  if (ownRoles.get(keyword)) {
+  if (store.get(keyword)) {
     throw new UsageError(`you already have a role "${keyword}"`, `pick another keyword, or first: gpt diy --delete ${keyword}`);
+  }
+}
+
+/** Keep a role in `store` (`change(role)`: create or update); a refusal as [message, hint] to
+ * ask again with, or null when it is kept. A refusal by the server (a keyword taken
+ * meanwhile, a definition too long) is such a problem, so the definition is not lost. */
+async function keep(app, change) {
+  try {
+    await change();
+    return null;
+  } catch (err) {
+    if (err instanceof UsageError) return [err.message, err.hint];
+    if (!(err instanceof ApiError)) throw err;
+    if (/already have a role/.test(err.message)) return [err.message, "Ctrl+C, then pick another keyword"];
+    return [err.message, `${explain(err, app) || "change it"}; Enter tries again, Ctrl+C cancels`];
   }
 }
 
@@ -111,36 +133,46 @@ function definitionHint(text, max) {
   return { usage: "Enter saves · Shift+Enter: new line · Ctrl+C cancels", about: `${count} of at most ${max} characters`, warn: count > max };
 }
 
-async function make(app, options) {
+async function make(app, store, options) {
   const { term } = app;
   const keyword = checkKeyword(options.keyword);
   const name = oneLine(options.name, "name", "-n", MAX_NAME_CHARS);
   const description = oneLine(options.description, "description", "-d", MAX_DESCRIPTION_CHARS);
-  await loadRoles(app); // the server's roles as they are now
-  checkFree(app, keyword);
-  const max = (await getLimits({ token: app.settings.token })).max_system_chars;
+  await loadRoles(app); // the server's roles (and, signed in, the user's own) as they are now
+  checkFree(app, store, keyword);
+  const max = (await getLimits({ token: tokenFor(app) })).max_system_chars;
   term.print(`The definition of ${keyword}: the system prompt the model gets with every message to this role. ` +
     `Enter saves it, Shift+Enter starts a new line, Ctrl+C cancels. At most ${max} characters.`, "dim");
-  const definition = await askDefinition(term, keyword, "", max, () => ownRoles.get(keyword) && [
-    `you already have a role "${keyword}" (made meanwhile, in another tab?)`, "Ctrl+C, then pick another keyword"]);
+  const role = { keyword, name, description, definition: "", created: new Date().toISOString() };
+  const definition = await askDefinition(term, keyword, "", max, (text) => {
+    if (!store.server && store.get(keyword)) {
+      return [`you already have a role "${keyword}" (made meanwhile, in another tab?)`, "Ctrl+C, then pick another keyword"];
+    }
+    role.definition = text;
+    return keep(app, () => store.create(role));
+  });
   if (definition === null) {
     term.print(`cancelled: no role ${keyword} was made`, "dim");
     return;
   }
-  save(app, { keyword, name, description, definition, created: new Date().toISOString() });
+  if (store.server) await loadRoles(app);
+  conversations.reset(conversationKey(app, keyword, true)); // nothing left over from an earlier role of this keyword
+  term.print(`made your role ${keyword}: gpt chat -r ${keyword} <message> · make it the default: gpt role ${keyword}` +
+    (store.server ? " (saved under your account: any browser you sign in from has it)" : ""), "ok");
 }
 
 /**
  * Ask for a definition at the prompt, starting from `value`, until it is one the server
- * accepts (and `clash()` finds nothing wrong): the definition, or null on Ctrl+C. A refused
- * answer comes back to the prompt as it was typed, so nothing typed is lost.
+ * accepts and `commit(definition)` keeps (it answers a problem as [message, hint], or
+ * null): the definition, or null on Ctrl+C. A refused answer comes back to the prompt as it
+ * was typed, so nothing typed is lost.
  */
-async function askDefinition(term, keyword, value, max, clash) {
+async function askDefinition(term, keyword, value, max, commit) {
   for (;;) {
     const answer = await term.ask({ label: `${keyword} definition`, value, hint: (text) => definitionHint(text, max) });
     if (answer === null) return null;
     const definition = answer.trim();
-    const problem = definitionProblem(definition, max) || clash();
+    const problem = definitionProblem(definition, max) || await commit(definition);
     if (!problem) return definition;
     term.error(...problem);
     value = answer;
@@ -149,58 +181,53 @@ async function askDefinition(term, keyword, value, max, clash) {
 
 /** `--edit <keyword> [-n name] [-d description]`: change a role, its definition asked for
  * again starting from the one it has. Its conversation is kept (gpt reset forgets it). */
-async function edit(app, options) {
+async function edit(app, store, options) {
   const { term } = app;
   const keyword = options.edit;
-  const role = find(keyword);
+  const role = await find(store, keyword);
   const name = options.name === undefined ? role.name : oneLine(options.name, "name", "-n", MAX_NAME_CHARS);
   const description = options.description === undefined ? role.description
     : oneLine(options.description, "description", "-d", MAX_DESCRIPTION_CHARS);
-  const max = (await getLimits({ token: app.settings.token })).max_system_chars;
+  const max = (await getLimits({ token: tokenFor(app) })).max_system_chars;
   term.print(`Change the definition of ${keyword} (it is in the prompt as it is now). ` +
     `Enter saves it, Shift+Enter starts a new line, Ctrl+C leaves the role as it was. At most ${max} characters.`, "dim");
-  const definition = await askDefinition(term, keyword, role.definition, max, () => !ownRoles.get(keyword) && [
-    `your role "${keyword}" is gone (deleted meanwhile, in another tab?)`, `Ctrl+C, then make it again: ${EXAMPLE}`]);
+  const changed = { ...role, name, description, edited: new Date().toISOString() };
+  const definition = await askDefinition(term, keyword, role.definition, max, (text) => {
+    if (!store.server && !store.get(keyword)) {
+      return [`your role "${keyword}" is gone (deleted meanwhile, in another tab?)`, `Ctrl+C, then make it again: ${EXAMPLE}`];
+    }
+    changed.definition = text;
+    return keep(app, () => store.update(keyword, changed));
+  });
   if (definition === null) {
     term.print(`cancelled: your role ${keyword} is as it was`, "dim");
     return;
   }
-  const changed = { ...role, name, description, definition, edited: new Date().toISOString() };
-  if (!ownRoles.save(changed)) {
-    throw new UsageError("could not keep the change: this browser's storage is full or switched off",
-      "make room (gpt reset forgets a role's conversation, history -c the commands) and try again");
-  }
+  if (store.server) await loadRoles(app);
   const what = [name !== role.name && "name", description !== role.description && "description",
     definition !== role.definition && "definition"].filter(Boolean);
   term.print(what.length ? `changed your role ${keyword}: its ${what.join(", ")} (its conversation is kept; gpt reset -r ${keyword} forgets it)`
     : `your role ${keyword} is unchanged`, "ok");
 }
 
-function save(app, role) {
-  if (!ownRoles.save(role)) {
-    throw new UsageError("could not keep the role: this browser's storage is full or switched off",
-      "make room (gpt reset forgets a role's conversation, history -c the commands) and make it again");
-  }
-  conversations.reset(`own:${role.keyword}`); // nothing left over from an earlier role of this keyword
-  app.term.print(`made your role ${role.keyword}: gpt chat -r ${role.keyword} <message> · make it the default: gpt role ${role.keyword}`, "ok");
-}
-
-function find(keyword) {
-  const role = ownRoles.get(keyword);
+/** One of the user's own roles, whole (its definition loaded); a UsageError if there is none. */
+async function find(store, keyword) {
+  const role = store.get(keyword) && await store.load(keyword);
   if (!role) {
-    const mine = ownRoles.list().map((r) => r.keyword);
+    const mine = store.list().map((r) => r.keyword);
     throw new UsageError(`you have no role "${keyword}"`, mine.length ? `your roles: ${mine.join(", ")}` : `make one: ${EXAMPLE}`);
   }
   return role;
 }
 
-function hiddenNote(app, keyword) {
-  return serverRoleNames(app).includes(keyword) ? " (hidden: the server now has a role of this name, which -r uses)" : "";
+function hiddenNote(app, store, keyword) {
+  return !store.server && serverRoleNames(app).includes(keyword) ? " (hidden: the server now has a role of this name, which -r uses)" : "";
 }
 
 /** The user's own roles as a list (empty: null); `gpt role` shows it under the server's. */
 export function ownRoleList(app) {
-  const roles = ownRoles.list();
+  const store = ownRoleStore(app);
+  const roles = store.list();
   if (!roles.length) return null;
   const list = document.createElement("dl");
   list.className = "role-list own-roles";
@@ -208,13 +235,13 @@ export function ownRoleList(app) {
     const dt = document.createElement("dt");
     dt.textContent = role.keyword === app.settings.role ? `${role.keyword} *` : role.keyword;
     const dd = document.createElement("dd");
-    dd.textContent = `${role.name}: ${role.description}${hiddenNote(app, role.keyword)}`;
+    dd.textContent = `${role.name}: ${role.description}${hiddenNote(app, store, role.keyword)}`;
     list.append(dt, dd);
   }
   return list;
 }
 
-function list(app) {
+function list(app, store) {
   const { term } = app;
   const roles = ownRoleList(app);
   if (!roles) {
@@ -222,29 +249,36 @@ function list(app) {
     term.print(`make one: ${EXAMPLE}`, "dim");
     return;
   }
-  term.print("Your own roles (kept in this browser):", "heading");
+  term.print(`Your own roles (${store.where}):`, "heading");
   term.output.appendChild(roles);
   term.print("Use one: gpt chat -r <keyword> <message> · more: gpt diy --show <keyword>", "dim");
 }
 
-function show(app, keyword) {
+async function show(app, store, keyword) {
   const { term } = app;
-  const role = find(keyword);
-  term.print(`${role.keyword}: ${role.name}${hiddenNote(app, keyword)}`, "heading");
+  const role = await find(store, keyword);
+  term.print(`${role.keyword}: ${role.name}${hiddenNote(app, store, keyword)}`, "heading");
   term.print(role.description);
-  if (role.created) term.print(`made ${role.created.slice(0, 10)} · ${charCount(role.definition)} characters`, "dim");
+  const facts = [role.created && `made ${role.created.slice(0, 10)}`, `${charCount(role.definition)} characters`,
+    store.server && "saved under your account"].filter(Boolean);
+  term.print(facts.join(" · "), "dim");
   term.block("definition", role.definition);
+  // A role made by the GPT Terminal page may hold example turns after its definition.
+  for (const example of role.examples || []) {
+    term.print(`example, ${example.role === "user" ? "the user" : `the ${example.role}`}:`, "dim");
+    term.block("definition example", example.content);
+  }
 }
 
-async function exportRole(app, keyword) {
+async function exportRole(app, store, keyword) {
   const { term } = app;
-  const { text, notes } = roleFile(find(keyword));
+  const { text, notes } = roleFile(await find(store, keyword));
   // A server whose MAX_SYSTEM_CHARS is large accepts definitions bigger than a role file may be.
-  const maxBytes = (await getLimits({ token: app.settings.token })).max_role_file_bytes;
+  const maxBytes = (await getLimits({ token: tokenFor(app) })).max_role_file_bytes;
   const bytes = new TextEncoder().encode(text).length;
   if (Number.isSafeInteger(maxBytes) && bytes > maxBytes) {
     notes.push(`this file is ${bytes} bytes and the server loads role files of at most ${maxBytes}: ` +
-      "as it is, the server would refuse it (shorten the definition, or keep the role in the browser)");
+      `as it is, the server would refuse it (shorten the definition, or keep the role ${store.server ? "under your account" : "in the browser"})`);
   }
   term.print(`To install it on the server, save this as roles/${keyword}.md in the server's roles folder (ROLES_DIR); ` +
     `it loads within a second. The server's role then takes the place of yours (gpt diy --delete ${keyword} tidies up).`, "dim");
@@ -252,15 +286,15 @@ async function exportRole(app, keyword) {
   for (const note of notes) term.print(`note: ${note}`, "note");
 }
 
-function remove(app, keyword) {
+async function remove(app, store, keyword) {
   const { term } = app;
-  find(keyword);
+  if (!store.get(keyword)) await find(store, keyword); // says there is none
   const wasDefault = app.settings.role === keyword && resolveRole(app, keyword).own !== null;
-  const count = conversations.get(`own:${keyword}`).length;
-  if (!ownRoles.remove(keyword)) {
-    throw new UsageError("could not forget the role: this browser's storage refused the change", "reload the page and try again");
-  }
-  conversations.reset(`own:${keyword}`);
+  const key = conversationKey(app, keyword, true);
+  const count = conversations.get(key).length;
+  await store.remove(keyword);
+  if (store.server) await loadRoles(app);
+  conversations.reset(key);
   term.print(`deleted your role ${keyword}` + (count ? ` and its conversation (${count} messages)` : ""), "ok");
   if (wasDefault) {
     settings.set({ role: DEFAULT_ROLE });

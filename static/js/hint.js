@@ -3,7 +3,7 @@
 // that names no command. One pass over the line, no I/O: it runs as often as keys are typed.
 
 import { tokenize } from "./args.js";
-import { COMMANDS, GPT_COMMAND, GPT_SUBCOMMANDS, TOP } from "./commands.js";
+import { COMMANDS, GPT_COMMAND, GPT_SUBCOMMANDS, TOP, USER_SUBCOMMANDS } from "./commands.js";
 
 /** The one name in `names` that `word` is, or (while it is being typed) begins; else null. */
 function match(word, names, typing) {
@@ -16,10 +16,15 @@ function match(word, names, typing) {
 function findCommand(words, open) {
   const top = match(words[0], TOP, open && words.length === 1);
   if (top === null) return null;
-  if (top !== "gpt") return COMMANDS.find((c) => c.name === top) || null;
+  const byName = (name) => COMMANDS.find((c) => c.name === name) || null;
+  if (top === "user") {
+    const sub = words.length < 2 ? null : match(words[1], USER_SUBCOMMANDS, open && words.length === 2);
+    return (sub && byName(`user ${sub}`)) || byName("user");
+  }
+  if (top !== "gpt") return byName(top);
   if (words.length < 2) return GPT_COMMAND;
   const sub = match(words[1], GPT_SUBCOMMANDS, open && words.length === 2);
-  return (sub && COMMANDS.find((c) => c.name === `gpt ${sub}`)) || GPT_COMMAND;
+  return (sub && byName(`gpt ${sub}`)) || GPT_COMMAND;
 }
 
 const parsedOptions = new WeakMap();
@@ -67,7 +72,14 @@ export function usageHint(line) {
   if (!words.length) return null;
   const command = findCommand(words, open);
   if (!command) return null;
-  const args = words.slice(command.name.split(" ").length);
+  let args = words.slice(command.name.split(" ").length);
+  // A command of actions (gpt key create ...): the action is explained, and its options follow it.
+  let action = null;
+  if (command.actions && args.length && command.actions.includes(args[0])) {
+    action = (command.options || []).find((o) => o[0].split(" ")[0] === args[0]) || null;
+    if (args.length > 1 || !open) args = args.slice(1);
+  }
   const option = args.length ? activeOption(command, args, open) : null;
-  return { usage: command.usage, about: option ? `${option.text[0]}: ${option.text[1]}` : command.about };
+  const about = option ? `${option.text[0]}: ${option.text[1]}` : action ? `${action[0]}: ${action[1]}` : command.about;
+  return { usage: command.usage, about };
 }

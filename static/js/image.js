@@ -3,6 +3,7 @@
 // Only `data:` images are shown (the page's CSP allows nothing else from elsewhere); the
 // server sends nothing else, and anything else that came would be named, not loaded.
 
+import { explain, tokenFor } from "./account.js";
 import { getImages } from "./api.js";
 
 const SHOWN = /^data:image\/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/]+={0,2}$/;
@@ -34,7 +35,7 @@ export async function runImage(app, { prompt, number, size }) {
   let failure = null;
   let stopped = false;
   try {
-    urls = await getImages({ prompt, number, size, token: app.settings.token, signal: controller.signal });
+    urls = await getImages({ prompt, number, size, token: tokenFor(app), signal: controller.signal });
   } catch (err) {
     if (err && err.name === "AbortError") stopped = true;
     else failure = err;
@@ -47,7 +48,7 @@ export async function runImage(app, { prompt, number, size }) {
     block.append(element("div", "note", "^C stopped: no image was made"));
   } else if (failure) {
     block.remove();
-    term.error(failure.message || String(failure), failure.hint || "");
+    term.error(failure.message || String(failure), explain(failure, app));
   } else {
     const grid = element("div", "image-grid");
     let refused = 0;

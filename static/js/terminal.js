@@ -1,16 +1,22 @@
 // The terminal's screen and keyboard: an output log, a prompt, command history on Up/Down,
-// Tab completion, Ctrl+C and Ctrl+L, a hint line under the prompt, questions a command asks,
-// and a view that follows the newest output. What a command does is not its business: it
-// calls `onCommand(line)`, `onComplete(textBeforeCaret)` and `onHint(line)`.
+// Tab completion, Ctrl+C and Ctrl+L, a hint line under the prompt, questions a command asks
+// (a secret one, such as a password, in a masked field whose answer is never shown), and a
+// view that follows the newest output. What a command does is not its business: it calls
+// `onCommand(line)`, `onComplete(textBeforeCaret)` and `onHint(line)`; `mask(line)` is what
+// the output shows of a typed line, and `remember(line)` what the history keeps of it (null:
+// nothing), so a secret typed inline is neither shown nor kept.
 
 import { commands as commandStore } from "./store.js";
 
 const FOLLOW_SLACK_PX = 48; // this close to the bottom counts as "at the bottom"
 
 export class Terminal {
-  constructor({ output, input, promptRole, stop, banner, hint, onCommand, onComplete, onHint = () => null, remember = () => true }) {
+  constructor({ output, input, secret, promptUser, promptRole, stop, banner, hint, onCommand, onComplete, onHint = () => null,
+    mask = (line) => line, remember = (line) => line }) {
     this.output = output;
     this.input = input;
+    this.secret = secret; // <input type="password">, shown instead of `input` for a secret question
+    this.promptUser = promptUser;
     this.promptRole = promptRole;
     this.stopButton = stop;
     this.banner = banner;
@@ -18,12 +24,13 @@ export class Terminal {
     this.onCommand = onCommand;
     this.onComplete = onComplete;
     this.onHint = onHint;
+    this.mask = mask;
     this.remember = remember;
     this.history = commandStore.load();
     this.historyIndex = this.history.length;
     this.draft = "";
     this.running = null; // {stop()} while a command runs
-    this.question = null; // {hint(text), resolve(answer)} while a command waits for an answer
+    this.question = null; // {hint(text), resolve(answer), secret} while a command waits for an answer
     this.role = "";
     this.follow = true;
     this.tabLeaves = false;
@@ -35,6 +42,7 @@ export class Terminal {
   bind() {
     this.input.addEventListener("keydown", (e) => this.onInputKey(e));
     this.input.addEventListener("input", () => this.changed());
+    this.secret.addEventListener("keydown", (e) => this.onSecretKey(e));
     document.addEventListener("keydown", (e) => this.onGlobalKey(e));
     document.addEventListener("click", (e) => this.onClick(e));
     this.stopButton.addEventListener("click", () => this.interrupt());
@@ -70,16 +78,23 @@ export class Terminal {
     return el;
   }
 
+  /** A line after the prompt as it is now. */
   echo(line) {
     const el = this.block("echo");
     const prompt = document.createElement("span");
     prompt.className = "echo-prompt";
-    prompt.textContent = `${this.promptRole.textContent} ❯ `;
+    const user = this.promptUser.hidden ? "" : `${this.promptUser.textContent} `;
+    prompt.textContent = `${user}${this.promptRole.textContent} ❯ `;
     const text = document.createElement("span");
     text.className = "echo-text";
     text.textContent = line;
     el.append(prompt, text);
     return el;
+  }
+
+  /** A command line as typed, with any secret in it masked. */
+  echoCommand(line) {
+    return this.echo(this.mask(line));
   }
 
   clear() {
@@ -97,6 +112,16 @@ export class Terminal {
   setRole(role) {
     this.role = role;
     if (!this.question) this.promptRole.textContent = role;
+  }
+
+  /** Show who is signed in before the role in the prompt ("" or null: nobody). */
+  setUser(name) {
+    const shown = document.createElement("span");
+    shown.className = "prompt-user-name"; // a long name is cut short; the title has it whole
+    shown.textContent = name || "";
+    this.promptUser.replaceChildren(...(name ? [shown, " ·"] : []));
+    this.promptUser.title = name ? `signed in as ${name}` : "";
+    this.promptUser.hidden = !name;
   }
 
   atBottom() {
@@ -123,12 +148,13 @@ export class Terminal {
     this.historyIndex = this.history.length;
     this.draft = "";
     this.follow = true;
-    this.echo(line);
+    this.echoCommand(line);
     this.scrollToEnd();
     if (!line.trim()) return;
-    if (this.remember(line)) {
-      if (this.history[this.history.length - 1] !== line) this.history.push(line);
-      commandStore.add(line);
+    const kept = this.remember(line);
+    if (kept) {
+      if (this.history[this.history.length - 1] !== kept) this.history.push(kept);
+      commandStore.add(kept);
       this.historyIndex = this.history.length;
     }
     await this.onCommand(line.trim());
@@ -146,31 +172,55 @@ export class Terminal {
     this.stopButton.hidden = true;
     document.body.classList.remove("busy");
     this.grew();
-    if (!isTouch()) this.input.focus({ preventScroll: true });
+    if (!isTouch()) this.field().focus({ preventScroll: true });
+  }
+
+  /** Where keys go now: the masked field while a secret is asked for, else the prompt. */
+  field() {
+    return this.question && this.question.secret ? this.secret : this.input;
   }
 
   /**
    * Ask for an answer at the prompt, which shows `label` instead of the role: resolves with the
    * text on Enter (Shift+Enter adds a line), or null on Ctrl+C. `hint(text)` fills the hint
    * line as the answer is typed; `value` starts the answer (to correct a refused one).
+   * `secret`: the answer is typed into a masked one-line field, is never shown (not even its
+   * length: its echo is empty), and `hint` is given no text; `autocomplete` tells a password
+   * manager what is asked ("current-password", "new-password").
    */
-  ask({ label, hint = () => null, value = "" }) {
+  ask({ label, hint = () => null, value = "", secret = false, autocomplete = "off" }) {
     return new Promise((resolve) => {
-      this.question = { hint, resolve };
+      this.question = { hint, resolve, secret };
       this.promptRole.textContent = label;
-      this.input.value = value;
+      if (secret) {
+        this.secret.value = "";
+        this.secret.autocomplete = autocomplete;
+        this.input.hidden = true;
+        this.secret.hidden = false;
+        this.input.value = "";
+      } else {
+        this.input.value = value;
+      }
       this.changed();
-      this.input.setSelectionRange(value.length, value.length);
-      if (!isTouch()) this.input.focus({ preventScroll: true });
+      if (!secret) this.input.setSelectionRange(value.length, value.length);
+      if (!isTouch()) this.field().focus({ preventScroll: true });
       this.follow = true;
       this.grew();
     });
   }
 
-  /** End the question with `answer` (null: cancelled), echoing it after the question's label. */
+  /** End the question with `answer` (null: cancelled), echoing it after the question's label
+   * (a secret answer: nothing but ^C when cancelled). */
   answer(answer) {
-    const { resolve } = this.question;
-    this.echo(answer === null ? `${this.input.value}^C` : answer);
+    const { resolve, secret } = this.question;
+    const typed = secret ? "" : this.input.value;
+    this.echo(answer === null ? `${typed}^C` : secret ? "" : answer);
+    if (secret) {
+      this.secret.value = "";
+      this.secret.hidden = true;
+      this.input.hidden = false;
+      if (!isTouch()) this.input.focus({ preventScroll: true });
+    }
     this.question = null;
     this.promptRole.textContent = this.role;
     this.input.value = "";
@@ -199,7 +249,7 @@ export class Terminal {
       if (this.question) this.answer(null);
       else if (!this.interrupt()) {
         // No reply running: a shell abandons the line being typed.
-        this.echo(`${this.input.value}^C`);
+        this.echo(`${this.mask(this.input.value)}^C`);
         this.input.value = "";
         this.changed();
         this.historyIndex = this.history.length;
@@ -209,6 +259,19 @@ export class Terminal {
     } else if (key === "l") {
       e.preventDefault();
       this.clear();
+    }
+  }
+
+  onSecretKey(e) {
+    if (e.key !== "Tab") this.tabLeaves = false;
+    if (e.isComposing || !this.question) return;
+    if (e.key === "Enter") {
+      e.preventDefault();
+      this.answer(this.secret.value);
+    } else if (e.key === "Escape") {
+      this.tabLeaves = true;
+    } else if (e.key === "Tab" && !this.tabLeaves) {
+      e.preventDefault();
     }
   }
 
@@ -272,7 +335,7 @@ export class Terminal {
       this.changed();
     } else if (result.choices.length > 1) {
       // Nothing more to add: show the choices, as a shell does on a second Tab.
-      this.echo(this.input.value);
+      this.echoCommand(this.input.value);
       this.print(result.choices.join("   "), "choices");
       this.follow = true;
       this.grew();
@@ -288,7 +351,7 @@ export class Terminal {
 
   showHint() {
     this.hintFrame = 0;
-    const text = this.input.value;
+    const text = this.question && this.question.secret ? "" : this.input.value;
     const hint = this.question ? this.question.hint(text) : text.trim() ? this.onHint(text) : null;
     const key = hint ? `${hint.usage}\n${hint.about || ""}\n${hint.warn ? 1 : 0}` : "";
     if (key === this.hintShown) return; // unchanged: leave the DOM alone
@@ -310,7 +373,8 @@ export class Terminal {
   onClick(e) {
     if (e.target.closest("a, button, input, textarea, select, summary")) return;
     if (!window.getSelection().isCollapsed) return; // selecting text to copy
-    if (document.activeElement !== this.input) this.input.focus({ preventScroll: true });
+    const field = this.field();
+    if (document.activeElement !== field) field.focus({ preventScroll: true });
   }
 }
 

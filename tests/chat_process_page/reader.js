@@ -4,7 +4,8 @@
 //   line end before the last character, that last line is parsed, and its `text` is shown
 //   (a line not received whole yet fails to parse and is skipped until the next event);
 // - when the request is done, their HTTP client parses a body that is exactly one JSON value
-//   as an envelope, an error unless its `status` is "Success".
+//   as an envelope, an error unless its `status` is "Success", and shows its message
+//   (`Unauthorized` also makes them ask for the key again).
 
 function start({prompt, options = {}, extra = {}, headers = {}}) {
   const xhr = new XMLHttpRequest();
@@ -36,7 +37,14 @@ function start({prompt, options = {}, extra = {}, headers = {}}) {
         document.getElementById('shown').textContent = data.text;
       }
     };
-    xhr.onload = () => resolve(summary('load'));
+    xhr.onload = () => {
+      const result = summary('load');
+      if (result.envelope && result.envelope.status !== 'Success') {
+        document.getElementById('error').textContent =
+          `${result.envelope.status}: ${result.envelope.message}`;
+      }
+      resolve(result);
+    };
     xhr.onerror = () => resolve(summary('error'));
     xhr.onabort = () => resolve(summary('abort'));
   });
