@@ -30,17 +30,21 @@ TEST_KEY = "sk-test-SECRET-0123456789abcdef"
 _DB_DIR = tempfile.mkdtemp(prefix="gpt_proxy-tests-")
 atexit.register(shutil.rmtree, _DB_DIR, True)
 TEST_DATABASE = f"sqlite:///{_DB_DIR}/gpt_proxy.db"
+TEST_CONVERSATIONS = f"sqlite:///{_DB_DIR}/conversations.db"
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _project_data_untouched():
-    """No test writes the project's own database (each names one of its own, or
-    TEST_DATABASE): a developer's accounts and ledger live there."""
-    project = ROOT / "data" / "gpt_proxy.db"
-    before = project.stat().st_mtime_ns if project.exists() else None
+    """No test writes the project's own database or conversations (each names its own, or
+    TEST_DATABASE and TEST_CONVERSATIONS): a developer's accounts, ledger and
+    conversations live there."""
+    files = [ROOT / "data" / "gpt_proxy.db", ROOT / "data" / "conversations.db"]
+
+    def stamps():
+        return [path.stat().st_mtime_ns if path.exists() else None for path in files]
+    before = stamps()
     yield
-    after = project.stat().st_mtime_ns if project.exists() else None
-    assert after == before, f"a test wrote {project}: give it database_url=TEST_DATABASE"
+    assert stamps() == before, f"a test wrote {files}: give it TEST_DATABASE / _CONVERSATIONS"
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +64,8 @@ def upstream(fake_upstream):
 
 def make_config(**overrides):
     base = dict(openai_api_key=TEST_KEY, openai_base_url="http://127.0.0.1:9/v1",
-                openai_model="fake-model", heartbeat_seconds=15.0, database_url=TEST_DATABASE)
+                openai_model="fake-model", heartbeat_seconds=15.0, database_url=TEST_DATABASE,
+                conversation_store=TEST_CONVERSATIONS)
     base.update(overrides)
     return load_config({}, **base)
 
