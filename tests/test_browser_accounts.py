@@ -19,7 +19,7 @@ import requests
 from gpt_proxy.demo import placeholder_png
 
 from .browser_helpers import expect
-from .conftest import serve
+from .conftest import ROOT, serve
 from .fake_upstream import image_answer, json_scenario, stream_scenario
 
 pytestmark = pytest.mark.browser
@@ -388,3 +388,33 @@ def test_help_hints_and_tab_know_the_account_commands(term):
         term.input.fill(typed)
         term.input.press("Tab")
         expect()(term.input).to_have_value(completed)
+
+
+# --- what you spent --------------------------------------------------------------------------------
+
+def test_gpt_usage_shows_each_budget_as_a_bar_with_what_is_left_and_the_reset(
+        users_term, accounts, upstream):
+    from gpt_proxy.accounts import Accounts
+    from gpt_proxy.budgets import Budgets
+    from gpt_proxy.db import open_database
+
+    name = new_name("una")
+    term = users_term()
+    term.sign_up(name, PASSWORD)
+    database = open_database(f"sqlite:///{accounts.log_path.parent}/gpt_proxy.db", ROOT)
+    try:
+        user = Accounts(database).find_user(name)
+        Budgets(database).set_budget("user", user.id, "tokens", "day", 10_000)
+    finally:
+        database.close()
+    upstream.push(stream_scenario(["Hello", " there."]))  # usage: 5 prompt, 2 completion
+    assert term.chat("gpt chat hi") == "Hello there."
+    term.type_command("gpt usage")
+    line = term.page.locator("#output .ok", has_text="your account, tokens today: [")
+    expect()(line).to_contain_text("7 tokens of 10,000 tokens (0%), 9,993 tokens left")
+    expect()(line).to_contain_text("resets")
+    assert "░" * 24 in line.inner_text()
+    expect()(term.page.locator("#output .ok", has_text="today: 1 request")).to_contain_text(
+        "5 + 2 tokens")
+    term.type_command("gpt usage --days x")
+    expect()(term.last(".error .error-line")).to_contain_text("--days needs a whole number")

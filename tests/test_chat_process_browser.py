@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from .browser_helpers import WAIT_MS, missing
-from .conftest import sent_messages
+from .conftest import ROOT, sent_messages
 from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes
 from .processes import Nginx, nginx_binary
 from .test_integration import TEXT, TOKENS
@@ -207,3 +207,23 @@ def test_with_accounts_the_reply_streams_with_a_users_key_and_without_one_is_una
     expected = "Unauthorized: the API key is not valid (unknown, revoked or expired)"
     assert users_page.locator("#error").text_content() == expected
     assert len(upstream.records) == 1  # only the reply with the valid key reached it
+
+
+def test_over_budget_the_reading_loop_shows_which_budget_and_when_it_resets(
+        users_page, users_server, upstream):
+    from gpt_proxy.budgets import Budgets
+    from gpt_proxy.db import open_database
+
+    key, key_id, _ = user_key(users_server.url, "spender")
+    database = open_database(f"sqlite:///{users_server.log_path.parent}/gpt_proxy.db", ROOT)
+    try:
+        Budgets(database).set_budget("key", key_id, "tokens", "day", 10)
+    finally:
+        database.close()
+    result = users_page.evaluate("(headers) => chat({prompt: 'hello', headers})",
+                                 {"Authorization": f"Bearer {key}"})
+    assert result["status"] == 200 and result["shown"] == []
+    assert result["envelope"]["status"] == "Fail"
+    shown = users_page.locator("#error").text_content()
+    assert shown.startswith("Fail: this key's daily tokens budget (10 tokens) has no room")
+    assert "resets at" in shown and upstream.records == []

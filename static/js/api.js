@@ -105,6 +105,9 @@ export const listKeys = () => requestJSON("/api/keys");
 export const createKey = (body) => requestJSON("/api/keys", { method: "POST", body });
 export const revokeKey = (id) => requestJSON(`/api/keys/${encodeURIComponent(id)}`, { method: "DELETE" });
 
+/** What the caller spent and may spend (GET /api/usage): budgets and spend by day. */
+export const getUsage = (days, options = {}) => getJSON(`/api/usage?days=${encodeURIComponent(days)}`, options);
+
 /** Whether the server asks for any credential (a proxy token or an account): the `auth` of
  * POST /api/session, which the chat-process frontends ask the same. */
 export async function asksForCredentials() {

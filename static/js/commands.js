@@ -8,6 +8,7 @@ import { runChat } from "./chat.js";
 import { diy, ownRoleList } from "./diy.js";
 import { runImage } from "./image.js";
 import { key } from "./keys.js";
+import { usage } from "./usage.js";
 import { MarkdownView } from "./markdown.js";
 import { ownRoleStore } from "./ownroles.js";
 import { checkRole, loadRoles, resolveRole, roleNames, serverRoleNames } from "./roles.js";
@@ -89,6 +90,13 @@ export const COMMANDS = [
     ],
     actions: ["create", "list", "revoke"],
     examples: ['gpt key create -n "my laptop" --days 90', "gpt key list", "gpt key revoke 3"],
+  },
+  {
+    name: "gpt usage",
+    usage: "gpt usage [--days N]",
+    about: "What you spent: each budget that applies to you as a bar of this period's spend, what is left and when it resets; then today's spend and the last days' by model.",
+    options: [["--days <N>", "how many days of spend to list (default 7)"]],
+    examples: ["gpt usage", "gpt usage --days 30"],
   },
   {
     name: "user",
@@ -209,6 +217,7 @@ async function gpt(words, app, parsed) {
     case "reset": return reset(rest, app);
     case "token": return token(rest, app);
     case "key": return key(rest, app);
+    case "usage": return usage(rest, app);
     default: {
       const near = closest(sub, GPT_SUBCOMMANDS);
       throw new UsageError(`gpt: unknown subcommand ${sub}`,

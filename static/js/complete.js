@@ -8,6 +8,7 @@ import { DIY_OPTIONS } from "./diy.js";
 import { KEY_ACTIONS, KEY_CREATE_OPTIONS } from "./keys.js";
 import { ownRoleStore } from "./ownroles.js";
 import { roleNames } from "./roles.js";
+import { USAGE_OPTIONS } from "./usage.js";
 import { LOGIN_OPTIONS, REGISTER_OPTIONS } from "./user.js";
 
 /** Complete the word before the caret: {text: the new text before the caret, choices}. */
@@ -63,6 +64,7 @@ function candidates(words, current, app) {
     case "reset": return words.length === 2 ? ["-r"] : [];
     case "token": return words.length === 2 ? ["--clear"] : [];
     case "diy": return diyCandidates(words, last, current, app);
+    case "usage": return optionCandidates(USAGE_OPTIONS, last, current);
     case "key": {
       if (words.length === 2) return KEY_ACTIONS;
       if (words[2] === "create") return optionCandidates(KEY_CREATE_OPTIONS, last, current);
