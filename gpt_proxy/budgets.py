@@ -77,6 +77,7 @@ class OverBudget(ProxyError):
 
     status = 429
     code = "budget_exceeded"
+    says_when = True  # "it resets at ... (in 3 h 12 min)", or that it never does
 
 
 class Unpriced(ProxyError):

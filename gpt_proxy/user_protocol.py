@@ -27,7 +27,15 @@ from .accounts import (
     role_elements,
     username_key,
 )
-from .errors import BadRequest, ClientLeft, NotFound, ProxyError, Unauthorized, UpstreamError
+from .errors import (
+    BadRequest,
+    ClientLeft,
+    NotFound,
+    ProxyError,
+    Unauthorized,
+    UpstreamError,
+    with_wait,
+)
 from .identity import (
     Caller,
     LoginThrottle,
@@ -79,10 +87,8 @@ def code_of(err: ProxyError) -> int:
 
 def error_response(err: ProxyError):
     """HTTP 200 and the failure envelope; a wait (rate limit) is said in the message."""
-    message = err.message
+    message = with_wait(err)
     retry = err.headers.get("Retry-After")
-    if retry and "retry in" not in message:
-        message = f"{message} (retry in {retry} s)"
     response = jsonify({"code": code_of(err), "message": message, "msg": message, "data": None})
     if retry:
         response.headers["Retry-After"] = retry
