@@ -42,7 +42,7 @@ from flask import Blueprint, current_app, jsonify
 from . import ROOT, pipeline
 from .chunks import Delta
 from .conversations import Resolved, Store, StoreError, new_id, open_store, resolve
-from .errors import BadRequest, PayloadTooLarge, ProxyError
+from .errors import BadRequest, PayloadTooLarge, ProxyError, with_wait
 from .identity import caller, public
 from .relay import Framer, Outcome, Relay
 from .roles import DEFAULT_ROLE
@@ -77,10 +77,8 @@ def envelope(status: str, message: str, data: object = None):
 def error_response(err: ProxyError):
     """HTTP 200 and the envelope the frontends show (`Unauthorized` makes them ask for the
     token again); the wait of a rate limit is part of the message, the only part shown."""
-    message = err.message
+    message = with_wait(err)
     retry = err.headers.get("Retry-After")
-    if retry and "retry in" not in message:
-        message = f"{message} (retry in {retry} s)"
     asks_again = err.code in ("unauthorized", "invalid_api_key")  # no or a bad credential
     response = envelope("Unauthorized" if asks_again else "Fail", message)
     if retry:

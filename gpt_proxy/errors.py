@@ -12,6 +12,7 @@ class ProxyError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    says_when: bool = False  # the message itself says when to try again (see `with_wait`)
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None, field: str | None = None) -> None:
@@ -29,6 +30,16 @@ class ProxyError(Exception):
         if self.field is not None:
             body["field"] = self.field
         return {"error": body}
+
+
+def with_wait(err: ProxyError) -> str:
+    """The message for a door whose clients show only a message (chat-process, the GPT
+    Terminal user protocol): a Retry-After wait is added as "(retry in N s)", unless the
+    message already says when (a budget names its reset time and how far off it is)."""
+    retry = err.headers.get("Retry-After")
+    if not retry or err.says_when or "retry in" in err.message:
+        return err.message
+    return f"{err.message} (retry in {retry} s)"
 
 
 class BadRequest(ProxyError):
@@ -77,6 +88,7 @@ class OverBudget(RateLimited):
     it resets)."""
 
     code = "budget_exceeded"
+    says_when = True  # "it resets at ... (in 3 h 12 min)", or that it never does
 
 
 class Unpriced(ProxyError):

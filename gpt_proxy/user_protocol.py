@@ -34,6 +34,7 @@ from .errors import (
     ProxyError,
     Unauthorized,
     UpstreamError,
+    with_wait,
 )
 from .identity import (
     Caller,
@@ -86,10 +87,8 @@ def code_of(err: ProxyError) -> int:
 
 def error_response(err: ProxyError):
     """HTTP 200 and the failure envelope; a wait (rate limit) is said in the message."""
-    message = err.message
+    message = with_wait(err)
     retry = err.headers.get("Retry-After")
-    if retry and "retry in" not in message:
-        message = f"{message} (retry in {retry} s)"
     response = jsonify({"code": code_of(err), "message": message, "msg": message, "data": None})
     if retry:
         response.headers["Retry-After"] = retry
@@ -302,9 +301,11 @@ def role_delete():
 
 
 # --- POST /api/gpt/getImage: GPT image generation -------------------------------------------
-# `{prompt, number, size}` as the July-2023 frontend sends it (`number` null when the user gave
-# none, `size` absent): `prompt` required; `number` 1-5 (default 1; an integer, or its digits
-# as a string); `size` 256x256, 512x512 or 1024x1024 (default 256x256); nothing else. The
+# `{prompt, number, size}` as the July-2023 frontend sends it (`number` 0 when the user gave
+# none: its option parser's empty string, through `Number()`; `size` absent): `prompt`
+# required; `number` 1-5 (an integer, or its digits as a string; 0 or null: the default 1, as
+# that frontend's own backend read them); `size` 256x256, 512x512 or 1024x1024 (default
+# 256x256); nothing else. The
 # upstream (OPENAI_IMAGE_MODEL) is asked through the shared pipeline for base64 images, and
 # the answer is `[{"url": "data:image/...;base64,..."}, ...]`: images the page shows under
 # its strict CSP, from any worker, with nothing kept here (`images`: a URL-only upstream's
@@ -330,7 +331,7 @@ def image_request(body: dict) -> tuple[str, int, str]:
         raise BadRequest(f"'prompt' is {len(prompt)} characters long; at most "
                          f"{MAX_PROMPT_CHARS} are accepted", field="prompt")
     number = body.get("number")
-    if number is None:
+    if number is None or number == 0 and not isinstance(number, bool):  # none given
         number = 1
     elif isinstance(number, str) and number.strip().isdigit() and len(number) < 4:
         number = int(number)

@@ -95,6 +95,20 @@ def test_each_door_refuses_an_empty_budget_in_its_own_shape(make, upstream):
     assert upstream.records == [] and ledger(state) == [] and counters(state) == (0, 0)
 
 
+def test_the_frontend_doors_say_when_a_budget_resets_once(make, upstream):
+    """chatgpt-web and the GPT Terminal page show only the message: a budget's own "it resets
+    at ... (in 19 h 48 min)" is enough, without "(retry in 71330 s)" after it."""
+    client, _, key = keyed(make, limit=10)
+    chat = client.post("/api/chat-process", headers=bearer(key), json={"prompt": "hi"})
+    image = client.post("/api/gpt/getImage", headers=bearer(key), json={"prompt": "a cat"})
+    for response, message in ((chat, chat.get_json()["message"]),
+                              (image, image.get_json()["message"])):
+        assert "resets at" in message and " min)" in message
+        assert "retry in" not in message
+        assert int(response.headers["Retry-After"]) >= 1  # still there for a program
+    assert upstream.records == []
+
+
 def test_an_rpm_budget_is_openais_rate_limit(make, upstream):
     client, _, key = keyed(make, unit="requests", period="minute", limit=1)
     upstream.push(stream_scenario(["ok"]))

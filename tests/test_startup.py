@@ -151,7 +151,8 @@ def test_a_path_through_a_file_is_not_a_folder(tmp_path):
 
 def test_healthz_is_503_naming_the_problem_when_the_store_folder_cannot_be_written(tmp_path):
     (tmp_path / "data").write_text("a file where the folder should be")
-    app = create_app(load_config({}, database_url=TEST_DATABASE, conversation_store=store_url(tmp_path / "data" / "c.db")))
+    app = create_app(load_config({}, conversation_store=store_url(tmp_path / "data" / "c.db"),
+                                 database_url=TEST_DATABASE))
     response = app.test_client().get("/healthz")
     assert response.status_code == 503
     body = response.get_json()
@@ -162,7 +163,8 @@ def test_healthz_is_503_naming_the_problem_when_the_store_folder_cannot_be_writt
 
 def test_healthz_is_ok_and_makes_no_folder_when_the_folder_can_be_made(tmp_path):
     folder = tmp_path / "not-yet" / "data"
-    app = create_app(load_config({}, database_url=TEST_DATABASE, conversation_store=store_url(folder / "c.db")))
+    app = create_app(load_config({}, conversation_store=store_url(folder / "c.db"),
+                                 database_url=TEST_DATABASE))
     response = app.test_client().get("/healthz")
     assert response.status_code == 200 and response.get_json()["status"] == "ok"
     assert "problems" not in response.get_json()
@@ -174,7 +176,8 @@ def test_healthz_reports_a_folder_another_user_cannot_write(shared_folder):
     data.mkdir()
     if os.geteuid() != 0:
         data.chmod(0o555)
-    app = create_app(load_config({}, database_url=TEST_DATABASE, conversation_store=store_url(data / "c.db")))
+    app = create_app(load_config({}, conversation_store=store_url(data / "c.db"),
+                                 database_url=TEST_DATABASE))
 
     def probe():
         response = app.test_client().get("/healthz")

@@ -87,6 +87,15 @@ def test_number_and_size_default_as_the_original_backend_did(api, mocked, body, 
     assert (sent["n"], sent["size"]) == (n, size)
 
 
+def test_gpt_image_without_n_from_the_july_2023_page_makes_one_image(api, mocked):
+    """That page sends `number: Number(option)`, and its option parser gives "" for an option
+    not typed: `gpt image a cat` arrives as number 0 (its own backend read 0 as "one")."""
+    mocked.post(IMAGES, json=image_answer([PNG]))
+    body = api.post(ROUTE, json={"prompt": "a cat", "number": 0}).get_json()
+    assert body == {"code": 0, "data": [{"url": data_url(PNG)}]}
+    assert json.loads(mocked.calls[0].request.body)["n"] == 1
+
+
 def test_a_gpt_image_model_is_not_asked_for_a_format_it_does_not_take(mocked):
     mocked.post(IMAGES, json=image_answer([PNG]))
     make_api(openai_image_model="gpt-image-1").post(ROUTE, json={"prompt": "x"})
@@ -128,7 +137,8 @@ def test_the_demo_makes_images_with_no_key():
     ({}, "'prompt' is required"), ({"prompt": ""}, "'prompt' is required"),
     ({"prompt": "   "}, "'prompt' is required"), ({"prompt": 7}, "'prompt' is required"),
     ({"prompt": "x" * 32001}, "at most 32000"),
-    ({"prompt": "x", "number": 0}, "'number'"), ({"prompt": "x", "number": 6}, "'number'"),
+    ({"prompt": "x", "number": -1}, "'number'"), ({"prompt": "x", "number": 6}, "'number'"),
+    ({"prompt": "x", "number": 0.0001}, "'number'"), ({"prompt": "x", "number": False}, "'number'"),
     ({"prompt": "x", "number": 2.5}, "'number'"), ({"prompt": "x", "number": True}, "'number'"),
     ({"prompt": "x", "number": "two"}, "'number'"), ({"prompt": "x", "number": "-1"}, "'number'"),
     ({"prompt": "x", "size": "100x100"}, "'size'"), ({"prompt": "x", "size": "1792x1024"}, "'size'"),
