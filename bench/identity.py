@@ -12,10 +12,13 @@ replies as fast as the upstream can): replies per second, the service's CPU per 
 `key` minus `open` is what identity costs; `budget` and `budgets` minus `key` what admission
 and settlement cost.
 
-Then the stall check: 100 streams at 50 tokens/s through the `budgets` service, alone and
-while 50 logins (argon2id, ~30 ms of CPU each) and 50 key checks arrive at the same moment:
-the streams' per-token latency (upstream write to client arrival) in both, p50 and p99 (a
-worker stalled by a login, or by the database, would show here).
+Then the stall check: 100 streams at 50 tokens/s through the `budgets` service, alone; while
+100 plain requests (GET /api/limits: no password, no key, no database) arrive at the same
+moment, the control; and while 50 logins (argon2id, ~30 ms of CPU each) and 50 key checks
+arrive at the same moment: the streams' per-token latency (upstream write to client
+arrival), p50 and p99. A worker stalled by a login or by the database would show as the
+third row above the control; a burst of any 100 requests costs the streams what the control
+shows.
 """
 
 from __future__ import annotations
@@ -80,18 +83,22 @@ def target(port: int, key: str) -> Target:
                   b"event: done")
 
 
-def storm(port: int, key: str, logins: int = 50, checks: int = 50) -> float:
-    """`logins` logins and `checks` key checks at the same moment; their wall time (s)."""
+def storm(port: int, key: str, logins: int = 50, checks: int = 50, plain: bool = False) -> float:
+    """`logins` logins and `checks` key checks at the same moment (`plain`: as many requests
+    that need neither a password nor a key, the control); their wall time (s)."""
     barrier = threading.Barrier(logins + checks)
 
     def login() -> None:
         barrier.wait(30)
+        if plain:
+            _call(port, "GET", "/api/limits", token="")
+            return
         _call(port, "POST", "/api/user/login", {"username": "bench",
                                                  "password": "bench password"}, token="")
 
     def check() -> None:
         barrier.wait(30)
-        _call(port, "GET", "/v1/models", token=key)
+        _call(port, "GET", "/api/limits" if plain else "/v1/models", token="" if plain else key)
     threads = [threading.Thread(target=login) for _ in range(logins)]
     threads += [threading.Thread(target=check) for _ in range(checks)]
     started = time.monotonic()
@@ -123,7 +130,7 @@ async def run(args, log) -> dict:
                                                           log(f"[{n}] {t.strip()}"))
                 finally:
                     service.stop()
-        stall: dict = {"alone": [], "storm": [], "storm_seconds": []}
+        stall: dict = {"alone": [], "plain": [], "storm": [], "storm_seconds": []}
         service, key = start(upstream, "stall", True, 3)
         try:
             bench = Bench(upstream, service)
@@ -135,13 +142,19 @@ async def run(args, log) -> dict:
                 # (it starts once the streams are all open: one stream's length in)
                 alone, _ = await bench.phase(through, LATENCY)
                 stall["alone"].append(alone)
+                running = loop.run_in_executor(None, lambda: (time.sleep(2.0), storm(
+                    service.port, key, plain=True))[1])
+                plain, _ = await bench.phase(through, LATENCY)
+                stall["plain"].append(plain)
+                await running
                 running = loop.run_in_executor(None, lambda: (time.sleep(2.0),
                                                               storm(service.port, key))[1])
                 stormy, _ = await bench.phase(through, LATENCY)
                 stall["storm"].append(stormy)
                 stall["storm_seconds"].append(await running)
                 log(f"  stall: per-token p50/p99 alone {alone['tok_p50']:.2f}/"
-                    f"{alone['tok_p99']:.2f} ms, with the storm {stormy['tok_p50']:.2f}/"
+                    f"{alone['tok_p99']:.2f} ms, with 100 plain requests {plain['tok_p50']:.2f}/"
+                    f"{plain['tok_p99']:.2f} ms, with the storm {stormy['tok_p50']:.2f}/"
                     f"{stormy['tok_p99']:.2f} ms (storm {stall['storm_seconds'][-1]:.2f} s)")
         finally:
             service.stop()
@@ -152,19 +165,27 @@ async def run(args, log) -> dict:
 
 
 def report(results: dict) -> str:
-    rows = ["| configuration | short replies/s (median) | service CPU per request | vs open |",
-            "|---|---|---|---|"]
-    base = med(results["open"], "service", "cpu_ms_per_request")
+    rows = ["| configuration | short replies/s | service CPU per request | CPU vs `open`, "
+            "paired | vs `key`, paired |", "|---|---|---|---|---|"]
+
+    def paired(name: str, other: str) -> str:
+        """The median of the per-round differences (each round runs every configuration)."""
+        if name == other:
+            return "-"
+        return f"{statistics.median(a['service']['cpu_ms_per_request'] - b['service']['cpu_ms_per_request'] for a, b in zip(results[name], results[other], strict=True)):+.2f} ms"  # noqa: E501
     for name in ("open", "key", "budget", "budgets"):
         runs = results[name]
-        cpu = med(runs, "service", "cpu_ms_per_request")
-        rows.append(f"| {name} | {med(runs, 'service', 'req_per_s'):,.0f} | {cpu:.2f} ms | "
-                    f"{cpu - base:+.2f} ms |")
+        rows.append(f"| {name} | {med(runs, 'service', 'req_per_s'):,.0f} | "
+                    f"{med(runs, 'service', 'cpu_ms_per_request'):.2f} ms | "
+                    f"{paired(name, 'open')} | "
+                    f"{paired(name, 'key') if name.startswith('budget') else '-'} |")
     stall = results["stall"]
     rows += ["", "| 100 streams x 50 tok/s through the `budgets` service | per-token p50 | "
              "per-token p99 |", "|---|---|---|"]
-    for name in ("alone", "storm"):
-        rows.append(f"| {'alone' if name == 'alone' else 'with 50 logins + 50 key checks'} | "
+    words = {"alone": "alone", "plain": "with 100 plain requests at once (the control)",
+             "storm": "with 50 logins + 50 key checks at once"}
+    for name in ("alone", "plain", "storm"):
+        rows.append(f"| {words[name]} | "
                     f"{statistics.median(r['tok_p50'] for r in stall[name]):.2f} ms | "
                     f"{statistics.median(r['tok_p99'] for r in stall[name]):.2f} ms |")
     rows.append(f"\nthe logins and key checks took {statistics.median(stall['storm_seconds']):.2f}"
