@@ -1,5 +1,6 @@
 // One question and its streamed reply: a waiting indicator until the first token, reasoning
-// dimmed and apart, the answer as sanitized markdown growing in place, then the outcome.
+// dimmed and apart, the answer as sanitized markdown growing in place, then the outcome. A
+// dropped connection shows "reconnecting..." while the reply is picked up where it stopped.
 // The role's conversation is sent along (bounded) and the new turn is kept afterwards. A
 // server role is named in the request; an own role sends its definition as `system` instead.
 
@@ -30,6 +31,7 @@ export async function runChat(app, { message, role, temperature, model }) {
   block.append(waiting, answer);
   const view = new MarkdownView(answer, { onRender: () => term.grew() });
   let reasoning = null;
+  let reconnecting = null;
 
   const controller = new AbortController();
   term.busy(() => controller.abort());
@@ -61,6 +63,16 @@ export async function runChat(app, { message, role, temperature, model }) {
         }
         reasoning.lastChild.append(part.text);
         term.grew();
+      } else if (part.type === "reconnecting") {
+        if (!reconnecting) {
+          reconnecting = element("div", "note reconnecting", "reconnecting...");
+          reconnecting.setAttribute("role", "status");
+          block.append(reconnecting);
+          term.grew();
+        }
+      } else if (part.type === "resumed") {
+        if (reconnecting) reconnecting.remove();
+        reconnecting = null;
       } else if (part.type === "done") {
         done = part;
       }
@@ -70,6 +82,7 @@ export async function runChat(app, { message, role, temperature, model }) {
     else failure = err;
   } finally {
     waiting.remove();
+    if (reconnecting) reconnecting.remove();
     view.finish();
     block.removeAttribute("aria-busy");
     term.idle();
