@@ -322,7 +322,7 @@ PARSERS = {
     "budget_max_tokens": _int(1, 10_000_000),
     "ledger_days": _float(1, 36500),
     "reply_store": _reply_store,
-    "resume_grace_seconds": _float(0, 3600),
+    "resume_grace_seconds": _float(1, 3600),
     "resume_keep_seconds": _float(1, 86400),
 }
 

@@ -409,12 +409,12 @@ class Relay:
 
     def _resumable_frames(self, framer: Framer) -> Iterator[bytes]:
         """`_frames` for a resumable reply: the reply's id first, every event numbered and
-        logged; its client leaving hands the reading over (`_hand_over`) instead of ending
-        it; a cancel ends it with an error event."""
+        logged; its client leaving (or a client following it, which takes it over) hands the
+        reading over (`_hand_over`) instead of ending it; a cancel ends it with an error
+        event."""
         reply, outcome = self.reply, self.outcome
         self.raw = framer.raw
-        watcher = self.client_gone
-        self.client_gone = lambda: reply.cancelled or watcher()
+        self.client_gone = reply.client_gone(self.client_gone)
         batches = self.batches()
         handed_over = ended = False
         try:

@@ -145,6 +145,7 @@ class LiveReply:
         self.seen_at = 0.0  # the last moment a client was known to be attached
         self.followers = 0  # clients following it in this process (the memory store)
         self.cancelled = False
+        self.taken_over = False  # a client followed it while its first client was attached
         self.logging = True  # False once its log failed: it cannot be resumed
         self.stored = False  # the store set up what it keeps for it (Redis: the expiry)
 
@@ -183,9 +184,13 @@ class LiveReply:
 
     def may_go_on(self) -> bool:
         """Whether the reply may go on without its client: it has a log to resume from, it
-        was not cancelled, a grace period is set, and it has not been handed over already."""
-        return (self.state == "attached" and self.logging and not self.cancelled
-                and self.grace > 0)
+        was not cancelled, and it has not been handed over already."""
+        return self.state == "attached" and self.logging and not self.cancelled
+
+    def client_gone(self, watcher: Callable[[], bool]) -> Callable[[], bool]:
+        """The relay's question while the first client is attached: has it left, or was the
+        reply cancelled or taken over by a client that follows it?"""
+        return lambda: self.cancelled or self.taken_over or watcher()
 
     def detach(self) -> None:
         """Its client left: from now on `abandoned` decides when the reading stops."""
@@ -236,7 +241,7 @@ class _MemoryLog:
     def __init__(self, owner: str, live: LiveReply) -> None:
         self.owner = owner
         self.data = bytearray()
-        self.ends = array("Q")
+        self.ends = array("I")  # 4 bytes an event: a log stays far below 4 GiB
         self.first = 1  # the id of the oldest event kept
         self.last = 0
         self.ended = False
@@ -253,7 +258,7 @@ class _MemoryLog:
             half = len(self.ends) // 2
             cut = self.ends[half - 1]
             del self.data[:cut]
-            self.ends = array("Q", (end - cut for end in self.ends[half:]))
+            self.ends = array("I", (end - cut for end in self.ends[half:]))
             self.first += half
 
     def after(self, n: int) -> bytes:
@@ -357,6 +362,7 @@ class MemoryReplyStore:
             live = entry.live
             if live is not None:
                 live.followers += 1
+                live.taken_over = True
         try:
             yield b": resumed\n\n"
             cursor, sent_at = after, self.clock()
@@ -425,11 +431,19 @@ def _seen(reply: LiveReply, found: object, now: float) -> None:
         reply.seen_at = now
 
 
+def _signalled(reply: LiveReply, what: str, now: float) -> None:
+    if what == "cancel":
+        reply.cancelled = True
+    elif what == "follow":
+        reply.taken_over = True
+        reply.seen_at = now
+
+
 class RedisReplyStore:
     """Logs in Redis Streams: any worker of any instance can resume a reply. Keys, under
     `<prefix>:<id>`: the hash (owner, state, the worker holding it; at the end the last id),
     `:log` (the stream), `:alive` (the holding worker's lease), `:attached` (a follower's
-    lease); `<prefix>:cancel:<worker>`: the ids a worker is asked to cancel."""
+    lease); `<prefix>:signals:<worker>`: `cancel:<id>` and `follow:<id>` for that worker."""
 
     def __init__(self, url: str, *, keep: float, live_seconds: float, metrics=None,
                  prefix: str = "gpt_proxy:reply",
@@ -469,8 +483,19 @@ class RedisReplyStore:
     def _key(self, reply_id: str, part: str = "") -> str:
         return f"{self.prefix}:{reply_id}{part}"
 
-    def _cancels(self, worker: str) -> str:
-        return f"{self.prefix}:cancel:{worker}"
+    def _signals(self, worker: str) -> str:
+        return f"{self.prefix}:signals:{worker}"
+
+    def _signal(self, worker: str, what: str, reply_id: str) -> None:
+        """Tell the worker holding a reply (it reads its signals every POLL_SECONDS)."""
+        live = self._live.get(reply_id) if worker == self._worker else None
+        if live is not None:  # held by this worker: at once
+            _signalled(live, what, self.clock())
+            return
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(self._signals(worker), f"{what}:{reply_id}")
+            pipe.pexpire(self._signals(worker), 60_000)
+            pipe.execute()
 
     # --- the side of the worker relaying ---
 
@@ -568,6 +593,8 @@ class RedisReplyStore:
                                  forget)
             except Exception:  # noqa: BLE001 - the writer must outlive any one surprise
                 log.exception("the reply log writer failed")
+            finally:
+                pending = live = forget = None  # written: nothing held while it waits
 
     def _round_trip(self, pending: dict, polled: list[LiveReply], refreshed: list[LiveReply],
                     forget: set[str]) -> None:
@@ -609,8 +636,8 @@ class RedisReplyStore:
                         self._key(reply_id, ":alive"))
             after.append((None, None))
         if polled:
-            pipe.spop(self._cancels(self._worker), 1000)
-            after.append((None, self._cancelled))
+            pipe.spop(self._signals(self._worker), 1000)
+            after.append((None, self._signalled))
             now = self.clock()
             for reply in polled:
                 if reply.state == "detached":
@@ -638,11 +665,14 @@ class RedisReplyStore:
         if failed:
             self._fail(failed, "Redis refused a write")
 
-    def _cancelled(self, ids) -> None:
-        for raw in ids or ():
-            reply = self._live.get(raw.decode() if isinstance(raw, bytes) else str(raw))
+    def _signalled(self, signals) -> None:
+        now = self.clock()
+        for raw in signals or ():
+            what, _, reply_id = (raw.decode() if isinstance(raw, bytes) else str(raw)
+                                 ).partition(":")
+            reply = self._live.get(reply_id)
             if reply is not None:
-                reply.cancelled = True
+                _signalled(reply, what, now)
 
     # --- the side of the clients ---
 
@@ -668,26 +698,23 @@ class RedisReplyStore:
         state, worker = self._meta(reply_id, owner, "state", "worker")
         if state == "ended":
             return "ended"
-        live = self._live.get(reply_id)
-        if live is not None:  # held by this worker: at once
-            live.cancelled = True
-            return "cancelling"
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                pipe.sadd(self._cancels(worker), reply_id)
-                pipe.pexpire(self._cancels(worker), 60_000)
-                pipe.execute()
+            self._signal(worker or "", "cancel", reply_id)
         except self._errors as exc:
             raise self._unavailable(exc) from None
         return "cancelling"
 
     def follow(self, reply_id: str, owner: str, after: int, client_gone: Callable[[], bool],
                heartbeat: float) -> Follow:
-        state, last = self._meta(reply_id, owner, "state", "last")
+        state, last, worker = self._meta(reply_id, owner, "state", "last", "worker")
         if state == "ended" and last is not None and after > int(last):
             raise past_end(after, int(last))
         try:
             oldest = self._redis.xrange(self._key(reply_id, ":log"), "-", "+", count=1)
+            if state != "ended":  # this client is attached now, and takes the reply over
+                self._reader.set(self._key(reply_id, ":attached"), 1,
+                                 px=int(ATTACH_LEASE * 1000))
+                self._signal(worker or "", "follow", reply_id)
         except self._errors as exc:
             raise self._unavailable(exc) from None
         if oldest and b"f" in oldest[0][1] and after + 1 < int(oldest[0][1][b"f"]):
@@ -703,7 +730,7 @@ class RedisReplyStore:
         attached = self._key(reply_id, ":attached")
         wait = min(FOLLOW_WAIT, heartbeat)
         cursor = after
-        sent_at = leased = float("-inf")
+        leased = self.clock()  # by `follow`
         yield b": resumed\n\n"
         sent_at = self.clock()
         while True:
