@@ -260,8 +260,9 @@ def test_a_reply_kept_after_its_end_expires_in_redis(made, upstream, redis_url):
 
 # --- who may resume, and bad input -----------------------------------------------------------
 
-def test_only_the_owner_resumes_or_cancels_another_users_id_is_unknown(users_app, upstream):
-    app = users_app()
+def test_only_the_owner_resumes_or_cancels_another_users_id_is_unknown(users_app, upstream,
+                                                                       store_url):
+    app = users_app(reply_store=store_url)
     ann, bob = app.test_client(), app.test_client()
     sign_up(ann, *ANN)
     sign_up(bob, *BOB)

@@ -86,6 +86,29 @@ def test_a_connection_reset_mid_reply_is_resumed_and_the_reply_shown_exactly_onc
     assert "resumable=detached" in server.wait_for_log("path=/api/gpt/get", "result=ok")
 
 
+def test_a_connection_gone_silent_mid_reply_is_given_up_and_the_reply_resumed(
+        open_terminal, behind_proxy, upstream):
+    """Nothing arrives, not even the heartbeats the reply event promised (every second
+    here): after 2 x heartbeat + 5 s the page gives the connection up and resumes."""
+    _, proxy = behind_proxy
+    scenario, gate = paced_with_gate(TOKENS, 6)
+    upstream.push(scenario)
+    term = open_terminal(url=proxy.url)
+    seen = requests_seen(term)
+    term.type_command("gpt chat tell me a story")
+    answer = term.last(".reply .answer")
+    expect()(answer).to_have_text("".join(TOKENS[:6]).strip())
+    proxy.freeze(b"POST /api/gpt/get")
+    gate.set()  # the rest is sent into the frozen connection, and lost there
+    with term.page.expect_request(lambda r: "/api/replies/" in r.url, timeout=15_000):
+        pass
+    term.wait_idle()
+    assert answer.inner_text().strip() == TEXT.strip()
+    assert len(upstream.records) == 1
+    assert [(m, last) for m, url, last in seen if "/api/replies/" in url] == [("GET", "6")]
+    assert term.page.locator("#output .error").count() == 0
+
+
 def test_ctrl_c_cancels_the_reply_on_the_server_within_a_second(open_terminal, behind_proxy,
                                                                 upstream):
     """The grace period is 30 s here: only the page's DELETE closes the upstream this fast."""

@@ -225,3 +225,24 @@ def test_a_cancel_stops_a_reply_whose_client_left_within_a_second(pair, upstream
     assert cancel.status_code == 202
     assert record.seconds_to_close(asked) < 1.0
     servers[1].wait_for_log(f"id={client.header('X-Request-Id')} ", "resumable=cancelled")
+
+
+def test_a_client_following_a_reply_takes_it_over_from_a_connection_still_open(pair, upstream):
+    """A phone that changed networks: its first connection never closed (it is merely not
+    read any more). The client that follows the reply drives it from then on: the first
+    response ends, and the rest reaches the follower."""
+    servers, _ = pair
+    scenario, gate = gated(LONG, 10)
+    upstream.push(scenario)
+    first = Stream(servers[0].port, "POST", "/api/gpt/get", {"message": "hi"}, RESUMABLE)
+    before = first.events(11)
+    follower = Stream(servers[1].port, "GET", f"/api/replies/{first.header('X-Reply-Id')}",
+                      headers={"Last-Event-ID": before[-1][0]})
+    assert follower.response.status == 200
+    assert first.rest() == []  # ended by the takeover, with nothing more
+    gate.set()
+    after = follower.rest()
+    assert text_of(before + after) == LONG_TEXT
+    assert ids_of(before + after) == list(range(len(before + after)))
+    servers[0].wait_for_log(f"id={first.header('X-Request-Id')} ", "result=ok",
+                            "resumable=detached")
