@@ -21,8 +21,9 @@ Rules it follows:
   owner and state, and short leases for "a worker still holds it" and "a client follows it".
 - The relay never waits for the store. Memory: an append is a copy into the log's buffer.
   Redis: the relay hands its events to this process's one writer (a thread, a greenlet under
-  gevent), which sends everything waiting in one pipelined round trip per wake-up, each
-  reply's waiting events as one entry: never a round trip per token. The same round trip
+  gevent), which sends everything waiting in one pipelined round trip every FLUSH_SECONDS
+  while replies run, each reply's waiting events as one entry: never a round trip per token
+  or per relay wake-up, and an append never wakes the writer. The same round trip
   carries the polls the worker holding replies needs: the cancels asked of it, whether a
   client follows each reply whose own client left, and the lease saying it still holds them.
 - A store that fails never breaks a reply: the reply goes on to its client, unlogged; resuming
@@ -56,7 +57,8 @@ REPLY_ID = re.compile(r"[A-Za-z0-9_-]{32}")
 REPLY_PATH = re.compile(r"^/api/replies/[^/]*")
 MAX_LOG_ENTRIES = 50_000  # per reply; Redis trims approximately (MAXLEN ~)
 MAX_PENDING_BYTES = 64 * 1024 * 1024  # waiting for the Redis writer, all replies together
-POLL_SECONDS = 0.25  # how often the Redis writer asks for cancels and followers
+FLUSH_SECONDS = 0.05  # how often the Redis writer sends what waits (one round trip)
+POLL_SECONDS = 0.25  # how often it asks for signals (cancels, followers) and leases
 FOLLOW_WAIT = 1.0  # the longest a follower waits for news before it looks around
 ATTACH_LEASE = 3.0  # a follower's "I am here", refreshed every second
 ALIVE_LEASE, ALIVE_EVERY = 15.0, 5.0  # the holding worker's "I still hold it"
@@ -547,17 +549,15 @@ class RedisReplyStore:
             over = self._pending_bytes > MAX_PENDING_BYTES
         if over:
             self._fail([reply], "the reply store is too slow: too much waits to be written")
-        self._wake.set()
 
     def detached(self, reply: LiveReply) -> None:
-        self._wake.set()
+        """The writer polls for its followers (it runs while any reply does)."""
 
     def end(self, reply: LiveReply, state: str) -> None:
         with self._lock:
             self._live.pop(reply.id, None)
             if reply.logging:
                 self._pending.setdefault(reply, []).append((None, reply.last, state))
-        self._wake.set()
 
     def _fail(self, replies, reason: str) -> None:
         with self._lock:
@@ -570,12 +570,13 @@ class RedisReplyStore:
             reply.unlogged(reason)
 
     def _write(self) -> None:
-        """The writer: whatever waits, and the polls, in one round trip per wake-up."""
+        """The writer: every FLUSH_SECONDS while replies run, whatever waits and the polls
+        due, in one round trip; asleep while none does (`begin` wakes it)."""
         polled = refreshed = float("-inf")
         while True:
             with self._lock:
                 idle = not (self._pending or self._live or self._forget)
-            self._wake.wait(None if idle else POLL_SECONDS)
+            self._wake.wait(None if idle else FLUSH_SECONDS)
             self._wake.clear()
             try:
                 now = self.clock()
