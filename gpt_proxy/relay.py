@@ -46,6 +46,17 @@ DRAIN_SECONDS = 0.5  # how long to wait for the body's end after the final chunk
 _END = object()
 DETACH = object()  # from `batches`: a resumable reply's client left; hand the reading over
 log = logging.getLogger("gpt_proxy.relay")
+_detached: set[threading.Thread] = set()  # resumable replies read on without their client
+
+
+def wait_detached(timeout: float) -> int:
+    """Wait, at most `timeout` s, for the resumable replies read on without their client to
+    end (a worker stopping gracefully lets them finish, as gunicorn lets its open connections
+    finish); how many are still running."""
+    deadline = time.monotonic() + timeout
+    for thread in list(_detached):
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return sum(1 for thread in list(_detached) if thread.is_alive())
 
 
 @dataclass
@@ -452,8 +463,10 @@ class Relay:
             return False
         reply.detach()
         self.client_gone = reply.abandoned
-        threading.Thread(target=self._go_on, args=(batches, framer), name="reply-reader",
-                         daemon=True).start()
+        thread = threading.Thread(target=self._go_on, args=(batches, framer),
+                                  name="reply-reader", daemon=True)
+        _detached.add(thread)
+        thread.start()
         return True
 
     def _go_on(self, batches: Iterator, framer: Framer) -> None:
@@ -466,7 +479,10 @@ class Relay:
         except Exception:  # noqa: BLE001 - the upstream must still be closed, the reply settled
             log.exception("a resumable reply failed after its client left")
         finally:
-            self._finish(batches)
+            try:
+                self._finish(batches)
+            finally:
+                _detached.discard(threading.current_thread())
 
     def _last_words(self, framer: Framer) -> bytes:
         """A resumable reply's last event when it did not end well: cancelled, abandoned

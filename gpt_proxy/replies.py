@@ -44,6 +44,7 @@ import re
 import secrets
 import threading
 import time
+import weakref
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -64,6 +65,17 @@ ATTACH_LEASE = 3.0  # a follower's "I am here", refreshed every second
 ALIVE_LEASE, ALIVE_EVERY = 15.0, 5.0  # the holding worker's "I still hold it"
 REDIS_TIMEOUT = 2.0
 PING = comment("ping")
+_writers: weakref.WeakSet = weakref.WeakSet()  # this process's Redis stores
+
+
+def flush_all(timeout: float) -> bool:
+    """Wait, at most `timeout` s, until every Redis store of this process has written what
+    waits (a worker about to exit); whether all did."""
+    deadline = time.monotonic() + timeout
+    for store in list(_writers):
+        while store.waiting() and time.monotonic() < deadline:
+            time.sleep(FLUSH_SECONDS)  # the writer's own pace: one round trip per tick
+    return not any(store.waiting() for store in list(_writers))
 
 
 class UnknownReply(NotFound):
@@ -479,6 +491,11 @@ class RedisReplyStore:
         self._forget: set[str] = set()  # ids whose keys are to go (their log failed)
         self._pid = 0
         self._worker = ""
+        _writers.add(self)
+
+    def waiting(self) -> bool:
+        """Whether anything waits to be written."""
+        return bool(self._pending or self._forget)
 
     # --- keys ---
 

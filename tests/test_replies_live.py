@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
+import signal
 import socket
 import struct
 import time
@@ -24,6 +26,7 @@ from .browser_helpers import missing
 from .conftest import serve
 from .fake_upstream import Scenario, chunk_json, sse_bytes
 from .processes import Nginx, nginx_binary
+from .test_operations import workers
 from .test_replies import LONG, LONG_TEXT, RESUMABLE, gated, ids_of, text_of
 
 GRACE = 2.0
@@ -246,3 +249,26 @@ def test_a_client_following_a_reply_takes_it_over_from_a_connection_still_open(p
     assert ids_of(before + after) == list(range(len(before + after)))
     servers[0].wait_for_log(f"id={first.header('X-Request-Id')} ", "result=ok",
                             "resumable=detached")
+
+
+def test_a_graceful_reload_lets_a_reply_whose_client_left_finish(pair, upstream, fake_upstream,
+                                                                 redis_url, tmp_path):
+    """HUP: gunicorn's old worker waits for its open connections, and (gunicorn.conf.py's
+    worker_exit) for the replies it reads on without their client, whose ends then reach
+    Redis: a client resuming on the other instance gets the whole reply."""
+    servers, _ = pair
+    with serve(fake_upstream, tmp_path, REPLY_STORE=redis_url, HEARTBEAT_SECONDS="0.5") as holder:
+        worker = workers(holder, 1)[0]
+        scenario, gate = gated(LONG, 10)
+        upstream.push(scenario)
+        client = Stream(holder.port, "POST", "/api/gpt/get", {"message": "hi"}, RESUMABLE)
+        before = client.events(11)
+        client.cut()
+        os.kill(holder.proc.pid, signal.SIGHUP)
+        holder.wait_for_log(f"Worker exiting (pid: {worker.pid})", timeout=20)
+        gate.set()  # the old worker is exiting: it reads the rest, then goes
+        follower = Stream(servers[1].port, "GET", f"/api/replies/{client.header('X-Reply-Id')}",
+                          headers={"Last-Event-ID": before[-1][0]})
+        after = follower.rest()
+        assert text_of(before + after) == LONG_TEXT and after[-1][1] == "done"
+        assert worker.wait(20) is not None or not worker.is_running()
