@@ -23,9 +23,13 @@ Rules it follows:
   Redis: the relay hands its events to this process's one writer (a thread, a greenlet under
   gevent), which sends everything waiting in one pipelined round trip every FLUSH_SECONDS
   while replies run, each reply's waiting events as one entry: never a round trip per token
-  or per relay wake-up, and an append never wakes the writer. The same round trip
-  carries the polls the worker holding replies needs: the cancels asked of it, whether a
-  client follows each reply whose own client left, and the lease saying it still holds them.
+  or per relay wake-up, and an append never wakes the writer. The same round trip carries,
+  every POLL_SECONDS, the polls the worker holding replies needs: the signals sent to it (a
+  cancel, a client following a reply), whether a client still follows each reply whose own
+  client left, and the lease saying it still holds its replies.
+- One reader drives a reply: a client that follows a reply whose first client is still
+  attached takes it over (that first response ends, the reading goes on without it), so a
+  connection that died without a word (a phone that changed networks) never holds it back.
 - A store that fails never breaks a reply: the reply goes on to its client, unlogged; resuming
   it is then unavailable (a warning naming the request, `gpt_proxy_reply_log_failures_total`),
   its log is dropped, and when its client leaves the upstream is closed at once, since nobody
