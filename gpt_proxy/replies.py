@@ -444,6 +444,27 @@ class Follow:
 
 # --- the Redis store --------------------------------------------------------------------------
 
+# Appends every waiting entry of a flush: ARGV = MAXLEN, the expiry (ms) of a new log, then
+# five per entry: the stream's key, the entry's id (`0-<its last event>`), its first event's
+# id, the events, and 1 when the stream is new (it gets its expiry). One command for the
+# whole flush: redis-py packs five arguments an entry instead of a command of twelve. An
+# entry Redis refuses does not stop the others; their numbers (1-based) come back. The keys
+# are named by the data, so a single Redis server (not Redis Cluster).
+_APPEND = """
+local maxlen, ttl, failed = ARGV[1], ARGV[2], {}
+for i = 3, #ARGV, 5 do
+  local ok = redis.pcall('XADD', ARGV[i], 'MAXLEN', '~', maxlen, ARGV[i + 1],
+                         'f', ARGV[i + 2], 'd', ARGV[i + 3])
+  if type(ok) == 'table' and ok.err then
+    failed[#failed + 1] = (i - 3) / 5 + 1
+  elseif ARGV[i + 4] == '1' then
+    redis.call('PEXPIRE', ARGV[i], ttl)
+  end
+end
+return failed
+"""
+
+
 def _seen(reply: LiveReply, found: object, now: float) -> None:
     if found:
         reply.seen_at = now
@@ -626,6 +647,9 @@ class RedisReplyStore:
         # per command: the reply whose log it writes (a failure unlogs it), and what to do
         # with its answer
         after: list[tuple[LiveReply | None, Callable[[object], None] | None]] = []
+        appends: list = []  # the arguments of one _APPEND for every entry
+        appended: list[LiveReply] = []  # whose each entry is
+        ends = []
         for reply, items in pending.items():
             log_key = self._key(reply.id, ":log")
             batch: list = []
@@ -635,24 +659,26 @@ class RedisReplyStore:
                     continue
                 if batch:  # the events waiting, as one entry named by its last id
                     data = batch[0][2] if len(batch) == 1 else b"".join(i[2] for i in batch)
-                    pipe.xadd(log_key, {"f": batch[0][0], "d": data}, id=f"0-{batch[-1][1]}",
-                              maxlen=MAX_LOG_ENTRIES, approximate=True)
-                    after.append((reply, None))
-                    if not reply.stored:  # the stream exists now: it expires on its own
-                        reply.stored = True
-                        pipe.pexpire(log_key, self.live_ms)
-                        after.append((reply, None))
+                    appends += [log_key, f"0-{batch[-1][1]}", batch[0][0], data,
+                                0 if reply.stored else 1]
+                    appended.append(reply)
+                    reply.stored = True
                     batch = []
-                if item is not None:  # the end: a marker entry, the keys kept `keep` more
-                    last, state = item[1], item[2]
-                    pipe.xadd(log_key, {"e": state}, id=f"0-{last + 1}",
-                              maxlen=MAX_LOG_ENTRIES, approximate=True)
-                    pipe.hset(self._key(reply.id), mapping={"state": "ended", "last": last,
-                                                            "end": state})
-                    pipe.pexpire(log_key, self.keep_ms)
-                    pipe.pexpire(self._key(reply.id), self.keep_ms)
-                    pipe.delete(self._key(reply.id, ":alive"))
-                    after.extend([(reply, None)] * 5)
+                if item is not None:
+                    ends.append((reply, item[1], item[2]))
+        if appends:  # first: a reply's end comes after its events
+            pipe.execute_command("EVAL", _APPEND, 0, MAX_LOG_ENTRIES, self.live_ms, *appends)
+            after.append((None, lambda failed: self._refused(failed, appended)))
+        for reply, last, state in ends:  # a marker entry; the keys kept `keep` more
+            log_key = self._key(reply.id, ":log")
+            pipe.xadd(log_key, {"e": state}, id=f"0-{last + 1}", maxlen=MAX_LOG_ENTRIES,
+                      approximate=True)
+            pipe.hset(self._key(reply.id), mapping={"state": "ended", "last": last,
+                                                    "end": state})
+            pipe.pexpire(log_key, self.keep_ms)
+            pipe.pexpire(self._key(reply.id), self.keep_ms)
+            pipe.delete(self._key(reply.id, ":alive"))
+            after.extend([(reply, None)] * 5)
         for reply_id in forget:
             pipe.delete(self._key(reply_id), self._key(reply_id, ":log"),
                         self._key(reply_id, ":alive"))
@@ -678,14 +704,22 @@ class RedisReplyStore:
         finally:
             pipe.reset()
         failed = []
-        for (reply, handle), result in zip(after, results, strict=True):
+        for index, ((reply, handle), result) in enumerate(zip(after, results, strict=True)):
             if isinstance(result, Exception):
-                if reply is not None and reply not in failed:
+                if index == 0 and appends:  # the whole append: every reply in it
+                    failed += [r for r in dict.fromkeys(appended) if r not in failed]
+                elif reply is not None and reply not in failed:
                     failed.append(reply)
             elif handle is not None:
                 handle(result)
         if failed:
             self._fail(failed, "Redis refused a write")
+
+    def _refused(self, numbers, appended: list[LiveReply]) -> None:
+        """The entries Redis refused (1-based): their replies' logs have a hole now."""
+        if numbers:
+            self._fail(list(dict.fromkeys(appended[int(n) - 1] for n in numbers)),
+                       "Redis refused a write")
 
     def _signalled(self, signals) -> None:
         now = self.clock()

@@ -270,5 +270,5 @@ def test_a_graceful_reload_lets_a_reply_whose_client_left_finish(pair, upstream,
         follower = Stream(servers[1].port, "GET", f"/api/replies/{client.header('X-Reply-Id')}",
                           headers={"Last-Event-ID": before[-1][0]})
         after = follower.rest()
-        assert text_of(before + after) == LONG_TEXT and after[-1][1] == "done"
+        assert text_of(before + after) == LONG_TEXT and after[-1][1] == "done", after
         assert worker.wait(20) is not None or not worker.is_running()
