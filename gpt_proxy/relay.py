@@ -49,6 +49,11 @@ log = logging.getLogger("gpt_proxy.relay")
 _detached: set[threading.Thread] = set()  # resumable replies read on without their client
 
 
+def detached_count() -> int:
+    """How many resumable replies are read on without their client now."""
+    return sum(1 for thread in list(_detached) if thread.is_alive())
+
+
 def wait_detached(timeout: float) -> int:
     """Wait, at most `timeout` s, for the resumable replies read on without their client to
     end (a worker stopping gracefully lets them finish, as gunicorn lets its open connections
