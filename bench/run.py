@@ -383,6 +383,9 @@ async def resumable_runs(bench: Bench, redis_server, repeats: int, log) -> tuple
 
     client = redis.Redis.from_url(redis_server.url)
     server = psutil.Process(redis_server.proc.pid)
+    # Warmed as the ordinary path is (Bench.warm_up): the workers' Redis connections opened.
+    await bench.phase(resumable_target(bench.service.port),
+                      Scenario("warm-up", 100, 50, 0.0, rounds=2, stagger=0.5))
     plain, resumable = [], []
     for _ in range(repeats):
         before = redis_commands(client)  # once the last resumable replies' ends are written:
