@@ -134,8 +134,6 @@ def chat():
         relay.frames(SSEFramer() if framing == SSE else TextFramer()), framing)
     if relay.reply is not None:
         response.headers["X-Reply-Id"] = relay.reply.id
-    elif resumable:  # the reply store failed: an ordinary reply, and the client is told
-        response.headers[RESUMABLE] = "0"
     return response
 
 

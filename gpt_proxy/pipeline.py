@@ -219,12 +219,10 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
             g.chat["tried"] = getattr(err, "tried", 0)
         raise
     reply = None
-    if turn.resumable:  # None: the store failed (logged); the reply goes on without a log
+    if turn.resumable:  # no store call yet: its log is written as it is relayed
         reply = state.replies.begin(who.owner, grace=config.resume_grace_seconds,
                                     heartbeat=config.heartbeat_seconds,
                                     request_id=g.get("request_id", "-"))
-        if reply is None:
-            turn = replace(turn, log_fields={**turn.log_fields, "resumable": "unavailable"})
     started = g.get("started") or time.monotonic()
     write_line = access_logger(request.environ, g.get("request_id", "-"), started,
                                turn, config.log_content and turn.log_text, stream)

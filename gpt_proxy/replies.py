@@ -302,7 +302,7 @@ class MemoryReplyStore:
         self._lock = threading.Lock()
 
     def begin(self, owner: str, *, grace: float, heartbeat: float,
-              request_id: str = "-") -> LiveReply | None:
+              request_id: str = "-") -> LiveReply:
         reply = LiveReply(self, new_reply_id(), owner, grace=grace, heartbeat=heartbeat,
                           request_id=request_id, clock=self.clock)
         with self._lock:
@@ -444,22 +444,41 @@ class Follow:
 
 # --- the Redis store --------------------------------------------------------------------------
 
-# Appends every waiting entry of a flush: ARGV = MAXLEN, the expiry (ms) of a new log, then
-# five per entry: the stream's key, the entry's id (`0-<its last event>`), its first event's
-# id, the events, and 1 when the stream is new (it gets its expiry). One command for the
-# whole flush: redis-py packs five arguments an entry instead of a command of twelve. An
-# entry Redis refuses does not stop the others; their numbers (1-based) come back. The keys
-# are named by the data, so a single Redis server (not Redis Cluster).
-_APPEND = """
-local maxlen, ttl, failed = ARGV[1], ARGV[2], {}
-for i = 3, #ARGV, 5 do
-  local ok = redis.pcall('XADD', ARGV[i], 'MAXLEN', '~', maxlen, ARGV[i + 1],
-                         'f', ARGV[i + 2], 'd', ARGV[i + 3])
-  if type(ok) == 'table' and ok.err then
-    failed[#failed + 1] = (i - 3) / 5 + 1
-  elseif ARGV[i + 4] == '1' then
-    redis.call('PEXPIRE', ARGV[i], ttl)
+# Everything a flush writes, in one command: ARGV = MAXLEN, the expiry (ms) of a running
+# reply's keys, the expiry (ms) of an ended reply's, then records, each a kind and its values:
+#   b <hash> <owner> <worker>                       a reply begins (its owner, who holds it)
+#   a <stream> <entry id> <first id> <events> <new>  events: one entry (a new stream expires)
+#   e <hash> <stream> <entry id> <last id> <state>   the end: a marker entry; both kept `keep`
+# redis-py packs a few arguments a record instead of a command of twelve for each. A record
+# Redis refuses does not stop the others: their numbers (1-based) come back. The keys are
+# named by the data, so a single Redis server (not Redis Cluster).
+_WRITE = """
+local maxlen, live, keep = ARGV[1], ARGV[2], ARGV[3]
+local failed, i, n = {}, 4, 0
+local function bad(result) return type(result) == 'table' and result.err end
+while i <= #ARGV do
+  local kind, ok = ARGV[i], nil
+  n = n + 1
+  if kind == 'b' then
+    ok = redis.pcall('HSET', ARGV[i + 1], 'owner', ARGV[i + 2], 'state', 'live',
+                     'worker', ARGV[i + 3])
+    if not bad(ok) then redis.call('PEXPIRE', ARGV[i + 1], live) end
+    i = i + 4
+  elseif kind == 'a' then
+    ok = redis.pcall('XADD', ARGV[i + 1], 'MAXLEN', '~', maxlen, ARGV[i + 2],
+                     'f', ARGV[i + 3], 'd', ARGV[i + 4])
+    if not bad(ok) and ARGV[i + 5] == '1' then redis.call('PEXPIRE', ARGV[i + 1], live) end
+    i = i + 6
+  else
+    ok = redis.pcall('XADD', ARGV[i + 2], 'MAXLEN', '~', maxlen, ARGV[i + 3], 'e', ARGV[i + 5])
+    if not bad(ok) then
+      redis.call('HSET', ARGV[i + 1], 'state', 'ended', 'last', ARGV[i + 4], 'end', ARGV[i + 5])
+      redis.call('PEXPIRE', ARGV[i + 1], keep)
+      redis.call('PEXPIRE', ARGV[i + 2], keep)
+    end
+    i = i + 6
   end
+  if bad(ok) then failed[#failed + 1] = n end
 end
 return failed
 """
@@ -481,8 +500,9 @@ def _signalled(reply: LiveReply, what: str, now: float) -> None:
 class RedisReplyStore:
     """Logs in Redis Streams: any worker of any instance can resume a reply. Keys, under
     `<prefix>:<id>`: the hash (owner, state, the worker holding it; at the end the last id),
-    `:log` (the stream), `:alive` (the holding worker's lease), `:attached` (a follower's
-    lease); `<prefix>:signals:<worker>`: `cancel:<id>` and `follow:<id>` for that worker."""
+    `:log` (the stream), `:attached` (a follower's lease); per worker,
+    `<prefix>:worker:<worker>` (its lease: it still holds its replies) and
+    `<prefix>:signals:<worker>` (`cancel:<id>` and `follow:<id>` sent to it)."""
 
     def __init__(self, url: str, *, keep: float, live_seconds: float, metrics=None,
                  prefix: str = "gpt_proxy:reply",
@@ -530,6 +550,9 @@ class RedisReplyStore:
     def _signals(self, worker: str) -> str:
         return f"{self.prefix}:signals:{worker}"
 
+    def _holder(self, worker: str) -> str:
+        return f"{self.prefix}:worker:{worker}"
+
     def _signal(self, worker: str, what: str, reply_id: str) -> None:
         """Tell the worker holding a reply (it reads its signals every POLL_SECONDS)."""
         live = self._live.get(reply_id) if worker == self._worker else None
@@ -556,29 +579,16 @@ class RedisReplyStore:
             threading.Thread(target=self._write, name="reply-log-writer", daemon=True).start()
 
     def begin(self, owner: str, *, grace: float, heartbeat: float,
-              request_id: str = "-") -> LiveReply | None:
-        """A new reply, its owner written before its id is handed out (one round trip); None
-        when Redis fails (logged and counted: the reply goes on without a log)."""
+              request_id: str = "-") -> LiveReply:
+        """A new reply; its owner is written with its first events (the next flush, within
+        FLUSH_SECONDS: a client cannot drop and come back sooner than that)."""
         self._started()
         reply = LiveReply(self, new_reply_id(), owner, grace=grace, heartbeat=heartbeat,
                           request_id=request_id, clock=self.clock)
-        meta = self._key(reply.id)
-        try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(meta, mapping={"owner": owner, "state": "live",
-                                         "worker": self._worker})
-                pipe.pexpire(meta, self.live_ms)
-                pipe.set(self._key(reply.id, ":alive"), 1, px=int(ALIVE_LEASE * 1000))
-                pipe.execute()
-        except self._errors as exc:
-            log.warning("request id=%s: a resumable reply could not be started in %s (%s: %s):"
-                        " it goes on without a log", request_id, self.description,
-                        type(exc).__name__, exc)
-            self.metrics.reply_log_failed()
-            return None
         with self._lock:
             self._live[reply.id] = reply
-        self._wake.set()
+            self._pending[reply] = [("b",)]
+        self._wake.set()  # the writer may be asleep (no reply was running)
         return reply
 
     def append(self, reply: LiveReply, first: int, events: list[bytes], data: bytes) -> None:
@@ -586,7 +596,7 @@ class RedisReplyStore:
             waiting = self._pending.get(reply)
             if waiting is None:
                 waiting = self._pending[reply] = []
-            waiting.append((first, first + len(events) - 1, data))
+            waiting.append(("a", first, first + len(events) - 1, data))
             self._pending_bytes += len(data)
             over = self._pending_bytes > MAX_PENDING_BYTES
         if over:
@@ -599,14 +609,13 @@ class RedisReplyStore:
         with self._lock:
             self._live.pop(reply.id, None)
             if reply.logging:
-                self._pending.setdefault(reply, []).append((None, reply.last, state))
+                self._pending.setdefault(reply, []).append(("e", reply.last, state))
 
     def _fail(self, replies, reason: str) -> None:
         with self._lock:
             for reply in replies:
                 dropped = self._pending.pop(reply, ())
-                self._pending_bytes -= sum(len(item[2]) for item in dropped
-                                           if item[0] is not None)
+                self._pending_bytes -= sum(len(item[3]) for item in dropped if item[0] == "a")
                 self._forget.add(reply.id)
         for reply in replies:
             reply.unlogged(reason)
@@ -628,72 +637,63 @@ class RedisReplyStore:
                     forget, self._forget = self._forget, set()
                 poll = bool(live) and now - polled >= POLL_SECONDS
                 refresh = bool(live) and now - refreshed >= ALIVE_EVERY
-                if not (pending or poll or forget):
+                if not (pending or poll or refresh or forget):
                     continue
                 polled = now if poll else polled
                 refreshed = now if refresh else refreshed
-                self._round_trip(pending, live if poll else [], live if refresh else [],
-                                 forget)
+                self._round_trip(pending, live if poll else [], refresh, forget)
             except Exception:  # noqa: BLE001 - the writer must outlive any one surprise
                 log.exception("the reply log writer failed")
             finally:
                 pending = live = forget = None  # written: nothing held while it waits
 
-    def _round_trip(self, pending: dict, polled: list[LiveReply], refreshed: list[LiveReply],
+    def _round_trip(self, pending: dict, polled: list[LiveReply], refresh: bool,
                     forget: set[str]) -> None:
-        """One pipeline: the waiting events (each reply's as one entry), the ends, the logs
-        to drop, then the polls; each answer goes to the reply it is about."""
-        pipe = self._redis.pipeline(transaction=False)
-        # per command: the reply whose log it writes (a failure unlogs it), and what to do
-        # with its answer
-        after: list[tuple[LiveReply | None, Callable[[object], None] | None]] = []
-        appends: list = []  # the arguments of one _APPEND for every entry
-        appended: list[LiveReply] = []  # whose each entry is
-        ends = []
+        """One pipeline: everything waiting in one _WRITE (each reply's new events as one
+        entry), the logs to drop, then the polls; each answer goes where it belongs."""
+        records: list = [MAX_LOG_ENTRIES, self.live_ms, self.keep_ms]
+        written: list[LiveReply] = []  # whose each record is
         for reply, items in pending.items():
-            log_key = self._key(reply.id, ":log")
+            meta, log_key = self._key(reply.id), self._key(reply.id, ":log")
             batch: list = []
             for item in [*items, None]:
-                if item is not None and item[0] is not None:
+                if item is not None and item[0] == "a":
                     batch.append(item)
                     continue
                 if batch:  # the events waiting, as one entry named by its last id
-                    data = batch[0][2] if len(batch) == 1 else b"".join(i[2] for i in batch)
-                    appends += [log_key, f"0-{batch[-1][1]}", batch[0][0], data,
+                    data = batch[0][3] if len(batch) == 1 else b"".join(i[3] for i in batch)
+                    records += ["a", log_key, f"0-{batch[-1][2]}", batch[0][1], data,
                                 0 if reply.stored else 1]
-                    appended.append(reply)
+                    written.append(reply)
                     reply.stored = True
                     batch = []
-                if item is not None:
-                    ends.append((reply, item[1], item[2]))
-        if appends:  # first: a reply's end comes after its events
-            pipe.execute_command("EVAL", _APPEND, 0, MAX_LOG_ENTRIES, self.live_ms, *appends)
-            after.append((None, lambda failed: self._refused(failed, appended)))
-        for reply, last, state in ends:  # a marker entry; the keys kept `keep` more
-            log_key = self._key(reply.id, ":log")
-            pipe.xadd(log_key, {"e": state}, id=f"0-{last + 1}", maxlen=MAX_LOG_ENTRIES,
-                      approximate=True)
-            pipe.hset(self._key(reply.id), mapping={"state": "ended", "last": last,
-                                                    "end": state})
-            pipe.pexpire(log_key, self.keep_ms)
-            pipe.pexpire(self._key(reply.id), self.keep_ms)
-            pipe.delete(self._key(reply.id, ":alive"))
-            after.extend([(reply, None)] * 5)
+                if item is None:
+                    continue
+                if item[0] == "b":
+                    records += ["b", meta, reply.owner, self._worker]
+                else:  # the end
+                    last, state = item[1], item[2]
+                    records += ["e", meta, log_key, f"0-{last + 1}", last, state]
+                written.append(reply)
+        pipe = self._redis.pipeline(transaction=False)
+        handlers: list[Callable[[object], None] | None] = []  # what each answer is for
+        if written:
+            pipe.execute_command("EVAL", _WRITE, 0, *records)
+            handlers.append(lambda failed: self._refused(failed, written))
         for reply_id in forget:
-            pipe.delete(self._key(reply_id), self._key(reply_id, ":log"),
-                        self._key(reply_id, ":alive"))
-            after.append((None, None))
+            pipe.delete(self._key(reply_id), self._key(reply_id, ":log"))
+            handlers.append(None)
+        if refresh:
+            pipe.set(self._holder(self._worker), 1, px=int(ALIVE_LEASE * 1000))
+            handlers.append(None)
         if polled:
             pipe.spop(self._signals(self._worker), 1000)
-            after.append((None, self._signalled))
+            handlers.append(self._signalled)
             now = self.clock()
             for reply in polled:
                 if reply.state == "detached":
                     pipe.exists(self._key(reply.id, ":attached"))
-                    after.append((None, lambda found, reply=reply: _seen(reply, found, now)))
-        for reply in refreshed:
-            pipe.set(self._key(reply.id, ":alive"), 1, px=int(ALIVE_LEASE * 1000))
-            after.append((None, None))
+                    handlers.append(lambda found, reply=reply: _seen(reply, found, now))
         try:
             results = pipe.execute(raise_on_error=False)
         except self._errors as exc:
@@ -703,22 +703,17 @@ class RedisReplyStore:
             return
         finally:
             pipe.reset()
-        failed = []
-        for index, ((reply, handle), result) in enumerate(zip(after, results, strict=True)):
+        for index, (handle, result) in enumerate(zip(handlers, results, strict=True)):
             if isinstance(result, Exception):
-                if index == 0 and appends:  # the whole append: every reply in it
-                    failed += [r for r in dict.fromkeys(appended) if r not in failed]
-                elif reply is not None and reply not in failed:
-                    failed.append(reply)
+                if index == 0 and written:  # the whole write failed: every reply in it
+                    self._fail(list(dict.fromkeys(written)), f"Redis refused it: {result}")
             elif handle is not None:
                 handle(result)
-        if failed:
-            self._fail(failed, "Redis refused a write")
 
-    def _refused(self, numbers, appended: list[LiveReply]) -> None:
-        """The entries Redis refused (1-based): their replies' logs have a hole now."""
+    def _refused(self, numbers, written: list[LiveReply]) -> None:
+        """The records Redis refused (1-based): their replies' logs have a hole now."""
         if numbers:
-            self._fail(list(dict.fromkeys(appended[int(n) - 1] for n in numbers)),
+            self._fail(list(dict.fromkeys(written[int(n) - 1] for n in numbers)),
                        "Redis refused a write")
 
     def _signalled(self, signals) -> None:
@@ -750,7 +745,18 @@ class RedisReplyStore:
                                      "right now, so replies cannot be resumed or cancelled; "
                                      "try again later")
 
+    def _held(self, reply_id: str, owner: str) -> LiveReply | None:
+        """The reply, if this worker holds it (known here before its owner reaches Redis)."""
+        live = self._live.get(reply_id) if self._pid == os.getpid() else None
+        if live is not None and live.owner != owner:
+            raise UnknownReply()
+        return live
+
     def cancel(self, reply_id: str, owner: str) -> str:
+        live = self._held(reply_id, owner)
+        if live is not None:  # held by this worker: at once
+            live.cancelled = True
+            return "cancelling"
         state, worker = self._meta(reply_id, owner, "state", "worker")
         if state == "ended":
             return "ended"
@@ -762,7 +768,13 @@ class RedisReplyStore:
 
     def follow(self, reply_id: str, owner: str, after: int, client_gone: Callable[[], bool],
                heartbeat: float) -> Follow:
-        state, last, worker = self._meta(reply_id, owner, "state", "last", "worker")
+        live = self._held(reply_id, owner)
+        if live is not None:  # held by this worker: it has an owner, it is running
+            state, last, worker = "live", None, self._worker
+            if after > live.last:  # its events are framed here before they are sent
+                raise past_end(after, live.last)
+        else:
+            state, last, worker = self._meta(reply_id, owner, "state", "last", "worker")
         if state == "ended" and last is not None and after > int(last):
             raise past_end(after, int(last))
         try:
@@ -777,10 +789,11 @@ class RedisReplyStore:
             raise ReplyGone(f"the events after {after} are no longer kept (a log keeps about "
                             f"its last {MAX_LOG_ENTRIES} entries)")
         follow = Follow(after)
-        follow.body = self._follow(follow, reply_id, after, client_gone, heartbeat)
+        follow.body = self._follow(follow, reply_id, worker or "", after, client_gone,
+                                   heartbeat)
         return follow
 
-    def _follow(self, follow: Follow, reply_id: str, after: int, client_gone,
+    def _follow(self, follow: Follow, reply_id: str, worker: str, after: int, client_gone,
                 heartbeat: float) -> Iterator[bytes]:
         log_key = self._key(reply_id, ":log")
         attached = self._key(reply_id, ":attached")
@@ -800,7 +813,7 @@ class RedisReplyStore:
                 if not found:
                     with self._reader.pipeline(transaction=False) as pipe:
                         pipe.hmget(self._key(reply_id), "state", "last")
-                        pipe.exists(self._key(reply_id, ":alive"))
+                        pipe.exists(self._holder(worker))
                         (state, last), alive = pipe.execute()
             except self._errors as exc:
                 follow.result = "store_unavailable"
