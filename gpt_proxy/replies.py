@@ -580,8 +580,8 @@ class RedisReplyStore:
 
     def begin(self, owner: str, *, grace: float, heartbeat: float,
               request_id: str = "-") -> LiveReply:
-        """A new reply; its owner is written with its first events (the next flush, within
-        FLUSH_SECONDS: a client cannot drop and come back sooner than that)."""
+        """A new reply; its owner is written at once (the writer is woken for it), so other
+        instances know it a round trip after it starts; this worker knows it from now on."""
         self._started()
         reply = LiveReply(self, new_reply_id(), owner, grace=grace, heartbeat=heartbeat,
                           request_id=request_id, clock=self.clock)
