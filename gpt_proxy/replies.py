@@ -444,39 +444,46 @@ class Follow:
 
 # --- the Redis store --------------------------------------------------------------------------
 
-# Everything a flush writes, in one command: ARGV = MAXLEN, the expiry (ms) of a running
-# reply's keys, the expiry (ms) of an ended reply's, then records, each a kind and its values:
-#   b <hash> <owner> <worker>                       a reply begins (its owner, who holds it)
-#   a <stream> <entry id> <first id> <events> <new>  events: one entry (a new stream expires)
-#   e <hash> <stream> <entry id> <last id> <state>   the end: a marker entry; both kept `keep`
-# redis-py packs a few arguments a record instead of a command of twelve for each. A record
-# Redis refuses does not stop the others: their numbers (1-based) come back. The keys are
-# named by the data, so a single Redis server (not Redis Cluster).
+# Everything a flush writes, in one command. ARGV: the key prefix, the worker holding the
+# replies, MAXLEN, the expiry (ms) of a running reply's keys, of an ended reply's, and the
+# records, one after another in one argument (redis-py packs one argument, not six for each
+# record: packing many small arguments cost the writer most of its time), each a header line
+# and, for events, their bytes:
+#   b <id> <owner>\n                                 a reply begins (its owner, who holds it)
+#   a <id> <first id> <last id> <size> <new>\n<events>   one entry (a new stream expires)
+#   e <id> <last id> <state>\n                       its end: a marker entry, both kept `keep`
+# A record Redis refuses does not stop the others: their numbers (1-based) come back. The
+# keys are named by the data, so a single Redis server (not Redis Cluster).
 _WRITE = """
-local maxlen, live, keep = ARGV[1], ARGV[2], ARGV[3]
-local failed, i, n = {}, 4, 0
+local prefix, worker, maxlen, live, keep, records = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+                                                     ARGV[5], ARGV[6]
+local failed, at, n = {}, 1, 0
 local function bad(result) return type(result) == 'table' and result.err end
-while i <= #ARGV do
-  local kind, ok = ARGV[i], nil
+while at <= #records do
   n = n + 1
-  if kind == 'b' then
-    ok = redis.pcall('HSET', ARGV[i + 1], 'owner', ARGV[i + 2], 'state', 'live',
-                     'worker', ARGV[i + 3])
-    if not bad(ok) then redis.call('PEXPIRE', ARGV[i + 1], live) end
-    i = i + 4
-  elseif kind == 'a' then
-    ok = redis.pcall('XADD', ARGV[i + 1], 'MAXLEN', '~', maxlen, ARGV[i + 2],
-                     'f', ARGV[i + 3], 'd', ARGV[i + 4])
-    if not bad(ok) and ARGV[i + 5] == '1' then redis.call('PEXPIRE', ARGV[i + 1], live) end
-    i = i + 6
+  local kind, stop = string.sub(records, at, at), string.find(records, '\\n', at, true)
+  local head, ok = string.sub(records, at + 2, stop - 1), nil
+  at = stop + 1
+  if kind == 'a' then
+    local id, first, last, size, new = string.match(head, '^(%S+) (%d+) (%d+) (%d+) (%d)$')
+    local events, log = string.sub(records, at, at + size - 1), prefix .. id .. ':log'
+    at = at + size
+    ok = redis.pcall('XADD', log, 'MAXLEN', '~', maxlen, '0-' .. last, 'f', first, 'd', events)
+    if not bad(ok) and new == '1' then redis.call('PEXPIRE', log, live) end
+  elseif kind == 'b' then
+    local id, owner = string.match(head, '^(%S+) (.*)$')
+    ok = redis.pcall('HSET', prefix .. id, 'owner', owner, 'state', 'live', 'worker', worker)
+    if not bad(ok) then redis.call('PEXPIRE', prefix .. id, live) end
   else
-    ok = redis.pcall('XADD', ARGV[i + 2], 'MAXLEN', '~', maxlen, ARGV[i + 3], 'e', ARGV[i + 5])
+    local id, last, state = string.match(head, '^(%S+) (%d+) (%S+)$')
+    local log = prefix .. id .. ':log'
+    ok = redis.pcall('XADD', log, 'MAXLEN', '~', maxlen, '0-' .. (tonumber(last) + 1),
+                     'e', state)
     if not bad(ok) then
-      redis.call('HSET', ARGV[i + 1], 'state', 'ended', 'last', ARGV[i + 4], 'end', ARGV[i + 5])
-      redis.call('PEXPIRE', ARGV[i + 1], keep)
-      redis.call('PEXPIRE', ARGV[i + 2], keep)
+      redis.call('HSET', prefix .. id, 'state', 'ended', 'last', last, 'end', state)
+      redis.call('PEXPIRE', prefix .. id, keep)
+      redis.call('PEXPIRE', log, keep)
     end
-    i = i + 6
   end
   if bad(ok) then failed[#failed + 1] = n end
 end
@@ -651,34 +658,35 @@ class RedisReplyStore:
                     forget: set[str]) -> None:
         """One pipeline: everything waiting in one _WRITE (each reply's new events as one
         entry), the logs to drop, then the polls; each answer goes where it belongs."""
-        records: list = [MAX_LOG_ENTRIES, self.live_ms, self.keep_ms]
+        records: list[bytes] = []  # the pieces of _WRITE's one argument
         written: list[LiveReply] = []  # whose each record is
         for reply, items in pending.items():
-            meta, log_key = self._key(reply.id), self._key(reply.id, ":log")
+            name = reply.id.encode()
             batch: list = []
             for item in [*items, None]:
                 if item is not None and item[0] == "a":
                     batch.append(item)
                     continue
                 if batch:  # the events waiting, as one entry named by its last id
-                    data = batch[0][3] if len(batch) == 1 else b"".join(i[3] for i in batch)
-                    records += ["a", log_key, f"0-{batch[-1][2]}", batch[0][1], data,
-                                0 if reply.stored else 1]
+                    records.append(b"a %s %d %d %d %d\n" % (
+                        name, batch[0][1], batch[-1][2], sum(len(i[3]) for i in batch),
+                        0 if reply.stored else 1))
+                    records += [i[3] for i in batch]
                     written.append(reply)
                     reply.stored = True
                     batch = []
                 if item is None:
                     continue
                 if item[0] == "b":
-                    records += ["b", meta, reply.owner, self._worker]
+                    records.append(b"b %s %s\n" % (name, reply.owner.encode()))
                 else:  # the end
-                    last, state = item[1], item[2]
-                    records += ["e", meta, log_key, f"0-{last + 1}", last, state]
+                    records.append(b"e %s %d %s\n" % (name, item[1], item[2].encode()))
                 written.append(reply)
         pipe = self._redis.pipeline(transaction=False)
         handlers: list[Callable[[object], None] | None] = []  # what each answer is for
         if written:
-            pipe.execute_command("EVAL", _WRITE, 0, *records)
+            pipe.execute_command("EVAL", _WRITE, 0, f"{self.prefix}:", self._worker,
+                                 MAX_LOG_ENTRIES, self.live_ms, self.keep_ms, b"".join(records))
             handlers.append(lambda failed: self._refused(failed, written))
         for reply_id in forget:
             pipe.delete(self._key(reply_id), self._key(reply_id, ":log"))

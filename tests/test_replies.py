@@ -512,6 +512,28 @@ def test_redis_down_when_a_reply_starts_leaves_it_whole_and_resuming_unavailable
     assert any("cannot be resumed" in r.getMessage() for r in caplog.records)
 
 
+def test_a_record_redis_refuses_unlogs_that_reply_only(quiet_redis_store, redis_url):
+    """One flush writes many replies: an entry Redis refuses (here its stream already holds
+    a later id) leaves a hole in that reply's log, so that reply is unlogged and its log
+    dropped; the others in the same flush are written."""
+    store = quiet_redis_store("gpt_proxy:refused")
+    client = redis.Redis.from_url(redis_url)
+    good, spoiled = (store.begin("", grace=30, heartbeat=15) for _ in range(2))
+    client.xadd(f"gpt_proxy:refused:{spoiled.id}:log", {"d": "x"}, id="0-1000")
+    for reply in (good, spoiled):
+        event = b"id: 1\n" + encode_text("content", "hi")
+        store.append(reply, 1, [event], event)
+        reply.last = 1
+    store._round_trip(_take(store), [], [], set())
+    assert good.logging and not spoiled.logging
+    assert client.xlen(f"gpt_proxy:refused:{good.id}:log") == 1
+    forget, store._forget = store._forget, set()
+    store._round_trip(_take(store), [], [], forget)  # the spoiled log is dropped
+    assert not client.exists(f"gpt_proxy:refused:{spoiled.id}",
+                             f"gpt_proxy:refused:{spoiled.id}:log")
+    store.close()
+
+
 # --- memory --------------------------------------------------------------------------------------
 
 # The bounds the README states: per reply, the framed bytes of its events plus REDIS_PER_EVENT
