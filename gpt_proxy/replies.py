@@ -447,7 +447,8 @@ class Follow:
 # Everything a flush writes, in one command. ARGV: the key prefix, the worker holding the
 # replies, MAXLEN, the expiry (ms) of a running reply's keys, of an ended reply's, and the
 # records, one after another in one argument (redis-py packs one argument, not six for each
-# record: packing many small arguments cost the writer most of its time), each a header line
+# record: it copies what it has packed so far, up to 6 KB, for each small argument, which cost
+# the writer most of its time), each a header line
 # and, for events, their bytes:
 #   b <id> <owner>\n                                 a reply begins (its owner, who holds it)
 #   a <id> <first id> <last id> <size> <new>\n<events>   one entry (a new stream expires)
