@@ -62,6 +62,7 @@ REPLY_ID = re.compile(r"[A-Za-z0-9_-]{32}")
 REPLY_PATH = re.compile(r"^/api/replies/[^/]*")
 MAX_LOG_ENTRIES = 50_000  # per reply; Redis trims approximately (MAXLEN ~)
 MAX_PENDING_BYTES = 64 * 1024 * 1024  # waiting for the Redis writer, all replies together
+MAX_FORGET = 10_000  # failed logs remembered for deletion (their keys expire anyway)
 FLUSH_SECONDS = 0.05  # how often the Redis writer sends what waits (one round trip)
 POLL_SECONDS = 0.25  # how often it asks for signals (cancels, followers) and leases
 FOLLOW_WAIT = 1.0  # the longest a follower waits for news before it looks around
@@ -624,7 +625,8 @@ class RedisReplyStore:
             for reply in replies:
                 dropped = self._pending.pop(reply, ())
                 self._pending_bytes -= sum(len(item[3]) for item in dropped if item[0] == "a")
-                self._forget.add(reply.id)
+                if len(self._forget) < MAX_FORGET:  # best effort: they expire by themselves
+                    self._forget.add(reply.id)
         for reply in replies:
             reply.unlogged(reason)
 
@@ -708,7 +710,7 @@ class RedisReplyStore:
         except self._errors as exc:
             self._fail(list(pending), f"{type(exc).__name__}: {exc}")
             with self._lock:
-                self._forget |= forget
+                self._forget |= set(list(forget)[:max(0, MAX_FORGET - len(self._forget))])
             return
         finally:
             pipe.reset()
