@@ -163,6 +163,24 @@ def post_worker_init(worker):
     gevent.spawn(loop)
 
 
+def worker_exit(server, worker):
+    """gunicorn's graceful stop (HUP, TERM) waits for open connections only: a resumable reply
+    whose client left is read on by a greenlet of its own, so let those end too (the arbiter
+    still stops a worker that outlives graceful_timeout), and let their ends reach the reply
+    store."""
+    from gpt_proxy.relay import detached_count, wait_detached
+    from gpt_proxy.replies import flush_all
+
+    running = detached_count()
+    if running:
+        server.log.info("gpt_proxy: letting %d resumable replies whose client left finish",
+                        running)
+    left = wait_detached(graceful_timeout)
+    if left:
+        server.log.warning("gpt_proxy: %d resumable replies still running at exit", left)
+    flush_all(2.0)
+
+
 def child_exit(server, worker):
     """A worker ended (or was killed): its live gauges (streams open) no longer count; its
     counters and histograms stay, so nothing it counted is lost."""

@@ -55,6 +55,13 @@ def service_target(port: int, accept: str = "text/event-stream", host: str = "12
                   lambda sid, n, rate: {"message": f"bench sid={sid} n={n} rate={rate:g}"}, end)
 
 
+def resumable_target(port: int, host: str = "127.0.0.1") -> Target:
+    """The service's /api/gpt/get, asking for resumable replies (`X-Resumable: 1`)."""
+    target = service_target(port, host=host, name="service resumable")
+    target.headers["X-Resumable"] = "1"
+    return target
+
+
 def openai_target(port: int, host: str = "127.0.0.1") -> Target:
     """The service's OpenAI API (/v1/chat/completions), streamed."""
     return Target("service /v1", host, port, "/v1/chat/completions", {},

@@ -1,4 +1,5 @@
-"""Profile the service's hot path: `python -m bench.profile [--scenario latency|fast|wide]`.
+"""Profile the service's hot path: `python -m bench.profile [--scenario latency|fast|wide]`
+(`--resumable`: replies asking X-Resumable: 1, logged in a redis-server of its own).
 
 Starts the bench upstream and the service (one gevent worker unless told otherwise), runs one
 scenario through it while py-spy samples the worker, and prints the functions holding the most
@@ -17,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .load import Load, service_target
+from .load import Load, resumable_target, service_target
 from .run import FAST, LATENCY, RESULTS, WIDE, Bench, Scenario
 from .service import ROOT, BenchUpstream, Service
 from .upstream import loop_factory
@@ -52,10 +53,15 @@ async def run(args) -> None:
     upstream = BenchUpstream()
     service = None
     spy = None
+    redis_server = None
     try:
+        if args.resumable:
+            from tests.processes import RedisServer
+            redis_server = RedisServer()
         service = Service(upstream.url, RESULTS / "gunicorn-profile.log",
                           worker_class=args.worker_class, workers=args.workers,
-                          root=args.service_root or ROOT)
+                          root=args.service_root or ROOT,
+                          extra_env={"REPLY_STORE": redis_server.url} if redis_server else None)
         bench = Bench(upstream, service)
         await bench.warm_up()
         sc = SCENARIOS[args.scenario]
@@ -71,7 +77,8 @@ async def run(args) -> None:
         load = Load()
         deadline = time.monotonic() + args.seconds
         while time.monotonic() < deadline - 1:
-            await load.run(service_target(service.port), users=sc.users, rounds=sc.rounds,
+            target = (resumable_target if args.resumable else service_target)(service.port)
+            await load.run(target, users=sc.users, rounds=sc.rounds,
                            tokens=sc.tokens, rate=sc.rate, stagger=sc.spread)
         err = spy.communicate(timeout=args.seconds + 30)[1]
         if spy.returncode:
@@ -83,6 +90,8 @@ async def run(args) -> None:
             spy.terminate()
         if service is not None:
             service.stop()
+        if redis_server is not None:
+            redis_server.stop()
         upstream.stop()
 
 
@@ -94,6 +103,8 @@ def main() -> None:
     parser.add_argument("--worker-class", default="gevent")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--resumable", action="store_true",
+                        help="resumable replies, logged in a redis-server of its own")
     parser.add_argument("--idle", action="store_true", help="count idle (waiting) samples too")
     parser.add_argument("--gil", action="store_true",
                         help="only samples holding the GIL: Python's own CPU, not syscalls")

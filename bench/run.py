@@ -9,6 +9,12 @@ arrival at the client minus the moment the upstream wrote it (time.monotonic_ns 
 sides: one clock on one machine). CPU and RSS are the service's alone (gunicorn master and
 workers, through psutil); the upstream and the load generator run in other processes.
 
+The resumable scenario (`--only resumable`) starts a redis-server too, gives it to the
+service as REPLY_STORE, and interleaves ordinary and resumable replies of the latency
+scenario: what a resumable reply adds is the difference of their added latencies, run by
+run; the Redis commands counted during the ordinary runs show what a reply that did not ask
+pays (none); the redis-server's own CPU is reported apart.
+
 Options: --quick (a short run), --compare-workers (sync, gthread, gevent and worker counts,
 the README's comparison), --worker-class/--workers/--threads (the service's settings, else
 gunicorn.conf.py's defaults), --service-root DIR (the service from another checkout, for a
@@ -30,7 +36,15 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from .load import Load, Phase, direct_target, fetch_json, openai_target, service_target
+from .load import (
+    Load,
+    Phase,
+    direct_target,
+    fetch_json,
+    openai_target,
+    resumable_target,
+    service_target,
+)
 from .service import ROOT, BenchUpstream, Service, _raise_fd_limit
 from .upstream import loop_factory
 
@@ -235,6 +249,35 @@ def table(results: dict) -> tuple[str, list[bool]]:
         ("RSS per open stream (1000x5)", "<= 50 KB", "KB",
          None, None, med(wide, "service", "rss_kb_per_stream"), lambda v: v <= 50),
     ]
+    res, plain = results.get("resumable") or [], results.get("plain_redis") or []
+    if res:
+        def more(key: str) -> float:  # resumable minus ordinary, run by run (interleaved)
+            return statistics.median(r[key] - p[key] for r, p in zip(res, plain, strict=True))
+        rows += [
+            ("resumable replies (REPLY_STORE=redis): added per-token latency, p50 (100x50)",
+             "-", "ms", med(res, "direct", "tok_p50"), med(res, "service", "tok_p50"),
+             med(res, "added_tok_p50"), None),
+            ("resumable replies: added per-token latency, p99 (100x50)", "-", "ms",
+             med(res, "direct", "tok_p99"), med(res, "service", "tok_p99"),
+             med(res, "added_tok_p99"), None),
+            ("ordinary replies, interleaved with them: added per-token latency, p99", "-", "ms",
+             med(plain, "direct", "tok_p99"), med(plain, "service", "tok_p99"),
+             med(plain, "added_tok_p99"), None),
+            ("what resuming adds to the per-token p99 (resumable minus ordinary)", "<= +1 ms",
+             "ms", None, None, more("added_tok_p99"), lambda v: v <= 1),
+            ("what resuming adds to the per-token p50", "-", "ms", None, None,
+             more("added_tok_p50"), None),
+            ("what resuming adds to the time to first token, p99", "-", "ms", None, None,
+             more("added_ttft_p99"), None),
+            ("service CPU per 1,000 tokens: resumable", "-", "ms", None, None,
+             med(res, "service", "cpu_ms_per_1k"), None),
+            ("service CPU per 1,000 tokens: ordinary, interleaved", "-", "ms", None, None,
+             med(plain, "service", "cpu_ms_per_1k"), None),
+            ("redis-server CPU per 1,000 resumable tokens", "-", "ms", None, None,
+             med(res, "redis_cpu_ms_per_1k"), None),
+            ("Redis commands sent for ordinary replies (all runs)", "0", "", None, None,
+             sum(run["redis_commands"] for run in plain), lambda v: v == 0),
+        ]
     burst, short = results.get("burst") or [], results.get("short") or []
     if burst:
         rows += [
@@ -326,25 +369,75 @@ def chart(sweep: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def redis_commands(client) -> dict[str, int]:
+    """Commands the redis-server ran so far, by name, leaving out the INFO calls that ask."""
+    return {name[len("cmdstat_"):]: stat["calls"]
+            for name, stat in client.info("commandstats").items() if name != "cmdstat_info"}
+
+
+async def resumable_runs(bench: Bench, redis_server, repeats: int, log) -> tuple[list, list]:
+    """Ordinary and resumable replies of the latency scenario, interleaved, against a service
+    whose REPLY_STORE is `redis_server`: Redis commands counted during the ordinary ones, the
+    redis-server's CPU during the resumable ones."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    server = psutil.Process(redis_server.proc.pid)
+    # Both paths warmed by one unmeasured run of the scenario itself: the workers' Redis
+    # connections opened, and their memory grown to what 100 streams of each take (the
+    # first run after a start is otherwise slower, whichever path it is).
+    await bench.phase(bench.through, LATENCY)
+    await bench.phase(resumable_target(bench.service.port), LATENCY)
+    plain, resumable = [], []
+    for _ in range(repeats):
+        before = redis_commands(client)  # once the last resumable replies' ends are written:
+        for _ in range(20):  # nothing for a second (their upstreams drain for up to 0.5 s)
+            await asyncio.sleep(1.0)
+            now = redis_commands(client)
+            if now == before:
+                break
+            before = now
+        run = (await bench.scenario(LATENCY, 1, log))[0]
+        sent = {name: calls - before.get(name, 0)
+                for name, calls in redis_commands(client).items() if calls != before.get(name, 0)}
+        run["redis_commands"] = sum(sent.values())
+        log(f"    Redis commands during the ordinary run: {run['redis_commands']} {sent or ''}")
+        plain.append(run)
+        cpu = server.cpu_times()
+        run = (await bench.scenario(LATENCY, 1, log, resumable_target(bench.service.port)))[0]
+        used = server.cpu_times()
+        run["redis_cpu_ms_per_1k"] = ((used.user + used.system - cpu.user - cpu.system) * 1e6
+                                      / max(run["service"]["tokens"], 1))
+        log(f"    redis-server CPU {run['redis_cpu_ms_per_1k']:.1f} ms per 1,000 tokens")
+        resumable.append(run)
+    client.close()
+    return plain, resumable
+
+
 async def main_bench(args, log) -> dict:
     upstream = BenchUpstream()
-    service = None
+    service = redis_server = None
+    only = set(args.only.split(",")) if args.only else None
     try:
+        if only is None or "resumable" in only:
+            from tests.processes import RedisServer
+            redis_server = RedisServer()
         service = Service(upstream.url, RESULTS / "gunicorn.log", worker_class=args.worker_class,
                           workers=args.workers, threads=args.threads,
-                          root=args.service_root or ROOT, metrics=not args.no_metrics)
+                          root=args.service_root or ROOT, metrics=not args.no_metrics,
+                          extra_env={"REPLY_STORE": redis_server.url} if redis_server else None)
         bench = Bench(upstream, service)
         await bench.warm_up()
         log(f"service: {service.describe}, baseline RSS {bench.baseline_rss / 2**20:.1f} MB "
             f"over {len(service.procs())} processes")
         repeats = args.repeats or (1 if args.quick else 5)
         results = {"config": service.describe, "repeats": repeats}
-        only = set(args.only.split(",")) if args.only else None
 
         def wanted(name: str) -> bool:
             return only is None or name in only
 
-        for key in ("latency", "latency_openai", "wide", "fast", "burst", "short"):
+        for key in ("latency", "latency_openai", "wide", "fast", "burst", "short", "plain_redis",
+                    "resumable"):
             results[key] = []
         for _ in range(repeats if wanted("latency") else 0):  # the two routes interleaved,
             results["latency"] += await bench.scenario(LATENCY, 1, log)  # so drift hits both
@@ -359,6 +452,9 @@ async def main_bench(args, log) -> dict:
             results["burst"] = await bench.scenario(BURST, few, log)
         if wanted("short"):
             results["short"] = await bench.scenario(SHORT, few, log)
+        if redis_server is not None:
+            results["plain_redis"], results["resumable"] = await resumable_runs(
+                bench, redis_server, repeats, log)
         levels = [] if args.no_sweep else [10, 100, 1000] if args.quick else [
             10, 50, 100, 250, 500, 1000]
         sweep = []
@@ -375,6 +471,8 @@ async def main_bench(args, log) -> dict:
     finally:
         if service is not None:
             service.stop()
+        if redis_server is not None:
+            redis_server.stop()
         upstream.stop()
 
 
@@ -455,7 +553,7 @@ def main() -> int:
     parser.add_argument("--no-metrics", action="store_true",
                         help="the service with METRICS_BIND empty (what metrics cost)")
     parser.add_argument("--only", default="", help="comma-separated scenarios: latency, wide, "
-                        "fast, burst, short (the table shows their rows)")
+                        "fast, burst, short, resumable (the table shows their rows)")
     args = parser.parse_args()
     _raise_fd_limit()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -478,8 +576,8 @@ def main() -> int:
     text, met = table(results)
     print()
     other = statistics.median([run["service"]["other_cores"] for key in (
-        "latency", "latency_openai", "wide", "fast", "burst", "short") for run in results[key]]
-        or [0.0])
+        "latency", "latency_openai", "wide", "fast", "burst", "short", "plain_redis",
+        "resumable") for run in results[key]] or [0.0])
     print(f"gpt_proxy relay benchmark: {results['config']}, medians of {results['repeats']} "
           f"run(s); {psutil.cpu_count()} cores shared by load generator, upstream and service; "
           f"other processes used a median {other:.2f} cores meanwhile")

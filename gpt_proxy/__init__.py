@@ -36,6 +36,7 @@ class State:
     metrics: object = None
     accounts: object = None  # the user service (accounts.Accounts) over `db`
     budgets: object = None  # budgets and the usage ledger (budgets.Budgets) over `db`
+    replies: object = None  # the logs of resumable replies (replies.open_reply_store)
 
     def respond(self, err: ProxyError):
         """The error response in the shape of the protocol the request came in by (what is
@@ -60,6 +61,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     from .db import open_database
     from .metrics import Metrics, NoMetrics
     from .pipeline import ACCESS_LOGGED
+    from .replies import loggable_path, open_reply_store
     from .roles import RoleRegistry
 
     if not isinstance(config, Config):
@@ -93,7 +95,8 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     app.json.sort_keys = False
     protocols = (openai_api, chat_process, user_protocol, api)  # `api` last: every path left
     state = State(config=config, upstream=upstream, roles=registry, protocols=protocols,
-                  started=time.time(), metrics=metrics, accounts=accounts, budgets=budgets)
+                  started=time.time(), metrics=metrics, accounts=accounts, budgets=budgets,
+                  replies=open_reply_store(config, metrics))
     app.extensions["gpt_proxy"] = state
     for protocol in protocols:
         app.register_blueprint(protocol.bp)
@@ -142,7 +145,8 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
             logging.getLogger("gpt_proxy.access").info(
                 "request id=%s client=%s method=%s path=%s status=%d protocol=%s role=%s "
                 "model=%s upstream=%s tried=%s duration=%.0fms", g.get("request_id", "-"),
-                request.remote_addr, loggable(request.method, 20), loggable(request.path),
+                request.remote_addr, loggable(request.method, 20),
+                loggable(loggable_path(request.path)),
                 g.get("error_status", response.status_code), chat.get("protocol", "-"),
                 loggable(chat.get("role", "-")), loggable(chat.get("model", "-")),
                 chat.get("upstream", "-"), chat.get("tried", 0),

@@ -1,18 +1,28 @@
 """The service's own protocol, POST /api/gpt/get, and its other routes: parse and validate,
 pick the framing, delegate to the shared pipeline; the framers and the error shape of this
-protocol. Nothing else."""
+protocol. Nothing else.
+
+Resumable replies (`replies`): `X-Resumable: 1` with an SSE framing asks for one; the reply's
+id goes out in `X-Reply-Id` and in its first event. `GET /api/replies/<id>` (after
+`Last-Event-ID` or `?after=`) sends the rest and follows it to its end; `DELETE
+/api/replies/<id>` cancels it. Both need the credentials /api/gpt/get needs, and answer only
+the reply's owner."""
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Iterator
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from . import pipeline
 from .chunks import Delta
-from .errors import ProxyError
+from .errors import BadRequest, ProxyError
 from .identity import caller, public_with_accounts
-from .relay import Framer, Outcome
+from .relay import Framer, Outcome, client_watcher
+from .replies import Follow, parse_after
 from .roles import MAX_ROLE_BYTES
 from .sse import encode_json, encode_text
 from .startup import health_problems
@@ -22,6 +32,8 @@ bp = Blueprint("api", __name__)
 CREDENTIALS = ("session", "key")  # what identifies a caller here (see identity)
 
 SSE, JSON, TEXT = "text/event-stream", "application/json", "text/plain"
+RESUMABLE = "X-Resumable"
+REPLY_ROUTE = "/api/replies/<reply_id>"
 
 
 def choose_framing(accept: str, stream: bool) -> str:
@@ -79,11 +91,27 @@ class TextFramer(Framer):
         return f"{text}[error] {err.message}\n".encode()
 
 
+def wants_resumable(value: str | None, framing: str) -> bool:
+    """`X-Resumable: 1` asks for a resumable reply, which only an SSE framing can carry;
+    absent or `0`: an ordinary reply. Anything else is a 400, never silently ignored."""
+    if value is None or value.strip() == "0":
+        return False
+    if value.strip() != "1":
+        raise BadRequest(f"{RESUMABLE} must be 1 (a resumable reply) or 0, not "
+                         f"{value.strip()[:20]!r}", field=RESUMABLE)
+    if framing != SSE:
+        raise BadRequest(f"a resumable reply is sent as server-sent events: ask for it with "
+                         f"Accept: text/event-stream (and stream: true) along with "
+                         f"{RESUMABLE}: 1", field=RESUMABLE)
+    return True
+
+
 @bp.post("/api/gpt/get")
 def chat():
     config = current_app.extensions["gpt_proxy"].config
     chat_request = validate(parse_body(pipeline.read_body(config)), config)
     framing = choose_framing(request.headers.get("Accept", ""), chat_request.stream)
+    resumable = wants_resumable(request.headers.get(RESUMABLE), framing)
     options = {}
     if chat_request.temperature is not None:
         options["temperature"] = chat_request.temperature
@@ -92,7 +120,7 @@ def chat():
     relay = pipeline.start(pipeline.Turn(
         "gpt", framing, chat_request.history, chat_request.model, role=chat_request.role,
         system=chat_request.system, options=options,
-        log_text=chat_request.history[-1]["content"]))
+        log_text=chat_request.history[-1]["content"], resumable=resumable))
     if framing == JSON:
         outcome = relay.collect()
         if outcome.error is not None:
@@ -102,8 +130,61 @@ def chat():
         if outcome.reasoning:
             body["reasoning"] = "".join(outcome.reasoning)
         return jsonify(body)
-    return pipeline.stream_response(relay.frames(SSEFramer() if framing == SSE else TextFramer()),
-                           framing)
+    response = pipeline.stream_response(
+        relay.frames(SSEFramer() if framing == SSE else TextFramer()), framing)
+    if relay.reply is not None:
+        response.headers["X-Reply-Id"] = relay.reply.id
+    return response
+
+
+@bp.get(REPLY_ROUTE)
+def resume(reply_id: str):
+    """The events of a resumable reply after `Last-Event-ID` (or `?after=`; none: from the
+    start), then the live reply to its end, from whichever instance holds it."""
+    state = current_app.extensions["gpt_proxy"]
+    unknown = sorted(set(request.args) - {"after"})
+    if unknown:
+        raise BadRequest(f"unknown query parameter {unknown[0][:50]!r} (only 'after' is read)",
+                         field=unknown[0][:50])
+    after = parse_after(request.headers.get("Last-Event-ID"), request.args.get("after"))
+    follow = state.replies.follow(reply_id, caller().owner, after,
+                                  client_watcher(request.environ),
+                                  state.config.heartbeat_seconds)
+    g.chat = {"protocol": "gpt", "framing": SSE}
+    return pipeline.stream_response(_followed(follow, request.environ), SSE)
+
+
+def _followed(follow: Follow, environ: dict) -> Iterator[bytes]:
+    """A follower's body, then its access line (written when it ends, as a relay's is);
+    the path without the reply's id, which is a credential."""
+    metrics = current_app.extensions["gpt_proxy"].metrics
+    request_id, started = g.get("request_id", "-"), g.get("started") or time.monotonic()
+    client = environ.get("REMOTE_ADDR", "-")
+
+    def body() -> Iterator[bytes]:
+        try:
+            yield from follow
+        finally:
+            follow.close()
+            environ[pipeline.ACCESS_LOGGED] = True
+            metrics.answered(REPLY_ROUTE, "gpt", SSE,
+                             "ok" if follow.result in ("ok", "client_left") else
+                             f"resume_{follow.result}")
+            logging.getLogger("gpt_proxy.access").info(
+                "request id=%s client=%s method=GET path=/api/replies/<id> status=200 "
+                "protocol=gpt framing=%s result=resumed:%s after=%d events=%d duration=%.0fms",
+                request_id, client, SSE, follow.result, follow.after, follow.events,
+                (time.monotonic() - started) * 1000)
+    return body()
+
+
+@bp.delete(REPLY_ROUTE)
+def cancel_reply(reply_id: str):
+    """Cancel a resumable reply: its upstream is closed within a second, wherever it runs
+    (202); one that had ended already is left as it is (200)."""
+    state = current_app.extensions["gpt_proxy"]
+    result = state.replies.cancel(reply_id, caller().owner)
+    return jsonify({"reply_id": reply_id, "state": result}), 202 if result == "cancelling" else 200
 
 
 @bp.get("/api/roles")

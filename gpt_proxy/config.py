@@ -88,6 +88,9 @@ class Config:
     budget_tz: str = "UTC"
     budget_max_tokens: int = 4096
     ledger_days: float = 400.0
+    reply_store: str = field(default="memory://", repr=False)  # resumable replies' logs
+    resume_grace_seconds: float = 30.0  # a left reply goes on this long for its client
+    resume_keep_seconds: float = 300.0  # an ended reply's log is kept this long
     upstreams: tuple[UpstreamSpec, ...] = ()  # read from UPSTREAMS_FILE
     prices: Mapping[str, Price] = field(default_factory=dict)  # read from PRICES_FILE
 
@@ -232,6 +235,16 @@ def _conversation_store(value: str) -> str:
                      "sqlite:////absolute/path.db or a redis://host:6379/0 URL")
 
 
+def _reply_store(value: str) -> str:
+    value = value.strip() or "memory://"
+    if value == "memory://":
+        return value
+    if re.match(r"rediss?://", value) and urlparse(value).hostname:
+        return value
+    raise ValueError("must be memory:// (this worker process only) or a redis://host:6379/0 "
+                     "URL (every instance)")
+
+
 def _choice(*choices: str):
     def parse(value: str) -> str:
         value = value.strip().lower()
@@ -320,6 +333,9 @@ PARSERS = {
     "budget_tz": _timezone,
     "budget_max_tokens": _int(1, 10_000_000),
     "ledger_days": _float(1, 36500),
+    "reply_store": _reply_store,
+    "resume_grace_seconds": _float(1, 3600),
+    "resume_keep_seconds": _float(1, 86400),
 }
 
 

@@ -127,6 +127,15 @@ class Metrics:
             "gpt_proxy_budget_refusals", "Requests refused for want of budget, by the budget's "
             "kind (scope.unit.period: key.tokens.day, user.usd.month, ...)", ["budget"],
             registry=r)
+        self.resumable = Counter(
+            "gpt_proxy_resumable_replies", "Resumable replies by how they ended: attached (the "
+            "client stayed), detached (the client left, the reply went on into its log), "
+            "abandoned (nobody came back within RESUME_GRACE_SECONDS), cancelled (DELETE), "
+            "unlogged (the reply store failed)", ["state"], registry=r)
+        self.reply_log_failures = Counter(
+            "gpt_proxy_reply_log_failures", "Resumable replies whose log could not be written "
+            "(the reply store failed): they went on to their client, but cannot be resumed",
+            registry=r)
         self.holds_open = Gauge(
             "gpt_proxy_budget_reservations_open", "Budget reservations not yet settled "
             "(replies under way)", registry=r, multiprocess_mode="livesum")
@@ -193,6 +202,8 @@ class Metrics:
             of(self.upstream_errors, upstream, error.code).inc()
         if outcome.heartbeats:
             of(self.heartbeats, protocol).inc(outcome.heartbeats)
+        if outcome.reply_state:
+            of(self.resumable, outcome.reply_state).inc()
 
     @_one_at_a_time
     def upstream_failed(self, upstream: str, code: str, moved_on: bool) -> None:
@@ -214,6 +225,10 @@ class Metrics:
     @_one_at_a_time
     def budget_refused(self, kind: str) -> None:
         self._of(self.budget_refusals, kind).inc()
+
+    @_one_at_a_time
+    def reply_log_failed(self) -> None:
+        self.reply_log_failures.inc()
 
     @_one_at_a_time
     def holds_changed(self, delta: int) -> None:
@@ -241,4 +256,4 @@ class NoMetrics:
         pass
 
     answered = stream_started = stream_ended = upstream_failed = breaker = _nothing
-    refused_by_rate_limit = budget_refused = holds_changed = _nothing
+    refused_by_rate_limit = budget_refused = holds_changed = reply_log_failed = _nothing

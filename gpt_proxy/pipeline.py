@@ -7,6 +7,11 @@ request with failover, the relay with its heartbeats and cancellation, and the a
 and metrics written when the reply ends (`start`). The protocol then frames the relay's
 deltas in its own shape and shapes its own errors.
 
+A turn may ask for a resumable reply (`resumable`: a door that frames it as server-sent
+events); then `start` begins its log in the reply store (`replies`) once the upstream
+answered, and the relay numbers, logs and, when its client leaves, goes on with it. A turn
+that did not ask touches no store.
+
 A turn names its upstream operation (`operations`: chat completions by default, or
 embeddings, images, the Responses API, legacy completions); what differs between them is
 that small description, never a second path: every operation opens its upstream in `start`,
@@ -54,6 +59,7 @@ class Turn:
     log_text: str | None = None  # the user's message for the access line (LOG_CONTENT)
     log_fields: Mapping[str, object] = field(default_factory=dict)  # more `name=value` for it
     operation: Operation = CHAT  # what is asked of the upstream (not chat: `options` is the body)
+    resumable: bool = False  # keep the reply in a log a client can resume (an SSE framing)
 
     @property
     def whole(self) -> bool:
@@ -212,6 +218,11 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
             g.chat["upstream"] = getattr(err, "upstream", "-")
             g.chat["tried"] = getattr(err, "tried", 0)
         raise
+    reply = None
+    if turn.resumable:  # no store call yet: its log is written as it is relayed
+        reply = state.replies.begin(who.owner, grace=config.resume_grace_seconds,
+                                    heartbeat=config.heartbeat_seconds,
+                                    request_id=g.get("request_id", "-"))
     started = g.get("started") or time.monotonic()
     write_line = access_logger(request.environ, g.get("request_id", "-"), started,
                                turn, config.log_content and turn.log_text, stream)
@@ -236,7 +247,7 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
     return Relay(stream, heartbeat=config.heartbeat_seconds,
                  max_event_bytes=max(config.max_event_bytes, operation.max_answer_bytes),
                  client_gone=gone, max_seconds=config.max_stream_seconds, on_close=closed,
-                 reader_type=operation.reader_type)
+                 reader_type=operation.reader_type, reply=reply)
 
 
 def measure(operation: Operation, outcome: Outcome, body: dict) -> Usage:
@@ -353,6 +364,8 @@ def access_logger(environ: dict, request_id: str, started: float | None, turn: T
                         for name, value in turn.log_fields.items())
         if usage.images:
             extra += f" images={usage.images} size={loggable(usage.image_size or '-', 20)}"
+        if outcome.reply_state:
+            extra += f" resumable={outcome.reply_state}"
         extra += f" content={loggable(content, 2000)}" if content else ""
         log.info("request id=%s client=%s method=POST path=%s status=%d protocol=%s role=%s "
                  "model=%s upstream=%s tried=%d framing=%s result=%s ttft=%s duration=%.0fms "

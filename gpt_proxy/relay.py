@@ -12,10 +12,20 @@ batch of deltas, an error, a heartbeat), and a framer that relays the upstream's
 says so with `raw`. Nor of upstream operations: the pipeline hands it the reader that turns
 the upstream's events into deltas (`ChunkReader` for completions, `EventReader` for the
 Responses API).
+
+A resumable reply (`reply`: a `replies.LiveReply`) numbers its events and logs them as it
+frames them. When its client leaves (the watcher sees the socket close, or the server closes
+the body because a write failed), the reading is not stopped: the response ends, and the
+very same reading (the `batches` generator, which owns the upstream) is handed to a thread of
+its own (a greenlet under gevent) that goes on framing into the log until the reply ends, is
+cancelled, or nobody has been attached for the grace period. Whoever ends the reading, the
+response or that thread, closes the upstream and calls `on_close` (settlement, the access
+line) once.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import select
 import socket
@@ -26,6 +36,7 @@ from dataclasses import dataclass, field
 
 from .chunks import ChunkReader, Delta
 from .errors import ProxyError, UpstreamError, UpstreamTimeout
+from .replies import LiveReply, ReplyStopped
 from .sse import ServerSentEvent, SSEDecoder, SSEError, comment
 from .upstream import redact
 
@@ -33,6 +44,24 @@ TICK_SECONDS = 0.25  # how often an idle relay looks at its client
 QUEUE_BATCHES = 64  # batches a reader thread may run ahead of a slow client
 DRAIN_SECONDS = 0.5  # how long to wait for the body's end after the final chunk
 _END = object()
+DETACH = object()  # from `batches`: a resumable reply's client left; hand the reading over
+log = logging.getLogger("gpt_proxy.relay")
+_detached: set[threading.Thread] = set()  # resumable replies read on without their client
+
+
+def detached_count() -> int:
+    """How many resumable replies are read on without their client now."""
+    return sum(1 for thread in list(_detached) if thread.is_alive())
+
+
+def wait_detached(timeout: float) -> int:
+    """Wait, at most `timeout` s, for the resumable replies read on without their client to
+    end (a worker stopping gracefully lets them finish, as gunicorn lets its open connections
+    finish); how many are still running."""
+    deadline = time.monotonic() + timeout
+    for thread in list(_detached):
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return sum(1 for thread in list(_detached) if thread.is_alive())
 
 
 @dataclass
@@ -50,6 +79,7 @@ class Outcome:
     chunks: list[Delta] = field(default_factory=list)  # the upstream's own, when collected raw
     heartbeats: int = 0  # pings sent while the upstream was silent
     measured: object = None  # what the reply used, as its operation reads it (pipeline sets it)
+    reply_state: str | None = None  # a resumable reply: how it ended (see LiveReply.end)
 
     @property
     def chars(self) -> int:
@@ -269,8 +299,10 @@ class Relay:
                  client_gone: Callable[[], bool] = lambda: False,
                  max_seconds: float = 3600.0, tick: float = TICK_SECONDS,
                  on_close: Callable[[Outcome], None] | None = None,
-                 reader_type: type[ChunkReader] = ChunkReader) -> None:
+                 reader_type: type[ChunkReader] = ChunkReader,
+                 reply: LiveReply | None = None) -> None:
         self.stream = stream
+        self.reply = reply  # resumable: numbered, logged, and going on when its client leaves
         self.reader_type = reader_type
         self.heartbeat = heartbeat
         self.max_event_bytes = max_event_bytes
@@ -284,8 +316,9 @@ class Relay:
 
     def batches(self) -> Iterator[list[Delta] | None]:
         """Deltas as they come, all that arrived by one wake-up in one list; None when a
-        heartbeat is due. Ends quietly if the client left; sets `outcome.error` if the upstream
-        failed. Always closes the upstream."""
+        heartbeat is due. Ends quietly if the client left (a resumable reply that may go on
+        yields DETACH instead, once, and goes on for whoever reads it next); sets
+        `outcome.error` if the upstream failed. Always closes the upstream."""
         outcome = self.outcome
         pump = reader_for(self.stream, self.max_event_bytes, self.raw, self.reader_type)
         start = last_sent = last_check = time.monotonic()
@@ -297,8 +330,10 @@ class Relay:
                 if now - last_check >= self.tick:
                     last_check = now
                     if self.client_gone():
-                        outcome.client_left = True
-                        return
+                        if self.reply is None or not self.reply.may_go_on():
+                            outcome.client_left = True
+                            return
+                        yield DETACH  # the reading goes on elsewhere, with `item` as it is
                     if now >= deadline:
                         outcome.error = UpstreamTimeout(
                             f"the reply took longer than {self.max_seconds:g} s and was cut off")
@@ -356,7 +391,13 @@ class Relay:
 
     def frames(self, framer: Framer) -> Iterator[bytes]:
         """The response body for one framing: one write per wake-up, not one per token.
-        Closed early (the server could not write to the client): the upstream is closed too."""
+        Closed early (the server could not write to the client): the upstream is closed too,
+        unless the reply is resumable (see the module's docstring)."""
+        if self.reply is not None:
+            return self._resumable_frames(framer)
+        return self._frames(framer)
+
+    def _frames(self, framer: Framer) -> Iterator[bytes]:
         outcome = self.outcome
         self.raw = framer.raw
         batches = self.batches()
@@ -381,6 +422,101 @@ class Relay:
             self.stream.close()  # also when the body was abandoned before the first read
             if self.on_close is not None:
                 self.on_close(outcome)
+
+    def _resumable_frames(self, framer: Framer) -> Iterator[bytes]:
+        """`_frames` for a resumable reply: the reply's id first, every event numbered and
+        logged; its client leaving (or a client following it, which takes it over) hands the
+        reading over (`_hand_over`) instead of ending it; a cancel ends it with an error
+        event."""
+        reply, outcome = self.reply, self.outcome
+        self.raw = framer.raw
+        self.client_gone = reply.client_gone(self.client_gone)
+        batches = self.batches()
+        handed_over = ended = False
+        try:
+            yield reply.opening()
+            for batch in batches:
+                if batch is DETACH:
+                    handed_over = self._hand_over(batches, framer)
+                    return
+                if batch is None:
+                    if framer.heartbeats:
+                        outcome.heartbeats += 1
+                        yield framer.ping()
+                    continue
+                data = reply.frame(framer, batch)
+                if data:
+                    yield data
+            ended = True
+            data = self._last_words(framer)
+            if data:
+                yield data
+        except GeneratorExit:  # the server could not write to the client
+            if not ended:
+                handed_over = self._hand_over(batches, framer)
+            raise
+        finally:
+            if not handed_over:
+                self._finish(batches)
+
+    def _hand_over(self, batches: Iterator, framer: Framer) -> bool:
+        """The client left: go on reading into the log in a thread of its own, if the reply
+        may (else it ends here, as any reply whose client left)."""
+        reply = self.reply
+        if not reply.may_go_on():
+            self.outcome.client_left = True
+            return False
+        reply.detach()
+        self.client_gone = reply.abandoned
+        thread = threading.Thread(target=self._go_on, args=(batches, framer),
+                                  name="reply-reader", daemon=True)
+        _detached.add(thread)
+        thread.start()
+        return True
+
+    def _go_on(self, batches: Iterator, framer: Framer) -> None:
+        """A resumable reply without its client: read on into the log until it ends."""
+        try:
+            for batch in batches:
+                if batch is not None and batch is not DETACH:
+                    self.reply.frame(framer, batch)
+            self._last_words(framer)
+        except Exception:  # noqa: BLE001 - the upstream must still be closed, the reply settled
+            log.exception("a resumable reply failed after its client left")
+        finally:
+            try:
+                self._finish(batches)
+            finally:
+                _detached.discard(threading.current_thread())
+
+    def _last_words(self, framer: Framer) -> bytes:
+        """A resumable reply's last event when it did not end well: cancelled, abandoned
+        (nobody came back within the grace period), or failed; logged like the rest."""
+        reply, outcome = self.reply, self.outcome
+        if reply.cancelled:
+            err = ReplyStopped("the reply was cancelled (DELETE /api/replies/<id>)",
+                               code="cancelled")
+        elif outcome.client_left:
+            err = ReplyStopped(f"nobody came back for the reply within {reply.grace:g} s "
+                               "(RESUME_GRACE_SECONDS), so it was stopped", code="abandoned")
+        elif outcome.error is not None:
+            err = outcome.error
+        else:
+            return b""
+        return reply.frame_error(framer, err, outcome)
+
+    def _finish(self, batches: Iterator) -> None:
+        """The end of a resumable reply, wherever it came: the upstream closed, the log's end
+        written, then `on_close` (once)."""
+        try:
+            batches.close()
+        finally:
+            self.stream.close()
+            try:
+                self.reply.end(self.outcome)
+            finally:
+                if self.on_close is not None:
+                    self.on_close(self.outcome)
 
     def collect(self, raw: bool = False) -> Outcome:
         """Run to the end without streaming (a whole-reply framing); `raw`: keep the upstream's

@@ -115,7 +115,7 @@ def _install_cors(app: Flask, origins: tuple[str, ...], credentials: bool = Fals
     # for origins listed by name: with `*` no credentials are ever allowed.
     CORS(app, resources={r"/api/*": allowed, r"/v1/*": allowed},
          methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"], allow_headers="*",
-         expose_headers=["X-Request-Id", "Retry-After", "X-Budget-Remaining"],
+         expose_headers=["X-Request-Id", "Retry-After", "X-Budget-Remaining", "X-Reply-Id"],
          supports_credentials=credentials and not wildcard, max_age=600)
 
 

@@ -21,7 +21,7 @@ from gpt_proxy import create_app
 from gpt_proxy.config import load_config
 
 from .fake_upstream import FakeUpstream
-from .processes import free_port, stop_process, wait_port
+from .processes import RedisServer, free_port, redis_binary, stop_process, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_KEY = "sk-test-SECRET-0123456789abcdef"
@@ -256,33 +256,16 @@ def self_signed_cert(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
+def redis_url():
     """A real redis-server on a free port, 127.0.0.1 only, no persistence; shared by the
     session (each test uses its own keys, or empties the database first)."""
-    import shutil
-
-    import redis
-
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not os.path.exists(binary):
+    if redis_binary() is None:
         if os.environ.get("CI"):
             pytest.fail("redis-server is not installed (apt-get install redis-server)")
         pytest.skip("redis-server is not installed")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        wait_port(port, proc, "redis-server", 10)
-        redis.Redis.from_url(url, socket_timeout=2).ping()
-    except (RuntimeError, redis.RedisError):
-        stop_process(proc)
-        raise
-    yield url
-    stop_process(proc)
+    server = RedisServer()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture()

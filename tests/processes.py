@@ -45,6 +45,40 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         proc.wait(5)
 
 
+def redis_binary() -> str | None:
+    found = shutil.which("redis-server") or "/usr/bin/redis-server"
+    return found if os.path.exists(found) else None
+
+
+class RedisServer:
+    """Debian's redis-server on a free 127.0.0.1 port, no persistence, in a folder of its own
+    (a test that must stop Redis mid-reply, the bench, or the session's shared one)."""
+
+    def __init__(self) -> None:
+        import redis
+
+        binary = redis_binary()
+        if not binary:
+            raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
+        self.dir = Path(tempfile.mkdtemp(prefix="redis-"))
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(self.port, self.proc, "redis-server", 10)
+            redis.Redis.from_url(self.url, socket_timeout=2).ping()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 NGINX = "/usr/sbin/nginx"
 _NGINX_CONF = """worker_processes 1;
 daemon off;

@@ -80,6 +80,7 @@ def test_the_instances_share_postgres_and_redis_and_trust_one_proxy(compose):
         assert env["DATABASE_URL"].endswith("@postgres:5432/gpt_proxy")
         assert env["CONVERSATION_STORE"] == "redis://redis:6379/0"
         assert env["RATE_LIMIT_STORAGE"] == "redis://redis:6379/1"
+        assert env["REPLY_STORE"] == "redis://redis:6379/2"
         assert env["TRUSTED_PROXIES"] == "1"
         assert env["BIND"] == "0.0.0.0:7345" and env["METRICS_BIND"] == "0.0.0.0:7346"
         assert "AUTH" not in env  # the operator's choice, from .env

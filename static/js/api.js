@@ -170,12 +170,80 @@ export async function getLimits(options) {
   return limits;
 }
 
+const RESUME_MIN_WAIT_MS = 250; // the first retry of a dropped reply; doubling, at most:
+const RESUME_MAX_WAIT_MS = 2000;
+const RESUME_AFTER_GRACE_MS = 30000; // a reply that ended meanwhile is still kept a while
+
+function pause(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    if (signal) {
+      signal.addEventListener("abort", () => {
+        clearTimeout(timer);
+        reject(signal.reason || new DOMException("aborted", "AbortError"));
+      }, { once: true });
+    }
+  });
+}
+
+function replyPath(id) {
+  return `/api/replies/${encodeURIComponent(id)}`;
+}
+
+/** Tell the server to stop a resumable reply (Ctrl+C): its upstream is closed at once. */
+export function cancelReply(id, token = "") {
+  fetch(replyPath(id), { method: "DELETE", headers: authHeaders(token), keepalive: true })
+    .catch(() => {}); // the page has stopped reading anyway; the server gives up after its grace period
+}
+
+/**
+ * The rest of a resumable reply after a dropped connection: GET /api/replies/<id> after the
+ * last event received, tried again (250 ms, then doubling to 2 s) while the server may still
+ * hold the reply. An ApiError when it is gone or refused; an AbortError when `signal` aborts.
+ */
+async function resumeReply(reply, token, signal) {
+  const deadline = performance.now() + reply.graceSeconds * 1000 + RESUME_AFTER_GRACE_MS;
+  let wait = RESUME_MIN_WAIT_MS;
+  let lastProblem = "";
+  for (;;) {
+    let response = null;
+    try {
+      response = await fetch(replyPath(reply.id), {
+        headers: { Accept: "text/event-stream", "Last-Event-ID": String(reply.last), ...authHeaders(token) },
+        signal,
+        cache: "no-store",
+      });
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      lastProblem = err.message || String(err);
+    }
+    if (response && response.ok && response.body) return response;
+    if (response && response.status < 500 && response.status !== 429) {
+      const error = await httpError(response);
+      throw new ApiError(`the connection dropped and the reply could not be resumed: ${error.message}`, {
+        status: error.status, code: error.code, hint: "ask again; a follow-up keeps the conversation so far",
+      });
+    }
+    if (response) lastProblem = `HTTP ${response.status}`;
+    if (performance.now() + wait > deadline) {
+      throw new ApiError(`the connection dropped and the server could not be reached again in time (${lastProblem})`, {
+        hint: "check that the service is running and the network is up, then ask again",
+      });
+    }
+    await pause(wait, signal);
+    wait = Math.min(wait * 2, RESUME_MAX_WAIT_MS);
+  }
+}
+
 /**
  * Ask for a reply as server-sent events and yield its parts as they come (`role`: a server
  * role, or none; `system`: a system message of the page's own, e.g. an own role's definition):
  * {type: "content" | "reasoning", text} ... then {type: "done", finishReason, usage, model}.
- * Throws ApiError for an HTTP error, an `error` event, or a stream that ends early;
- * an AbortError when `signal` aborts (the connection closes, so the server stops too).
+ * The reply is resumable: when the connection drops (or stays silent past the heartbeats),
+ * {type: "reconnecting"} comes, the rest is asked for after the last event received, and
+ * {type: "resumed"} comes once it flows again; nothing is lost or repeated.
+ * Throws ApiError for an HTTP error, an `error` event, or a reply that cannot be resumed;
+ * an AbortError when `signal` aborts (then the reply is cancelled on the server too).
  */
 export async function* chatStream({ messages, role, system, temperature, model, token = "", signal }) {
   const body = { message: messages, stream: true };
@@ -187,7 +255,10 @@ export async function* chatStream({ messages, role, system, temperature, model, 
   try {
     response = await fetch("/api/gpt/get", {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...authHeaders(token) },
+      headers: {
+        "Content-Type": "application/json", Accept: "text/event-stream", "X-Resumable": "1",
+        ...authHeaders(token),
+      },
       body: JSON.stringify(body),
       signal,
       cache: "no-store",
@@ -203,38 +274,64 @@ export async function* chatStream({ messages, role, system, temperature, model, 
       hint: "is something between the page and the service rewriting replies?",
     });
   }
+  // The reply's id (none: the server could not keep this reply, which then cannot resume).
+  const reply = { id: response.headers.get("X-Reply-Id") || "", last: 0, graceSeconds: 30 };
+  const watch = { idleMs: 0 };
   try {
-    for await (const event of readEvents(response.body)) {
-      let data;
+    for (;;) {
+      let broken = null;
       try {
-        data = JSON.parse(event.data);
-      } catch {
-        throw new ApiError("the server sent an event that is not JSON");
+        for await (const event of readEvents(response.body, watch)) {
+          if (/^\d{1,12}$/.test(event.id)) reply.last = Number(event.id);
+          let data;
+          try {
+            data = JSON.parse(event.data);
+          } catch {
+            throw new ApiError("the server sent an event that is not JSON");
+          }
+          if (event.event === "reply") {
+            if (data && typeof data.reply_id === "string") reply.id = data.reply_id;
+            if (data && data.grace_seconds >= 0) reply.graceSeconds = Number(data.grace_seconds);
+            if (data && data.heartbeat_seconds > 0) watch.idleMs = (2 * data.heartbeat_seconds + 5) * 1000;
+            continue;
+          }
+          if (event.event === "error") {
+            const error = (data && data.error) || {};
+            const status = Number(error.status) || 0;
+            throw new ApiError(`the reply failed: ${error.message || "unknown error"}`, {
+              status, code: String(error.code || ""), hint: hintFor(status, error.code),
+            });
+          }
+          if (event.event === "done") {
+            yield { type: "done", finishReason: data.finish_reason, usage: data.usage, model: data.model };
+            return;
+          }
+          if (typeof data.content === "string") yield { type: "content", text: data.content };
+          else if (typeof data.reasoning === "string") yield { type: "reasoning", text: data.reasoning };
+        }
+      } catch (err) {
+        if (err.name === "AbortError" || err instanceof ApiError) throw err;
+        if (signal && signal.aborted) throw signal.reason || err;
+        broken = err;
       }
-      if (event.event === "error") {
-        const error = (data && data.error) || {};
-        const status = Number(error.status) || 0;
-        throw new ApiError(`the reply failed: ${error.message || "unknown error"}`, {
-          status, code: String(error.code || ""), hint: hintFor(status, error.code),
+      if (!reply.id) {
+        if (broken) {
+          throw new ApiError(`the connection broke during the reply (${broken.message || broken})`, {
+            hint: "try again; a follow-up keeps the conversation so far",
+          });
+        }
+        throw new ApiError("the reply ended before it was finished (the connection closed early)", {
+          hint: "try again",
         });
       }
-      if (event.event === "done") {
-        yield { type: "done", finishReason: data.finish_reason, usage: data.usage, model: data.model };
-        return;
-      }
-      if (typeof data.content === "string") yield { type: "content", text: data.content };
-      else if (typeof data.reasoning === "string") yield { type: "reasoning", text: data.reasoning };
+      yield { type: "reconnecting" };
+      response = await resumeReply(reply, token, signal);
+      yield { type: "resumed" };
     }
   } catch (err) {
-    if (err.name === "AbortError" || err instanceof ApiError) throw err;
-    if (signal && signal.aborted) throw signal.reason || err;
-    throw new ApiError(`the connection broke during the reply (${err.message || err})`, {
-      hint: "try again; a follow-up keeps the conversation so far",
-    });
+    if (reply.id && (err.name === "AbortError" || (signal && signal.aborted))) cancelReply(reply.id, token);
+    throw err;
   }
-  throw new ApiError("the reply ended before it was finished (the connection closed early)", {
-    hint: "try again",
-  });
 }
 
 const IMAGE_HINTS = {

@@ -1,5 +1,6 @@
 // One question and its streamed reply: a waiting indicator until the first token, reasoning
-// dimmed and apart, the answer as sanitized markdown growing in place, then the outcome.
+// dimmed and apart, the answer as sanitized markdown growing in place, then the outcome. A
+// dropped connection shows "reconnecting..." while the reply is picked up where it stopped.
 // The role's conversation is sent along (bounded) and the new turn is kept afterwards. A
 // server role is named in the request, and so is an own role kept on the server under the
 // signed-in user (the server puts its messages first); an own role kept in this browser sends
@@ -33,6 +34,7 @@ export async function runChat(app, { message, role, temperature, model }) {
   block.append(waiting, answer);
   const view = new MarkdownView(answer, { onRender: () => term.grew() });
   let reasoning = null;
+  let reconnecting = null;
 
   const controller = new AbortController();
   term.busy(() => controller.abort());
@@ -65,6 +67,16 @@ export async function runChat(app, { message, role, temperature, model }) {
         }
         reasoning.lastChild.append(part.text);
         term.grew();
+      } else if (part.type === "reconnecting") {
+        if (!reconnecting) {
+          reconnecting = element("div", "note reconnecting", "reconnecting...");
+          reconnecting.setAttribute("role", "status");
+          block.append(reconnecting);
+          term.grew();
+        }
+      } else if (part.type === "resumed") {
+        if (reconnecting) reconnecting.remove();
+        reconnecting = null;
       } else if (part.type === "done") {
         done = part;
       }
@@ -74,6 +86,7 @@ export async function runChat(app, { message, role, temperature, model }) {
     else failure = err;
   } finally {
     waiting.remove();
+    if (reconnecting) reconnecting.remove();
     view.finish();
     block.removeAttribute("aria-busy");
     term.idle();
