@@ -520,11 +520,11 @@ class RedisReplyStore:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        from .conversations import _without_password
+        from .config import without_password
         from .metrics import NoMetrics
 
         self._errors = (redis.RedisError, OSError)
-        self.description = f"Redis {_without_password(url)}"
+        self.description = f"Redis {without_password(url)}"
         self.keep_ms = max(1, int(keep * 1000))
         self.live_ms = max(1, int((live_seconds + keep) * 1000))
         self.metrics = metrics or NoMetrics()
@@ -542,6 +542,7 @@ class RedisReplyStore:
         self._pending: dict[LiveReply, list] = {}
         self._pending_bytes = 0
         self._live: dict[str, LiveReply] = {}
+        self._ending: dict[str, LiveReply] = {}  # ended here, their end not yet in Redis
         self._forget: set[str] = set()  # ids whose keys are to go (their log failed)
         self._pid = 0
         self._worker = ""
@@ -585,6 +586,7 @@ class RedisReplyStore:
             self._pid = os.getpid()
             self._worker = f"{self._pid}-{secrets.token_hex(6)}"
             self._pending, self._pending_bytes, self._live = {}, 0, {}
+            self._ending = {}
             threading.Thread(target=self._write, name="reply-log-writer", daemon=True).start()
 
     def begin(self, owner: str, *, grace: float, heartbeat: float,
@@ -619,6 +621,8 @@ class RedisReplyStore:
             self._live.pop(reply.id, None)
             if reply.logging:
                 self._pending.setdefault(reply, []).append(("e", reply.last, state))
+                # until its end is written, a client resuming here must still find it
+                self._ending[reply.id] = reply
 
     def _fail(self, replies, reason: str) -> None:
         with self._lock:
@@ -714,6 +718,10 @@ class RedisReplyStore:
             return
         finally:
             pipe.reset()
+            with self._lock:  # their ends were written (or never will be): Redis answers now
+                for reply, items in pending.items():
+                    if any(item[0] == "e" for item in items):
+                        self._ending.pop(reply.id, None)
         for index, (handle, result) in enumerate(zip(handlers, results, strict=True)):
             if isinstance(result, Exception):
                 if index == 0 and written:  # the whole write failed: every reply in it
@@ -757,14 +765,19 @@ class RedisReplyStore:
                                      "try again later")
 
     def _held(self, reply_id: str, owner: str) -> LiveReply | None:
-        """The reply, if this worker holds it (known here before its owner reaches Redis)."""
-        live = self._live.get(reply_id) if self._pid == os.getpid() else None
+        """The reply, if this worker holds it (known here before its owner reaches Redis), or
+        has just ended it (known here before its end reaches Redis)."""
+        live = None
+        if self._pid == os.getpid():
+            live = self._live.get(reply_id) or self._ending.get(reply_id)
         if live is not None and live.owner != owner:
             raise UnknownReply()
         return live
 
     def cancel(self, reply_id: str, owner: str) -> str:
         live = self._held(reply_id, owner)
+        if live is not None and reply_id in self._ending:
+            return "ended"
         if live is not None:  # held by this worker: at once
             live.cancelled = True
             return "cancelling"

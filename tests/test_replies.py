@@ -207,6 +207,34 @@ def test_resuming_after_any_event_gives_exactly_the_rest(made, upstream, store_u
     assert len(upstream.records) == 1
 
 
+def test_a_reply_resumed_the_moment_it_ended_is_found_before_its_end_reaches_redis(
+        made, upstream, redis_url, monkeypatch):
+    """The Redis writer flushes every 50 ms; a client coming back on this worker before the
+    reply's end (or even its owner) reached Redis still finds it, and gets the rest once the
+    writer has written it."""
+    gate = threading.Event()
+    real = RedisReplyStore._round_trip
+
+    def held_back(self, *args, **kwargs):
+        gate.wait(10)  # nothing reaches Redis until the test says so
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(RedisReplyStore, "_round_trip", held_back)
+    upstream.push(stream_scenario(TOKENS))
+    client = made(reply_store=redis_url).test_client()
+    try:
+        whole = client.post("/api/gpt/get", json={"message": "hi"}, headers=RESUMABLE)
+        events = events_of(whole.data)
+        last = int(events[-1][0])
+        resumed = client.get(f"/api/replies/{whole.headers['X-Reply-Id']}",
+                             query_string={"after": last - 2}, buffered=False)
+        assert resumed.status_code == 200, resumed.get_data()
+        cancel = client.delete(f"/api/replies/{whole.headers['X-Reply-Id']}")
+        assert cancel.status_code == 200 and cancel.get_json()["state"] == "ended"
+    finally:
+        gate.set()
+    assert events_of(resumed.get_data()) == events[last - 1:]
+
+
 def test_a_client_that_leaves_mid_reply_does_not_stop_it_and_resumes_it(made, upstream,
                                                                         store_url, caplog):
     caplog.set_level(logging.INFO)
