@@ -10,10 +10,11 @@ Rules it follows:
   (argon2-cffi: time cost 2, 19 MiB, one lane, a 16-byte random salt per hash: OWASP's first
   argon2id setting, about 30 ms here), verified in constant time by the library. A login for
   an unknown username verifies against a dummy hash of the same cost, so it takes as long as
-  one for a known username. Under gevent the hashing runs in a pool of two real threads at the
+  one for a known username. Under gevent the hashing runs in one real thread per worker at the
   lowest CPU priority (the library releases the GIL), so logins never stall the worker's
-  streams: a burst of them queues and waits for idle CPU instead. A password or a
-  hash never appears in a message, a log line or a reply.
+  streams: a burst of them queues and waits for idle CPU instead (one thread, not two: with
+  two, 50 logins at once took the streams' p99 to 31 ms against 17-20 ms with one; README,
+  Performance). A password or a hash never appears in a message, a log line or a reply.
 - Sessions: a 256-bit random id, the cookie's value; only its SHA-256 is stored. A session
   lives SESSION_DAYS from its last refresh; using it refreshes it at most once an hour.
   Logout, a password change and disabling the user end it at once for every process, since
@@ -283,7 +284,7 @@ def key_hint(key: str) -> str:
 
 # --- passwords -------------------------------------------------------------------------------
 
-_HASHING_THREADS = 2  # per worker: a burst of logins queues instead of taking every core
+_HASHING_THREADS = 1  # per worker: a burst of logins queues instead of taking every core
 _hashing_pool: list = []
 
 
