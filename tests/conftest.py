@@ -106,19 +106,32 @@ class FakeClock:
         return self.now
 
 
+def sse_blocks(text: str) -> list[tuple[str | None, str, str | None, int]]:
+    """Each block of an SSE text: (id, event name, data, comment lines), data None for a
+    block without data lines. The spec's field rules: LF or CRLF, one optional space after
+    the colon, a line without a colon a field with an empty value, data lines joined by LF."""
+    blocks = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        event_id, name, data, comments = None, "message", [], 0
+        for line in filter(None, block.split("\n")):
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if not field:
+                comments += 1
+            elif field == "id":
+                event_id = value
+            elif field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+        blocks.append((event_id, name, "\n".join(data) if data else None, comments))
+    return blocks
+
+
 def sse_events(text: str) -> list[tuple[str, dict]]:
     """(event name, parsed JSON data) for each event of an SSE body written by the relay."""
-    events = []
-    for block in text.split("\n\n"):
-        name, data = "message", None
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-        if data is not None:
-            events.append((name, data))
-    return events
+    return [(name, json.loads(data)) for _, name, data, _ in sse_blocks(text)
+            if data is not None]
 
 
 def until(condition: Callable[[], object], message: str = "the condition never held",

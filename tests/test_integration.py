@@ -10,6 +10,7 @@ import time
 import pytest
 import requests
 
+from .conftest import sse_events
 from .fake_upstream import Scenario, chunk_json, sse_bytes, stream_scenario
 
 # CJK, emoji (4-byte), combining marks and a ZWJ sequence: cut across writes below.
@@ -21,20 +22,6 @@ def post(live, headers=None, stream=True, **body):
     body.setdefault("message", "hello")
     return requests.post(f"{live.url}/api/gpt/get", json=body, headers=headers or {},
                          stream=stream, timeout=20)
-
-
-def parse_sse(raw: str):
-    events = []
-    for block in raw.replace("\r\n", "\n").split("\n\n"):
-        name, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].lstrip(" ") if line[5:6] == " " else line[5:])
-        if data:
-            events.append((name, json.loads("\n".join(data))))
-    return events
 
 
 @pytest.mark.parametrize("size", [1, 3, 7, 64])
@@ -54,7 +41,7 @@ def test_sse_framing_reassembles_exactly_the_upstream_text(live, upstream):
     assert response.headers["Cache-Control"] == "no-cache"
     assert response.headers["X-Accel-Buffering"] == "no"
     assert "Content-Encoding" not in response.headers
-    events = parse_sse(response.content.decode("utf-8"))
+    events = sse_events(response.content.decode("utf-8"))
     assert "".join(d.get("content", "") for n, d in events if n == "message") == TEXT
     assert [d["reasoning"] for n, d in events if "reasoning" in d] == ["think…"]
     assert events[-1][0] == "done" and events[-1][1]["usage"]["completion_tokens"] == len(TOKENS)
@@ -98,7 +85,7 @@ def test_heartbeat_comments_while_upstream_is_silent_before_first_token(live, up
     response = post(live, {"Accept": "text/event-stream"})
     raw = response.content.decode()
     assert ": ping" in raw.split('"content"')[0]
-    assert "".join(d.get("content", "") for n, d in parse_sse(raw) if n == "message") == "late"
+    assert "".join(d.get("content", "") for n, d in sse_events(raw) if n == "message") == "late"
 
 
 def raw_request(live, body: dict, accept: str = "*/*") -> socket.socket:
@@ -226,7 +213,7 @@ def test_https_upstream_streams_exactly_reuses_its_connection_and_is_cancelled(t
     server.reset()
     server.push(stream_scenario(TOKENS, size=3), stream_scenario(TOKENS, size=5, first_delay=1.5))
     assert post(tls_live).content.decode("utf-8") == TEXT
-    events = parse_sse(post(tls_live, {"Accept": "text/event-stream"}).content.decode())
+    events = sse_events(post(tls_live, {"Accept": "text/event-stream"}).content.decode())
     assert "".join(d.get("content", "") for n, d in events if n == "message") == TEXT
     assert len({r.peer for r in server.records}) == 1  # the TLS connection was reused
     server.push(Scenario(parts=[30.0, sse_bytes(chunk_json("never"))]))

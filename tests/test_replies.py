@@ -23,7 +23,7 @@ from gpt_proxy import create_app, replies
 from gpt_proxy.replies import MemoryReplyStore, RedisReplyStore
 from gpt_proxy.sse import encode_text
 
-from .conftest import ANN, BOB, FakeClock, make_config, new_key, sign_up, until
+from .conftest import ANN, BOB, FakeClock, make_config, new_key, sign_up, sse_blocks, until
 from .fake_upstream import Scenario, chunk_json, sse_bytes, stream_scenario
 from .processes import RedisServer
 from .test_integration import TEXT, TOKENS
@@ -34,19 +34,8 @@ RESUMABLE = {**SSE, "X-Resumable": "1"}
 
 def events_of(body: bytes) -> list[tuple[str | None, str, dict]]:
     """(id, event name, JSON data) of each event of an SSE body, in order; comments skipped."""
-    found = []
-    for block in body.decode("utf-8").split("\n\n"):
-        event_id, name, data = None, "message", None
-        for line in block.split("\n"):
-            if line.startswith("id: "):
-                event_id = line[4:]
-            elif line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-        if data is not None:
-            found.append((event_id, name, data))
-    return found
+    return [(event_id, name, json.loads(data))
+            for event_id, name, data, _ in sse_blocks(body.decode("utf-8")) if data is not None]
 
 
 def text_of(events) -> str:

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from .browser_helpers import missing
-from .conftest import serve
+from .conftest import serve, sse_blocks
 from .fake_upstream import Scenario, chunk_json, sse_bytes
 from .processes import Nginx, nginx_binary
 from .test_operations import workers
@@ -84,18 +84,10 @@ class Stream:
         events = []
         while b"\n\n" in self.buffer:
             block, self.buffer = self.buffer.split(b"\n\n", 1)
-            event_id, name, data = None, "message", None
-            for line in block.decode("utf-8").split("\n"):
-                if line.startswith(":"):
-                    self.comments += 1
-                elif line.startswith("id: "):
-                    event_id = line[4:]
-                elif line.startswith("event: "):
-                    name = line[7:]
-                elif line.startswith("data: "):
-                    data = json.loads(line[6:])
-            if data is not None:
-                events.append((event_id, name, data))
+            for event_id, name, data, comments in sse_blocks(block.decode("utf-8")):
+                self.comments += comments
+                if data is not None:
+                    events.append((event_id, name, json.loads(data)))
         return events
 
     def read(self) -> tuple[list, bool]:

@@ -21,7 +21,7 @@ from gpt_proxy.relay import Outcome
 from gpt_proxy.sse import SSEDecoder
 from gpt_proxy.upstream import Endpoint, new_session
 
-from .conftest import TEST_KEY, make_config
+from .conftest import TEST_KEY, make_config, sse_blocks
 from .fake_upstream import (
     embeddings_answer,
     image_answer,
@@ -59,17 +59,7 @@ def sent(mocked, call: int = 0) -> dict:
 
 def events_of(raw: str) -> list[tuple[str, str]]:
     """(event name, data text) of each event of a stream, comments left out."""
-    out = []
-    for block in raw.split("\n\n"):
-        name, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-        if data:
-            out.append((name, "\n".join(data)))
-    return out
+    return [(name, data) for _, name, data, _ in sse_blocks(raw) if data is not None]
 
 
 def access_lines(caplog) -> list[str]:
