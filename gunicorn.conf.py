@@ -167,7 +167,8 @@ def worker_exit(server, worker):
     """gunicorn's graceful stop (HUP, TERM) waits for open connections only: a resumable reply
     whose client left is read on by a greenlet of its own, so let those end too (the arbiter
     still stops a worker that outlives graceful_timeout), and let their ends reach the reply
-    store."""
+    store; then write the ledger rows still waiting for their batch (atexit would too)."""
+    from gpt_proxy import budgets
     from gpt_proxy.relay import detached_count, wait_detached
     from gpt_proxy.replies import flush_all
 
@@ -179,6 +180,7 @@ def worker_exit(server, worker):
     if left:
         server.log.warning("gpt_proxy: %d resumable replies still running at exit", left)
     flush_all(2.0)
+    budgets.flush_all()
 
 
 def child_exit(server, worker):

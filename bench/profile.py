@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 from .load import Load, resumable_target, service_target
-from .run import FAST, LATENCY, RESULTS, WIDE, Bench, Scenario
+from .run import FAST, LATENCY, RESULTS, SHORT, WIDE, Bench, Scenario
 from .service import ROOT, BenchUpstream, Service
 from .upstream import loop_factory
 
-SCENARIOS = {"latency": LATENCY, "fast": FAST, "wide": WIDE,
+SCENARIOS = {"latency": LATENCY, "fast": FAST, "wide": WIDE, "short": SHORT,
              "requests": Scenario("1-token replies", 50, 1, 1.0, rounds=10)}
 
 

@@ -40,15 +40,25 @@ The rules that make it exact:
   them at the amount reserved (the upstream may have served them in full; the budget is
   never overshot, and the ledger says `expired`).
 - Ledger rows older than LEDGER_DAYS, and counters of periods long over, are deleted.
+- The row of a request no budget applied to (nothing reserved, nothing to settle) is written
+  with others in one transaction: when LEDGER_BATCH rows wait, LEDGER_FLUSH_SECONDS after the
+  first of them, before this process reads the ledger, and when the process stops (atexit,
+  and gunicorn's worker_exit hook). A transaction per request cost 0.2 ms of CPU, about a
+  tenth of a short request's; a graceful stop loses nothing, a killed worker at most half a
+  second of such rows. A batch the database refuses is kept and tried again (up to
+  LEDGER_PENDING_MAX rows, then the oldest are dropped and logged).
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import functools
 import json
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -69,6 +79,9 @@ IMAGE_TOKENS = 3000  # the bound of one image part in a prompt
 CACHE_SECONDS = 0.5  # how long a subject's list of budgets is reused (changes: < 1 s)
 SWEEP_EVERY = 60.0
 SWEEP_BATCH = 200
+LEDGER_BATCH = 200
+LEDGER_FLUSH_SECONDS = 0.5
+LEDGER_PENDING_MAX = 50_000
 _PERIOD_WORDS = {"minute": "per-minute", "day": "daily", "month": "monthly", "total": "total"}
 
 
@@ -264,6 +277,10 @@ class Budgets:
         self.metrics = metrics
         self._cache: dict[tuple, tuple[float, list[Budget]]] = {}
         self._last_sweep = float("-inf")
+        self._pending: list[dict] = []  # ledger rows of unbudgeted requests, not yet written
+        self._pending_lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        _instances.add(self)
 
     # --- which budgets apply ----------------------------------------------------------------
 
@@ -385,15 +402,14 @@ class Budgets:
                "prompt_tokens": spent.prompt_tokens, "completion_tokens": spent.completion_tokens,
                "images": spent.images or None, "cost": cost, "outcome": spent.outcome[:64],
                "duration_ms": int((now - hold.started) * 1000)}
+        if hold.ledger_id is None:  # nothing reserved: the row joins the next batch
+            self._queue({"request_id": ask.request_id[:64], "created": hold.started,
+                         "user_id": hold.user_id, "key_id": hold.key_id, "door": ask.door,
+                         "model": ask.model[:200], "role": (ask.role or None) and ask.role[:64],
+                         **row})
+            return
         try:
             with self.db.raw_write() as conn:
-                if hold.ledger_id is None:
-                    conn.execute(_LEDGER_SETTLED, {
-                        "request_id": ask.request_id[:64], "created": hold.started,
-                        "user_id": hold.user_id, "key_id": hold.key_id, "door": ask.door,
-                        "model": ask.model[:200], "role": (ask.role or None) and ask.role[:64],
-                        **row})
-                    return
                 conn.execute(_LEDGER_SETTLE, {"id": hold.ledger_id, **row})
                 if conn.rowcount != 1:
                     return  # settled already (expired by a sweep)
@@ -405,6 +421,51 @@ class Budgets:
             return
         if self.metrics is not None and hold.ledger_id is not None:
             self.metrics.holds_changed(-1)
+
+    # --- the rows of unbudgeted requests, in batches ---------------------------------------------
+
+    def _queue(self, row: dict) -> None:
+        with self._pending_lock:
+            self._pending.append(row)
+            full = len(self._pending) >= LEDGER_BATCH
+        if full:
+            self.flush()
+        else:
+            self._flush_later(LEDGER_FLUSH_SECONDS)
+
+    def _flush_later(self, seconds: float) -> None:
+        """A flush in `seconds`, unless one is due already (a greenlet under gevent)."""
+        with self._pending_lock:
+            if self._timer is not None:
+                return
+            self._timer = timer = threading.Timer(seconds, self.flush)
+        timer.daemon = True
+        timer.start()  # outside the lock: under gevent, starting yields
+
+    def flush(self) -> int:
+        """Write the rows waiting, in one transaction; how many were written. Never holds a
+        lock while it writes."""
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+            timer, self._timer = self._timer, None
+        if timer is not None and timer is not threading.current_thread():
+            timer.cancel()
+        if not batch:
+            return 0
+        try:
+            with self.db.raw_write() as conn:
+                conn.executemany(_LEDGER_SETTLED, batch)
+        except DatabaseError as exc:
+            with self._pending_lock:
+                self._pending[:0] = batch
+                over = len(self._pending) - LEDGER_PENDING_MAX
+                if over > 0:
+                    del self._pending[:over]
+            log.error("ledger: %d rows not written yet (kept, tried again): %s%s",
+                      len(batch), exc, f"; the {over} oldest dropped" if over > 0 else "")
+            self._flush_later(LEDGER_FLUSH_SECONDS * 4)
+            return 0
+        return len(batch)
 
     def sweep(self) -> int:
         """Settle open rows past their expiry at what they reserved; delete old ledger rows
@@ -502,6 +563,7 @@ class Budgets:
     def spend_by_day(self, *, user_id: int | None = None, key_id: int | None = None,
                      days: int = 31) -> list[dict]:
         """Spend per day (UTC) and model over the last `days` days."""
+        self.flush()
         since = self.clock() - days * 86400
         query = sa.select(ledger.c.created, ledger.c.model, ledger.c.prompt_tokens,
                           ledger.c.completion_tokens, ledger.c.cost).where(
@@ -533,6 +595,7 @@ class Budgets:
              since: float | None = None, until: float | None = None,
              limit: int | None = None) -> Iterator[dict]:
         """Ledger rows, oldest first (streamed: an export of a year reads in batches)."""
+        self.flush()
         query = sa.select(*[ledger.c[name] for name in self.LEDGER_COLUMNS])
         for column, value in ((ledger.c.user_id, user_id), (ledger.c.key_id, key_id)):
             if value is not None:
@@ -552,6 +615,19 @@ class Budgets:
                 item["finished"] = _iso(item["finished"]) if item["finished"] else None
                 item["cost"] = dollars(item["cost"])
                 yield item
+
+
+_instances: weakref.WeakSet[Budgets] = weakref.WeakSet()
+
+
+@atexit.register
+def flush_all() -> None:
+    """Write every batch of ledger rows still waiting in this process (a graceful stop)."""
+    for budgets_ in list(_instances):
+        try:
+            budgets_.flush()
+        except Exception:  # noqa: BLE001 - at exit: tell, and go on to the next
+            log.exception("ledger: rows not written at exit")
 
 
 def parse_limit(unit: str, value: object) -> int:

@@ -453,15 +453,22 @@ class Raw:
         self.cursor = cursor
         self.pyformat = dialect == "postgresql"  # psycopg: %(name)s; sqlite3 takes :name
 
+    def _sql(self, sql: str) -> str:
+        if not self.pyformat:
+            return sql
+        converted = self._converted.get(sql)
+        if converted is None:
+            converted = self._converted[sql] = re.sub(r"(?<!:):(\w+)", r"%(\1)s", sql)
+        return converted
+
     def execute(self, sql: str, params: dict) -> list[tuple]:
         """Run `sql`; the rows it returned (RETURNING), if any."""
-        if self.pyformat:
-            converted = self._converted.get(sql)
-            if converted is None:
-                converted = self._converted[sql] = re.sub(r"(?<!:):(\w+)", r"%(\1)s", sql)
-            sql = converted
-        self.cursor.execute(sql, params)
+        self.cursor.execute(self._sql(sql), params)
         return self.cursor.fetchall() if self.cursor.description else []
+
+    def executemany(self, sql: str, rows: list[dict]) -> None:
+        """Run `sql` once per parameter set (no RETURNING)."""
+        self.cursor.executemany(self._sql(sql), rows)
 
     @property
     def rowcount(self) -> int:

@@ -337,6 +337,9 @@ def db(database_url):
 
     database = open_database(database_url, ROOT)
     yield database
+    from gpt_proxy.budgets import flush_all
+
+    flush_all()  # ledger rows still waiting for their batch, while the database is there
     database.close()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -14,8 +16,11 @@ import pytest
 import sqlalchemy as sa
 
 from gpt_proxy.budgets import Ask, Budgets, Spent, parse_limit, window
+from gpt_proxy.db import DatabaseError
 from gpt_proxy.errors import BadRequest, OverBudget, Unpriced
 from gpt_proxy.prices import Price, PriceError, default_price, load_prices
+
+from .conftest import until
 
 ROOT = Path(__file__).resolve().parent.parent
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -257,9 +262,88 @@ def test_requests_without_a_budget_still_leave_a_ledger_row(budgets, db):
     hold = budgets.admit(ask(), 5, 6)
     assert hold.ledger_id is None and ledger(db) == []
     budgets.settle(hold, Spent(3, 4, outcome="client_left", upstream="a"))
+    assert ledger(db) == []  # waiting for its batch
+    assert budgets.flush() == 1
     row = ledger(db)[0]
     assert (row.user_id, row.key_id, row.state, row.outcome, row.cost) == (
         5, 6, "settled", "client_left", 3 * 1000 + 4 * 2000)
+
+
+def settle_unbudgeted(budgets, n: int, prefix: str = "r") -> None:
+    for i in range(n):
+        budgets.settle(budgets.admit(ask(request_id=f"{prefix}{i}"), 5, 6), Spent(1, 1))
+
+
+def test_rows_without_a_budget_are_written_a_batch_at_a_time(budgets, db, monkeypatch):
+    monkeypatch.setattr("gpt_proxy.budgets.LEDGER_BATCH", 3)
+    monkeypatch.setattr("gpt_proxy.budgets.LEDGER_FLUSH_SECONDS", 3600)  # no timer here
+    transactions = []
+    real = db.raw_write
+
+    def counted():
+        transactions.append(1)
+        return real()
+    monkeypatch.setattr(db, "raw_write", counted)
+    settle_unbudgeted(budgets, 2)
+    assert ledger(db) == [] and transactions == []
+    settle_unbudgeted(budgets, 1, prefix="third")
+    assert [row.request_id for row in ledger(db)] == ["r0", "r1", "third0"]
+    assert transactions == [1]  # three rows, one transaction
+
+
+def test_a_batch_is_written_shortly_after_its_first_row_without_more_requests(db, clock,
+                                                                            monkeypatch):
+    monkeypatch.setattr("gpt_proxy.budgets.LEDGER_FLUSH_SECONDS", 0.05)
+    budgets = Budgets(db, clock=clock)
+    settle_unbudgeted(budgets, 1)
+    until(lambda: len(ledger(db)) == 1, "the lone row was never written")
+    assert budgets._pending == [] and budgets._timer is None
+
+
+def test_reading_the_ledger_writes_this_process_batch_first(budgets, db):
+    settle_unbudgeted(budgets, 2)
+    assert [row["request_id"] for row in budgets.rows()] == ["r0", "r1"]
+    settle_unbudgeted(budgets, 1, prefix="x")
+    assert sum(day["requests"] for day in budgets.spend_by_day(user_id=5)) == 3
+
+
+def test_a_batch_the_database_refuses_is_kept_and_written_later(budgets, db, monkeypatch,
+                                                                caplog):
+    monkeypatch.setattr("gpt_proxy.budgets.LEDGER_FLUSH_SECONDS", 3600)
+    settle_unbudgeted(budgets, 2)
+    real = db.raw_write
+
+    def refused():
+        raise DatabaseError("the database (sqlite:///x.db) cannot be written: disk I/O error")
+    monkeypatch.setattr(db, "raw_write", refused)
+    assert budgets.flush() == 0
+    assert "ledger: 2 rows not written yet (kept, tried again)" in caplog.text
+    monkeypatch.setattr(db, "raw_write", real)
+    settle_unbudgeted(budgets, 1, prefix="x")
+    assert budgets.flush() == 3
+    assert [row.request_id for row in ledger(db)] == ["r0", "r1", "x0"]
+
+
+def test_rows_waiting_at_exit_are_written(tmp_path):
+    """A process that ends normally (gunicorn's graceful stop ends its workers so) writes
+    what waits: `flush_all` is an atexit handler."""
+    url = f"sqlite:///{tmp_path}/exit.db"
+    code = (
+        "from gpt_proxy.db import open_database\n"
+        "from gpt_proxy.budgets import Ask, Budgets, Spent\n"
+        f"budgets = Budgets(open_database({url!r}, {str(ROOT)!r}))\n"
+        "for i in range(5):\n"
+        "    hold = budgets.admit(Ask(model='m', prompt_tokens=1, completion_tokens=1,"
+        " door='test', request_id=f'exit{i}'), None, None)\n"
+        "    budgets.settle(hold, Spent(1, 1))\n"
+        "assert budgets._pending\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT COUNT(*) FROM ledger")).scalar() == 5
+    finally:
+        engine.dispose()
 
 
 # --- requests arriving together ----------------------------------------------------------------------

@@ -52,6 +52,7 @@ def make(upstream, tmp_path):
 
 
 def ledger(state) -> list:
+    state.budgets.flush()  # the rows of requests no budget applied to wait for their batch
     with state.budgets.db.read() as conn:
         return conn.execute(sa.text("SELECT * FROM ledger ORDER BY id")).all()
 
