@@ -1,4 +1,6 @@
-"""What the user service costs: `python -m bench.identity [--repeats 3] [--quick]`.
+"""What the user service costs: `python -m bench.identity [--repeats 3] [--quick]`
+(`--only key,budget` some configurations, `--no-stall` without the stall check,
+`--service-root DIR` the service of another checkout: before/after comparisons).
 
 Three configurations of the service, each started fresh with a database of its own (SQLite
 in bench/results/), run interleaved so drift hits them alike:
@@ -30,6 +32,7 @@ import statistics
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 from .load import Target
 from .run import LATENCY, SHORT, Bench, Scenario, med
@@ -49,14 +52,15 @@ def _call(port: int, method: str, path: str, body: dict | None = None,
         return json.loads(answer.read() or b"{}")
 
 
-def start(upstream: BenchUpstream, name: str, users: bool, budgets: int) -> tuple[Service, str]:
+def start(upstream: BenchUpstream, name: str, users: bool, budgets: int,
+          root: Path = ROOT) -> tuple[Service, str]:
     """A service in configuration `name`; the key its requests carry ('' for open)."""
     database = RESULTS / f"identity-{name}-{time.time_ns()}.db"
     env = {"DATABASE_URL": f"sqlite:///{database}", "PROXY_TOKEN": ADMIN,
            "AUTH": "users" if users else "open", "DEFAULT_PRICE": "0.15/0.6",
            "LOGIN_LIMIT": "100000/minute", "REGISTRATION": "open",
            "CONVERSATION_STORE": f"sqlite:///{RESULTS}/identity-conversations.db"}
-    service = Service(upstream.url, RESULTS / f"identity-{name}.log", extra_env=env)
+    service = Service(upstream.url, RESULTS / f"identity-{name}.log", extra_env=env, root=root)
     if not users:
         return service, ""
     port = service.port
@@ -114,12 +118,14 @@ async def run(args, log) -> dict:
     upstream = BenchUpstream()
     short = SHORT if not args.quick else Scenario("short replies", 64, 10, 0.0, rounds=10,
                                                   stagger=0.0)
-    configs = (("open", False, 0), ("key", True, 0), ("budget", True, 1), ("budgets", True, 3))
+    configs = tuple(c for c in (("open", False, 0), ("key", True, 0), ("budget", True, 1),
+                                ("budgets", True, 3)) if not args.only or c[0] in args.only)
+    root = args.service_root or ROOT
     results: dict = {name: [] for name, _, _ in configs}
     try:
         for i in range(args.repeats):
             for name, users, budgets in (configs if i % 2 == 0 else configs[::-1]):
-                service, key = start(upstream, name, users, budgets)
+                service, key = start(upstream, name, users, budgets, root)
                 try:
                     bench = Bench(upstream, service)
                     await bench.warm_up()
@@ -130,8 +136,10 @@ async def run(args, log) -> dict:
                                                           log(f"[{n}] {t.strip()}"))
                 finally:
                     service.stop()
+        if args.no_stall:
+            return results
         stall: dict = {"alone": [], "plain": [], "storm": [], "storm_seconds": []}
-        service, key = start(upstream, "stall", True, 3)
+        service, key = start(upstream, "stall", True, 3, root)
         try:
             bench = Bench(upstream, service)
             await bench.warm_up()
@@ -172,13 +180,19 @@ def report(results: dict) -> str:
         """The median of the per-round differences (each round runs every configuration)."""
         if name == other:
             return "-"
+        if other not in results:
+            return "-"
         return f"{statistics.median(a['service']['cpu_ms_per_request'] - b['service']['cpu_ms_per_request'] for a, b in zip(results[name], results[other], strict=True)):+.2f} ms"  # noqa: E501
     for name in ("open", "key", "budget", "budgets"):
+        if name not in results:
+            continue
         runs = results[name]
         rows.append(f"| {name} | {med(runs, 'service', 'req_per_s'):,.0f} | "
                     f"{med(runs, 'service', 'cpu_ms_per_request'):.2f} ms | "
                     f"{paired(name, 'open')} | "
                     f"{paired(name, 'key') if name.startswith('budget') else '-'} |")
+    if "stall" not in results:
+        return "\n".join(rows)
     stall = results["stall"]
     rows += ["", "| 100 streams x 50 tok/s through the `budgets` service | per-token p50 | "
              "per-token p99 |", "|---|---|---|"]
@@ -197,6 +211,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer requests per run")
+    parser.add_argument("--only", type=lambda text: set(text.split(",")), default=None,
+                        help="comma-separated configurations: open, key, budget, budgets")
+    parser.add_argument("--no-stall", action="store_true", help="skip the stall check")
+    parser.add_argument("--service-root", type=Path, default=None,
+                        help="run the service from another checkout")
     args = parser.parse_args()
 
     def log(text: str) -> None:
