@@ -326,7 +326,9 @@ class Database:
             else:
                 self.engine = sa.create_engine(
                     engine_url(url, root), pool_size=8, max_overflow=24, pool_pre_ping=True,
-                    connect_args={"connect_timeout": 5})
+                    # text as UTF-8 whatever the database's own encoding (on a SQL_ASCII
+                    # database psycopg would hand out bytes, and fail SQLAlchemy's first look)
+                    connect_args={"connect_timeout": 5, "client_encoding": "utf8"})
         except (OSError, ImportError, sa.exc.SQLAlchemyError, ValueError) as exc:
             raise DatabaseError(self._message("cannot be opened", exc)) from None
 

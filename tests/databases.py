@@ -66,14 +66,14 @@ class PostgreSQL:
     def url(self, name: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
-    def new_database(self) -> str:
-        """The URL of a new, empty database."""
+    def new_database(self, options: str = "") -> str:
+        """The URL of a new, empty database (`options`: more of CREATE DATABASE's)."""
         import psycopg
 
         self.count += 1
         name = f"test_{os.getpid()}_{self.count}"
         with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 {options}')
         return self.url(name)
 
     def stop(self) -> None:

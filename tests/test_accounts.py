@@ -85,6 +85,22 @@ def test_a_database_that_cannot_be_opened_names_the_setting_without_its_password
     assert "hunter2" not in str(caught.value)
 
 
+def test_a_postgresql_database_made_as_sql_ascii_still_keeps_text_as_text(postgres, clock):
+    """A cluster made without a UTF-8 locale makes SQL_ASCII databases, on which psycopg
+    hands out bytes unless the connection asks for UTF-8: the service must still migrate
+    and keep every script's text intact."""
+    url = postgres.new_database("ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'")
+    database = Database(url, ROOT)
+    try:
+        assert database.migrate() == VERSION
+        store = Accounts(database, clock=clock)
+        made = store.create_user("Ünal王", "a good password", "ü@example.com")
+        assert store.authenticate("ünal王", "a good password").username == "Ünal王"
+        assert store.get_user(made.id).email == "ü@example.com"
+    finally:
+        database.close()
+
+
 # --- usernames, passwords, e-mail ----------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["ann", "Ünal", "Мария", "王小明", "हिन्दी", "a.b-c_d", "x" * 32,

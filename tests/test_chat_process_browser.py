@@ -35,7 +35,7 @@ SERVER = """    server {{
         location /api/ {{
             proxy_pass http://127.0.0.1:%d;
             proxy_http_version 1.1;
-            proxy_set_header Host $host;
+            proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_read_timeout 1h;

@@ -171,7 +171,7 @@ def test_the_nginx_configuration_names_both_instances_and_the_readme_recipe(comp
         "./deploy/nginx.conf"
     conf = (ROOT / "deploy/nginx.conf").read_text()
     assert re.findall(r"server (\S+) ", conf) == [f"{name}:7345" for name in INSTANCES]
-    for line in ("proxy_http_version 1.1;", "proxy_set_header Host $host;",
+    for line in ("proxy_http_version 1.1;", "proxy_set_header Host $http_host;",
                  "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
                  "proxy_set_header X-Forwarded-Proto $scheme;", "proxy_read_timeout 1h;"):
         assert line in conf, line
@@ -211,3 +211,11 @@ def test_the_stack_nginx_streams_a_reply_before_it_ends(stack_nginx, upstream):
                 break
         assert received.decode() == TEXT
         assert not upstream.wait_for_request().completed.is_set()  # still open upstream
+
+
+def test_the_stack_nginx_passes_the_host_with_its_port(stack_nginx):
+    """The service sees the address the client used, port included ($http_host, not $host):
+    it names it in its messages, and a browser's Origin with that port is its own origin."""
+    answer = requests.post(f"{stack_nginx}/chat/completions", json={}, timeout=10)
+    assert answer.status_code == 404
+    assert f"the base URL to give a client is {stack_nginx}/v1" in answer.json()["error"]["message"]

@@ -39,7 +39,7 @@ NGINX_SERVER = """    upstream pair {{
         location / {{
             proxy_pass http://pair;
             proxy_http_version 1.1;
-            proxy_set_header Host $host;
+            proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_read_timeout 1h;
         }}
