@@ -353,6 +353,14 @@ exec "$@"
 """
 
 
+def read_only_env(tmp_path: Path, **env: str) -> dict:
+    """`gunicorn_env` for a process on a read-only root: not measured by `make coverage`
+    (its data file could not be written there, and the traceback saying so would be taken
+    for the service's)."""
+    return {key: value for key, value in gunicorn_env(tmp_path, **env).items()
+            if not key.startswith("COVERAGE_")}
+
+
 @pytest.fixture()
 def read_only_root():
     """The prefix that runs a command on a read-only root (root only: `unshare -m`)."""
@@ -367,7 +375,7 @@ def read_only_root():
 
 def test_on_a_read_only_root_it_serves_with_its_files_in_shared_memory(read_only_root, tmp_path):
     prefix, shm = read_only_root
-    env = gunicorn_env(tmp_path, container="docker",
+    env = read_only_env(tmp_path, container="docker",
                        CONVERSATION_STORE=store_url(shm / "data" / "conversations.db"),
                        DATABASE_URL=store_url(shm / "data" / "gpt_proxy.db"))
     def metric_folders() -> set[Path]:
@@ -393,7 +401,7 @@ def test_on_a_read_only_root_it_serves_with_its_files_in_shared_memory(read_only
 
 def test_on_a_read_only_root_a_store_without_a_volume_stops_start_up(read_only_root, tmp_path):
     prefix, _ = read_only_root
-    env = gunicorn_env(tmp_path, container="docker",
+    env = read_only_env(tmp_path, container="docker",
                        CONVERSATION_STORE=store_url(tmp_path / "data" / "conversations.db"),
                        DATABASE_URL=store_url(tmp_path / "data" / "gpt_proxy.db"))
     result = run_to_exit(env, prefix)
