@@ -120,7 +120,8 @@ class Ask:
     """What a request may cost at worst, and what the ledger should say of it."""
 
     model: str
-    prompt_tokens: int  # the bound
+    prompt_tokens: int | None  # the bound; None: no budget applies, and it is worked out
+    #                            only if the ledger needs it (a reply cut short)
     completion_tokens: int  # the bound
     door: str
     request_id: str
@@ -330,15 +331,18 @@ class Budgets:
             return cost + price.tokens(ask.prompt_tokens, 0)
         return price.tokens(ask.prompt_tokens, ask.completion_tokens)
 
-    def admit(self, ask: Ask, user_id: int | None, key_id: int | None) -> Hold:
+    def admit(self, ask: Ask, user_id: int | None, key_id: int | None,
+              applying: list[Budget] | None = None) -> Hold:
         """Reserve `ask`'s worst case against every budget that applies (one transaction);
-        OverBudget naming the first budget without room."""
+        OverBudget naming the first budget without room. `applying`: `self.applying(user_id,
+        key_id)` as the caller already read it (the ask was bounded for that list)."""
         now = self.clock()
         if now - self._last_sweep >= SWEEP_EVERY:
             self._last_sweep = now
             self.sweep()
         hold = Hold(ask, user_id, key_id, now, price=self.price(ask.model))
-        applying = self.applying(user_id, key_id)
+        if applying is None:
+            applying = self.applying(user_id, key_id)
         if not applying:
             return hold
         amounts = [(b, self._amount(b, ask, hold.price)) for b in applying]
@@ -448,8 +452,8 @@ class Budgets:
         with self._pending_lock:
             batch, self._pending = self._pending, []
             timer, self._timer = self._timer, None
-        if timer is not None and timer is not threading.current_thread():
-            timer.cancel()
+        if timer is not None:
+            timer.cancel()  # harmless from the timer's own flush
         if not batch:
             return 0
         try:

@@ -498,8 +498,9 @@ def _when_unlocked(action: Callable[[], object]):
 
 
 def _sqlite_setup(engine: Engine) -> None:
-    """WAL, a busy timeout, foreign keys; pysqlite's own transaction handling off (writes
-    begin IMMEDIATE in `Database._transaction`)."""
+    """WAL, no busy timeout of SQLite's own (writers wait in `_when_unlocked`), foreign keys;
+    pysqlite's own transaction handling off (writes begin IMMEDIATE in `Database._transaction`
+    and `Database.raw_write`)."""
 
     @sa.event.listens_for(engine, "connect")
     def connect(dbapi_connection, _record) -> None:

@@ -237,7 +237,7 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
                 on_close(outcome)
         finally:
             state.budgets.settle(hold, spent(outcome, hold.ask,
-                                             getattr(stream, "upstream", "demo")))
+                                             getattr(stream, "upstream", "demo"), body))
             write_line(outcome)
             metrics.stream_ended(route=route, protocol=turn.protocol, framing=turn.framing,
                                  model=turn.model, outcome=outcome,
@@ -270,16 +270,16 @@ def admit(body: dict, turn: Turn, who: Caller) -> Hold:
     operation = turn.operation
     asked = operation.asked(body)
     output = asked.output_tokens
-    if (output is None and operation.token_fields
-            and state.budgets.applying(who.user_id, who.key_id)):
+    applying = state.budgets.applying(who.user_id, who.key_id)
+    if output is None and operation.token_fields and applying:
         output = body[operation.token_fields[0]] = (state.config.max_tokens_ceiling
                                                     or state.config.budget_max_tokens)
     choices = body.get("n") if operation.chat and _count(body.get("n")) else 1
     hold = state.budgets.admit(Ask(
-        model=turn.model, prompt_tokens=prompt_bound(body),
+        model=turn.model, prompt_tokens=prompt_bound(body) if applying else None,
         completion_tokens=(output or 0) * max(choices, 1), door=turn.protocol,
         request_id=g.get("request_id", "-"), role=turn.role if operation.chat else None,
-        images=asked.images, image_size=asked.image_size), who.user_id, who.key_id)
+        images=asked.images, image_size=asked.image_size), who.user_id, who.key_id, applying)
     g.budget_hold = hold
     return hold
 
@@ -306,10 +306,11 @@ def prompt_bound(body: dict) -> int:
     return len(data) + images * IMAGE_TOKENS
 
 
-def spent(outcome: Outcome, ask: Ask, upstream: str) -> Spent:
+def spent(outcome: Outcome, ask: Ask, upstream: str, body: dict) -> Spent:
     """What a relayed reply came to: the usage the upstream reported (as its operation reads
     it); without it (the client left, the upstream broke off or sent none) the prompt's bound
-    plus one token per text chunk relayed."""
+    (the ask's, or worked out from `body` now when no budget needed it before) plus one
+    token per text chunk relayed."""
     measured = getattr(outcome, "measured", None) or Usage()
     result = ("client_left" if outcome.client_left else
               f"error:{outcome.error.code}" if outcome.error is not None else "ok")
@@ -323,7 +324,8 @@ def spent(outcome: Outcome, ask: Ask, upstream: str) -> Spent:
                      images=measured.images, outcome=result, upstream=upstream)
     if measured.images:  # images counted from the answer; no token usage reported
         return Spent(0, 0, images=measured.images, outcome=result, upstream=upstream)
-    return Spent(ask.prompt_tokens, len(outcome.content) + len(outcome.reasoning),
+    prompt = ask.prompt_tokens if ask.prompt_tokens is not None else prompt_bound(body)
+    return Spent(prompt, len(outcome.content) + len(outcome.reasoning),
                  outcome=result + ("" if result != "ok" else ":no_usage"), upstream=upstream)
 
 

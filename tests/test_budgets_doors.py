@@ -196,6 +196,28 @@ def test_failover_charges_once_with_the_upstream_that_answered(make, tmp_path):
         second.stop()
 
 
+def test_without_a_budget_a_client_that_leaves_is_still_recorded_at_the_prompt_bound(make,
+                                                                                      upstream):
+    """No budget asked for the bound before the upstream was: it is worked out at the end."""
+    app, state = make()
+    key = new_key(app, *ANN)
+    client = app.test_client()
+    upstream.push(stream_scenario(["one", " two"], hold_open=True, usage=False, finish=None,
+                                  done=False))
+    response = client.post("/v1/chat/completions", headers=bearer(key), buffered=False,
+                           json={"model": "fake-model", "messages": USER, "stream": True})
+    body = b""
+    for piece in response.response:
+        body += piece
+        if b'"content": " two"' in body:
+            break
+    response.close()
+    bound = len(json.dumps(upstream.wait_for_request().json, ensure_ascii=False).encode())
+    row = ledger(state)[0]
+    assert (row.outcome, row.prompt_tokens, row.completion_tokens) == ("client_left", bound, 2)
+    assert counters(state) == (0, 0)  # nothing reserved, nothing to settle
+
+
 def test_a_mid_stream_failure_pays_what_was_relayed(make, upstream):
     client, state, key = keyed(make)
     upstream.push(Scenario(parts=[sse_bytes(chunk_json("partial")), b"data: {broken\n\n"]))
