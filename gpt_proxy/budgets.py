@@ -52,6 +52,7 @@ The rules that make it exact:
 from __future__ import annotations
 
 import atexit
+import collections
 import datetime as dt
 import functools
 import json
@@ -278,9 +279,12 @@ class Budgets:
         self.metrics = metrics
         self._cache: dict[tuple, tuple[float, list[Budget]]] = {}
         self._last_sweep = float("-inf")
-        self._pending: list[dict] = []  # ledger rows of unbudgeted requests, not yet written
-        self._pending_lock = threading.Lock()
+        # Ledger rows of unbudgeted requests, not yet written. No lock guards them: a row is
+        # queued when a reply's relay closes, which the garbage collector may do in the middle
+        # of any allocation, so a lock held here could be asked for again by its own thread.
+        self._pending: collections.deque[dict] = collections.deque()
         self._timer: threading.Timer | None = None
+        self._flushing = False
         _instances.add(self)
 
     # --- which budgets apply ----------------------------------------------------------------
@@ -429,46 +433,48 @@ class Budgets:
     # --- the rows of unbudgeted requests, in batches ---------------------------------------------
 
     def _queue(self, row: dict) -> None:
-        with self._pending_lock:
-            self._pending.append(row)
-            full = len(self._pending) >= LEDGER_BATCH
-        if full:
+        self._pending.append(row)
+        if len(self._pending) >= LEDGER_BATCH and not self._flushing:
             self.flush()
-        else:
+        elif self._timer is None:
             self._flush_later(LEDGER_FLUSH_SECONDS)
 
     def _flush_later(self, seconds: float) -> None:
-        """A flush in `seconds`, unless one is due already (a greenlet under gevent)."""
-        with self._pending_lock:
-            if self._timer is not None:
-                return
-            self._timer = timer = threading.Timer(seconds, self.flush)
+        """A flush in `seconds` (a greenlet under gevent). Two threads racing here make two
+        timers; the later flush finds less, or nothing, to write."""
+        self._timer = timer = threading.Timer(seconds, self.flush)
         timer.daemon = True
-        timer.start()  # outside the lock: under gevent, starting yields
+        timer.start()
 
     def flush(self) -> int:
-        """Write the rows waiting, in one transaction; how many were written. Never holds a
-        lock while it writes."""
-        with self._pending_lock:
-            batch, self._pending = self._pending, []
-            timer, self._timer = self._timer, None
+        """Write the rows waiting, in one transaction; how many were written."""
+        timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()  # harmless from the timer's own flush
+        batch = []
+        while len(batch) < LEDGER_PENDING_MAX:
+            try:
+                batch.append(self._pending.popleft())  # atomic: rows queued meanwhile stay
+            except IndexError:
+                break
         if not batch:
             return 0
+        self._flushing = True  # a row queued meanwhile waits for the timer, not a nested flush
         try:
             with self.db.raw_write() as conn:
                 conn.executemany(_LEDGER_SETTLED, batch)
         except DatabaseError as exc:
-            with self._pending_lock:
-                self._pending[:0] = batch
-                over = len(self._pending) - LEDGER_PENDING_MAX
-                if over > 0:
-                    del self._pending[:over]
+            self._pending.extendleft(reversed(batch))
+            over = len(self._pending) - LEDGER_PENDING_MAX
+            for _ in range(over):
+                self._pending.popleft()
             log.error("ledger: %d rows not written yet (kept, tried again): %s%s",
                       len(batch), exc, f"; the {over} oldest dropped" if over > 0 else "")
-            self._flush_later(LEDGER_FLUSH_SECONDS * 4)
+            if self._timer is None:
+                self._flush_later(LEDGER_FLUSH_SECONDS * 4)
             return 0
+        finally:
+            self._flushing = False
         return len(batch)
 
     def sweep(self) -> int:

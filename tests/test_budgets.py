@@ -297,7 +297,30 @@ def test_a_batch_is_written_shortly_after_its_first_row_without_more_requests(db
     budgets = Budgets(db, clock=clock)
     settle_unbudgeted(budgets, 1)
     until(lambda: len(ledger(db)) == 1, "the lone row was never written")
-    assert budgets._pending == [] and budgets._timer is None
+    assert not budgets._pending and budgets._timer is None
+
+
+def test_a_row_queued_while_another_is_being_queued_is_kept_without_a_deadlock(budgets, db,
+                                                                             monkeypatch):
+    """The garbage collector may close a forgotten reply's relay, which queues its ledger row,
+    in the middle of any allocation, also one made while another row is being queued: the
+    queue must never ask its own thread for a lock it holds."""
+    holds = [budgets.admit(ask(request_id=f"r{i}"), 5, 6) for i in range(2)]
+    real = threading.Timer
+
+    def timer(*args, **kwargs):  # the allocation during which the collector runs
+        if not holds[1].done:
+            budgets.settle(holds[1], Spent(1, 1))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(threading, "Timer", timer)
+    finished = threading.Event()
+    worker = threading.Thread(target=lambda: (budgets.settle(holds[0], Spent(1, 1)),
+                                              finished.set()), daemon=True)
+    worker.start()
+    assert finished.wait(10), "queueing a row deadlocked"
+    monkeypatch.undo()
+    budgets.flush()
+    assert sorted(row.request_id for row in ledger(db)) == ["r0", "r1"]
 
 
 def test_reading_the_ledger_writes_this_process_batch_first(budgets, db):
