@@ -47,13 +47,20 @@ def build(config: Path, site: Path) -> subprocess.CompletedProcess:
 
 # --- the strict build -------------------------------------------------------------------------
 
-def test_the_site_builds_in_strict_mode_and_loads_nothing_from_another_host(tmp_path):
-    done = build(ROOT / "mkdocs.yml", tmp_path / "site")
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site, built once for the module's tests."""
+    folder = tmp_path_factory.mktemp("docs-site") / "site"
+    done = build(ROOT / "mkdocs.yml", folder)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "WARNING" not in done.stderr, done.stderr
-    pages = list((tmp_path / "site").rglob("*.html"))
+    return folder
+
+
+def test_the_site_builds_in_strict_mode_and_loads_nothing_from_another_host(site):
+    pages = list(site.rglob("*.html"))
     assert len(pages) >= 20
-    assert (tmp_path / "site" / "static" / "screenshot.png").is_file()
+    assert (site / "static" / "screenshot.png").is_file()
     external = re.compile(r"""<(?:script|img|iframe)[^>]*\ssrc=["']?(?:https?:)?//"""
                           r"""|<link[^>]*\shref=["']?(?:https?:)?//[^>]*>""", re.I)
     for page in pages:
@@ -61,6 +68,23 @@ def test_the_site_builds_in_strict_mode_and_loads_nothing_from_another_host(tmp_
             # a link to a page elsewhere is fine; a script, picture or stylesheet is not
             assert found.group(0).startswith("<link") and "stylesheet" not in found.group(0) \
                 and "preconnect" not in found.group(0), (page.name, found.group(0))
+
+
+def test_the_readme_links_reach_pages_and_sections_of_the_site(site):
+    """README.md is outside the strict build: its links into docs/ are checked here against
+    the built pages (a page, and the section an anchor names)."""
+    links = re.findall(r"\]\(([^)\s]+)\)", (ROOT / "README.md").read_text(encoding="utf-8"))
+    local = [link for link in links if not re.match(r"[a-z]+:", link)]
+    assert len(local) >= 15
+    for link in local:
+        path, _, anchor = link.partition("#")
+        assert (ROOT / path).exists(), f"README.md links {link}: no such file"
+        if path.startswith("docs/") and path.endswith(".md"):
+            page = site / (path[len("docs/"):-len(".md")] + ".html")
+            assert page.is_file(), f"README.md links {link}: no page {page.name} built"
+            if anchor:
+                assert f'id="{anchor}"' in page.read_text(encoding="utf-8"), \
+                    f"README.md links {link}: the page has no section #{anchor}"
 
 
 @pytest.mark.parametrize("breakage", [
