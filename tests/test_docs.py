@@ -6,7 +6,8 @@
   settings are found in the code (the parsers of `config.py`, the environment variables
   `gunicorn.conf.py`, `app.py` and `healthcheck.py` read), never from a list kept here.
 - Every module of the package (walked recursively, so it holds once modules move into
-  folders) is named on the architecture page, and every module named there exists.
+  folders) is named on the architecture page, and every module named there exists; every
+  metric the package defines is on the monitoring page; the README's links reach the site.
 - The curl examples of Getting started run against the demo upstream under gunicorn, and
   each answer is of the kind the page shows below it: JSON with the fields and values shown,
   an event stream with the events shown, or plain text starting as shown.
@@ -247,6 +248,22 @@ def test_every_module_of_the_package_is_on_the_architecture_page():
     assert not missing, f"docs/architecture.md does not name {missing}"
     gone = sorted(path for path in named if not (PACKAGE.parent / path).exists())
     assert not gone, f"docs/architecture.md names modules that do not exist: {gone}"
+
+
+# --- the monitoring page ------------------------------------------------------------------------
+
+def test_every_metric_the_package_defines_is_on_the_monitoring_page():
+    page = (DOCS / "monitoring.md").read_text(encoding="utf-8")
+    metrics = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and ast.unparse(node.func).rpartition(".")[2] in (
+                    "Counter", "Gauge", "Histogram", "Summary") and node.args \
+                    and isinstance(node.args[0], ast.Constant):
+                metrics.add(node.args[0].value)
+    assert "gpt_proxy_requests" in metrics
+    missing = sorted(name for name in metrics if f"`{name}" not in page)
+    assert not missing, f"docs/monitoring.md does not list {missing}"
 
 
 # --- Getting started, run -----------------------------------------------------------------------
