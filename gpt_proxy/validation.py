@@ -51,19 +51,59 @@ def check_model(model: object, config: Config) -> str:
     return model
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a \uD800-\uDFFF escape in JSON text
+
+
+def lone_surrogate(value: object, path: str = "") -> str | None:
+    """Where in a parsed JSON value a string (or an object's key) holds a lone UTF-16
+    surrogate, which is no character and cannot be written as UTF-8; None if nowhere."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = lone_surrogate(key, path or "body") or lone_surrogate(
+                item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = lone_surrogate(item, f"{path}[{i}]" if path else f"[{i}]")
+            if found:
+                return found
+    return None
+
+
 def parse_body(raw: bytes) -> dict:
+    """The JSON object of a request body, every string in it real text: the one place every
+    door parses a body. The bytes are decoded strictly (JSON's own detection of UTF-8, -16 or
+    -32): Python's json would let a surrogate's code point in through its `surrogatepass`
+    decoding. A "\\ud800" escape with no partner is refused too, naming the field (JSON
+    allows it; nothing downstream can encode it: SQLite, argon2, the upstream, our own error
+    message). The walk runs only when such an escape is in the text."""
     if not raw.strip():
         raise BadRequest("the body is empty: send a JSON object such as {\"message\": \"hello\"}")
     try:
-        body = json.loads(raw)
+        text = raw.decode(json.detect_encoding(raw))
     except UnicodeDecodeError:
-        raise BadRequest("the body is not UTF-8 text") from None
+        raise BadRequest("the body is not UTF-8 text (or holds a code point that is no "
+                         "character)") from None
+    try:
+        body = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON ({exc.msg} at position {exc.pos})") from None
     except (ValueError, RecursionError):
         raise BadRequest("the body is not valid JSON (or is nested too deeply)") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object such as {\"message\": \"hello\"}")
+    if _SURROGATE_ESCAPE.search(text):
+        where = lone_surrogate(body)
+        if where is not None:
+            where = where.encode("utf-8", "replace").decode("utf-8")[:100]
+            raise BadRequest(f"'{where}' holds an invalid character (a lone UTF-16 surrogate)",
+                             field=where)
     return body
 
 
