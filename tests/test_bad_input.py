@@ -169,3 +169,88 @@ def test_surrogates_in_a_query_or_a_path_are_never_an_error(doors, caplog):
         response = client.get(path, headers=headers)
         assert response.status_code in (400, 404), (path, response.get_data(as_text=True))
     assert "Traceback" not in caplog.text
+
+
+# --- ids out of the database's range ---------------------------------------------------------
+
+HUGE = "9999999999999999999999999"
+NOT_IDS = [HUGE, str(2**31), str(2**63), "9" * 5000, "0", "-1", "+1", "007", "-" + HUGE]
+
+
+@pytest.fixture()
+def id_doors(users_app, database_url):
+    """As `doors`, on SQLite and on PostgreSQL (ids are 32-bit INTEGER columns there)."""
+    app = users_app(proxy_token=ADMIN, database_url=database_url)
+    client = app.test_client()
+    client.post("/api/user/register", json={"username": ANN[0], "password": ANN[1]})
+    assert client.post("/api/user/login", json={"username": ANN[0], "password": ANN[1]}
+                       ).get_json()["code"] == 0
+    return app, client, {"Authorization": f"Bearer {ADMIN}"}
+
+
+def check_unknown(response, code: str, caplog) -> None:
+    text = response.get_data(as_text=True)
+    assert response.status_code == 404, text
+    assert response.get_json()["error"]["code"] == code, text
+    assert "Traceback" not in caplog.text
+
+
+def test_an_id_out_of_range_is_unknown_on_every_route(id_doors, caplog):
+    app, client, admin = id_doors
+    caplog.set_level(logging.INFO)
+    for text in NOT_IDS:
+        check_unknown(client.delete(f"/api/keys/{text}"), "unknown_key", caplog)
+        check_unknown(client.patch(f"/api/admin/users/{text}", json={"admin": True},
+                                   headers=admin), "unknown_user", caplog)
+        check_unknown(client.delete(f"/api/admin/keys/{text}", headers=admin), "unknown_key",
+                      caplog)
+        check_unknown(client.delete(f"/api/admin/budgets/{text}", headers=admin),
+                      "unknown_budget", caplog)
+    for text in (HUGE, str(2**31), "9" * 5000):
+        check_unknown(client.get(f"/api/admin/keys?user={text}", headers=admin),
+                      "unknown_user", caplog)
+    for text in (HUGE, str(2**31)):
+        check_unknown(client.get(f"/api/admin/keys?user={text}", headers=admin),
+                      "unknown_user", caplog)
+        check_unknown(client.get(f"/api/admin/usage?user={text}", headers=admin),
+                      "unknown_user", caplog)
+        check_unknown(client.get(f"/api/admin/usage?key={text}", headers=admin),
+                      "unknown_key", caplog)
+        check_unknown(client.post("/api/admin/keys", json={"user": int(text), "name": "k"},
+                                  headers=admin), "unknown_user", caplog)
+        check_unknown(client.post("/api/admin/budgets", json={
+            "scope": "user", "subject": int(text), "unit": "tokens", "period": "day",
+            "limit": 5}, headers=admin), "unknown_user", caplog)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_the_largest_id_is_asked_for_and_the_credential_comes_first(id_doors, caplog):
+    """2**31 - 1 fits the column: the database answers (unknown); without a credential the
+    answer is 401 whatever the id."""
+    app, client, admin = id_doors
+    check_unknown(client.delete(f"/api/admin/keys/{2**31 - 1}", headers=admin), "unknown_key",
+                  caplog)
+    assert client.delete(f"/api/admin/keys/{HUGE}").status_code == 403  # a user, not admin
+    anonymous = app.test_client()
+    assert anonymous.delete(f"/api/keys/{HUGE}").status_code == 401
+    assert anonymous.delete(f"/api/admin/budgets/{HUGE}").status_code == 401
+
+
+def test_a_real_id_still_works(id_doors):
+    app, client, admin = id_doors
+    made = client.post("/api/keys", json={"name": "laptop"})
+    assert made.status_code == 201
+    key_id = made.get_json()["id"]
+    assert client.delete(f"/api/keys/{key_id}").get_json()["revoked"]
+    user_id = app.extensions["gpt_proxy"].accounts.find_user(ANN[0]).id
+    assert client.get(f"/api/admin/keys?user={user_id}", headers=admin).get_json()["data"]
+
+
+@pytest.mark.parametrize("query", ["days=\u00b2", "days=" + "9" * 5000])
+def test_odd_digits_in_a_query_are_bad_input(doors, query):
+    """"²" is a digit to str.isdigit() but not to int(); 5,000 digits exceed int()'s limit."""
+    app, client, admin, key = doors
+    response = client.get(f"/api/usage?{query}")
+    assert response.status_code == 400 and response.get_json()["error"]["field"] == "days"
+    response = client.get(f"/api/admin/usage?limit={query[5:]}", headers=admin)
+    assert response.status_code == 400 and response.get_json()["error"]["field"] == "limit"
