@@ -729,7 +729,9 @@ class Accounts:
                         raise _AtLimit(subject, now + seconds if ends is None else ends)
                     counted.append((subject, float(row.ends)))
         except _AtLimit as full:
-            return Counted(refused=full.subject, wait=max(0.0, full.ends - now))
+            # `now` was read before the write lock was ours: another process may have begun
+            # the window a moment later, so the wait is at most the period
+            return Counted(refused=full.subject, wait=min(seconds, max(0.0, full.ends - now)))
         self._sweep_attempts(now)
         return Counted(tuple(counted))
 
