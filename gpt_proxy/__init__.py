@@ -63,6 +63,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     from .pipeline import ACCESS_LOGGED
     from .replies import loggable_path, open_reply_store
     from .roles import RoleRegistry
+    from .validation import IdConverter, refuse_unknown_ids
 
     if not isinstance(config, Config):
         config = load_config(**(config or {}))
@@ -93,6 +94,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.ensure_ascii = False
     app.json.sort_keys = False
+    app.url_map.converters["id"] = IdConverter  # `<id:...>`: before any route is added
     protocols = (openai_api, chat_process, user_protocol, api)  # `api` last: every path left
     state = State(config=config, upstream=upstream, roles=registry, protocols=protocols,
                   started=time.time(), metrics=metrics, accounts=accounts, budgets=budgets,
@@ -155,6 +157,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
 
     install_security(app, config)  # after start_request: its checks need the request id
     identity.install(app, config, accounts, protocols)  # after the rate limit: guesses count
+    app.before_request(refuse_unknown_ids)  # after the caller is known: 401 before 404
 
     @app.errorhandler(ProxyError)
     def proxy_error(err: ProxyError):

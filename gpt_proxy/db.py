@@ -179,6 +179,13 @@ ledger = Table(
 )
 sa.Index("ledger_open", ledger.c.state, ledger.c.expires)
 
+login_attempts = Table(  # the login throttle's counts, shared by every process (identity)
+    "login_attempts", metadata,
+    Column("key_hash", String(64), primary_key=True),  # SHA-256 of "login:user:<name>" etc.
+    Column("attempts", Integer, nullable=False),  # counted in the window that ends at `ends`
+    Column("ends", Float, nullable=False, index=True),
+)
+
 schema_version = Table("schema_version", MetaData(), Column("version", Integer, nullable=False))
 
 
@@ -282,7 +289,18 @@ def _v2_budgets(conn: Connection) -> None:
     conn.execute(sa.text("CREATE INDEX ledger_open ON ledger (state, expires)"))
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_accounts, _v2_budgets)
+def _v3_login_attempts(conn: Connection) -> None:
+    """The login throttle's counts per username and per address (issue 26)."""
+    m = MetaData()
+    Table("login_attempts", m,
+          Column("key_hash", String(64), primary_key=True),
+          Column("attempts", Integer, nullable=False),
+          Column("ends", Float, nullable=False, index=True))
+    m.create_all(conn)
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_accounts, _v2_budgets,
+                                                        _v3_login_attempts)
 VERSION = len(MIGRATIONS)
 
 
