@@ -321,13 +321,14 @@ def _schemas(config: Config) -> dict:
                 "role": {"type": "string", "maxLength": 64,
                          "description": "a server role (GET /api/roles) or an own role's "
                                         "keyword; '' or absent: the default"},
-                "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-                "model": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S",
-                          **({"enum": list(config.allowed_models)}
+                "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+                "model": {"type": ["string", "null"], "minLength": 1, "maxLength": 200,
+                          "pattern": r"\S",
+                          **({"enum": [*config.allowed_models, None]}
                              if config.allowed_models else {})},
                 "stream": {"type": "boolean", "default": True},
-                "system": {"type": "string", "maxLength": system_chars},
-                "max_tokens": {"type": "integer", "minimum": 1,
+                "system": {"type": ["string", "null"], "maxLength": system_chars},
+                "max_tokens": {"type": ["integer", "null"], "minimum": 1,
                                **({"maximum": config.max_tokens_ceiling}
                                   if config.max_tokens_ceiling else {})}}},
         "ChatReply": {
