@@ -114,6 +114,11 @@ def my_revoke(key_id: int):
 
 # --- admin ------------------------------------------------------------------------------------
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also holds for '²' or '١', which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _find_user(value: object) -> User:
     accounts = _state().accounts
     user = None
@@ -175,7 +180,7 @@ def admin_change_user(user_id: int):
 def admin_keys():
     _admin()
     user = request.args.get("user")
-    user_id = _find_user(int(user) if user and user.isdigit() else user).id if user else None
+    user_id = _find_user(int(user) if user and _digits(user) else user).id if user else None
     return jsonify({"data": [k.public() for k in _state().accounts.list_keys(user_id)]})
 
 
@@ -213,7 +218,7 @@ def admin_invite():
 def _days(value: str | None, default: int = 31) -> int:
     if value is None:
         return default
-    if not value.isdigit() or not 1 <= int(value) <= 400:
+    if not _digits(value) or not 1 <= int(value) <= 400:
         raise BadRequest("'days' must be a whole number from 1 to 400", field="days")
     return int(value)
 
@@ -310,9 +315,9 @@ def admin_usage():
     _admin()
     args = request.args
     user = args.get("user")
-    user_id = _find_user(int(user) if user.isdigit() else user).id if user else None
+    user_id = _find_user(int(user) if _digits(user) else user).id if user else None
     key = args.get("key")
-    if key is not None and not key.isdigit():
+    if key is not None and not _digits(key):
         raise BadRequest("'key' must be a key's id", field="key")
     since, until = _moment(args.get("from"), "from"), _moment(args.get("to"), "to")
     budgets = _state().budgets
@@ -337,6 +342,6 @@ def admin_usage():
     if kind != "json":
         raise BadRequest("'format' must be json or csv", field="format")
     limit = args.get("limit", "1000")
-    if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
+    if not _digits(limit) or not 1 <= int(limit) <= 10_000:
         raise BadRequest("'limit' must be a whole number from 1 to 10000", field="limit")
     return jsonify({"data": list(budgets.rows(**options, limit=int(limit)))})

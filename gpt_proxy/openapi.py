@@ -25,8 +25,8 @@ The rules it follows:
 - Other modules add their own routes: a blueprint's module that exports `OPENAPI_PATHS`
   (path -> path item, in this document's terms, `{name}` for a path parameter; or a function
   of the Config giving one) and `OPENAPI_SCHEMAS` (name -> schema, under
-  `#/components/schemas/`) is merged in, its routes then filtered by the url_map like the
-  others. The console's routes (CONSOLE_CONTRACT.md) are described here as a fallback for a
+  `#/components/schemas/`) is merged in (its operations replace those described here for the
+  same path and method), then filtered by the url_map like the others. The console's routes (CONSOLE_CONTRACT.md) are described here as a fallback for a
   console module that exports none.
 """
 
@@ -279,7 +279,9 @@ def _schemas(config: Config) -> dict:
                                  "model": nullable_str, "role": nullable_str,
                                  "upstream": nullable_str, "prompt_tokens": nullable_int,
                                  "completion_tokens": nullable_int, "images": nullable_int,
-                                 "cost": DOLLARS, "outcome": nullable_str,
+                                 "cost": {"oneOf": [DOLLARS, {"type": "null"}],
+                                          "description": "null: the model had no price"},
+                                 "outcome": nullable_str,
                                  "duration_ms": nullable_int, "state": {"type": "string"}}}
     element = {"type": "object", "required": ["content"],
                "properties": {"name": {"enum": ["system", "user", "assistant"]},
@@ -510,8 +512,8 @@ def _account_paths(config: Config, sec: Security) -> dict:
     key_id = _path_param("key_id", ID, "the key's id")
     days = _query("days", {"type": "string", "pattern": "^0*([1-9][0-9]?|[1-3][0-9]{2}|400)$"},
                   "how many days back (1-400, default 31)")
-    user_filter = _query("user", {"type": "string", "minLength": 1, "maxLength": 200},
-                         "a user's id or username")
+    user_filter = _query("user", {"type": "string", "maxLength": 200},
+                         "a user's id or username (empty: everyone)")
 
     def a(summary: str, op_id: str, ok: dict, *, security: list, extra: tuple = (),
           **kw) -> dict:
@@ -608,8 +610,9 @@ def _account_paths(config: Config, sec: Security) -> dict:
             security=admin, extra=(404,), parameters=[
                 user_filter,
                 _query("key", {"type": "string", "pattern": "^[0-9]{1,18}$"}, "a key's id"),
-                _query("from", {"type": "string", "format": "date"}, "from this date (UTC)"),
-                _query("to", {"type": "string", "format": "date"}, "before this date (UTC)"),
+                _query("from", {"type": "string"}, "from this moment: an ISO 8601 date such "
+                       "as 2026-11-30, or a date and time (UTC unless it says otherwise)"),
+                _query("to", {"type": "string"}, "before this moment (as `from`)"),
                 _query("format", {"enum": ["json", "csv"]}, "json (default) or csv"),
                 _query("limit", {"type": "string",
                                  "pattern": "^0*([1-9][0-9]{0,3}|10000)$"},

@@ -130,3 +130,41 @@ def test_a_module_adds_its_routes_only_when_they_are_registered(tmp_path, monkey
     assert doc["paths"]["/api/usage"]["get"]["summary"] == "merged"
     assert "get" not in doc["paths"]["/api/keys/{key_id}"]
     assert doc["components"]["schemas"]["Extra"] == {"type": "string"}
+
+
+# --- defects Schemathesis found in the doors' parsing ------------------------------------------
+
+SUPERSCRIPT_TWO = "%C2%B2"  # '²': str.isdigit() holds, int() refuses it
+
+
+@pytest.mark.parametrize("query", [f"/api/admin/keys?user={SUPERSCRIPT_TWO}",
+                                   f"/api/admin/usage?user={SUPERSCRIPT_TWO}",
+                                   f"/api/admin/usage?key={SUPERSCRIPT_TWO}",
+                                   f"/api/admin/usage?limit={SUPERSCRIPT_TWO}"])
+def test_a_digit_that_is_not_ascii_is_bad_input_on_the_admin_routes(tmp_path, query):
+    token = "t" * 24
+    client = _app(tmp_path, auth="users", proxy_token=token).test_client()
+    response = client.get(query, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code in (400, 404), response.get_data(as_text=True)
+    assert response.get_json()["error"]["code"] != "internal_error"
+
+
+def test_a_digit_that_is_not_ascii_is_bad_input_for_usage_days(tmp_path):
+    from .conftest import ANN, sign_up
+
+    client = _app(tmp_path, auth="users", registration="open",
+                  login_limit="1000/minute").test_client()
+    sign_up(client, *ANN)
+    response = client.get(f"/api/usage?days={SUPERSCRIPT_TWO}")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["field"] == "days"
+
+
+def test_a_digit_that_is_not_ascii_is_a_bad_image_number(tmp_path):
+    from .conftest import ANN, sign_up
+
+    client = _app(tmp_path, auth="users", registration="open",
+                  login_limit="1000/minute").test_client()
+    sign_up(client, *ANN)
+    answer = client.post("/api/gpt/getImage", json={"prompt": "a cat", "number": "²"}).get_json()
+    assert answer["code"] == 40000, answer  # bad parameters, not 50000 (an internal error)
