@@ -33,6 +33,7 @@ The rules it follows:
 from __future__ import annotations
 
 import re
+
 from flask import Blueprint, Flask, current_app, jsonify
 
 from . import __version__

@@ -101,3 +101,22 @@ class FuzzIdentity:
             case.cookies = {**(case.cookies or {}), SESSION_COOKIE: data}
         else:
             case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
+
+INTERNAL = "internal error (request "  # the start of the message of an unexpected error
+
+
+@schemathesis.check
+def envelope_not_a_server_error(ctx, response, case) -> bool | None:
+    """The GPT Terminal user protocol and chat-process answer an internal error with HTTP 200
+    in their envelope (`code` 50000 / `status: Fail`), which not_a_server_error cannot see:
+    an envelope whose message is the unexpected-error one is a server error all the same."""
+    if not response.headers.get("content-type", [""])[0].startswith("application/json"):
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if isinstance(body, dict) and str(body.get("message", "")).startswith(INTERNAL):
+        raise AssertionError(f"an internal error in the door's envelope: {body['message']}")
+    return None
