@@ -113,6 +113,13 @@ API_ERRORS = {
 }
 
 
+# gunicorn's own answer, before the app sees the request: a request line over its
+# limit_request_line (4094 bytes), which a long parameter in the path or the query reaches.
+TOO_LONG = {"414": {"description": "URI too long: the request line is over gunicorn's limit "
+                                   "(4094 bytes); answered by gunicorn as an HTML page",
+                    "content": {HTML: {"schema": {"type": "string"}}}}}
+
+
 def _errors(*statuses: int) -> dict:
     """Responses in the `api` door's error shape."""
     out = {}
@@ -135,6 +142,8 @@ def _ok(description: str, schema: dict | None = None, status: int = 200,
 def _op(summary: str, tag: str, responses: dict, *, security: list | None = None,
         body: dict | None = None, parameters: list | None = None,
         description: str | None = None, op_id: str) -> dict:
+    if any(p["in"] in ("path", "query") for p in parameters or ()):
+        responses = {**responses, **TOO_LONG}
     op: dict = {"summary": summary, "tags": [tag], "operationId": op_id, "responses": responses}
     if description:
         op["description"] = description
