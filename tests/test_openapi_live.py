@@ -65,8 +65,9 @@ def _identity(server, *, admin: bool) -> dict:
 
 
 def schemathesis_run(server, env: dict, *filters: str, max_examples: int,
-                     report: str) -> subprocess.CompletedProcess:
-    """`schemathesis run` against the server's document, every check, deterministic."""
+                     folder) -> subprocess.CompletedProcess:
+    """`schemathesis run` against the server's document, every check, deterministic; run in
+    `folder`, where it keeps its replay files (`.schemathesis/`) and its events."""
     command = [
         sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "run",
         f"{server.url}/api/openapi.json", "--max-examples",
@@ -74,11 +75,11 @@ def schemathesis_run(server, env: dict, *filters: str, max_examples: int,
         "--phases", "examples,coverage,fuzzing", "--workers", "1", "--no-color",
         "--request-timeout", "30",
         "--suppress-health-check", "all", "--output-truncate", "false",
-        "--report", "ndjson", "--report-ndjson-path", report, *filters]
+        "--report", "ndjson", "--report-ndjson-path", str(folder / "events.ndjson"), *filters]
     full_env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.openapi_hooks",
                 "PYTHONPATH": str(ROOT), "FUZZ_URL": server.url,
                 "FUZZ_PROXY_TOKEN": PROXY_TOKEN, "NO_PROXY": "127.0.0.1,localhost", **env}
-    return subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True,
+    return subprocess.run(command, cwd=folder, env=full_env, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -96,10 +97,32 @@ def test_schemathesis_finds_no_server_error_and_no_contradiction(fuzz_server, tm
     env = {**_identity(fuzz_server, admin=admin), "FUZZ_CREDENTIAL": credential}
     result = schemathesis_run(fuzz_server, env, *filters,
                               max_examples=MAX_EXAMPLES["admin" if admin else credential],
-                              report=str(tmp_path / "events.ndjson"))
+                              folder=tmp_path)
     (tmp_path / "schemathesis.txt").write_text(result.stdout)  # the whole report, kept
     print(result.stdout[-20000:])
     assert result.returncode == 0, (
         f"schemathesis found failures ({run}):\n{result.stdout[-20000:]}\n{result.stderr[-3000:]}"
         f"\nserver log tail:\n{fuzz_server.logs()[-4000:]}")
     assert "Traceback" not in fuzz_server.logs(), fuzz_server.logs()[-4000:]
+
+
+class _Answer:
+    """What the envelope check reads of a response: its headers (lower case) and JSON."""
+
+    def __init__(self, body: dict) -> None:
+        self.headers = {"content-type": ["application/json"]}
+        self.body = body
+
+    def json(self) -> dict:
+        return self.body
+
+
+def test_the_envelope_check_fails_on_an_internal_error_answered_with_200():
+    from .openapi_hooks import envelope_not_a_server_error
+
+    failure = {"code": 50000, "message": "internal error (request ab12); see the server log",
+               "msg": "internal error (request ab12); see the server log", "data": None}
+    with pytest.raises(AssertionError, match="internal error"):
+        envelope_not_a_server_error(None, _Answer(failure), None)
+    upstream = {"status": "Fail", "message": "the upstream answered 500", "data": None}
+    assert envelope_not_a_server_error(None, _Answer(upstream), None) is None
