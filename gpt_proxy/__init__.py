@@ -103,6 +103,8 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     for protocol in protocols:
         app.register_blueprint(protocol.bp)
     app.register_blueprint(account_api.bp)  # JSON routes in the `api` door's error shape
+    from .openapi import bp as openapi_bp
+    app.register_blueprint(openapi_bp)  # GET /api/openapi.json: this API, described
     from .cli import register as register_cli
     register_cli(app)
 

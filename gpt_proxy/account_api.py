@@ -114,6 +114,11 @@ def my_revoke(key_id: int):
 
 # --- admin ------------------------------------------------------------------------------------
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also holds for '²' or '١', which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _find_user(value: object) -> User:
     """A user named by id (an int) or by username; 404 if none (also for an id out of the
     database's range)."""
@@ -132,7 +137,7 @@ def _find_user(value: object) -> User:
 
 def _query_user(text: str) -> int | str:
     """A query's `user`: digits are an id (-1 when out of range: nobody's), else a name."""
-    if text.isascii() and text.isdigit():
+    if _digits(text):
         return parse_id(text) or -1
     return text
 
@@ -222,7 +227,7 @@ def admin_invite():
 def _days(value: str | None, default: int = 31) -> int:
     if value is None:
         return default
-    if not (value.isascii() and value.isdigit() and len(value) <= 3) or not 1 <= int(value) <= 400:
+    if not (_digits(value) and len(value) <= 3) or not 1 <= int(value) <= 400:
         raise BadRequest("'days' must be a whole number from 1 to 400", field="days")
     return int(value)
 
@@ -321,7 +326,7 @@ def admin_usage():
     user = args.get("user")
     user_id = _find_user(_query_user(user)).id if user else None
     key = args.get("key")
-    if key is not None and not (key.isascii() and key.isdigit()):
+    if key is not None and not _digits(key):
         raise BadRequest("'key' must be a key's id", field="key")
     if key is not None and parse_id(key) is None:
         raise NotFound(f"no key with id {key[:30]}", code="unknown_key", field="key")
@@ -348,7 +353,7 @@ def admin_usage():
     if kind != "json":
         raise BadRequest("'format' must be json or csv", field="format")
     limit = args.get("limit", "1000")
-    if not (limit.isascii() and limit.isdigit() and len(limit) <= 5) or not (
+    if not (_digits(limit) and len(limit) <= 5) or not (
             1 <= int(limit) <= 10_000):
         raise BadRequest("'limit' must be a whole number from 1 to 10000", field="limit")
     return jsonify({"data": list(budgets.rows(**options, limit=int(limit)))})

@@ -336,7 +336,8 @@ def image_request(body: dict) -> tuple[str, int, str]:
     number = body.get("number")
     if number is None or number == 0 and not isinstance(number, bool):  # none given
         number = 1
-    elif isinstance(number, str) and number.strip().isdigit() and len(number) < 4:
+    elif (isinstance(number, str) and number.strip().isascii() and number.strip().isdigit()
+          and len(number) < 4):
         number = int(number)
     if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_IMAGES:
         raise BadRequest(f"'number' must be an integer from 1 to {MAX_IMAGES}", field="number")
