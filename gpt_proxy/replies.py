@@ -360,10 +360,9 @@ class MemoryReplyStore:
         live.cancelled = True
         return "cancelling"
 
-    def follow(self, reply_id: str, owner: str, after: int, client_gone: Callable[[], bool],
-               heartbeat: float) -> Follow:
-        """The events after `after`, then the live reply to its end (errors before the first
-        byte: unknown 404, past the end 400, trimmed 410)."""
+    def check(self, reply_id: str, owner: str, after: int) -> _MemoryLog:
+        """What `follow` would answer before its first byte (unknown 404, past the end 400,
+        trimmed 410), and nothing else: the reply is not claimed (a HEAD)."""
         entry = self._entry(reply_id, owner)
         with self._lock:
             if after > entry.last:
@@ -371,6 +370,13 @@ class MemoryReplyStore:
             if after + 1 < entry.first:
                 raise ReplyGone(f"the events after {after} are no longer kept (this reply keeps "
                                 f"its last {MAX_LOG_ENTRIES} events)")
+        return entry
+
+    def follow(self, reply_id: str, owner: str, after: int, client_gone: Callable[[], bool],
+               heartbeat: float) -> Follow:
+        """The events after `after`, then the live reply to its end (errors before the first
+        byte: unknown 404, past the end 400, trimmed 410)."""
+        entry = self.check(reply_id, owner, after)
         follow = Follow(after)
         follow.body = self._follow(follow, entry, after, client_gone, heartbeat)
         return follow
@@ -790,8 +796,10 @@ class RedisReplyStore:
             raise self._unavailable(exc) from None
         return "cancelling"
 
-    def follow(self, reply_id: str, owner: str, after: int, client_gone: Callable[[], bool],
-               heartbeat: float) -> Follow:
+    def check(self, reply_id: str, owner: str, after: int) -> tuple[str | None, str]:
+        """What `follow` would answer before its first byte (unknown 404, past the end 400,
+        trimmed 410, the store unreachable 503), read only: the reply is not claimed (a HEAD);
+        its state and the worker holding it."""
         live = self._held(reply_id, owner)
         if live is not None:  # held by this worker: it has an owner, it is running
             state, last, worker = "live", None, self._worker
@@ -803,18 +811,25 @@ class RedisReplyStore:
             raise past_end(after, int(last))
         try:
             oldest = self._redis.xrange(self._key(reply_id, ":log"), "-", "+", count=1)
-            if state != "ended":  # this client is attached now, and takes the reply over
-                self._reader.set(self._key(reply_id, ":attached"), 1,
-                                 px=int(ATTACH_LEASE * 1000))
-                self._signal(worker or "", "follow", reply_id)
         except self._errors as exc:
             raise self._unavailable(exc) from None
         if oldest and b"f" in oldest[0][1] and after + 1 < int(oldest[0][1][b"f"]):
             raise ReplyGone(f"the events after {after} are no longer kept (a log keeps about "
                             f"its last {MAX_LOG_ENTRIES} entries)")
+        return state, worker or ""
+
+    def follow(self, reply_id: str, owner: str, after: int, client_gone: Callable[[], bool],
+               heartbeat: float) -> Follow:
+        state, worker = self.check(reply_id, owner, after)
+        if state != "ended":  # this client is attached now, and takes the reply over
+            try:
+                self._reader.set(self._key(reply_id, ":attached"), 1,
+                                 px=int(ATTACH_LEASE * 1000))
+                self._signal(worker, "follow", reply_id)
+            except self._errors as exc:
+                raise self._unavailable(exc) from None
         follow = Follow(after)
-        follow.body = self._follow(follow, reply_id, worker or "", after, client_gone,
-                                   heartbeat)
+        follow.body = self._follow(follow, reply_id, worker, after, client_gone, heartbeat)
         return follow
 
     def _follow(self, follow: Follow, reply_id: str, worker: str, after: int, client_gone,

@@ -277,6 +277,43 @@ def test_a_reply_kept_after_its_end_expires_in_redis(made, upstream, redis_url):
     assert not list(keys.scan_iter(f"gpt_proxy:reply:{reply_id}*"))
 
 
+def test_a_head_of_a_live_reply_answers_its_headers_and_changes_nothing(made, upstream,
+                                                                        store_url):
+    """`curl -I` on a reply that streams: a GET's status and content type, no body, and the
+    reply is not claimed: its client reads on to the end, the upstream stays open, nothing
+    is cancelled or taken over. A HEAD that a GET would refuse gets the GET's status."""
+    scenario, gate = gated(LONG, 10)
+    upstream.push(scenario)
+    client = made(reply_store=store_url, heartbeat_seconds=0.2).test_client()
+    response = client.post("/api/gpt/get", json={"message": "hi"}, headers=RESUMABLE,
+                           buffered=False)
+    reply_id = response.headers["X-Reply-Id"]
+    body = read_until(response, 10)
+    pieces = iter(response.response)
+    for headers in ({}, {"Last-Event-ID": "10"}):
+        head = client.head(f"/api/replies/{reply_id}", headers=headers)
+        assert head.status_code == 200, head.data
+        assert head.headers["Content-Type"].startswith("text/event-stream")
+        assert head.headers["Cache-Control"] == "no-cache" and head.data == b""
+    assert client.head(f"/api/replies/{replies.new_reply_id()}").status_code == 404
+    assert client.head(f"/api/replies/{reply_id}",
+                       headers={"Last-Event-ID": "x"}).status_code == 400
+    # Still attached while the upstream waits: its heartbeats come (a relay looks at its
+    # client every 0.25 s; a claimed reply would have ended this response by the second).
+    for _ in range(2):
+        piece = next(pieces, b"")
+        body += piece
+        assert piece.startswith(b": ping"), (piece, body[-200:])
+    record = upstream.wait_for_request()
+    assert not record.disconnected.is_set()
+    gate.set()
+    body += b"".join(pieces)  # the live client goes on, to the reply's end
+    events = events_of(body)
+    assert text_of(events) == LONG_TEXT and events[-1][1] == "done", events[-3:]
+    assert ids_of(events) == list(range(len(events)))
+    assert len(upstream.records) == 1
+
+
 # --- who may resume, and bad input -----------------------------------------------------------
 
 def test_only_the_owner_resumes_or_cancels_another_users_id_is_unknown(users_app, upstream,
