@@ -612,8 +612,10 @@ def _token_events() -> list[bytes]:
 
 
 def _redis_usage(client, prefix: str) -> tuple[int, int]:
-    """(keys, bytes) of every key under `prefix`, as MEMORY USAGE counts them."""
-    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+    """(keys, bytes) of the replies' keys under `prefix` (not the worker's lease), as MEMORY
+    USAGE counts them."""
+    keys = [key for key in client.scan_iter(f"{prefix}:*", count=1000)
+            if not key.startswith(f"{prefix}:worker:".encode())]
     return len(keys), sum(client.memory_usage(key, samples=0) or 0 for key in keys)
 
 
