@@ -25,7 +25,6 @@ from gpt_proxy.sse import encode_text
 
 from .conftest import ANN, BOB, FakeClock, make_config, new_key, sign_up, sse_blocks, until
 from .fake_upstream import Scenario, chunk_json, sse_bytes, stream_scenario
-from .processes import RedisServer
 from .test_integration import TEXT, TOKENS
 
 SSE = {"Accept": "text/event-stream"}
@@ -155,24 +154,21 @@ def test_an_ordinary_reply_has_no_ids_and_never_touches_the_reply_store(made, up
         state.replies = store
 
 
-def test_an_ordinary_reply_sends_redis_no_command(made, upstream):
+def test_an_ordinary_reply_sends_redis_no_command(made, upstream, own_redis):
     """The same, measured at a redis-server of its own: its command count is unmoved."""
-    server = RedisServer()
-    try:
-        app = made(reply_store=server.url)
-        watch = redis.Redis.from_url(server.url)
-        before = watch.info("commandstats")
-        upstream.push(stream_scenario(TOKENS))
-        response = app.test_client().post("/api/gpt/get", json={"message": "hi"}, headers=SSE)
-        assert text_of(events_of(response.data)) == TEXT
-        after = watch.info("commandstats")
-        assert {name: stat["calls"] for name, stat in after.items() if name != "cmdstat_info"} \
-            == {name: stat["calls"] for name, stat in before.items() if name != "cmdstat_info"}
-        upstream.push(stream_scenario(TOKENS))  # and a resumable one does use it
-        app.test_client().post("/api/gpt/get", json={"message": "hi"}, headers=RESUMABLE)
-        until(lambda: "cmdstat_eval" in watch.info("commandstats"), "the reply is written")
-    finally:
-        server.stop()
+    server = own_redis
+    app = made(reply_store=server.url)
+    watch = redis.Redis.from_url(server.url)
+    before = watch.info("commandstats")
+    upstream.push(stream_scenario(TOKENS))
+    response = app.test_client().post("/api/gpt/get", json={"message": "hi"}, headers=SSE)
+    assert text_of(events_of(response.data)) == TEXT
+    after = watch.info("commandstats")
+    assert {name: stat["calls"] for name, stat in after.items() if name != "cmdstat_info"} \
+        == {name: stat["calls"] for name, stat in before.items() if name != "cmdstat_info"}
+    upstream.push(stream_scenario(TOKENS))  # and a resumable one does use it
+    app.test_client().post("/api/gpt/get", json={"message": "hi"}, headers=RESUMABLE)
+    until(lambda: "cmdstat_eval" in watch.info("commandstats"), "the reply is written")
 
 
 def test_resuming_after_any_event_gives_exactly_the_rest(made, upstream, store_url):
@@ -488,31 +484,28 @@ def test_a_cancel_stops_a_reply_whose_client_left(made, upstream, store_url):
 # --- Redis down mid-reply ----------------------------------------------------------------------
 
 def test_redis_dying_mid_reply_leaves_the_live_reply_whole_and_resuming_unavailable(
-        made, upstream, caplog):
-    server = RedisServer()
-    try:
-        app = made(reply_store=server.url)
-        metrics = app.extensions["gpt_proxy"].metrics
-        failures = b"gpt_proxy_reply_log_failures_total 1.0"
-        middle, end = threading.Event(), threading.Event()
-        parts: list = [sse_bytes(chunk_json(t)) for t in LONG[:10]] + [middle]
-        parts += [sse_bytes(chunk_json(t)) for t in LONG[10:20]] + [end]
-        parts += [sse_bytes(chunk_json(t)) for t in LONG[20:]] + [
-            sse_bytes(chunk_json(finish="stop")), sse_bytes("[DONE]")]
-        upstream.push(Scenario(parts=parts))
-        client = app.test_client()
-        response = client.post("/api/gpt/get", json={"message": "hi"}, headers=RESUMABLE,
-                               buffered=False)
-        body = read_until(response, 10)
-        reply_id = response.headers["X-Reply-Id"]
-        server.stop()
-        middle.set()  # ten more events, whose write fails
-        body += read_until(response, 10)
-        until(lambda: failures in metrics.exposition()[0], "the failed write is counted")
-        end.set()
-        body += b"".join(response.response)
-    finally:
-        server.stop()
+        made, upstream, caplog, own_redis):
+    server = own_redis
+    app = made(reply_store=server.url)
+    metrics = app.extensions["gpt_proxy"].metrics
+    failures = b"gpt_proxy_reply_log_failures_total 1.0"
+    middle, end = threading.Event(), threading.Event()
+    parts: list = [sse_bytes(chunk_json(t)) for t in LONG[:10]] + [middle]
+    parts += [sse_bytes(chunk_json(t)) for t in LONG[10:20]] + [end]
+    parts += [sse_bytes(chunk_json(t)) for t in LONG[20:]] + [
+        sse_bytes(chunk_json(finish="stop")), sse_bytes("[DONE]")]
+    upstream.push(Scenario(parts=parts))
+    client = app.test_client()
+    response = client.post("/api/gpt/get", json={"message": "hi"}, headers=RESUMABLE,
+                           buffered=False)
+    body = read_until(response, 10)
+    reply_id = response.headers["X-Reply-Id"]
+    server.stop()
+    middle.set()  # ten more events, whose write fails
+    body += read_until(response, 10)
+    until(lambda: failures in metrics.exposition()[0], "the failed write is counted")
+    end.set()
+    body += b"".join(response.response)
     events = events_of(body)
     assert text_of(events) == LONG_TEXT  # the live client got every word,
     assert events[-1][1] == "done"  # and its end, no error
@@ -524,35 +517,33 @@ def test_redis_dying_mid_reply_leaves_the_live_reply_whole_and_resuming_unavaila
     assert b'gpt_proxy_resumable_replies_total{state="unlogged"} 1.0' in metrics.exposition()[0]
 
 
-def test_a_reply_whose_log_failed_is_stopped_at_once_when_its_client_leaves(made, upstream):
+def test_a_reply_whose_log_failed_is_stopped_at_once_when_its_client_leaves(made, upstream,
+                                                                            own_redis):
     """Nobody could come back for it: no grace period, the upstream is closed at once."""
-    server = RedisServer()
-    try:
-        app = made(reply_store=server.url)
-        metrics = app.extensions["gpt_proxy"].metrics
-        gate = threading.Event()
-        parts = [sse_bytes(chunk_json(t)) for t in LONG[:5]] + [gate]
-        parts += [sse_bytes(chunk_json(t)) for t in LONG[5:10]]
-        upstream.push(Scenario(parts=parts, hold_open=True))
-        client = app.test_client()
-        response = client.post("/api/gpt/get", json={"message": "hi"}, headers=RESUMABLE,
-                               buffered=False)
-        read_until(response, 5)
-        server.stop()
-        gate.set()  # five more events: their write fails
-        read_until(response, 5)
-        until(lambda: b"gpt_proxy_reply_log_failures_total 1.0" in metrics.exposition()[0],
-              "the failed write is noticed")
-        left = time.monotonic()
-        response.close()
-        assert upstream.wait_for_request().seconds_to_close(left) < 1.0
-    finally:
-        server.stop()
+    server = own_redis
+    app = made(reply_store=server.url)
+    metrics = app.extensions["gpt_proxy"].metrics
+    gate = threading.Event()
+    parts = [sse_bytes(chunk_json(t)) for t in LONG[:5]] + [gate]
+    parts += [sse_bytes(chunk_json(t)) for t in LONG[5:10]]
+    upstream.push(Scenario(parts=parts, hold_open=True))
+    client = app.test_client()
+    response = client.post("/api/gpt/get", json={"message": "hi"}, headers=RESUMABLE,
+                           buffered=False)
+    read_until(response, 5)
+    server.stop()
+    gate.set()  # five more events: their write fails
+    read_until(response, 5)
+    until(lambda: b"gpt_proxy_reply_log_failures_total 1.0" in metrics.exposition()[0],
+          "the failed write is noticed")
+    left = time.monotonic()
+    response.close()
+    assert upstream.wait_for_request().seconds_to_close(left) < 1.0
 
 
 def test_redis_down_when_a_reply_starts_leaves_it_whole_and_resuming_unavailable(
-        made, upstream, caplog):
-    server = RedisServer()
+        made, upstream, caplog, own_redis):
+    server = own_redis
     app = made(reply_store=server.url)
     metrics = app.extensions["gpt_proxy"].metrics
     server.stop()
