@@ -794,8 +794,9 @@ class RedisReplyStore:
                                      "try again later")
 
     def _held(self, reply_id: str, owner: str) -> LiveReply | None:
-        """The reply, if this worker holds it (known here before its owner reaches Redis), or
-        has just ended it (known here before its end reaches Redis)."""
+        """The reply, if this worker holds it (answered without asking Redis, and knowing
+        events framed here but not yet written), or has just ended it (known here before its
+        end reaches Redis)."""
         live = None
         if self._pid == os.getpid():
             live = self._live.get(reply_id) or self._ending.get(reply_id)
