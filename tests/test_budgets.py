@@ -520,21 +520,22 @@ def pg_db(postgres):
     database.close()
 
 
-def test_a_deadlock_with_another_transaction_is_tried_again(pg_db, clock):
+def test_a_deadlock_with_another_transaction_is_tried_again(pg_db, clock, caplog):
     """A real deadlock on PostgreSQL (SQLite has one writer at a time): another transaction
-    holds the key's counter and then asks for the service's, while a settlement holds the
-    service's and waits for the key's. PostgreSQL ends one of them; a settlement it ends is
-    tried again, and settles."""
+    holds the key's tokens counter, a settlement takes its ledger row and waits for that
+    counter, then the other asks for the ledger row. PostgreSQL ends the settlement (it
+    waited first, and looks first); the settlement is tried again, and settles."""
+    caplog.set_level("INFO", "gpt_proxy.budgets")
     db = pg_db
     budgets = Budgets(db, prices={"priced": Price(Decimal("1"), Decimal("2"))}, clock=clock,
                       hold_seconds=600)
-    service, _, tokens = three_budgets(budgets)
+    _, _, tokens = three_budgets(budgets)
     hold = budgets.admit(ask(request_id="req-deadlock"), 1, 1)
     engine = sa.create_engine(db.engine.url)
     done = threading.Event()
     try:
         with engine.connect() as other:
-            other.execute(sa.text("SET deadlock_timeout = '200ms'"))
+            other.execute(sa.text("SET deadlock_timeout = '20s'"))  # the settlement looks first
             other.execute(sa.text("UPDATE budget_counters SET spent = spent "
                                   "WHERE budget_id = :b"), {"b": tokens.id})
             worker = threading.Thread(target=lambda: (budgets.settle(hold, Spent(10, 5)),
@@ -547,15 +548,13 @@ def test_a_deadlock_with_another_transaction_is_tried_again(pg_db, clock):
                         "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                         "AND query LIKE 'UPDATE budget_counters%'")).scalar() == 1
             until(settlement_waits, "the settlement never waited for the key's counter")
-            try:
-                other.execute(sa.text("UPDATE budget_counters SET spent = spent "
-                                      "WHERE budget_id = :b"), {"b": service.id})
-                other.commit()
-            except sa.exc.OperationalError:
-                other.rollback()  # PostgreSQL chose this one: the settlement goes on
+            other.execute(sa.text("UPDATE ledger SET state = state WHERE id = :i"),
+                          {"i": hold.ledger_id})  # waits until the settlement is ended
+            other.commit()
         assert done.wait(30), "the settlement never finished"
     finally:
         engine.dispose()
+    assert "tried again (conflict)" in caplog.text and "deadlock" in caplog.text
     assert ledger(db)[0].state == "settled"
     assert counter(db, tokens) == (15, 0) and budgets.check() == []
 
