@@ -4,7 +4,6 @@ server: periods, admission, settlement, expiry, and requests arriving together."
 from __future__ import annotations
 
 import datetime as dt
-import json
 import subprocess
 import sys
 import threading
@@ -611,3 +610,35 @@ def test_the_reservations_are_read_from_the_database_by_every_process(db, clock)
     clock.now += 601
     first.sweep()
     assert first.reservations() == (0, {"tokens": 9, "usd": 0, "requests": 0})
+
+
+def run_check(database_url: str) -> subprocess.CompletedProcess:
+    """`flask --app app budgets check` on `database_url`, as an operator runs it."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "GPT_"))}
+    env.update(DATABASE_URL=database_url, DOTENV_FILE=os.devnull, METRICS_BIND="")
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "app", "budgets", "check"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_budgets_check_exits_non_zero_naming_the_counter_and_both_sums(budgets, db,
+                                                                       database_url):
+    service, _, tokens = three_budgets(budgets)
+    budgets.settle(budgets.admit(ask(request_id="a"), 1, 1), Spent(10, 5))
+    budgets.admit(ask(request_id="b"), 1, 1)  # open
+    agreed = run_check(database_url)
+    assert agreed.returncode == 0, agreed.stderr
+    assert "every counter agrees with the ledger" in agreed.stdout
+    with db.write() as conn:
+        conn.execute(sa.text("UPDATE budget_counters SET spent = spent + 3 "
+                             "WHERE budget_id = :b"), {"b": tokens.id})
+        conn.execute(sa.text("UPDATE budget_counters SET reserved = reserved + 1000 "  # n$
+                             "WHERE budget_id = :b"), {"b": service.id})
+    differ = run_check(database_url)
+    assert differ.returncode == 1
+    assert (f"budget {tokens.id} (key.tokens.total) window total: counter spent 18 reserved "
+            "150; ledger says spent 15 reserved 150") in differ.stdout
+    assert (f"budget {service.id} (service.usd.total) window total: counter spent 0.000020 "
+            "reserved 0.000201; ledger says spent 0.000020 reserved 0.000200") in differ.stdout
+    assert "2 counter(s) differ from the ledger" in differ.stderr
