@@ -495,8 +495,13 @@ class Database:
         the next transaction gets a fresh one."""
         try:
             conn = self.engine.raw_connection()
-        except sa.exc.SQLAlchemyError as exc:
-            raise self._error("cannot be written", exc) from None
+        except Exception as exc:
+            # SQLAlchemy's errors, or the driver's own: a pre-ping that finds the connection
+            # dead reconnects at checkout, and a failure to reconnect comes out unwrapped
+            if not isinstance(exc, sa.exc.SQLAlchemyError) and not _from_driver(exc):
+                raise
+            raise DatabaseError(self._message("cannot be written", exc),
+                                failure_kind(exc) or "unavailable") from None
         try:
             cursor = conn.cursor()
         except Exception as exc:  # noqa: BLE001 - a connection the driver cannot use
@@ -509,8 +514,7 @@ class Database:
             yield Raw(cursor, self.dialect)
             conn.commit()
         except BaseException as exc:
-            driver = isinstance(exc, Exception) and type(exc).__module__.split(".")[0] in (
-                "sqlite3", "psycopg")
+            driver = _from_driver(exc)
             broken = driver and self._disconnected(exc, conn, cursor)
             if not broken:
                 try:
@@ -579,6 +583,12 @@ class Raw:
     @property
     def rowcount(self) -> int:
         return self.cursor.rowcount
+
+
+def _from_driver(exc: BaseException) -> bool:
+    """An exception of the database driver itself (sqlite3, psycopg)."""
+    return isinstance(exc, Exception) and type(exc).__module__.split(".")[0] in (
+        "sqlite3", "psycopg")
 
 
 def _when_unlocked(action: Callable[[], object]):
