@@ -10,19 +10,21 @@ period's use is a counter row (`spent`, `reserved`). Requests and tokens per min
 
 The rules that make it exact:
 - Admission, before the upstream is asked: the request's worst case is reserved against every
-  budget that applies to it, in one transaction, each budget by one conditional write:
+  budget that applies to it, in one transaction, each budget by one conditional write of its
+  own counter row, taken in the one lock order (budget id, then window):
 
       INSERT INTO budget_counters ... SELECT :budget, :window, 0, :amount
         WHERE :amount <= <the limit>
       ON CONFLICT (budget_id, window) DO UPDATE SET reserved = reserved + :amount
         WHERE spent + reserved + :amount <= <the limit>  RETURNING spent, reserved
 
-  (all of a request's budgets in one such statement, their rows in id order). A budget whose
-  row does not come back has no room: the transaction is rolled back (nothing stays
-  reserved anywhere), and the request is refused naming the budget and when it resets.
-  Never a read, a decision in Python, then a write: on PostgreSQL the second of two writers
-  re-checks the condition on the row the first committed; on SQLite the transaction holds
-  the database's write lock. So requests arriving together can never all pass one check.
+  A budget whose row does not come back has no room: the transaction is rolled back
+  (nothing stays reserved anywhere), and the request is refused naming the budget and when
+  it resets. Never a read, a decision in Python, then a write: on PostgreSQL, ON CONFLICT DO
+  UPDATE locks the existing row and evaluates its WHERE on the newest committed version of
+  it (READ COMMITTED's rule for the conflicting row), so the second of two writers checks
+  what the first committed; on SQLite the transaction holds the database's write lock. So
+  requests arriving together can never all pass one check.
 - The worst case: the prompt, bounded by the bytes of the JSON sent upstream (every token is
   at least one byte of UTF-8), an image part counted as IMAGE_TOKENS tokens instead of its
   bytes; plus the completion, bounded by `max_tokens` (or `max_completion_tokens`) times `n`.
@@ -30,16 +32,33 @@ The rules that make it exact:
   else BUDGET_MAX_TOKENS, so its worst case is known.
 - The reservation is a ledger row in state `open`, holding what it reserved per counter.
 - Settlement, however the reply ends, in one transaction: the ledger row is settled (only if
-  still open: settling twice is impossible) and each counter's reservation becomes the real
-  amount: the upstream's reported usage; for a reply cut short (the client left, or the
-  upstream broke off) the prompt's bound plus one token per text chunk relayed (OpenAI-
-  compatible APIs stream one token per chunk); nothing for a failure before the first byte.
-  Failover settles once, with the upstream that answered.
+  still open: settling twice is impossible), with what it charged each counter (`charges`),
+  then each counter's reservation becomes the real amount by a plain `UPDATE ... WHERE
+  budget_id = :b AND window_key = :w` of its own, in the one lock order, each checked to
+  touch its one row (a counter that is not there is logged with the request id). The amount:
+  the upstream's reported usage; for a reply cut short (the client left, or the upstream
+  broke off) the prompt's bound plus one token per text chunk relayed (OpenAI-compatible
+  APIs stream one token per chunk); nothing for a failure before the first byte. Failover
+  settles once, with the upstream that answered. (A single `UPDATE ... FROM (SELECT ...
+  UNION ALL ...)` skipped counters on PostgreSQL when it had waited for another's row lock,
+  and took the rows in no fixed order: lost updates and deadlocks, issue 26.)
+- One lock order everywhere: admission, settlement and the sweep take counter rows by budget
+  id, then window; settlement and the sweep take their ledger rows first, which admission
+  never waits for. A transaction PostgreSQL ends to break a deadlock (or a serialization
+  failure), or one whose connection was dropped, is tried again on a fresh connection, at
+  most ATTEMPTS times in all.
+- A settlement the database cannot take after that (it is restarting, unreachable) is kept
+  by the worker in the queue of ledger rows below and written with its next batch, tried
+  again every couple of seconds until the database answers, with the real amounts; the
+  access line is written meanwhile. Only a queue past LEDGER_PENDING_MAX drops its oldest,
+  and says which requests were never settled.
 - A worker that dies leaves open rows: once past their `expires` (the longest a reply can
   run, MAX_STREAM_SECONDS, plus the upstream's timeouts and a minute) any process settles
   them at the amount reserved (the upstream may have served them in full; the budget is
   never overshot, and the ledger says `expired`).
-- Ledger rows older than LEDGER_DAYS, and counters of periods long over, are deleted.
+- Ledger rows older than LEDGER_DAYS, and counters of minutes an hour over, are deleted;
+  what a deleted row charged each counter is added to that counter's `carried`, so `check`
+  (every counter against the ledger: `flask budgets check`) still adds up afterwards.
 - The row of a request no budget applied to (nothing reserved, nothing to settle) is written
   with others in one transaction: when LEDGER_BATCH rows wait, LEDGER_FLUSH_SECONDS after the
   first of them, before this process reads the ledger, and when the process stops (atexit,

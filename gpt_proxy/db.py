@@ -17,7 +17,15 @@ Rules it follows:
   other greenlets. A read never waits.
 - PostgreSQL: READ COMMITTED, the server's default. A conditional UPDATE (`... WHERE spent +
   reserved + :cost <= :limit`) re-checks its condition on the newest row once the row's lock
-  is free, so concurrent writers cannot both pass one check.
+  is free, so concurrent writers cannot both pass one check. (That re-check is also why a
+  statement joining rows to a derived table can skip some without an error: money moves by
+  one plain statement per row, see `budgets`.)
+- A failure says whether trying again may help (`DatabaseError.kind`): a deadlock or a
+  serialization failure, or a server that dropped the connection or cannot be reached. A
+  connection the server dropped is never handed out again (SQLAlchemy invalidates its own;
+  `raw_write` invalidates the driver's), and PostgreSQL's pool pings a connection before
+  lending it, so the first request after a restart gets a fresh one. The app answers a
+  DatabaseError with a 503 and Retry-After in the door's shape, never a 500.
 - Migrations: numbered steps, each written out as it was when it shipped (never derived from
   the tables below, which describe the newest schema), applied at start in one transaction
   under a lock (PostgreSQL: an advisory lock; SQLite: the write lock), and recorded in

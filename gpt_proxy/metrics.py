@@ -13,6 +13,9 @@ The rules it follows:
   (ALLOWED_MODELS, OPENAI_MODEL, the models the upstreams name), else `other`; a role is a
   loaded role's name; routes are URL rules; outcomes and error kinds are the service's own
   codes; upstreams are the configured names. Nothing a client sends becomes a series.
+- What the database knows is read from the database when scraped, not counted in each worker
+  (`_Reservations`: the open budget reservations, and how far the counters are from them):
+  every worker and instance agrees, and a killed worker or a failed settlement cannot skew it.
 - Cheap: a relayed reply updates its counters once, when it ends (from the relay's outcome),
   plus one gauge step when it starts; nothing is done per token.
 - Never a deadlock: prometheus_client updates under locks that are not re-entrant, and a
