@@ -11,7 +11,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, NotFound
 
 from .config import Config, load_config
-from .errors import ProxyError
+from .errors import DatabaseUnavailable, ProxyError
 from .security import install as install_security
 from .security import loggable
 
@@ -58,7 +58,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     from . import account_api, api, chat_process, identity, openai_api, user_protocol
     from .accounts import Accounts
     from .budgets import Budgets
-    from .db import open_database
+    from .db import DatabaseError, open_database
     from .metrics import Metrics, NoMetrics
     from .pipeline import ACCESS_LOGGED
     from .replies import loggable_path, open_reply_store
@@ -89,6 +89,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
                       tz=config.budget_tz, ledger_days=config.ledger_days, metrics=metrics,
                       hold_seconds=config.max_stream_seconds + 2 * config.upstream_read_timeout
                       + config.failover_seconds + 60)
+    metrics.read_reservations(budgets.reservations)
 
     app = Flask(__name__, static_folder=str(ROOT / "static"), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
@@ -175,6 +176,14 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
                    if name.lower() in ("allow", "retry-after", "www-authenticate")}
         return state.respond(ProxyError(err.description or err.name, status=status,
                                         code=code.replace("'", ""), headers=headers))
+
+    @app.errorhandler(DatabaseError)
+    def database_failed(err: DatabaseError):
+        # A blip (a restart, a dropped connection): a 503 the client may retry, never a 500.
+        # The connection that failed was dropped from the pool; the next request gets another.
+        logging.getLogger("gpt_proxy").warning("request id=%s: %s", g.get("request_id", "-"),
+                                               err)
+        return state.respond(DatabaseUnavailable())
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception):
