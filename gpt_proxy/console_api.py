@@ -219,7 +219,7 @@ def _ledger_filters(usage: Usage) -> dict:
                "user_id": _id("user"), "key_id": _id("key"), "model": _text("model"),
                "door": _text("door", 32), "outcome": _text("outcome", 64)}
     if (filters["since"] is not None and filters["until"] is not None
-            and filters["since"] > filters["until"]):
+            and filters["since"] >= filters["until"]):
         raise BadRequest("'from' is after 'to'", field="from")
     _known_user(filters["user_id"])
     _known_key(filters["key_id"])

@@ -236,10 +236,11 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
             if on_close is not None:
                 on_close(outcome)
         finally:
+            first = outcome.first_token_at  # the ledger's times count from admission
             state.budgets.settle(hold, replace(
                 spent(outcome, hold.ask, getattr(stream, "upstream", "demo"), body),
-                ttft_ms=None if outcome.first_token_at is None else
-                int((outcome.first_token_at - started) * 1000)))
+                ttft_ms=None if first is None else max(0, int((
+                    state.budgets.clock() - (time.monotonic() - first) - hold.started) * 1000))))
             write_line(outcome)
             metrics.stream_ended(route=route, protocol=turn.protocol, framing=turn.framing,
                                  model=turn.model, outcome=outcome,

@@ -313,10 +313,10 @@ class Usage:
                 params.update({"mark": mark, **{f"n{i}": n for i, n in enumerate(names)}})
                 for row in conn.execute(sa.text(
                         f"SELECT g, day, {sums} FROM ({union}) AS u GROUP BY g, day"), params):
-                    per_day[row[0]][row[1]] = tuple(row[2:])
+                    per_day[row[0]][int(row[1])] = tuple(int(v) for v in row[2:])
             union, params = self._union(table, None, first, last, where)
             params["mark"] = mark
-            totals = {row[0]: tuple(row[1:]) for row in conn.execute(sa.text(
+            totals = {int(row[0]): tuple(int(v) for v in row[1:]) for row in conn.execute(sa.text(
                 f"SELECT day, {sums} FROM ({union}) AS u GROUP BY day"), params)}
             labels = self._labels(conn, by, names)
         numbers = [day_number(first) + i for i in range((last - first).days + 1)]
@@ -364,9 +364,9 @@ class Usage:
             rows = conn.execute(sa.text(
                 f"SELECT day, g, {sums} FROM ({union}) AS u GROUP BY day, g ORDER BY day, g"),
                 params).all()
-        return [{"day": day_date(r[0]).isoformat(), "model": r[1], "requests": r[2],
-                 "prompt_tokens": r[3], "completion_tokens": r[4], "cost": dollars(r[5])}
-                for r in rows]
+        return [{"day": day_date(int(r[0])).isoformat(), "model": r[1], "requests": int(r[2]),
+                 "prompt_tokens": int(r[3]), "completion_tokens": int(r[4]),
+                 "cost": dollars(int(r[5]))} for r in rows]
 
     # --- the overview --------------------------------------------------------------------------
 
