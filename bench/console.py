@@ -53,9 +53,12 @@ def _timed(client, path: str, runs: int, **kwargs) -> tuple[float, int]:
     return statistics.median(times), len(body)
 
 
-def bench(url: str, name: str, rows: int, runs: int, folder: str) -> list[tuple]:
-    print(f"{name}: generating {rows:,} rows ...", flush=True)
-    made = generate(url, count=rows)
+def bench(url: str, name: str, rows: int, runs: int, folder: str,
+          reuse: bool = False) -> list[tuple]:
+    made = 0.0
+    if not reuse:
+        print(f"{name}: generating {rows:,} rows ...", flush=True)
+        made = generate(url, count=rows)
     app = _app(url, folder)
     usage = app.extensions["gpt_proxy"].budgets.usage
     usage.commit_margin = 0.0  # nothing else writes: every id is committed
@@ -102,12 +105,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--only", choices=("sqlite", "postgresql"))
+    parser.add_argument("--sqlite-file", help="keep the SQLite ledger in this file, and "
+                        "reuse it when it exists (rows generated once)")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="console-bench-") as folder:
         if args.only in (None, "sqlite"):
-            results += bench(f"sqlite:///{folder}/ledger.db", "SQLite", args.rows, args.runs,
-                             folder)
+            path = Path(args.sqlite_file or f"{folder}/ledger.db").resolve()
+            results += bench(f"sqlite:///{path}", "SQLite", args.rows, args.runs, folder,
+                             reuse=path.exists())
         if args.only in (None, "postgresql"):
             from tests.databases import PostgreSQL
 

@@ -211,6 +211,14 @@ usage_days_key = _usage_table("usage_days_key", metadata,
                               Column("key_id", Integer, primary_key=True),
                               Column("user_id", Integer, primary_key=True))
 sa.Index("usage_days_key_by_user", usage_days_key.c.user_id, usage_days_key.c.day)
+sa.Index("usage_days_key_by_key", usage_days_key.c.key_id, usage_days_key.c.day)
+sa.Index("usage_days_user_by_user", usage_days_user.c.user_id, usage_days_user.c.day)
+# the same sums per week (day // 7), to rank keys and users over a long range in few rows
+usage_weeks_key = _usage_table("usage_weeks_key", metadata,
+                               Column("key_id", Integer, primary_key=True),
+                               Column("user_id", Integer, primary_key=True))
+usage_weeks_user = _usage_table("usage_weeks_user", metadata,
+                                Column("user_id", Integer, primary_key=True))
 usage_state = Table(
     "usage_state", metadata,
     Column("name", String(16), primary_key=True),  # "days"
@@ -347,10 +355,15 @@ def _v5_console(conn: Connection) -> None:
     sa.Index("usage_days_by_user", days.c.user_id, days.c.day)
     sa.Index("usage_days_by_key", days.c.key_id, days.c.day)
     rollup("usage_days_model", Column("model", String(200), primary_key=True))
-    rollup("usage_days_user", Column("user_id", Integer, primary_key=True))
     keys = rollup("usage_days_key", Column("key_id", Integer, primary_key=True),
                   Column("user_id", Integer, primary_key=True))
     sa.Index("usage_days_key_by_user", keys.c.user_id, keys.c.day)
+    sa.Index("usage_days_key_by_key", keys.c.key_id, keys.c.day)
+    users_ = rollup("usage_days_user", Column("user_id", Integer, primary_key=True))
+    sa.Index("usage_days_user_by_user", users_.c.user_id, users_.c.day)
+    rollup("usage_weeks_key", Column("key_id", Integer, primary_key=True),
+           Column("user_id", Integer, primary_key=True))
+    rollup("usage_weeks_user", Column("user_id", Integer, primary_key=True))
     Table("usage_state", m,
           Column("name", String(16), primary_key=True),
           Column("tz", String(64), nullable=False),

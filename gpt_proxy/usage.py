@@ -61,7 +61,10 @@ ROLLUPS: dict[str, tuple[str, ...]] = {
     "usage_days_model": ("model",),
     "usage_days_user": ("user_id",),
     "usage_days_key": ("key_id", "user_id"),
+    "usage_weeks_key": ("key_id", "user_id"),  # their `day` is the week: day // 7
+    "usage_weeks_user": ("user_id",),
 }
+WEEKLY = {"usage_days_key": "usage_weeks_key", "usage_days_user": "usage_weeks_user"}
 LEDGER_DIM = {"user_id": "COALESCE(user_id, 0)", "key_id": "COALESCE(key_id, 0)",
               "model": "model"}
 SUMS = ("requests", "prompt_tokens", "completion_tokens", "cost")
@@ -214,8 +217,9 @@ class Usage:
                 return 0
             if candidate_at > now - self.commit_margin and not sqlite:
                 return 0
-            first_open = conn.execute(sa.text(  # through the index of open rows: a few
-                "SELECT MIN(id) FROM ledger WHERE state = 'open'")).scalar()
+            # through the index of open rows, a few (`MIN(id)` alone would walk the ids)
+            first_open = conn.execute(sa.text(
+                "SELECT MIN(id + 0) FROM ledger WHERE state = 'open'")).scalar()
             top = min(candidate, mark + CHUNK_IDS,
                       first_open - 1 if first_open is not None else candidate)
             if top <= mark:
@@ -227,7 +231,8 @@ class Usage:
             if span[0] is not None:
                 case = self._day_case(self.local_day(span[0]), self.local_day(span[1]))
                 for table, dims in ROLLUPS.items():
-                    conn.execute(sa.text(self._fold_sql(table, dims, case)),
+                    bucket = f"({case}) / 7" if table in WEEKLY.values() else case
+                    conn.execute(sa.text(self._fold_sql(table, dims, bucket)),
                                  {"mark": mark, "top": top})
             moved = conn.execute(usage_state.update().where(
                 usage_state.c.name == "days", usage_state.c.watermark == mark).values(
@@ -252,7 +257,7 @@ class Usage:
         cutoff = day_number(self.local_day(now - self.ledger_days * 86400))
         for table in ROLLUPS:
             conn.execute(sa.text(f"DELETE FROM {table} WHERE day < :cutoff"),
-                         {"cutoff": cutoff})
+                         {"cutoff": cutoff // 7 if table in WEEKLY.values() else cutoff})
 
     # --- sums per day ----------------------------------------------------------------------------
 
@@ -277,6 +282,26 @@ class Usage:
                f"AND created + 0 < :hi{ledger_where}{live_extra}")
         return sql, params
 
+    def _ranking(self, table: str, group: str, first: dt.date, last: dt.date,
+                 where: Filter) -> tuple[str, dict]:
+        """Like `_union` (its `day` meaningless), for ranking series over the range: keys
+        and users from the weekly rollup for the whole weeks in it, from the daily one for
+        the days at either end (a 90-day range: 12 weeks and up to 12 days, a fraction of
+        the rows)."""
+        union, params = self._union(table, group, first, last, where)
+        weekly = WEEKLY.get(table)
+        d0, d1 = day_number(first), day_number(last)
+        w0, w1 = -(-d0 // 7), (d1 + 1) // 7 - 1  # the whole weeks inside
+        if weekly is None or w0 > w1 or (table == "usage_days_user" and where.user_id):
+            return union, params
+        head, live = union.split(" UNION ALL ", 1)
+        days = head.replace("WHERE day >= :d0 AND day <= :d1",
+                            "WHERE ((day >= :d0 AND day < :e0) OR (day > :e1 AND day <= :d1))")
+        weeks = head.replace(f"FROM {table} WHERE day >= :d0 AND day <= :d1",
+                             f"FROM {weekly} WHERE day >= :w0 AND day <= :w1")
+        params.update({"w0": w0, "w1": w1, "e0": w0 * 7, "e1": w1 * 7 + 6})
+        return f"{weeks} UNION ALL {days} UNION ALL {live}", params
+
     @staticmethod
     def _table(by: str | None, where: Filter) -> str:
         """The smallest rollup that holds the grouping and the filters."""
@@ -298,7 +323,7 @@ class Usage:
         table = self._table(by, where)
         sums = ", ".join(f"SUM({s})" for s in SUMS)
         with self._snapshot() as (conn, mark):
-            union, params = self._union(table, group, first, last, where)
+            union, params = self._ranking(table, group, first, last, where)
             params["mark"] = mark
             ranked = conn.execute(sa.text(
                 f"SELECT g, {sums} FROM ({union}) AS u GROUP BY g "
@@ -314,7 +339,7 @@ class Usage:
                 for row in conn.execute(sa.text(
                         f"SELECT g, day, {sums} FROM ({union}) AS u GROUP BY g, day"), params):
                     per_day[row[0]][int(row[1])] = tuple(int(v) for v in row[2:])
-            union, params = self._union(table, None, first, last, where)
+            union, params = self._union(self._table(None, where), None, first, last, where)
             params["mark"] = mark
             totals = {int(row[0]): tuple(int(v) for v in row[1:]) for row in conn.execute(sa.text(
                 f"SELECT day, {sums} FROM ({union}) AS u GROUP BY day"), params)}
@@ -400,12 +425,12 @@ class Usage:
             month = [int(v or 0) for v in month]
             tops = {}
             for by in ("user", "key", "model"):
-                union, params = self._union(self._table(by, Filter()), BY_COLUMN[by],
-                                            month_first, today, Filter(),
-                                            " AND {g} <> 0" if by != "model" else "")
+                union, params = self._ranking(self._table(by, Filter()), BY_COLUMN[by],
+                                              month_first, today, Filter())
                 params.update({"mark": mark, "limit": top})
+                known = " WHERE g <> 0" if by != "model" else ""
                 tops[by] = conn.execute(sa.text(
-                    f"SELECT g, {sums} FROM ({union}) AS u GROUP BY g "
+                    f"SELECT g, {sums} FROM ({union}) AS u{known} GROUP BY g "
                     "ORDER BY SUM(cost) DESC, SUM(requests) DESC, g LIMIT :limit"),
                     params).all()
             users = self._names(conn, "users", "username",

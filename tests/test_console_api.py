@@ -133,6 +133,12 @@ def test_series_totals_equal_the_ledgers_sums_and_usage_by_day(console):
         assert len(answer["days"]) == 40 and answer["tz"] == TZ
         for k, name in enumerate(("requests", "prompt_tokens", "completion_tokens")):
             assert sum(sum(s[name]) for s in answer["series"]) == totals(answer)[k]
+        if by != "model":  # each key's and user's own sums (ranked through weekly rollups)
+            column = f"{by}_id"
+            for series in answer["series"]:
+                mine = f"{column} = :i" if series["id"] else f"{column} IS NULL"
+                assert (sum(series["requests"]), sum(series["prompt_tokens"])) == \
+                    ledger_sums(state, f"{where} AND {mine}", {**params, "i": series["id"]})[:2]
     ann, _, ann_client = people["ann"]
     own = ann_client.get(f"/api/usage/series?from={first}&to={today}").get_json()
     assert totals(own) == ledger_sums(state, f"{where} AND user_id = :u", {**params,
