@@ -394,3 +394,27 @@ def test_the_time_to_first_token_reaches_the_ledger(console, upstream):
         ttft, duration = conn.execute(sa.text(
             "SELECT ttft_ms, duration_ms FROM ledger")).one()
     assert 200 <= ttft <= duration
+
+
+# --- the OpenAPI description -------------------------------------------------------------------------
+
+def test_the_answers_match_their_openapi_description(console):
+    import jsonschema_rs
+
+    from gpt_proxy.console_api import OPENAPI_PATHS, OPENAPI_SCHEMAS
+
+    app, state, people = console
+    spread(state, people, time.time(), days=5)
+    root = people["root"][2]
+    for path, item in OPENAPI_PATHS.items():
+        answer = root.get(path)
+        assert answer.status_code == 200, path
+        ref = item["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        validator = jsonschema_rs.validator_for(
+            {**ref, "components": {"schemas": OPENAPI_SCHEMAS}})
+        assert validator.is_valid(answer.get_json()), (path, answer.get_json())
+        refused = root.get(f"{path}?from=nonsense&by=nonsense&page=0")
+        if refused.status_code != 200:
+            assert jsonschema_rs.validator_for(
+                {"$ref": "#/components/schemas/ConsoleError",
+                 "components": {"schemas": OPENAPI_SCHEMAS}}).is_valid(refused.get_json())
