@@ -124,6 +124,8 @@ def test_series_totals_equal_the_ledgers_sums_and_usage_by_day(console):
     today = usage.local_day(now)
     first = today - dt.timedelta(days=39)
     lo, hi = usage.day_start(first), usage.day_start(today + dt.timedelta(days=1))
+    # the last minute before the first day (in BUDGET_TZ): 40 x 24 hours ago, not 40 days
+    insert(state, [{"created": lo - 60, "user_id": people["ann"][0].id}])
     span = {"created >= :lo AND created < :hi": {"lo": lo, "hi": hi}}
     (where, params), = span.items()
     root = people["root"][2]
