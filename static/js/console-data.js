@@ -6,7 +6,7 @@
 // spend by model from /api/usage, the ledger from /api/admin/usage. Routes with no older
 // equivalent (the overview, the upstreams) say so on their page.
 
-import { ApiError, postEnvelope, requestJSON } from "./api.js";
+import { ApiError, asksForCredentials, postEnvelope, requestJSON } from "./api.js";
 
 export { ApiError };
 
@@ -53,7 +53,8 @@ export function me() {
       if (!(err instanceof ApiError) || err.status !== 401) throw err;
     }
     let auth = user ? "users" : "";
-    if (!user) {
+    if (!user && !(await asksForCredentials())) auth = "open";
+    else if (!user) {
       try {
         await get("/api/limits"); // answered without a credential only with AUTH=users or open
         auth = "users";
