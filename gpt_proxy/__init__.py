@@ -55,7 +55,7 @@ class State:
 
 def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     """The app factory. `config`: a Config, a dict of overrides, or None for the environment."""
-    from . import account_api, api, chat_process, identity, openai_api, user_protocol
+    from . import account_api, api, chat_process, console_api, identity, openai_api, user_protocol
     from .accounts import Accounts
     from .budgets import Budgets
     from .db import open_database
@@ -101,6 +101,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     for protocol in protocols:
         app.register_blueprint(protocol.bp)
     app.register_blueprint(account_api.bp)  # JSON routes in the `api` door's error shape
+    app.register_blueprint(console_api.bp)  # the console's JSON (same shape)
     from .cli import register as register_cli
     register_cli(app)
 

@@ -236,8 +236,10 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
             if on_close is not None:
                 on_close(outcome)
         finally:
-            state.budgets.settle(hold, spent(outcome, hold.ask,
-                                             getattr(stream, "upstream", "demo"), body))
+            state.budgets.settle(hold, replace(
+                spent(outcome, hold.ask, getattr(stream, "upstream", "demo"), body),
+                ttft_ms=None if outcome.first_token_at is None else
+                int((outcome.first_token_at - started) * 1000)))
             write_line(outcome)
             metrics.stream_ended(route=route, protocol=turn.protocol, framing=turn.framing,
                                  model=turn.model, outcome=outcome,
