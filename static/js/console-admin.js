@@ -355,7 +355,7 @@ export async function adminBudgetsPage(ctx) {
 
 // ---- the ledger ---------------------------------------------------------------------------
 
-const LEDGER_FIELDS = [["from", "From (day)", "date"], ["to", "To (day, not included)", "date"], ["user", "User (name or id)", "text"],
+const LEDGER_FIELDS = [["from", "From (day)", "date"], ["to", "To (day, included)", "date"], ["user", "User (name or id)", "text"],
   ["key", "Key id", "text"], ["model", "Model", "text"], ["door", "Door", "text"], ["outcome", "Outcome", "text"]];
 
 export async function ledgerPage(ctx) {
@@ -388,6 +388,15 @@ export async function ledgerPage(ctx) {
     say(status, "loading…");
     let answer;
     try {
+      if (filter.user && !/^\d+$/.test(filter.user)) { // a name: the route takes the user's id
+        const found = (await data.users(filter.user)).find((u) => u.username === filter.user);
+        if (!found) {
+          say(status, `there is no user named "${filter.user}"`, "error");
+          rows.replaceChildren();
+          return;
+        }
+        filter.user = String(found.id);
+      }
       answer = await data.ledger(filter, page);
     } catch (err) {
       status.textContent = "";
@@ -417,7 +426,7 @@ export async function ledgerPage(ctx) {
   }
 
   ctx.main.replaceChildren(h("h1", {}, "Ledger"),
-    h("p", { class: "dim" }, "Every request that was admitted, what it used and what it cost. Times are in your zone; From and To are UTC days."),
+    h("p", { class: "dim" }, `Every request that was admitted, what it used and what it cost, newest first. Times are in your zone; From and To are days in ${ctx.me.tz || "the server's zone"}.`),
     form, h("div", { class: "toolbar" }, csv, prev, next, pageLabel), status, rows);
   await load();
 }
