@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from .browser_helpers import WAIT_MS, expect
-from .conftest import serve, until
+from .conftest import serve
 from .fake_upstream import json_scenario, stream_scenario
 
 pytestmark = pytest.mark.browser
@@ -71,7 +71,7 @@ def spend(server, upstream, key: str, model: str, tokens: int = 3) -> None:
         "messages": [{"role": "user", "content": "hi"}]},
         headers={"Authorization": f"Bearer {key}"})
     assert answer.status_code == 200, answer.text
-    answer.content  # to its end: the ledger row is written as the reply ends
+    assert answer.content  # read to its end: the ledger row is written as the reply ends
 
 
 # --- the page -------------------------------------------------------------------------------
@@ -393,6 +393,7 @@ def test_an_admin_sees_an_upstreams_breaker_open_when_it_fails(admin_console, se
 def test_a_hostile_key_name_model_name_and_username_render_as_text(
         admin_console, server, upstream):
     from gpt_proxy.db import open_database
+
     from .conftest import ROOT
 
     name = new_name("eve")

@@ -123,9 +123,11 @@ export function timeChart({ title, days, series, format, axis = format, unitLabe
       const step = Math.max(1, Math.ceil(span / 5));
       for (let p = Math.log10(lo); p <= Math.log10(hi) + 1e-9; p += step) ticks.push(10 ** p);
     } else {
-      const top = niceTop(max);
+      const step = niceStep(max);
+      const top = Math.max(1, Math.ceil(max / step - 1e-9)) * step;
       y = (v) => MARGIN.top + inner.h * (1 - v / top);
-      ticks = [0, top / 4, top / 2, (3 * top) / 4, top];
+      ticks = [];
+      for (let i = 0; i * step <= top * (1 + 1e-9); i++) ticks.push(Number((i * step).toPrecision(12)));
     }
     for (const t of ticks) {
       const ty = y(t);
@@ -216,11 +218,13 @@ export function timeChart({ title, days, series, format, axis = format, unitLabe
   return figure;
 }
 
-function niceTop(max) {
+/** A round step (1, 2 or 5 times a power of ten) that splits 0..max into at most 5 parts. */
+function niceStep(max) {
   if (!(max > 0)) return 1;
-  const power = 10 ** Math.floor(Math.log10(max));
-  for (const step of [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) {
-    if (step * power >= max) return step * power;
+  const rough = max / 5;
+  const power = 10 ** Math.floor(Math.log10(rough));
+  for (const m of [1, 2, 5, 10]) {
+    if (m * power >= rough) return m * power;
   }
   return 10 * power;
 }
