@@ -30,9 +30,6 @@ ADMIN_TOKEN = "console-admin-token-0123456789"
 PASSWORD = "a long password 1"
 HOSTILE = '<img src=x onerror="window.__pwned=1">'
 WIDTHS = (390, 1280, 1920)
-# The console's routes (CONSOLE_CONTRACT.md) that the page replaces with older ones on a
-# server without them (static/js/console-data.js).
-FALLBACK_ROUTES = ("/api/console/me", "/api/usage/series", "/api/admin/ledger")
 _names = itertools.count(1)
 
 
@@ -155,15 +152,9 @@ class Console:
         return self.page.evaluate(LAYOUT)
 
     def check_clean(self) -> None:
-        """No error in the console and no CSP violation. A server older than the console's
-        routes answers 404 for those the page then replaces with older ones (the browser
-        logs each 404 as an error): only those are forgiven."""
-        unexpected = [f for f in self.failed if f[0] != 404 or f[1] not in FALLBACK_ROUTES]
-        assert unexpected == [], unexpected
-        errors = [e for e in self.errors if not (
-            self.failed and e.startswith("Failed to load resource: the server responded with "
-                                         "a status of 404"))]
-        assert errors == [], errors
+        """No failed request, no error in the console, no CSP violation, no injected markup."""
+        assert self.failed == [], self.failed
+        assert self.errors == [], self.errors
         assert self.page.evaluate("window.__csp") == []
         assert self.page.evaluate("window.__pwned") is None
 
