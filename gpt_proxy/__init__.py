@@ -114,6 +114,10 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     def index():
         return app.send_static_file("index.html")
 
+    @app.get("/console")
+    def console():  # the console's page: its data comes from the JSON routes it calls
+        return app.send_static_file("console.html")
+
     @app.before_request
     def start_request():
         g.started = time.monotonic()
@@ -135,7 +139,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
         hold = g.get("budget_hold")
         if hold is not None and hold.remaining:
             response.headers["X-Budget-Remaining"] = hold.header()
-        if request.path == "/" or request.path.startswith("/static/"):
+        if request.path in ("/", "/console") or request.path.startswith("/static/"):
             # Unversioned names: the page and its modules are revalidated (ETag -> 304) on
             # every load; the vendored libraries change only with a release.
             vendor = request.path.startswith("/static/vendor/")
