@@ -313,7 +313,8 @@ def _answers(schema: str, *errors: int) -> dict:
     return found
 
 
-_DAY = {"type": "string", "format": "date"}
+_DAY = {"anyOf": [{"type": "string", "format": "date"},
+                  {"type": "string", "maxLength": 0, "description": "empty: the default"}]}
 _RANGE = [_query("from", "first day (YYYY-MM-DD in BUDGET_TZ); default: 29 days before `to`",
                  _DAY),
           _query("to", "last day, included (YYYY-MM-DD in BUDGET_TZ); default: today", _DAY),
