@@ -26,6 +26,7 @@ from flask.cli import AppGroup
 from ..base.errors import ProxyError
 from ..identity.accounts import User, iso_time
 from ..money.budgets import PERIODS, UNITS, parse_limit
+from ..pipeline.validation import parse_id
 
 users_cli = AppGroup("users", help="Accounts (used with AUTH=users).")
 keys_cli = AppGroup("keys", help="API keys.")
@@ -49,7 +50,8 @@ def _fail(err: ProxyError) -> click.ClickException:
 
 def _user(name: str) -> User:
     accounts = _accounts()
-    user = accounts.get_user(int(name)) if name.isdigit() else None
+    number = parse_id(name)  # an id in the database's range (a huge one is nobody's)
+    user = accounts.get_user(number) if number is not None else None
     user = user or accounts.find_user(name)
     if user is None:
         raise click.ClickException(f"no user {name!r}")
