@@ -59,13 +59,13 @@ logconfig_dict = {
 
 def on_starting(server):
     """Check the configuration once, in the master, before any worker starts: a bad value, or
-    one that cannot work here (gpt_proxy/startup.py), stops start-up with one line naming the
+    one that cannot work here (gpt_proxy/storage/startup.py), stops start-up with one line naming the
     variable and the fix instead of a traceback per worker or a 503 per request; what may be
     meant is a warning."""
     import sys
 
-    from gpt_proxy import startup
-    from gpt_proxy.config import ConfigError, load_config
+    from gpt_proxy.base.config import ConfigError, load_config
+    from gpt_proxy.storage import startup
 
     _raise_open_files_limit(server)
     try:
@@ -103,7 +103,7 @@ def _check_database(config) -> None:
     import sys
     from pathlib import Path
 
-    from gpt_proxy.db import Database, DatabaseError
+    from gpt_proxy.storage.db import Database, DatabaseError
 
     try:
         database = Database(config.database_url, Path(__file__).resolve().parent)
@@ -127,7 +127,7 @@ def _metrics_directory(server) -> None:
     import glob
     import tempfile
 
-    from gpt_proxy.startup import StartupError
+    from gpt_proxy.storage.startup import StartupError
 
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
     try:
@@ -173,9 +173,9 @@ def worker_exit(server, worker):
     whose client left is read on by a greenlet of its own, so let those end too (the arbiter
     still stops a worker that outlives graceful_timeout), and let their ends reach the reply
     store; then write the ledger rows still waiting for their batch (atexit would too)."""
-    from gpt_proxy import budgets
-    from gpt_proxy.relay import detached_count, wait_detached
-    from gpt_proxy.replies import flush_all
+    from gpt_proxy.money import budgets
+    from gpt_proxy.pipeline.relay import detached_count, wait_detached
+    from gpt_proxy.storage.replies import flush_all
 
     running = detached_count()
     if running:

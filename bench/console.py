@@ -24,8 +24,8 @@ from pathlib import Path
 
 from bench.ledger_gen import generate
 from gpt_proxy import create_app
-from gpt_proxy.config import load_config
-from gpt_proxy.identity import SESSION_COOKIE
+from gpt_proxy.base.config import load_config
+from gpt_proxy.identity.callers import SESSION_COOKIE
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-console-admin-token-0123456789"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from gpt_proxy.db import open_database
+from gpt_proxy.storage.db import open_database
 
 ROOT = Path(__file__).resolve().parent.parent
 # model, share of requests, dollars per million input and output tokens

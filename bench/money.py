@@ -20,9 +20,9 @@ from pathlib import Path
 
 
 def measure(budget_count: int, requests: int) -> float:
-    from gpt_proxy.budgets import Ask, Budgets, Spent
-    from gpt_proxy.db import open_database
-    from gpt_proxy.prices import default_price
+    from gpt_proxy.base.prices import default_price
+    from gpt_proxy.money.budgets import Ask, Budgets, Spent
+    from gpt_proxy.storage.db import open_database
 
     with tempfile.TemporaryDirectory(prefix="bench-money-") as folder:
         db = open_database(f"sqlite:///{folder}/money.db", Path(folder))

@@ -19,7 +19,7 @@ import psutil
 import redis
 
 import gpt_proxy
-from gpt_proxy.replies import RedisReplyStore
+from gpt_proxy.storage.replies import RedisReplyStore
 from tests.processes import RedisServer
 
 

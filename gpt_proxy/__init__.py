@@ -10,16 +10,15 @@ from pathlib import Path
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, NotFound
 
-from .config import Config, load_config
-from .errors import DatabaseUnavailable, ProxyError
-from .security import install as install_security
-from .security import loggable
+from .base.config import ROOT, VERSION, Config, load_config
+from .base.errors import DatabaseUnavailable, ProxyError
+from .identity.security import install as install_security
+from .identity.security import loggable
 
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited"}
 
-__version__ = "1.0.0"
-ROOT = Path(__file__).resolve().parent.parent
+__version__ = VERSION
 
 
 @dataclass
@@ -43,7 +42,7 @@ class State:
         left of the request body is read first, so the client can read the answer). The
         access line keeps the error's own status, also when a protocol answers it with
         another."""
-        from .pipeline import drain_body
+        from .pipeline.stages import drain_body
 
         drain_body(request.environ)
         g.error_code, g.error_status = err.code, err.status
@@ -55,15 +54,16 @@ class State:
 
 def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     """The app factory. `config`: a Config, a dict of overrides, or None for the environment."""
-    from . import account_api, api, chat_process, console_api, identity, openai_api, user_protocol
-    from .accounts import Accounts
-    from .budgets import Budgets
-    from .db import DatabaseError, open_database
-    from .metrics import Metrics, NoMetrics
-    from .pipeline import ACCESS_LOGGED
-    from .replies import loggable_path, open_reply_store
-    from .roles import RoleRegistry
-    from .validation import IdConverter, refuse_unknown_ids
+    from .base.metrics import Metrics, NoMetrics
+    from .doors import account_api, api, chat_process, console_api, openai_api, user_protocol
+    from .identity import callers as identity
+    from .identity.accounts import Accounts
+    from .money.budgets import Budgets
+    from .pipeline.roles import RoleRegistry
+    from .pipeline.stages import ACCESS_LOGGED
+    from .pipeline.validation import IdConverter, refuse_unknown_ids
+    from .storage.db import DatabaseError, open_database
+    from .storage.replies import loggable_path, open_reply_store
 
     if not isinstance(config, Config):
         config = load_config(**(config or {}))
@@ -73,10 +73,10 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
                if config.metrics_bind else NoMetrics())
     if upstream is None:
         if config.demo:
-            from .demo import DemoUpstream
+            from .upstream.demo import DemoUpstream
             upstream = DemoUpstream()
         else:
-            from .failover import Upstreams
+            from .upstream.failover import Upstreams
             upstream = Upstreams(config, metrics=metrics)
     roles_dir = Path(config.roles_dir)
     if not roles_dir.is_absolute():
@@ -105,9 +105,9 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
         app.register_blueprint(protocol.bp)
     app.register_blueprint(account_api.bp)  # JSON routes in the `api` door's error shape
     app.register_blueprint(console_api.bp)  # the console's JSON (same shape)
-    from .openapi import bp as openapi_bp
+    from .doors.openapi import bp as openapi_bp
     app.register_blueprint(openapi_bp)  # GET /api/openapi.json: this API, described
-    from .cli import register as register_cli
+    from .doors.cli import register as register_cli
     register_cli(app)
 
     @app.get("/")

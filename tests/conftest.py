@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gpt_proxy import create_app
-from gpt_proxy.config import load_config
+from gpt_proxy.base.config import load_config
 
 from .fake_upstream import FakeUpstream
 from .processes import RedisServer, free_port, redis_binary, stop_process, wait_port
@@ -90,7 +90,7 @@ def client(app):
 def compare_digest_calls(monkeypatch):
     """The argument types of every hmac.compare_digest call the security module makes (a
     token must be compared in constant time, as bytes)."""
-    from gpt_proxy import security
+    from gpt_proxy.identity import security
 
     calls = []
     real = security.hmac.compare_digest
@@ -349,11 +349,11 @@ def postgres():
 @pytest.fixture()
 def db(database_url):
     """The service's database (`db.Database`) in `database_url`, migrated."""
-    from gpt_proxy.db import open_database
+    from gpt_proxy.storage.db import open_database
 
     database = open_database(database_url, ROOT)
     yield database
-    from gpt_proxy.budgets import flush_all
+    from gpt_proxy.money.budgets import flush_all
 
     flush_all()  # ledger rows still waiting for their batch, while the database is there
     database.close()

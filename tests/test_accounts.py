@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from gpt_proxy import accounts as accounts_module
-from gpt_proxy.accounts import (
+from gpt_proxy.base.errors import BadRequest, Conflict, NotFound, Unauthorized
+from gpt_proxy.identity import accounts as accounts_module
+from gpt_proxy.identity.accounts import (
     CACHE_SECONDS,
     KEY_PREFIX,
     MAX_PASSWORD_BYTES,
@@ -22,8 +23,7 @@ from gpt_proxy.accounts import (
     check_username,
     looks_like_key,
 )
-from gpt_proxy.db import VERSION, Database, DatabaseError, metadata, open_database
-from gpt_proxy.errors import BadRequest, Conflict, NotFound, Unauthorized
+from gpt_proxy.storage.db import VERSION, Database, DatabaseError, metadata, open_database
 
 ROOT = Path(__file__).resolve().parent.parent
 

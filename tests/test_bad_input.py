@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from gpt_proxy.accounts import Accounts
+from gpt_proxy.identity.accounts import Accounts
 
 from .conftest import ANN, access_lines
 

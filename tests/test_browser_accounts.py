@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from gpt_proxy.demo import placeholder_png
+from gpt_proxy.upstream.demo import placeholder_png
 
 from .browser_helpers import WAIT_MS, expect
 from .conftest import ROOT, serve
@@ -395,9 +395,9 @@ def test_help_hints_and_tab_know_the_account_commands(term):
 
 def test_gpt_usage_shows_each_budget_as_a_bar_with_what_is_left_and_the_reset(
         users_term, accounts, upstream):
-    from gpt_proxy.accounts import Accounts
-    from gpt_proxy.budgets import Budgets
-    from gpt_proxy.db import open_database
+    from gpt_proxy.identity.accounts import Accounts
+    from gpt_proxy.money.budgets import Budgets
+    from gpt_proxy.storage.db import open_database
 
     name = new_name("una")
     term = users_term()

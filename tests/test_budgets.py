@@ -14,10 +14,10 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from gpt_proxy.budgets import Ask, Budgets, Spent, parse_limit, window
-from gpt_proxy.db import DatabaseError
-from gpt_proxy.errors import BadRequest, OverBudget, Unpriced
-from gpt_proxy.prices import Price, PriceError, default_price, load_prices
+from gpt_proxy.base.errors import BadRequest, OverBudget, Unpriced
+from gpt_proxy.base.prices import Price, PriceError, default_price, load_prices
+from gpt_proxy.money.budgets import Ask, Budgets, Spent, parse_limit, window
+from gpt_proxy.storage.db import DatabaseError
 
 from .conftest import until
 
@@ -274,8 +274,8 @@ def settle_unbudgeted(budgets, n: int, prefix: str = "r") -> None:
 
 
 def test_rows_without_a_budget_are_written_a_batch_at_a_time(budgets, db, monkeypatch):
-    monkeypatch.setattr("gpt_proxy.budgets.LEDGER_BATCH", 3)
-    monkeypatch.setattr("gpt_proxy.budgets.LEDGER_FLUSH_SECONDS", 3600)  # no timer here
+    monkeypatch.setattr("gpt_proxy.money.budgets.LEDGER_BATCH", 3)
+    monkeypatch.setattr("gpt_proxy.money.budgets.LEDGER_FLUSH_SECONDS", 3600)  # no timer here
     transactions = []
     real = db.raw_write
 
@@ -292,7 +292,7 @@ def test_rows_without_a_budget_are_written_a_batch_at_a_time(budgets, db, monkey
 
 def test_a_batch_is_written_shortly_after_its_first_row_without_more_requests(db, clock,
                                                                             monkeypatch):
-    monkeypatch.setattr("gpt_proxy.budgets.LEDGER_FLUSH_SECONDS", 0.05)
+    monkeypatch.setattr("gpt_proxy.money.budgets.LEDGER_FLUSH_SECONDS", 0.05)
     budgets = Budgets(db, clock=clock)
     settle_unbudgeted(budgets, 1)
     until(lambda: len(ledger(db)) == 1, "the lone row was never written")
@@ -331,7 +331,7 @@ def test_reading_the_ledger_writes_this_process_batch_first(budgets, db):
 
 def test_a_batch_the_database_refuses_is_kept_and_written_later(budgets, db, monkeypatch,
                                                                 caplog):
-    monkeypatch.setattr("gpt_proxy.budgets.LEDGER_FLUSH_SECONDS", 3600)
+    monkeypatch.setattr("gpt_proxy.money.budgets.LEDGER_FLUSH_SECONDS", 3600)
     settle_unbudgeted(budgets, 2)
     real = db.raw_write
 
@@ -351,8 +351,8 @@ def test_rows_waiting_at_exit_are_written(tmp_path):
     what waits: `flush_all` is an atexit handler."""
     url = f"sqlite:///{tmp_path}/exit.db"
     code = (
-        "from gpt_proxy.db import open_database\n"
-        "from gpt_proxy.budgets import Ask, Budgets, Spent\n"
+        "from gpt_proxy.storage.db import open_database\n"
+        "from gpt_proxy.money.budgets import Ask, Budgets, Spent\n"
         f"budgets = Budgets(open_database({url!r}, {str(ROOT)!r}))\n"
         "for i in range(5):\n"
         "    hold = budgets.admit(Ask(model='m', prompt_tokens=1, completion_tokens=1,"
@@ -495,7 +495,7 @@ def test_a_settlement_the_database_cannot_take_is_kept_and_settled_later(budgets
                                                                          monkeypatch, caplog):
     """The database is away for longer than the settlement's retries: the worker keeps the
     settlement, and settles it with the real usage once the database answers."""
-    monkeypatch.setattr("gpt_proxy.budgets.LEDGER_FLUSH_SECONDS", 3600)  # flushed by hand
+    monkeypatch.setattr("gpt_proxy.money.budgets.LEDGER_FLUSH_SECONDS", 3600)  # flushed by hand
     _, _, tokens = three_budgets(budgets)
     hold = budgets.admit(ask(request_id="req-blip"), 1, 1)
     refuse_writes(db, monkeypatch, "unavailable", 10**6)
@@ -512,7 +512,7 @@ def test_a_settlement_the_database_cannot_take_is_kept_and_settled_later(budgets
 
 @pytest.fixture()
 def pg_db(postgres):
-    from gpt_proxy.db import open_database
+    from gpt_proxy.storage.db import open_database
 
     database = open_database(postgres.new_database(), ROOT)
     yield database

@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from prometheus_client import generate_latest
 
 from gpt_proxy import create_app
-from gpt_proxy.config import UpstreamSpec
-from gpt_proxy.metrics import Metrics
-from gpt_proxy.prices import Price
+from gpt_proxy.base.config import UpstreamSpec
+from gpt_proxy.base.metrics import Metrics
+from gpt_proxy.base.prices import Price
 
 from .conftest import ANN, TEST_KEY, FakeClock, make_config, new_key
 from .fake_upstream import (
@@ -69,7 +69,7 @@ def keyed(make, unit="tokens", period="day", limit=10**9, **overrides):
     app, state = make(**overrides)
     key = new_key(app, *ANN)
     key_id = state.accounts.list_keys()[0].id
-    from gpt_proxy.budgets import parse_limit
+    from gpt_proxy.money.budgets import parse_limit
     state.budgets.set_budget("key", key_id, unit, period, parse_limit(unit, limit))
     return app.test_client(), state, key
 
@@ -334,7 +334,7 @@ def test_the_open_reservations_metric_is_what_the_database_holds(make, upstream)
     first_app, first = make()
     _, second = make()  # another worker: the same database
     first.budgets.set_budget("service", 0, "tokens", "total", 10**9)
-    from gpt_proxy.budgets import Ask
+    from gpt_proxy.money.budgets import Ask
     second.budgets.admit(Ask("fake-model", 10, 10, "test", "killed"), None, None)
 
     def figures() -> str:
@@ -354,7 +354,7 @@ def test_the_open_reservations_metric_is_what_the_database_holds(make, upstream)
 def test_a_database_failure_is_a_503_in_each_doors_shape(make, upstream, monkeypatch):
     """The key lookup meets a database restarting: each door answers 503 (the frontends'
     envelope: its failure, with the wait) and Retry-After, never an internal error."""
-    from gpt_proxy.db import DatabaseError
+    from gpt_proxy.storage.db import DatabaseError
 
     client, state, key = keyed(make)
 

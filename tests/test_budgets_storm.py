@@ -17,9 +17,9 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from gpt_proxy.budgets import Ask, Budgets
-from gpt_proxy.db import open_database
-from gpt_proxy.prices import default_price
+from gpt_proxy.base.prices import default_price
+from gpt_proxy.money.budgets import Ask, Budgets
+from gpt_proxy.storage.db import open_database
 
 from .conftest import ROOT, until
 from .databases import PostgreSQL, postgres_bin

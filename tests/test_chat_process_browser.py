@@ -211,8 +211,8 @@ def test_with_accounts_the_reply_streams_with_a_users_key_and_without_one_is_una
 
 def test_over_budget_the_reading_loop_shows_which_budget_and_when_it_resets(
         users_page, users_server, upstream):
-    from gpt_proxy.budgets import Budgets
-    from gpt_proxy.db import open_database
+    from gpt_proxy.money.budgets import Budgets
+    from gpt_proxy.storage.db import open_database
 
     key, key_id, _ = user_key(users_server.url, "spender")
     database = open_database(f"sqlite:///{users_server.log_path.parent}/gpt_proxy.db", ROOT)

@@ -55,6 +55,15 @@ def test_without_a_terminal_the_password_is_one_line_of_standard_input(app):
     assert code == 1 and "no password on standard input" in out and "docker exec -i" in out
 
 
+def test_a_user_named_by_an_id_out_of_range_is_unknown_not_an_overflow(app):
+    """Digits beyond the database's integer range name nobody (SQLite raised OverflowError)."""
+    run(app, "users", "add", "ann", "--password-stdin", stdin="correct horse battery\n")
+    for name in ("9" * 25, "2147483648", "0"):
+        code, out = run(app, "users", "disable", name)
+        assert code == 1 and f"no user '{name}'" in out, (name, out)
+    assert run(app, "users", "disable", "1")[1].strip() == "user 1 ann disabled"
+
+
 def test_keys_are_made_once_listed_without_the_key_and_revoked(app):
     run(app, "users", "add", "ann", "--password-stdin", stdin="correct horse battery\n")
     code, out = run(app, "keys", "create", "ann", "--name", "laptop", "--days", "30",

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from gpt_proxy import create_app
-from gpt_proxy.identity import SESSION_COOKIE
+from gpt_proxy.identity.callers import SESSION_COOKIE
 
 from .conftest import make_config
 from .fake_upstream import stream_scenario
@@ -403,7 +403,7 @@ def test_the_time_to_first_token_reaches_the_ledger(console, upstream):
 def test_the_answers_match_their_openapi_description(console):
     import jsonschema_rs
 
-    from gpt_proxy.console_api import OPENAPI_PATHS, OPENAPI_SCHEMAS
+    from gpt_proxy.doors.console_api import OPENAPI_PATHS, OPENAPI_SCHEMAS
 
     app, state, people = console
     spread(state, people, time.time(), days=5)

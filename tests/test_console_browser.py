@@ -383,7 +383,7 @@ def test_an_admin_sees_an_upstreams_breaker_open_when_it_fails(admin_console, se
 
 def test_a_hostile_key_name_model_name_and_username_render_as_text(
         admin_console, server, upstream):
-    from gpt_proxy.db import open_database
+    from gpt_proxy.storage.db import open_database
 
     from .conftest import ROOT
 

@@ -17,9 +17,9 @@ from dataclasses import replace
 import pytest
 
 from gpt_proxy import create_app
-from gpt_proxy.config import ConfigError, UpstreamSpec, load_config
-from gpt_proxy.failover import Breaker, Upstreams
-from gpt_proxy.upstream import new_session
+from gpt_proxy.base.config import ConfigError, UpstreamSpec, load_config
+from gpt_proxy.upstream.client import new_session
+from gpt_proxy.upstream.failover import Breaker, Upstreams
 
 from .conftest import TEST_DATABASE, TEST_KEY, FakeClock, access_lines, sse_events
 from .fake_upstream import (
@@ -512,7 +512,7 @@ def test_stream_json_upstream_events_pass_through_failover_untouched(fakes):
 def test_failovers_and_benched_upstreams_show_in_the_metrics(fakes):
     from prometheus_client import generate_latest
 
-    from gpt_proxy.metrics import Metrics
+    from gpt_proxy.base.metrics import Metrics
 
     from .test_metrics import samples, value
 
@@ -570,7 +570,7 @@ def test_a_request_built_from_the_template_is_what_requests_would_prepare():
     requests adds a field to it, this says so."""
     import requests
 
-    from gpt_proxy.upstream import HEADERS, BearerAuth, _with_body, new_session
+    from gpt_proxy.upstream.client import HEADERS, BearerAuth, _with_body, new_session
 
     session = new_session()
     made = session.prepare_request(requests.Request(

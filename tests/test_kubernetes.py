@@ -17,7 +17,7 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from gpt_proxy.config import PARSERS
+from gpt_proxy.base.config import PARSERS
 
 from .kustomize import render
 from .test_compose import image_is_named_in_full

@@ -184,7 +184,7 @@ def test_a_refused_attempt_counts_nothing(users_app):
 
 def test_parallel_attempts_are_admitted_exactly_up_to_the_limit(db, clock):
     """40 threads count one subject at once, on SQLite and PostgreSQL: exactly 5 pass."""
-    from gpt_proxy.accounts import Accounts
+    from gpt_proxy.identity.accounts import Accounts
 
     accounts = Accounts(db, clock=clock)
     with ThreadPoolExecutor(8) as pool:
@@ -201,7 +201,7 @@ def test_parallel_attempts_are_admitted_exactly_up_to_the_limit(db, clock):
 
 
 def test_a_window_ends_and_ended_windows_are_deleted(db, clock):
-    from gpt_proxy.accounts import ATTEMPTS_SWEEP_EVERY, Accounts
+    from gpt_proxy.identity.accounts import ATTEMPTS_SWEEP_EVERY, Accounts
 
     accounts = Accounts(db, clock=clock)
     for _ in range(2):
@@ -222,7 +222,7 @@ def test_a_window_ends_and_ended_windows_are_deleted(db, clock):
 
 def test_only_digests_of_usernames_and_addresses_are_stored(db, clock):
     """A username field sometimes holds a password: the table never holds the text."""
-    from gpt_proxy.accounts import Accounts
+    from gpt_proxy.identity.accounts import Accounts
 
     Accounts(db, clock=clock).count_attempt(["login:address:192.0.2.1",
                                              "login:user:my secret pass"], 5, 60.0)

@@ -1,4 +1,4 @@
-"""The OpenAPI document (`gpt_proxy/openapi.py`): valid OpenAPI 3.1, served at
+"""The OpenAPI document (`gpt_proxy/doors/openapi.py`): valid OpenAPI 3.1, served at
 /api/openapi.json, and in step with the app: every route of the url_map outside /v1, /static,
 /metrics and / is described with each of its methods, and nothing is described that the app
 does not serve."""
@@ -9,7 +9,7 @@ import pytest
 import schemathesis
 
 from gpt_proxy import create_app
-from gpt_proxy.openapi import document, flask_path, registered
+from gpt_proxy.doors.openapi import document, flask_path, registered
 
 from .conftest import make_config
 
@@ -117,7 +117,7 @@ def test_served_at_api_openapi_json_without_a_credential(tmp_path):
 
 def test_a_module_adds_its_routes_only_when_they_are_registered(tmp_path, monkeypatch):
     """OPENAPI_PATHS of a registered blueprint's module are merged, filtered by the url_map."""
-    from gpt_proxy import account_api
+    from gpt_proxy.doors import account_api
 
     extra = {"/api/keys/{key_id}": {"get": {"summary": "not served", "operationId": "x",
                                             "responses": {"200": {"description": "x"}}}},

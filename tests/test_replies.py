@@ -19,9 +19,10 @@ import tracemalloc
 import pytest
 import redis
 
-from gpt_proxy import create_app, replies
-from gpt_proxy.replies import MemoryReplyStore, RedisReplyStore
-from gpt_proxy.sse import encode_text
+from gpt_proxy import create_app
+from gpt_proxy.base.sse import encode_text
+from gpt_proxy.storage import replies
+from gpt_proxy.storage.replies import MemoryReplyStore, RedisReplyStore
 
 from .conftest import ANN, BOB, FakeClock, make_config, new_key, sign_up, sse_blocks, until
 from .fake_upstream import Scenario, chunk_json, sse_bytes, stream_scenario

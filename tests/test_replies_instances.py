@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from gpt_proxy.replies import new_reply_id
+from gpt_proxy.storage.replies import new_reply_id
 
 from .conftest import serve
 from .fake_upstream import Scenario, chunk_json, sse_bytes

@@ -1,4 +1,4 @@
-"""The start-up checks (gpt_proxy/startup.py): alone, then under the real gunicorn with the
+"""The start-up checks (gpt_proxy/storage/startup.py): alone, then under the real gunicorn with the
 repo's gunicorn.conf.py, including a whole file system made read-only around it (as `docker
 run --read-only` does) in a mount namespace of its own. The Docker traps they close are
 listed in the README's Docker section.
@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from gpt_proxy import create_app, startup
-from gpt_proxy.config import load_config
+from gpt_proxy import create_app
+from gpt_proxy.base.config import load_config
+from gpt_proxy.storage import startup
 
 from .conftest import ROOT, TEST_DATABASE, until
 from .processes import free_port, stop_process, wait_port
