@@ -84,6 +84,10 @@ def bench(url: str, name: str, rows: int, runs: int, folder: str,
         ("ledger page: rare model", "/api/admin/ledger?model=text-embedding-3-small", admin),
         ("ledger page 200, no filter", "/api/admin/ledger?page=200", admin),
         ("upstreams (admin)", "/api/admin/upstreams", admin),
+        ("every user (1,000)", "/api/admin/users", admin),
+        ("users page: search 'user01'", "/api/admin/users?q=user01", admin),
+        ("every key (5,000)", "/api/admin/keys", admin),
+        ("keys page 40", "/api/admin/keys?page=40", admin),
     ]
     results = []
     for label, path, kwargs in cases:

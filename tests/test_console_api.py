@@ -420,3 +420,113 @@ def test_the_answers_match_their_openapi_description(console):
             assert jsonschema_rs.validator_for(
                 {"$ref": "#/components/schemas/ConsoleError",
                  "components": {"schemas": OPENAPI_SCHEMAS}}).is_valid(refused.get_json())
+
+
+# --- users and keys: search and pages ----------------------------------------------------------
+
+def _names(answer) -> list[str]:
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    return [row["username"] for row in answer.get_json()["data"]]
+
+
+def test_user_search_is_case_insensitive_and_takes_wildcards_as_plain_characters(console):
+    app, state, people = console
+    for name in ("Ünal", "a_c", "abc", "xa_cx", "pg1", "pg10", "pg2"):
+        state.accounts.create_user(name, "correct horse battery")
+    root = people["root"][2]
+    assert _names(root.get("/api/admin/users?q=ÜNAL")) == ["Ünal"]
+    assert _names(root.get("/api/admin/users?q=%C3%BCnal")) == ["Ünal"]
+    assert _names(root.get("/api/admin/users?q=a_c")) == ["a_c", "xa_cx"]  # not abc
+    assert _names(root.get("/api/admin/users?q=%25")) == []  # `%` is no wildcard either
+    assert _names(root.get("/api/admin/users?q=B")) == ["bob", "abc"]
+    # the exact name first, then by id
+    assert _names(root.get("/api/admin/users?q=pg1")) == ["pg1", "pg10"]
+    assert _names(root.get("/api/admin/users?q=PG10")) == ["pg10"]
+    assert _names(root.get("/api/admin/users?q=G")) == ["pg1", "pg10", "pg2"]
+
+
+def test_user_pages_move_through_every_user_once_and_say_when_more_follow(console):
+    app, state, people = console
+    for n in range(7):
+        state.accounts.create_user(f"page{n}", "correct horse battery")
+    root = people["root"][2]
+    every = _names(root.get("/api/admin/users"))
+    assert len(every) == 10
+    seen = []
+    for page, more in ((1, True), (2, True), (3, True), (4, False)):
+        answer = root.get(f"/api/admin/users?page={page}&per_page=3").get_json()
+        assert (answer["page"], answer["per_page"], answer["has_more"]) == (page, 3, more)
+        seen += [row["username"] for row in answer["data"]]
+    assert seen == every
+    found = root.get("/api/admin/users?q=page&per_page=5&page=2").get_json()
+    assert [u["username"] for u in found["data"]] == ["page5", "page6"]
+    assert found["has_more"] is False and found["q"] == "page"
+    # without a parameter: every user, in the shape it always had
+    assert set(root.get("/api/admin/users").get_json()) == {"data"}
+
+
+def test_key_pages_carry_the_owner_and_search_the_keys_name(console):
+    app, state, people = console
+    ann = people["ann"][0]
+    for name in ("Laptop", "phone", "old laptop"):
+        state.accounts.create_key(ann.id, name)
+    root = people["root"][2]
+    answer = root.get("/api/admin/keys?q=LAPTOP").get_json()
+    assert [(k["name"], k["username"]) for k in answer["data"]] == [
+        ("Laptop", "ann"), ("old laptop", "ann")]
+    assert answer["has_more"] is False
+    assert [k["name"] for k in root.get("/api/admin/keys?user=bob&page=1").get_json()[
+        "data"]] == ["bob-key"]
+    assert [k["name"] for k in root.get("/api/admin/keys?q=%25").get_json()["data"]] == []
+    first = root.get("/api/admin/keys?per_page=4").get_json()
+    second = root.get("/api/admin/keys?per_page=4&page=2").get_json()
+    assert first["has_more"] is True and second["has_more"] is False
+    every = root.get("/api/admin/keys").get_json()
+    assert set(every) == {"data"} and "username" not in every["data"][0]
+    assert [k["id"] for k in first["data"] + second["data"]] == [k["id"] for k in every["data"]]
+
+
+@pytest.mark.parametrize("query,status", [
+    ("/api/admin/users?page=0", 400),
+    ("/api/admin/users?page=", 400),
+    ("/api/admin/users?page=-1", 400),
+    ("/api/admin/users?page=1.5", 400),
+    ("/api/admin/users?page=%C2%B2", 400),  # '²' is a digit to str.isdigit()
+    ("/api/admin/users?page=99999999999999999999999999", 400),
+    ("/api/admin/users?per_page=0", 400),
+    ("/api/admin/users?per_page=501", 400),
+    ("/api/admin/users?q=" + "x" * 101, 400),
+    ("/api/admin/users?q=a%00b", 400),
+    ("/api/admin/keys?page=0", 400),
+    ("/api/admin/keys?per_page=501", 400),
+    ("/api/admin/keys?q=a%00b", 400),
+    ("/api/admin/keys?user=nobody&page=1", 404),
+    ("/api/admin/keys?user=99999999999999999999999999&q=a", 404),
+])
+def test_bad_paging_and_search_parameters_are_refused_by_name(console, query, status):
+    app, state, people = console
+    answer = people["root"][2].get(query)
+    assert answer.status_code == status, answer.get_data(as_text=True)
+    assert set(answer.get_json()["error"]) >= {"code", "message"}
+
+
+@pytest.mark.parametrize("path", ["/api/admin/users", "/api/admin/keys"])
+def test_a_lone_surrogate_in_a_search_finds_nothing(console, path):
+    app, state, people = console
+    answer = people["root"][2].get(f"{path}?q=%ED%A0%80")
+    assert answer.status_code == 200 and answer.get_json()["data"] == []
+
+
+def test_a_nul_in_a_filter_is_refused_not_taken_for_a_database_failure(console):
+    """PostgreSQL refuses a NUL in a query's text: it was answered 503 "database
+    unavailable" (the ledger's filters) before being checked here."""
+    app, state, people = console
+    root = people["root"][2]
+    for name in ("model", "door", "outcome"):
+        answer = root.get(f"/api/admin/ledger?{name}=a%00b")
+        assert answer.status_code == 400, answer.get_data(as_text=True)
+        assert answer.get_json()["error"]["field"] == name
+    for path in ("/api/admin/keys?user=a%00b", "/api/admin/usage?user=a%00b"):
+        answer = root.get(path)
+        assert answer.status_code == 404, answer.get_data(as_text=True)
+        assert answer.get_json()["error"]["code"] == "unknown_user"

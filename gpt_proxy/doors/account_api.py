@@ -8,6 +8,10 @@ asking and delegate to `accounts`; who is asking is `identity`'s `g.caller`.
   key cannot make itself a successor. An admin (session of an admin user, or PROXY_TOKEN)
   manages anyone's. The new key is in the answer once and never again.
 - Another user's key is "unknown" (404), never "forbidden": ids leak nothing.
+- The admin lists of users and keys are whole without a parameter (as scripts have read
+  them), or a page when asked with `q`, `page` or `per_page`: searched and cut by the
+  database (a LIKE whose wildcards in `q` are escaped), one row more than the page to learn
+  `has_more` without counting.
 """
 
 from __future__ import annotations
@@ -127,7 +131,7 @@ def _find_user(value: object) -> User:
     if isinstance(value, int) and not isinstance(value, bool):
         user = accounts.get_user(value) if id_ok(value) else None
     elif isinstance(value, str) and value.strip():
-        user = accounts.find_user(value) if len(value) <= 200 else None
+        user = accounts.find_user(value) if len(value) <= 200 and "\x00" not in value else None
     else:
         raise BadRequest("'user' must be a user id or a username", field="user")
     if user is None:
@@ -142,10 +146,62 @@ def _query_user(text: str) -> int | str:
     return text
 
 
+PAGING = ("q", "page", "per_page")
+MAX_PER_PAGE = 500
+MAX_PAGE = 100_000
+MAX_QUERY = 100
+
+
+def _search() -> str | None:
+    """`q`: text to look for (None: absent or empty); at most MAX_QUERY characters of valid
+    Unicode without NUL (which no name holds, and PostgreSQL refuses in a query)."""
+    q = request.args.get("q", "")
+    if len(q) > MAX_QUERY:
+        raise BadRequest(f"'q' is longer than {MAX_QUERY} characters", field="q")
+    try:
+        q.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("'q' holds an invalid character", field="q") from None
+    if "\x00" in q:
+        raise BadRequest("'q' holds an invalid character (NUL)", field="q")
+    return q.strip() or None
+
+
+def _whole(name: str, default: int, high: int) -> int:
+    value = request.args.get(name)
+    if value is None:
+        return default
+    if not (_digits(value) and len(value) <= 7) or not 1 <= int(value) <= high:
+        raise BadRequest(f"'{name}' must be a whole number from 1 to {high}", field=name)
+    return int(value)
+
+
+def _paging() -> tuple[int, int] | None:
+    """(page, per_page) when the query names any of q, page or per_page; None otherwise
+    (the whole list, as before paging existed)."""
+    if not any(name in request.args for name in PAGING):
+        return None
+    return _whole("page", 1, MAX_PAGE), _whole("per_page", 50, MAX_PER_PAGE)
+
+
+def _page(found: list, page: int, per_page: int, q: str | None) -> dict:
+    return {"data": found[:per_page], "page": page, "per_page": per_page,
+            "has_more": len(found) > per_page, "q": q}
+
+
 @bp.get("/admin/users")
 def admin_users():
+    """Every user (no parameter), or a page of them: `q` (part of the name, any case),
+    `page`, `per_page`."""
     _admin()
-    return jsonify({"data": [u.public() for u in _state().accounts.list_users()]})
+    accounts = _state().accounts
+    paging = _paging()
+    if paging is None:
+        return jsonify({"data": [u.public() for u in accounts.list_users()]})
+    q = _search()
+    page, per_page = paging
+    found = accounts.list_users(q, offset=(page - 1) * per_page, limit=per_page + 1)
+    return jsonify(_page([u.public() for u in found], page, per_page, q))
 
 
 @bp.post("/admin/users")
@@ -187,10 +243,20 @@ def admin_change_user(user_id: int):
 
 @bp.get("/admin/keys")
 def admin_keys():
+    """Every key (or one user's: `user`, an id or a name), or a page of them with their
+    owner's `username`: `q` (part of the key's name), `page`, `per_page`."""
     _admin()
+    accounts = _state().accounts
     user = request.args.get("user")
+    paging = _paging()
+    q = _search() if paging is not None else None
     user_id = _find_user(_query_user(user)).id if user else None
-    return jsonify({"data": [k.public() for k in _state().accounts.list_keys(user_id)]})
+    if paging is None:
+        return jsonify({"data": [k.public() for k in accounts.list_keys(user_id)]})
+    page, per_page = paging
+    found = accounts.find_keys(user_id, q, offset=(page - 1) * per_page, limit=per_page + 1)
+    return jsonify(_page([{**k.public(), "username": owner} for k, owner in found],
+                         page, per_page, q))
 
 
 @bp.post("/admin/keys")
@@ -260,7 +326,7 @@ def _subject(scope: object, subject: object) -> int:
         if isinstance(subject, bool) or not isinstance(subject, int):
             raise BadRequest("a key's budget names the key by its id ('subject')",
                              field="subject")
-        if not any(k.id == subject for k in accounts.list_keys()):
+        if not (id_ok(subject) and accounts.key_exists(subject)):
             raise NotFound(f"no key with id {subject}", code="unknown_key", field="subject")
         return subject
     raise BadRequest("'scope' must be service, user or key", field="scope")

@@ -64,6 +64,8 @@ def _text(name: str, limit: int = 200) -> str | None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise BadRequest(f"'{name}' holds an invalid character", field=name) from None
+    if "\x00" in value:  # in no stored text, and PostgreSQL refuses it in a query
+        raise BadRequest(f"'{name}' holds an invalid character (NUL)", field=name)
     return value
 
 
@@ -126,7 +128,7 @@ def _known_user(user_id: int | None) -> None:
 
 
 def _known_key(key_id: int | None) -> None:
-    if key_id is not None and not any(k.id == key_id for k in _state().accounts.list_keys()):
+    if key_id is not None and not _state().accounts.key_exists(key_id):
         raise NotFound(f"no key with id {key_id}", code="unknown_key", field="key")
 
 

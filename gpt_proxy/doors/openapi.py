@@ -49,6 +49,7 @@ from ..identity.accounts import (
     MIN_PASSWORD_CHARS,
 )
 from ..identity.callers import SESSION_COOKIE, public
+from .account_api import MAX_PAGE, MAX_PER_PAGE, MAX_QUERY
 
 bp = Blueprint("openapi", __name__)
 OPENAPI_VERSION = "3.1.0"
@@ -172,6 +173,10 @@ NEW_KEY_FIELDS = {
     "expires_days": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 3650},
     "models": {"type": ["array", "null"], "minItems": 1, "maxItems": 100,
                "items": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"}}}
+PAGE_FIELDS = {  # a page of a list (asked for with q, page or per_page)
+    "page": {"type": "integer", "minimum": 1}, "per_page": {"type": "integer", "minimum": 1},
+    "has_more": {"type": "boolean", "description": "a next page has rows"},
+    "q": {"type": ["string", "null"], "description": "the search, as applied"}}
 DOLLARS = {"type": "string", "pattern": r"^-?[0-9]+\.[0-9]+$",
            "description": "dollars as a decimal string, e.g. \"0.004200\""}
 
@@ -255,7 +260,10 @@ def _schemas(config: Config) -> dict:
                           "name": {"type": "string"}, "hint": {"type": "string"},
                           "created": ISO, "last_used": ISO, "expires": ISO,
                           "models": {"type": ["array", "null"], "items": {"type": "string"}},
-                          "revoked": ISO}}
+                          "revoked": ISO,
+                          "username": {"type": "string",
+                                       "description": "the owner's (a page of "
+                                                      "/api/admin/keys only)"}}}
     new_key = {"allOf": [_ref("Key"), {"type": "object", "required": ["key", "note"],
                                        "properties": {"key": {"type": "string"},
                                                       "note": {"type": "string"}}}]}
@@ -372,9 +380,11 @@ def _schemas(config: Config) -> dict:
         "Key": key,
         "NewKey": new_key,
         "KeyList": {"type": "object", "required": ["data"],
-                    "properties": {"data": {"type": "array", "items": _ref("Key")}}},
+                    "properties": {"data": {"type": "array", "items": _ref("Key")},
+                                   **PAGE_FIELDS}},
         "UserList": {"type": "object", "required": ["data"],
-                     "properties": {"data": {"type": "array", "items": _ref("User")}}},
+                     "properties": {"data": {"type": "array", "items": _ref("User")},
+                                    **PAGE_FIELDS}},
         "NewKeyRequest": {"type": "object", "additionalProperties": False,
                           "properties": NEW_KEY_FIELDS},
         "Standing": standing,
@@ -523,6 +533,19 @@ def _account_paths(config: Config, sec: Security) -> dict:
                   "how many days back (1-400, default 31)")
     user_filter = _query("user", {"type": "string", "maxLength": 200},
                          "a user's id or username (empty: everyone)")
+    paging = [
+        _query("page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},
+               "page number (with q, page or per_page the answer is a page: `page`, "
+               "`per_page`, `has_more`; with none of them, every row)"),
+        _query("per_page", {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE,
+                            "default": 50}, "rows per page")]
+    search = {"type": "string", "maxLength": MAX_QUERY, "pattern": "^[^\\x00]*$"}
+    find_user = _query("q", search,
+                       "part of the username, any case (as usernames compare); `%` and `_` "
+                       "are plain characters; the exact name comes first")
+    find_key = _query("q", search,
+                      "part of the key's name, any case (A-Z only on SQLite); `%` and `_` "
+                      "are plain characters")
 
     def a(summary: str, op_id: str, ok: dict, *, security: list, extra: tuple = (),
           **kw) -> dict:
@@ -576,8 +599,9 @@ def _account_paths(config: Config, sec: Security) -> dict:
             _ok("Spend and budgets", _ref("Usage")), security=sec.session_or_key,
             parameters=[days])},
         "/api/admin/users": {
-            "get": a("Every user", "adminUsers", _ok("The users", _ref("UserList")),
-                     security=admin),
+            "get": a("Every user, or a page of those whose name holds `q`", "adminUsers",
+                     _ok("The users", _ref("UserList")), security=admin,
+                     parameters=[find_user, *paging]),
             "post": a("Make a user", "adminNewUser", _ok("The user", _ref("User"), status=201),
                       security=admin, extra=(413,), body=_body(user_body))},
         "/api/admin/users/{user_id}": {"patch": a(
@@ -585,8 +609,9 @@ def _account_paths(config: Config, sec: Security) -> dict:
             _ok("The user", _ref("User")), security=admin, extra=(404, 413),
             parameters=[_path_param("user_id", ID, "the user's id")], body=_body(change))},
         "/api/admin/keys": {
-            "get": a("Every key (or one user's)", "adminKeys", _ok("The keys", _ref("KeyList")),
-                     security=admin, extra=(404,), parameters=[user_filter]),
+            "get": a("Every key (or one user's), or a page of them", "adminKeys",
+                     _ok("The keys", _ref("KeyList")), security=admin, extra=(404,),
+                     parameters=[user_filter, find_key, *paging]),
             "post": a("Make a key for a user (shown once)", "adminNewKey",
                       _ok("The new key", _ref("NewKey"), status=201), security=admin,
                       extra=(404, 413), body=_body(admin_key))},

@@ -507,9 +507,18 @@ class Accounts:
                 users.c.username_key == username_key(username.strip()))).first()
         return _user(row) if row is not None else None
 
-    def list_users(self) -> list[User]:
+    def list_users(self, q: str | None = None, *, offset: int = 0,
+                   limit: int | None = None) -> list[User]:
+        """Users by id; with `q`, those whose name holds it (compared as usernames are:
+        NFKC, casefolded; LIKE's wildcards in `q` are plain characters), the exact name first."""
+        query = sa.select(*_USER_COLUMNS)
+        if q:
+            wanted = username_key(q.strip())
+            query = query.where(users.c.username_key.contains(wanted, autoescape=True)).order_by(
+                sa.case((users.c.username_key == wanted, 0), else_=1))
+        query = query.order_by(users.c.id).offset(offset).limit(limit)
         with self.db.read() as conn:
-            rows = conn.execute(sa.select(*_USER_COLUMNS).order_by(users.c.id)).all()
+            rows = conn.execute(query).all()
         return [_user(row) for row in rows]
 
     def count_users(self) -> int:
@@ -680,6 +689,27 @@ class Accounts:
             query = query.where(api_keys.c.user_id == user_id)
         with self.db.read() as conn:
             return [_key(row) for row in conn.execute(query).all()]
+
+    def find_keys(self, user_id: int | None = None, q: str | None = None, *, offset: int = 0,
+                  limit: int | None = None) -> list[tuple[Key, str]]:
+        """Keys by id with their owner's username; with `q`, those whose name holds it
+        (case-insensitively: every letter on PostgreSQL, A-Z only on SQLite, whose lower()
+        knows no other; LIKE's wildcards in `q` are plain characters)."""
+        query = (sa.select(api_keys, users.c.username.label("owner"))
+                 .join(users, users.c.id == api_keys.c.user_id).order_by(api_keys.c.id))
+        if user_id is not None:
+            query = query.where(api_keys.c.user_id == user_id)
+        if q:
+            query = query.where(sa.func.lower(api_keys.c.name).contains(q.lower(),
+                                                                        autoescape=True))
+        with self.db.read() as conn:
+            rows = conn.execute(query.offset(offset).limit(limit)).all()
+        return [(_key(row), row.owner) for row in rows]
+
+    def key_exists(self, key_id: int) -> bool:
+        with self.db.read() as conn:
+            return conn.execute(sa.select(api_keys.c.id).where(
+                api_keys.c.id == key_id)).first() is not None
 
     def revoke_key(self, key_id: int, *, user_id: int | None = None) -> Key:
         """Revoke a key (only `user_id`'s, when given: another user's key is "unknown")."""

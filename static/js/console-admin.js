@@ -42,13 +42,32 @@ function refreshButton(refresh, status) {
   }, "Refresh");
 }
 
-function notHere(what) {
-  return h("p", { class: "failure" }, `This server does not have ${what} yet (an older version): update it to see this page.`);
+async function userNames() {
+  const list = (await data.allUsers()).data || [];
+  return new Map(list.map((u) => [u.id, u.username]));
 }
 
-async function userNames() {
-  const list = await data.users();
-  return new Map(list.map((u) => [u.id, u.username]));
+const PER_PAGE = 50;
+
+/** Newer/Older buttons and a page label for a list the server pages; `go(page)` loads one. */
+function pager(idPrefix, go) {
+  let page = 1;
+  const prev = h("button", { type: "button", id: `${idPrefix}-prev` }, "Previous page");
+  const next = h("button", { type: "button", id: `${idPrefix}-next` }, "Next page");
+  const label = h("span", { class: "dim", id: `${idPrefix}-page`, "aria-live": "polite" });
+  prev.addEventListener("click", () => go(Math.max(1, page - 1)));
+  next.addEventListener("click", () => go(page + 1));
+  return {
+    element: h("div", { class: "toolbar pager" }, prev, next, label),
+    /** After a page is shown: where we are, and whether more follow. */
+    at(shown, answer, rows) {
+      page = shown;
+      prev.disabled = page <= 1;
+      next.disabled = !answer.has_more;
+      label.textContent = rows ? `page ${page}: ${rows} shown${answer.has_more ? ", more follow" : ""}` : `page ${page}`;
+    },
+    get page() { return page; },
+  };
 }
 
 function namedBudget(names, keys) {
@@ -108,7 +127,7 @@ export async function overviewPage(ctx) {
   try {
     await refresh();
   } catch (err) {
-    body.replaceChildren(data.isMissingRoute(err) ? notHere("the overview route (/api/admin/overview)") : failure(err));
+    body.replaceChildren(failure(err));
     return;
   }
   live(ctx, refresh);
@@ -127,12 +146,13 @@ export async function usersPage(ctx) {
   const search = h("input", { id: "user-search", type: "search", name: "q", placeholder: "part of a name" });
   const searchForm = h("form", { class: "form inline", role: "search", "aria-label": "Find users" },
     field("Search", search), h("div", { class: "actions" }, h("button", { type: "submit" }, "Find")));
+  const pages = pager("users", (page) => refresh(page));
   let timer = 0;
   search.addEventListener("input", () => {
     clearTimeout(timer);
-    timer = setTimeout(refresh, 250);
+    timer = setTimeout(() => refresh(1), 250);
   });
-  searchForm.addEventListener("submit", (e) => { e.preventDefault(); refresh(); });
+  searchForm.addEventListener("submit", (e) => { e.preventDefault(); clearTimeout(timer); refresh(1); });
 
   async function change(u, body, done) {
     try {
@@ -170,8 +190,15 @@ export async function usersPage(ctx) {
     return cell;
   }
 
-  async function refresh() {
-    const users = await data.users(search.value);
+  let asked = 0; // answers to an older search (typing fast) are dropped
+  async function refresh(page = pages.page) {
+    const ask = ++asked;
+    const answer = await data.users({ q: search.value, page, perPage: PER_PAGE });
+    if (ask !== asked) return;
+    const users = answer.data || [];
+    if (!users.length && page > 1) return refresh(page - 1); // the last page emptied
+    pages.at(page, answer, users.length);
+    list.dataset.q = search.value.trim();
     list.replaceChildren(table([
       { label: "id", num: true, cell: (u) => String(u.id) },
       { label: "username", cell: (u) => h("span", { class: "username" }, u.username) },
@@ -200,7 +227,8 @@ export async function usersPage(ctx) {
       const made = await data.post("/api/admin/users", body);
       say(createStatus, `made user ${made.username}`, "ok");
       create.reset();
-      await refresh();
+      search.value = made.username; // show them
+      await refresh(1);
     } catch (err) {
       say(createStatus, err.message, "error");
     }
@@ -222,7 +250,7 @@ export async function usersPage(ctx) {
     }
   });
 
-  ctx.main.replaceChildren(h("h1", {}, "Users"), searchForm, status, list,
+  ctx.main.replaceChildren(h("h1", {}, "Users"), searchForm, status, list, pages.element,
     h("h2", {}, "Make a user"), create, h("h2", {}, "Invites"),
     h("p", { class: "dim" }, "Where registration needs an invite, an invite code lets one person make an account."), invite);
   await refresh();
@@ -233,17 +261,27 @@ export async function usersPage(ctx) {
 export async function adminKeysPage(ctx) {
   const status = h("p", { class: "status", role: "status" });
   const list = h("div", { class: "key-list" });
-  const names = await userNames();
-  const filter = h("select", { id: "keys-user", name: "user" }, h("option", { value: "" }, "every user"),
-    [...names].sort((a, b) => a[1].localeCompare(b[1])).map(([id, name]) =>
-      h("option", { value: String(id), selected: ctx.params.get("user") === String(id) ? true : null }, name)));
-  filter.addEventListener("change", refresh);
+  const owner = h("input", { id: "keys-user", name: "user", type: "search", autocomplete: "off", placeholder: "everyone", value: ctx.params.get("user") || "" });
+  const named = h("input", { id: "keys-q", name: "q", type: "search", autocomplete: "off", placeholder: "part of a key's name" });
+  const filter = h("form", { class: "form inline", role: "search", "aria-label": "Which keys" },
+    field("Owner (name or id)", owner), field("Key name", named), h("div", { class: "actions" }, h("button", { type: "submit" }, "Show")));
+  filter.addEventListener("submit", (e) => { e.preventDefault(); refresh(1); });
+  const pages = pager("keys", (page) => refresh(page));
 
-  async function refresh() {
-    const answer = await data.get(`/api/admin/keys${filter.value ? `?user=${encodeURIComponent(filter.value)}` : ""}`);
-    list.replaceChildren(keyTable(answer.data || [], {
+  async function refresh(page = pages.page) {
+    let answer;
+    try {
+      answer = await data.keys({ user: owner.value, q: named.value, page, perPage: PER_PAGE });
+    } catch (err) {
+      list.replaceChildren(failure(err));
+      return;
+    }
+    const found = answer.data || [];
+    if (!found.length && page > 1) return refresh(page - 1);
+    pages.at(page, answer, found.length);
+    list.replaceChildren(keyTable(found, {
       label: "Every API key",
-      owner: (k) => names.get(k.user_id) ?? `#${k.user_id}`,
+      owner: (k) => k.username ?? `#${k.user_id}`,
       onRevoke: async (k) => {
         try {
           const gone = await data.remove(`/api/admin/keys/${encodeURIComponent(k.id)}`);
@@ -255,21 +293,20 @@ export async function adminKeysPage(ctx) {
       },
     }));
   }
-  const owner = h("select", { id: "admin-key-user", name: "user", required: true },
-    [...names].sort((a, b) => a[1].localeCompare(b[1])).map(([id, name]) => h("option", { value: String(id) }, name)));
+  const forUser = h("input", { id: "admin-key-user", name: "user", required: true, autocomplete: "off", maxlength: "200" });
   const { form, shown } = keyForm({
     idPrefix: "admin-key",
-    extra: [field("For user", owner)],
+    extra: [field("For user (name or id)", forUser)],
     onCreate: async (body) => {
-      const made = await data.post("/api/admin/keys", { ...body, user: Number(owner.value) });
+      const who = forUser.value.trim();
+      const made = await data.post("/api/admin/keys", { ...body, user: /^\d+$/.test(who) ? Number(who) : who });
       await refresh();
       return made;
     },
   });
-  ctx.main.replaceChildren(h("h1", {}, "Every API key"),
-    h("form", { class: "form inline", "aria-label": "Whose keys" }, field("Show keys of", filter)), status, list,
+  ctx.main.replaceChildren(h("h1", {}, "Every API key"), filter, status, list, pages.element,
     h("h2", {}, "Make a key for a user"), form, shown);
-  await refresh();
+  await refresh(1);
 }
 
 // ---- every budget -------------------------------------------------------------------------
@@ -389,7 +426,7 @@ export async function ledgerPage(ctx) {
     let answer;
     try {
       if (filter.user && !/^\d+$/.test(filter.user)) { // a name: the route takes the user's id
-        const found = (await data.users(filter.user)).find((u) => u.username === filter.user);
+        const found = await data.userNamed(filter.user);
         if (!found) {
           say(status, `there is no user named "${filter.user}"`, "error");
           rows.replaceChildren();
@@ -464,7 +501,7 @@ export async function upstreamsPage(ctx) {
   try {
     await refresh();
   } catch (err) {
-    body.replaceChildren(data.isMissingRoute(err) ? notHere("the upstreams route (/api/admin/upstreams)") : failure(err));
+    body.replaceChildren(failure(err));
     return;
   }
   live(ctx, refresh);
