@@ -486,6 +486,43 @@ def test_key_pages_carry_the_owner_and_search_the_keys_name(console):
     assert [k["id"] for k in first["data"] + second["data"]] == [k["id"] for k in every["data"]]
 
 
+def test_budget_rows_name_their_user_and_key_in_batches(console, monkeypatch):
+    """The budgets page names each budget's subject from the rows themselves (it no longer
+    loads every user and key): a user budget carries the username, a key budget the key's
+    name and its owner's, the service neither; looked up a few ids at a time."""
+    from gpt_proxy.identity import accounts as accounts_module
+
+    monkeypatch.setattr(accounts_module, "NAMES_AT_ONCE", 2)  # several batches of each
+    app, state, people = console
+    root = people["root"][2]
+    extra = [state.accounts.create_user(f"Ünal.{n}", "correct horse battery")
+             for n in range(3)]
+    made = []
+    for user in [people["ann"][0], people["bob"][0], *extra]:
+        made.append(root.post("/api/admin/budgets", json={
+            "scope": "user", "subject": user.id, "unit": "requests", "period": "day",
+            "limit": 5}))
+    for name in ("ann", "bob", "root"):
+        made.append(root.post("/api/admin/budgets", json={
+            "scope": "key", "subject": people[name][1].id, "unit": "tokens", "period": "day",
+            "limit": 100}))
+    made.append(root.post("/api/admin/budgets", json={
+        "scope": "service", "unit": "usd", "period": "month", "limit": "9.00"}))
+    assert all(m.status_code == 201 for m in made), [m.get_json() for m in made]
+    rows = root.get("/api/admin/budgets").get_json()["data"]
+    named = {(r["scope"], r["subject_id"]): (r["username"], r["key_name"]) for r in rows}
+    assert named == {
+        ("user", people["ann"][0].id): ("ann", None),
+        ("user", people["bob"][0].id): ("bob", None),
+        **{("user", u.id): (u.username, None) for u in extra},
+        ("key", people["ann"][1].id): ("ann", "ann-key"),
+        ("key", people["bob"][1].id): ("bob", "bob-key"),
+        ("key", people["root"][1].id): ("root", "root-key"),
+        ("service", 0): (None, None)}
+    # the standing is still there beside the names
+    assert all({"limit", "spent", "left", "resets_at"} <= set(r) for r in rows)
+
+
 @pytest.mark.parametrize("query,status", [
     ("/api/admin/users?page=0", 400),
     ("/api/admin/users?page=", 400),

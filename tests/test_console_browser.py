@@ -294,6 +294,24 @@ def admin_console(open_console, server):
     return open_
 
 
+def choose(page, field: str, typed: str, option: str) -> None:
+    """Type `typed` into a search field and choose the suggestion `option` (its text) with
+    the keyboard: Down until it is the active one, then Enter."""
+    page.fill(field, typed)
+    listbox = page.locator(f"{field}-options")
+    wanted = listbox.get_by_role("option", name=re.compile(rf"^{re.escape(option)}\b"))
+    expect()(wanted).to_be_visible()
+    for _ in range(listbox.get_by_role("option").count()):
+        page.press(field, "ArrowDown")
+        if wanted.get_attribute("aria-selected") == "true":
+            break
+    expect()(wanted).to_have_attribute("aria-selected", "true")
+    assert page.get_attribute(field, "aria-activedescendant") == wanted.get_attribute("id")
+    page.press(field, "Enter")
+    expect()(page.locator(field)).to_have_value(option)
+    expect()(listbox).to_be_hidden()
+
+
 def test_an_admin_makes_a_user_sets_a_budget_and_sees_it_fill_as_requests_run(
         admin_console, server, upstream):
     console = admin_console()
@@ -309,7 +327,7 @@ def test_an_admin_makes_a_user_sets_a_budget_and_sees_it_fill_as_requests_run(
 
     console.go("admin/budgets")
     console.page.select_option("#budget-scope", "user")
-    console.page.select_option("#budget-user", label=name)
+    choose(console.page, "#budget-user", name, name)
     console.page.select_option("#budget-unit", "tokens")
     console.page.select_option("#budget-period", "day")
     console.page.fill("#budget-limit", "1000")
@@ -335,6 +353,77 @@ def test_an_admin_makes_a_user_sets_a_budget_and_sees_it_fill_as_requests_run(
     console.page.locator(".budget-row", has_text=f"user {name}").get_by_role(
         "button", name=re.compile("Delete")).click()
     expect()(console.page.locator(".budget", has_text=f"user {name}")).to_have_count(0)
+    console.check_clean()
+
+
+def test_an_admin_finds_a_user_among_many_by_part_of_the_name_and_budgets_them_and_a_key(
+        admin_console, server):
+    """At scale the budgets page searches: the subject is typed and chosen from a few
+    suggestions (keyboard only), and the table names each budget from its own row; no page
+    asks for the whole list of users or keys."""
+    base = new_name("shelf") + "-"
+    for n in range(60):
+        made = make_user(server, f"{base}{n:02d}")
+        admin_api(server, "POST", "/api/admin/keys", user=made["id"], name=f"k{n:02d}")
+    marta = f"{base}marta"
+    made = make_user(server, marta)
+    keys = {name: admin_api(server, "POST", "/api/admin/keys", user=made["id"], name=name)["id"]
+            for name in ("laptop", "phone")}
+    console = admin_console(hash_="admin/budgets")
+    asked: list[str] = []
+    console.page.on("request", lambda r: asked.append(r.url.removeprefix(server.url)))
+
+    # A part every one of the 61 shares: a few suggestions, not all of them.
+    console.page.fill("#budget-user", base)
+    options = console.page.locator("#budget-user-options [role=option]")
+    expect()(options).to_have_count(10)
+    expect()(console.page.locator("#budget-user")).to_have_attribute("aria-expanded", "true")
+    console.page.press("#budget-user", "Escape")
+    expect()(console.page.locator("#budget-user-options")).to_be_hidden()
+    choose(console.page, "#budget-user", "MARTA", marta)  # any case, part of the name
+    expect()(console.page.locator("#budget-user-note")).to_contain_text(f"chosen: {marta}")
+    console.page.select_option("#budget-unit", "requests")
+    console.page.fill("#budget-limit", "40")
+    console.page.press("#budget-limit", "Enter")
+    expect()(console.page.locator(".status.ok")).to_contain_text(f"budget set for user {marta}")
+    expect()(console.page.locator(".budget", has_text=f"user {marta}")).to_contain_text(
+        "0 requests of 40 requests")
+
+    # One of her keys: the owner chosen above narrows the keys; Tab reaches the key field.
+    console.page.select_option("#budget-scope", "key")
+    expect()(console.page.get_by_label("Owner (narrows the keys)")).to_have_value(marta)
+    console.page.focus("#budget-user")
+    console.page.press("#budget-user", "Escape")
+    console.page.keyboard.press("Tab")
+    expect()(console.page.locator("#budget-key")).to_be_focused()
+    expect()(console.page.locator("#budget-key-options [role=option]")).to_have_count(2)
+    choose(console.page, "#budget-key", "PHO", "phone")
+    console.page.select_option("#budget-unit", "tokens")
+    console.page.fill("#budget-limit", "5000")
+    console.page.press("#budget-limit", "Enter")
+    key_bar = console.page.locator(".budget", has_text=f"key phone (#{keys['phone']}, {marta})")
+    expect()(key_bar).to_contain_text("0 tokens of 5,000 tokens")
+    # the names came with the budgets (a fresh page, before any search is typed)
+    console.page.reload()
+    console.wait_loaded("admin/budgets")
+    expect()(console.page.locator(".budget", has_text=f"user {marta}")).to_have_count(1)
+    expect()(key_bar).to_have_count(1)
+
+    for width in WIDTHS:  # the form, the table, and the suggestions open over them
+        console.page.set_viewport_size({"width": width, "height": 900})
+        assert console.layout_problems() == [], width
+        console.page.fill("#budget-user", base)
+        expect()(options).to_have_count(10)
+        assert console.layout_problems() == [], width
+        console.page.press("#budget-user", "Escape")
+
+    console.page.set_viewport_size({"width": 1280, "height": 900})
+    for page in [a.get_attribute("href")[1:] for a in console.page.locator("#nav a").all()]:
+        console.go(page)
+    lists = [url for url in asked if url.split("?")[0] in ("/api/admin/users", "/api/admin/keys")]
+    assert lists, asked  # the searches above were seen
+    whole = [url for url in lists if not re.search(r"[?&](q|page|per_page)=", url)]
+    assert whole == [], whole
     console.check_clean()
 
 
@@ -398,11 +487,27 @@ def test_a_hostile_key_name_model_name_and_username_render_as_text(
                                  (HOSTILE + name, user["id"]))
     finally:
         database.close()
+    admin_api(server, "POST", "/api/admin/budgets", scope="user", subject=user["id"],
+              unit="requests", period="day", limit=10)
+    admin_api(server, "POST", "/api/admin/budgets", scope="key", subject=made["id"],
+              unit="requests", period="day", limit=10)
     console = admin_console()
-    for page in ("admin/users", "admin/keys", "admin/ledger"):
+    narrow = {"admin/users": ("#user-search", name), "admin/keys": ("#keys-user", str(user["id"])),
+              "admin/budgets": ("#budget-user", name)}  # pages that list many show a few
+    for page in ("admin/users", "admin/keys", "admin/ledger", "admin/budgets"):
         console.go(page)
+        if page in narrow:
+            field, text = narrow[page]
+            console.page.fill(field, text)
+            if page != "admin/budgets":  # there the suggestions follow the typing
+                console.page.press(field, "Enter")
         expect()(console.page.locator("main")).to_contain_text(HOSTILE)
         assert console.page.locator("main img").count() == 0
+    # the budgets page: in the table, and in the search field's suggestions
+    expect()(console.page.locator("#budget-user-options")).to_contain_text(HOSTILE + name)
+    expect()(console.page.locator(".budget", has_text=f"key {HOSTILE}")).to_contain_text(
+        f"{HOSTILE + name})")
+    assert console.page.locator("main img").count() == 0
     console.go("admin/ledger")
     console.page.fill("#ledger-model", HOSTILE)
     console.page.press("#ledger-model", "Enter")

@@ -334,9 +334,24 @@ def _subject(scope: object, subject: object) -> int:
 
 @bp.get("/admin/budgets")
 def admin_budgets():
+    """Every budget with its standing and its subject's names: `username` (a user's, or a
+    key's owner's) and `key_name` (null where they do not apply or the subject is gone), from
+    one lookup of the ids shown."""
     _admin()
-    budgets = _state().budgets
-    return jsonify({"data": budgets.standing(budgets.list_budgets())})
+    state = _state()
+    found = state.budgets.list_budgets()
+    user_names, key_names = state.accounts.names(
+        (b.subject_id for b in found if b.scope == "user"),
+        (b.subject_id for b in found if b.scope == "key"))
+    rows = []
+    for row in state.budgets.standing(found):
+        username = key_name = None
+        if row["scope"] == "user":
+            username = user_names.get(row["subject_id"])
+        elif row["scope"] == "key":
+            key_name, username = key_names.get(row["subject_id"], (None, None))
+        rows.append({**row, "username": username, "key_name": key_name})
+    return jsonify({"data": rows})
 
 
 @bp.post("/admin/budgets")

@@ -388,8 +388,18 @@ def _schemas(config: Config) -> dict:
         "NewKeyRequest": {"type": "object", "additionalProperties": False,
                           "properties": NEW_KEY_FIELDS},
         "Standing": standing,
+        "NamedStanding": {"allOf": [_ref("Standing"), {
+            "type": "object", "required": ["username", "key_name"],
+            "properties": {
+                "username": {"type": ["string", "null"],
+                             "description": "the user's (scope user) or the key's owner's "
+                                            "(scope key); null for the service or a subject "
+                                            "that is gone"},
+                "key_name": {"type": ["string", "null"],
+                             "description": "the key's name (scope key), else null"}}}]},
         "BudgetList": {"type": "object", "required": ["data"],
-                       "properties": {"data": {"type": "array", "items": _ref("Standing")}}},
+                       "properties": {"data": {"type": "array",
+                                               "items": _ref("NamedStanding")}}},
         "Usage": {"type": "object", "required": ["user", "key", "budgets", "by_day"],
                   "properties": {"user": {"type": ["string", "null"]},
                                  "key": {"type": ["string", "null"]},
@@ -625,7 +635,7 @@ def _account_paths(config: Config, sec: Security) -> dict:
                 "days": {"type": "number", "exclusiveMinimum": 0, "maximum": 365,
                          "default": 7}}}, False))},
         "/api/admin/budgets": {
-            "get": a("Every budget with its standing", "adminBudgets",
+            "get": a("Every budget with its standing and its subject's names", "adminBudgets",
                      _ok("The budgets", _ref("BudgetList")), security=admin),
             "post": a("Make a budget or change its limit", "adminSetBudget",
                       _ok("The budget", _ref("Standing"), status=201), security=admin,

@@ -7,6 +7,7 @@
 import { copyButton, failure, field, h, say, table } from "./console-dom.js";
 import * as data from "./console-data.js";
 import { count, duration, money, percent, when } from "./console-format.js";
+import { picker } from "./console-pick.js";
 import { budgetBar, keyForm, keyTable, usageView } from "./console-user.js";
 
 const REFRESH_MS = 5000; // live pages (overview, budgets, upstreams) ask again this often
@@ -42,12 +43,8 @@ function refreshButton(refresh, status) {
   }, "Refresh");
 }
 
-async function userNames() {
-  const list = (await data.allUsers()).data || [];
-  return new Map(list.map((u) => [u.id, u.username]));
-}
-
 const PER_PAGE = 50;
+const PICK_SHOWN = 10; // suggestions a search field shows
 
 /** Newer/Older buttons and a page label for a list the server pages; `go(page)` loads one. */
 function pager(idPrefix, go) {
@@ -70,15 +67,14 @@ function pager(idPrefix, go) {
   };
 }
 
-function namedBudget(names, keys) {
-  return (b) => {
-    if (b.scope === "user") return `user ${names.get(b.subject_id) ?? `#${b.subject_id}`}`;
-    if (b.scope === "key") {
-      const k = keys.get(b.subject_id);
-      return k ? `key ${b.subject_id} (${k.name}, ${names.get(k.user_id) ?? `user #${k.user_id}`})` : `key ${b.subject_id}`;
-    }
-    return b.scope;
-  };
+/** A budget's subject by the names its row carries (username, key_name). */
+function namedBudget(b) {
+  const who = b.username ?? null;
+  if (b.scope === "user") return `user ${who ?? `#${b.subject_id} (gone)`}`;
+  if (b.scope === "key") {
+    return b.key_name === null || b.key_name === undefined ? `key #${b.subject_id} (gone)` : `key ${b.key_name} (#${b.subject_id}, ${who})`;
+  }
+  return b.scope;
 }
 
 // ---- overview -----------------------------------------------------------------------------
@@ -314,26 +310,23 @@ export async function adminKeysPage(ctx) {
 export async function adminBudgetsPage(ctx) {
   const status = h("p", { class: "status", role: "status" });
   const list = h("div", { class: "budget-admin" });
-  const names = await userNames();
-  const keys = new Map(((await data.get("/api/admin/keys")).data || []).map((k) => [k.id, k]));
   const tz = ctx.me.tz;
 
   async function refresh() {
     const budgets = (await data.get("/api/admin/budgets")).data || [];
-    const describe = namedBudget(names, keys);
-    list.replaceChildren(...(budgets.length ? budgets.map((b) => budgetRow(b, describe)) : [h("p", { class: "dim" }, "No budgets yet.")]));
+    list.replaceChildren(...(budgets.length ? budgets.map(budgetRow) : [h("p", { class: "dim" }, "No budgets yet.")]));
   }
 
-  function budgetRow(b, describe) {
+  function budgetRow(b) {
     const limit = h("input", { type: "text", inputmode: "decimal", value: String(b.limit), "aria-label": `New limit for budget ${b.id}`, size: "10" });
     const change = h("form", { class: "inline-form" }, limit, h("button", { type: "submit" }, "Change limit"),
       h("button", { type: "button", class: "danger", "aria-label": `Delete budget ${b.id}`, onclick: () => del(b) }, "Delete"));
     change.addEventListener("submit", async (e) => {
       e.preventDefault();
-      await save({ scope: b.scope, subject: b.scope === "user" ? b.subject_id : b.scope === "key" ? b.subject_id : undefined,
+      await save({ scope: b.scope, subject: b.scope === "service" ? undefined : b.subject_id,
         unit: b.unit, period: b.period, limit: b.unit === "usd" ? limit.value.trim() : Number(limit.value) }, `budget ${b.id} changed`);
     });
-    return h("div", { class: "budget-row" }, budgetBar(b, tz, describe), change);
+    return h("div", { class: "budget-row" }, budgetBar(b, tz, namedBudget), change);
   }
 
   async function save(body, done) {
@@ -356,31 +349,57 @@ export async function adminBudgetsPage(ctx) {
     await refresh();
   }
 
+  // The subject is found by searching (a page of ten), never picked from every user or key.
   const scope = h("select", { id: "budget-scope", name: "scope" }, ["user", "key", "service"].map((s) => h("option", { value: s }, s)));
-  const user = h("select", { id: "budget-user", name: "user" },
-    [...names].sort((a, b) => a[1].localeCompare(b[1])).map(([id, name]) => h("option", { value: String(id) }, name)));
-  const key = h("select", { id: "budget-key", name: "key" },
-    [...keys.values()].filter((k) => !k.revoked).map((k) => h("option", { value: String(k.id) }, `${k.id}: ${k.name} (${names.get(k.user_id) ?? k.user_id})`)));
-  const userField = field("User", user);
-  const keyField = field("Key", key);
-  keyField.hidden = true;
+  const user = picker({
+    id: "budget-user", label: "User (name or id)", note: "type part of a name",
+    find: async (text) => ((await data.users({ q: text, perPage: PICK_SHOWN })).data || [])
+      .map((u) => ({ value: u.id, text: u.username, detail: `#${u.id}${u.disabled ? ", disabled" : ""}` })),
+  });
+  const key = picker({
+    id: "budget-key", label: "Key (name or id)", note: "type part of a key's name",
+    find: async (text) => ((await data.keys({ user: user.value === null ? "" : String(user.value), q: text, perPage: PICK_SHOWN })).data || [])
+      .filter((k) => !k.revoked)
+      .map((k) => ({ value: k.id, text: k.name, detail: `#${k.id}, ${k.username ?? `user #${k.user_id}`}` })),
+  });
+  user.onChange(() => key.clear()); // a key chosen under another owner would not match the name shown
   const unit = h("select", { id: "budget-unit", name: "unit" }, [["usd", "US dollars"], ["tokens", "tokens"], ["requests", "requests"]].map(([v, t]) => h("option", { value: v }, t)));
   const period = h("select", { id: "budget-period", name: "period" }, ["day", "month", "minute", "total"].map((p) => h("option", { value: p }, p)));
   const limit = h("input", { id: "budget-limit", name: "limit", required: true, inputmode: "decimal", placeholder: "5.00" });
-  scope.addEventListener("change", () => {
-    userField.hidden = scope.value !== "user";
-    keyField.hidden = scope.value !== "key";
-  });
+  function shape() {
+    user.element.hidden = scope.value === "service";
+    key.element.hidden = scope.value !== "key";
+    user.label.textContent = scope.value === "key" ? "Owner (narrows the keys)" : "User (name or id)";
+  }
+  scope.addEventListener("change", shape);
+  shape();
+  const formStatus = h("p", { class: "status", role: "status" });
   const form = h("form", { class: "form inline", "aria-label": "Make a budget" },
-    field("For", scope), userField, keyField, field("Unit", unit), field("Per", period), field("Limit", limit),
-    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Set budget")));
+    field("For", scope), user.element, key.element, field("Unit", unit), field("Per", period), field("Limit", limit),
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Set budget")), formStatus);
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const body = { scope: scope.value, unit: unit.value, period: period.value,
       limit: unit.value === "usd" ? limit.value.trim() : Number(limit.value) };
-    if (scope.value === "user") body.subject = Number(user.value);
-    if (scope.value === "key") body.subject = Number(key.value);
-    await save(body, "budget set");
+    if (scope.value === "user") {
+      // chosen from the list, else what was typed: an id, or a name the server looks up
+      body.subject = user.value ?? (/^\d+$/.test(user.text) ? Number(user.text) : user.text);
+      if (body.subject === "") {
+        say(formStatus, "name the user: type part of their name and choose them", "error");
+        user.input.focus();
+        return;
+      }
+    }
+    if (scope.value === "key") {
+      body.subject = key.value ?? (/^\d+$/.test(key.text) ? Number(key.text) : null);
+      if (body.subject === null) {
+        say(formStatus, "choose a key from the suggestions (or type its id)", "error");
+        key.input.focus();
+        return;
+      }
+    }
+    say(formStatus, "");
+    await save(body, `budget set for ${scope.value === "service" ? "the service" : `${scope.value} ${(scope.value === "user" ? user : key).text}`}`);
   });
 
   ctx.main.replaceChildren(h("h1", {}, "Every budget"),

@@ -50,9 +50,6 @@ export const upstreams = () => get("/api/admin/upstreams");
 /** The caller's budgets with what is left (from /api/usage). */
 export const myUsage = () => get("/api/usage?days=1");
 
-/** Every user ({data}): for the few lists that name them all (the budgets page). */
-export const allUsers = () => get("/api/admin/users");
-
 /** A page of users whose name holds `q` (any case; the exact name first):
  * {data, page, per_page, has_more}. */
 export function users({ q = "", page = 1, perPage = 50 } = {}) {
