@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 
 from .load import Target
-from .run import LATENCY, SHORT, Bench, Scenario, med
+from .measure import LATENCY, SHORT, Bench, Scenario, med
 from .service import ROOT, BenchUpstream, Service
 
 RESULTS = ROOT / "bench" / "results"

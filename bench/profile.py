@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from .load import Load, resumable_target, service_target
-from .run import FAST, LATENCY, RESULTS, SHORT, WIDE, Bench, Scenario
+from .measure import FAST, LATENCY, RESULTS, SHORT, WIDE, Bench, Scenario
 from .service import ROOT, BenchUpstream, Service
 from .upstream import loop_factory
 

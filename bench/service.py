@@ -132,3 +132,31 @@ class Service(Measured):
     def stop(self) -> None:
         self._stop()
         self.log.close()
+
+
+class BareRelay(Measured):
+    """bench/bare_relay.py under gunicorn with the service's worker settings (gevent, 2
+    workers, 2,000 connections each, keep-alive 5 s, no access log; gunicorn.conf.py is not
+    read: its hooks are the service's), its own process tree so its CPU is its own."""
+
+    def __init__(self, upstream_url: str, log_path: Path, *, workers: int = 2,
+                 worker_class: str = "gevent", connections: int = 2000) -> None:
+        self.port = free_port()
+        env = dict(os.environ, BARE_UPSTREAM=upstream_url)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+             "--worker-class", worker_class, "--workers", str(workers),
+             "--worker-connections", str(connections), "--keep-alive", "5",
+             "--timeout", "60", "--graceful-timeout", "10", "--log-level", "warning",
+             "--no-control-socket",
+             "bench.bare_relay:app"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=_raise_fd_limit)
+        wait_port(self.port, self.proc, "gunicorn (bare relay)")
+        self.describe = f"bare relay: {worker_class} workers={workers}"
+
+    def stop(self) -> None:
+        self._stop()
+        self.log.close()
