@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 
+from . import hubtrace
 from .load import (
     Arrived,
     Load,
@@ -273,6 +274,9 @@ class Bench:
         """One arrivals run through one side: the running replies' per-token latency within
         the window, the arriving replies' first token, errors and lost tokens of both."""
         where, proc, baseline = self._relay(which, target)
+        traced = proc.hubtrace if proc is not None else None
+        if traced is not None:
+            hub0 = hubtrace.snapshot(traced)
         cpu0 = proc.cpu() if proc is not None else 0.0
         machine0, ours0 = self.busy()
         got: Arrived = await arrivals(
@@ -293,6 +297,9 @@ class Bench:
             cpu = proc.cpu() - cpu0
             self._measure(proc, baseline, got.running, out, cpu, machine1 - machine0,
                           ours1 - ours0, running["streams"] + arrived["streams"])
+        if traced is not None:
+            await asyncio.sleep(1.2)  # the workers write their histograms every 0.5 s
+            out["hub"] = hubtrace.summary(hub0, hubtrace.snapshot(traced))
         return out
 
     async def arrivals(self, sc: Arrivals, repeats: int, log, target=None,
@@ -326,6 +333,16 @@ class Bench:
             if "bare" in run:
                 log(f"    service/bare: running tok p99 {run['vs_bare_running_tok_p99']:.2f}x, "
                     f"arrived ttft p99 {run['vs_bare_arrived_ttft_p99']:.2f}x")
+            hubs = [(w, run[w]["hub"]) for w in self.sides if "hub" in run.get(w, {})]
+            if hubs:
+                log("    hub CPU between two polls (p50/p99/p99.9/max, ms; CPU in iterations "
+                    "over 5 ms): " + "; ".join(
+                        f"{w} {h['p50']:.1f}/{h['p99']:.1f}/{h['p999']:.1f}/{h['max']:.1f} over "
+                        f"{h['iterations']} ({h['long_ms']:.0f} ms)" for w, h in hubs))
+                if len(hubs) == 2:
+                    for key in ("p99", "p999", "max"):
+                        run[f"vs_bare_hub_{key}"] = (run["service"]["hub"][key]
+                                                     / max(run["bare"]["hub"][key], 0.1))
             runs.append(run)
         return runs
 

@@ -1,5 +1,6 @@
 """Profile the service's hot path: `python -m bench.profile [--scenario latency|fast|wide]`
-(`--resumable`: replies asking X-Resumable: 1, logged in a redis-server of its own).
+(`--resumable`: replies asking X-Resumable: 1, logged in a redis-server of its own; `--key`:
+AUTH=users with an API key on every request, `--budgets N` under N budgets).
 
 Starts the bench upstream and the service (one gevent worker unless told otherwise), runs one
 scenario through it while py-spy samples the worker, and prints the functions holding the most
@@ -58,10 +59,17 @@ async def run(args) -> None:
         if args.resumable:
             from tests.processes import RedisServer
             redis_server = RedisServer()
-        service = Service(upstream.url, RESULTS / "gunicorn-profile.log",
-                          worker_class=args.worker_class, workers=args.workers,
-                          root=args.service_root or ROOT,
-                          extra_env={"REPLY_STORE": redis_server.url} if redis_server else None)
+        key = ""
+        if args.key:  # AUTH=users, every request with an API key (bench.identity's service)
+            from .identity import start
+            service, key = start(upstream, "profile-key", True, args.budgets,
+                                 args.service_root or ROOT, workers=args.workers)
+        else:
+            service = Service(upstream.url, RESULTS / "gunicorn-profile.log",
+                              worker_class=args.worker_class, workers=args.workers,
+                              root=args.service_root or ROOT,
+                              extra_env={"REPLY_STORE": redis_server.url} if redis_server
+                              else None)
         bench = Bench(upstream, service)
         await bench.warm_up()
         sc = SCENARIOS[args.scenario]
@@ -78,6 +86,8 @@ async def run(args) -> None:
         deadline = time.monotonic() + args.seconds
         while time.monotonic() < deadline - 1:
             target = (resumable_target if args.resumable else service_target)(service.port)
+            if key:
+                target.headers["Authorization"] = f"Bearer {key}"
             await load.run(target, users=sc.users, rounds=sc.rounds,
                            tokens=sc.tokens, rate=sc.rate, stagger=sc.spread)
         err = spy.communicate(timeout=args.seconds + 30)[1]
@@ -105,6 +115,10 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--resumable", action="store_true",
                         help="resumable replies, logged in a redis-server of its own")
+    parser.add_argument("--key", action="store_true",
+                        help="AUTH=users, an API key on every request (bench.identity's setup)")
+    parser.add_argument("--budgets", type=int, default=0,
+                        help="with --key: that many budgets over the key (0-3)")
     parser.add_argument("--idle", action="store_true", help="count idle (waiting) samples too")
     parser.add_argument("--gil", action="store_true",
                         help="only samples holding the GIL: Python's own CPU, not syscalls")

@@ -269,13 +269,15 @@ async def main_bench(args, log) -> dict:
         if only is None or "resumable" in only:
             from tests.processes import RedisServer
             redis_server = RedisServer()
+        traced = (only is None or "arrivals" in only) and not args.no_hubtrace
         service = Service(upstream.url, RESULTS / "gunicorn.log", worker_class=args.worker_class,
                           workers=args.workers, threads=args.threads,
                           root=args.service_root or ROOT, metrics=not args.no_metrics,
-                          extra_env={"REPLY_STORE": redis_server.url} if redis_server else None)
+                          extra_env={"REPLY_STORE": redis_server.url} if redis_server else None,
+                          hubtrace=traced)
         if not args.no_bare:
             bare = BareRelay(upstream.url, RESULTS / "gunicorn-bare.log",
-                             workers=args.workers or 2)
+                             workers=args.workers or 2, hubtrace=traced)
         bench = Bench(upstream, service, bare)
         await bench.warm_up()
         log(f"service: {service.describe}, baseline RSS {bench.baseline_rss / 2**20:.1f} MB "
@@ -398,6 +400,12 @@ def arrivals_table(arr: dict) -> tuple[str, list[bool]]:
             statistics.median(r["service"]["arrived"]["reach_p99"]
                               / max(r["bare"]["arrived"]["reach_p99"], 1e-9) for r in runs),
             None)
+        if all("hub" in r["service"] and "hub" in r["bare"] for r in runs):
+            for key, words in (("p99", "p99"), ("p999", "p99.9"), ("max", "maximum")):
+                add(f"{n} arriving at once: the worker hub's CPU between two polls, {words} "
+                    "(a running token waits up to this long)", "-", None,
+                    med(runs, "bare", "hub", key), med(runs, "service", "hub", key),
+                    med(runs, f"vs_bare_hub_{key}"), None)
         errors = {w: sum(r[w]["errors"] for r in runs) for w in ("direct", "bare", "service")}
         lost = {w: sum(r[w]["lost"] for r in runs) for w in ("direct", "bare", "service")}
         add(f"{n} arriving at once: errors + lost or reordered tokens (all rounds)", "0",
@@ -511,6 +519,8 @@ def main() -> int:
                         help="the service with METRICS_BIND empty (what metrics cost)")
     parser.add_argument("--only", default="", help="comma-separated scenarios: latency, wide, "
                         "fast, burst, short, resumable, arrivals, sweep, nginx (only these run)")
+    parser.add_argument("--no-hubtrace", action="store_true",
+                        help="arrivals without timing the workers' hub (bench/hubtrace.py)")
     parser.add_argument("--no-bare", action="store_true",
                         help="without the bare relay (bench/bare_relay.py) as a third side")
     args = parser.parse_args()
