@@ -1,10 +1,16 @@
 """The relay benchmark: `make bench` (or `python -m bench.run [--quick]`).
 
-Starts the bench upstream (bench/upstream.py) and the service under gunicorn (the repo's
-gunicorn.conf.py), both on 127.0.0.1, then runs each scenario as interleaved pairs: straight
-to the upstream (the floor: what the load generator and the fake upstream cost by themselves)
-and through the service. Each figure the service is judged on is its run minus the floor run
-of the same pair; the table shows medians over the repeats. Per-token latency is a token's
+Starts the bench upstream (bench/upstream.py), the service under gunicorn (the repo's
+gunicorn.conf.py) and the bare relay (bench/bare_relay.py, the same gevent worker settings),
+all on 127.0.0.1, then runs each scenario in rounds of interleaved sides (bench/measure.py):
+straight to the upstream (the floor: what the load generator and the fake upstream cost by
+themselves), through the bare relay (the floor of the stack) and through the service. Each
+figure the service is judged on is its run minus the floor run of the same round, and its
+ratio to the bare relay's run of the same round; the table shows medians over the rounds.
+
+`--only arrivals` (issue 30): 200 and then 1,000 short replies arriving at once while 20
+replies run, and the CPU per short request with AUTH=open and with AUTH=users and a key, each
+as a ratio to the bare relay (see bench/README.md). Per-token latency is a token's
 arrival at the client minus the moment the upstream wrote it (time.monotonic_ns on both
 sides: one clock on one machine). CPU and RSS are the service's alone (gunicorn master and
 workers, through psutil); the upstream and the load generator run in other processes.
@@ -18,7 +24,8 @@ pays (none); the redis-server's own CPU is reported apart.
 Options: --quick (a short run), --compare-workers (sync, gthread, gevent and worker counts,
 the README's comparison), --worker-class/--workers/--threads (the service's settings, else
 gunicorn.conf.py's defaults), --service-root DIR (the service from another checkout, for a
-before/after), --repeats N, --no-sweep, --no-chart, --no-nginx, --json PATH. Raw results go
+before/after), --repeats N, --only LIST, --no-bare, --no-hubtrace, --no-sweep, --no-chart,
+--no-nginx, --json PATH. Raw results go
 to bench/results/ (git-ignored); the chart to bench/chart.png. See bench/README.md.
 """
 
