@@ -1,6 +1,7 @@
 """Profile the service's hot path: `python -m bench.profile [--scenario latency|fast|wide]`
 (`--resumable`: replies asking X-Resumable: 1, logged in a redis-server of its own; `--key`:
-AUTH=users with an API key on every request, `--budgets N` under N budgets).
+AUTH=users with an API key on every request, `--budgets N` under N budgets; `--bare`: the
+bare relay instead of the service).
 
 Starts the bench upstream and the service (one gevent worker unless told otherwise), runs one
 scenario through it while py-spy samples the worker, and prints the functions holding the most
@@ -60,7 +61,12 @@ async def run(args) -> None:
             from tests.processes import RedisServer
             redis_server = RedisServer()
         key = ""
-        if args.key:  # AUTH=users, every request with an API key (bench.identity's service)
+        if args.bare:  # the bare relay (bench/bare_relay.py) under the same load
+            from .measure import bare_target
+            from .service import BareRelay
+            service = BareRelay(upstream.url, RESULTS / "gunicorn-profile-bare.log",
+                                workers=args.workers)
+        elif args.key:  # AUTH=users, every request with an API key (bench.identity's service)
             from .identity import start
             service, key = start(upstream, "profile-key", True, args.budgets,
                                  args.service_root or ROOT, workers=args.workers)
@@ -71,6 +77,8 @@ async def run(args) -> None:
                               extra_env={"REPLY_STORE": redis_server.url} if redis_server
                               else None)
         bench = Bench(upstream, service)
+        if args.bare:
+            bench.through = bare_target(service.port)
         await bench.warm_up()
         sc = SCENARIOS[args.scenario]
         raw = RESULTS / f"profile-{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
@@ -84,16 +92,23 @@ async def run(args) -> None:
         time.sleep(1.0)
         load = Load()
         deadline = time.monotonic() + args.seconds
+        cpu0, requests = service.cpu(), 0
         while time.monotonic() < deadline - 1:
             target = (resumable_target if args.resumable else service_target)(service.port)
+            if args.bare:
+                target = bench.through
             if key:
                 target.headers["Authorization"] = f"Bearer {key}"
-            await load.run(target, users=sc.users, rounds=sc.rounds,
-                           tokens=sc.tokens, rate=sc.rate, stagger=sc.spread)
+            phase = await load.run(target, users=sc.users, rounds=sc.rounds,
+                                   tokens=sc.tokens, rate=sc.rate, stagger=sc.spread)
+            requests += len(phase.streams)
+        cpu = service.cpu() - cpu0
         err = spy.communicate(timeout=args.seconds + 30)[1]
         if spy.returncode:
             print(err.decode(errors="replace")[-2000:])
         print(summarise(raw, args.top))
+        print(f"{requests} requests, {cpu * 1000 / max(requests, 1):.2f} ms of CPU each "
+              f"(the whole server, profiler running)")
         print(f"collapsed stacks: {raw}")
     finally:
         if spy is not None and spy.poll() is None:
@@ -115,6 +130,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--resumable", action="store_true",
                         help="resumable replies, logged in a redis-server of its own")
+    parser.add_argument("--bare", action="store_true",
+                        help="profile the bare relay (bench/bare_relay.py) instead")
     parser.add_argument("--key", action="store_true",
                         help="AUTH=users, an API key on every request (bench.identity's setup)")
     parser.add_argument("--budgets", type=int, default=0,

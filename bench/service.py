@@ -65,6 +65,9 @@ class Measured:
                 pass
         return total
 
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self.procs()[1:]]
+
     def rss(self) -> int:
         total = 0
         for p in self.procs():
@@ -140,9 +143,6 @@ class Service(Measured):
             cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT,
             preexec_fn=_raise_fd_limit)
         wait_port(self.port, self.proc, "gunicorn")
-
-    def worker_pids(self) -> list[int]:
-        return [p.pid for p in self.procs()[1:]]
 
     def stop(self) -> None:
         self._stop()
