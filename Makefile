@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 JS_STAMP := tests/js/node_modules/.installed
 TEST_DEPS := $(STAMP) $(if $(shell command -v npm 2>/dev/null),$(JS_STAMP))
 
-.PHONY: run test coverage lint bench soak clean
+.PHONY: run test coverage lint bench soak docs docs-serve clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,8 +36,16 @@ coverage: $(TEST_DEPS)
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
+# The documentation site (docs/, mkdocs.yml) into site/; strict: a broken link or anchor fails.
+# `make test` builds it too (tests/test_docs.py), so CI checks it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --dev-addr 127.0.0.1:8000
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis tests/js/node_modules .coverage .coverage.* htmlcov
+	rm -rf $(VENV) .pytest_cache .hypothesis tests/js/node_modules .coverage .coverage.* htmlcov site
