@@ -11,7 +11,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, NotFound
 
 from .config import Config, load_config
-from .errors import ProxyError
+from .errors import DatabaseUnavailable, ProxyError
 from .security import install as install_security
 from .security import loggable
 
@@ -58,11 +58,12 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     from . import account_api, api, chat_process, identity, openai_api, user_protocol
     from .accounts import Accounts
     from .budgets import Budgets
-    from .db import open_database
+    from .db import DatabaseError, open_database
     from .metrics import Metrics, NoMetrics
     from .pipeline import ACCESS_LOGGED
     from .replies import loggable_path, open_reply_store
     from .roles import RoleRegistry
+    from .validation import IdConverter, refuse_unknown_ids
 
     if not isinstance(config, Config):
         config = load_config(**(config or {}))
@@ -88,11 +89,13 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
                       tz=config.budget_tz, ledger_days=config.ledger_days, metrics=metrics,
                       hold_seconds=config.max_stream_seconds + 2 * config.upstream_read_timeout
                       + config.failover_seconds + 60)
+    metrics.read_reservations(budgets.reservations)
 
     app = Flask(__name__, static_folder=str(ROOT / "static"), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.ensure_ascii = False
     app.json.sort_keys = False
+    app.url_map.converters["id"] = IdConverter  # `<id:...>`: before any route is added
     protocols = (openai_api, chat_process, user_protocol, api)  # `api` last: every path left
     state = State(config=config, upstream=upstream, roles=registry, protocols=protocols,
                   started=time.time(), metrics=metrics, accounts=accounts, budgets=budgets,
@@ -101,6 +104,8 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     for protocol in protocols:
         app.register_blueprint(protocol.bp)
     app.register_blueprint(account_api.bp)  # JSON routes in the `api` door's error shape
+    from .openapi import bp as openapi_bp
+    app.register_blueprint(openapi_bp)  # GET /api/openapi.json: this API, described
     from .cli import register as register_cli
     register_cli(app)
 
@@ -155,6 +160,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
 
     install_security(app, config)  # after start_request: its checks need the request id
     identity.install(app, config, accounts, protocols)  # after the rate limit: guesses count
+    app.before_request(refuse_unknown_ids)  # after the caller is known: 401 before 404
 
     @app.errorhandler(ProxyError)
     def proxy_error(err: ProxyError):
@@ -170,6 +176,14 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
                    if name.lower() in ("allow", "retry-after", "www-authenticate")}
         return state.respond(ProxyError(err.description or err.name, status=status,
                                         code=code.replace("'", ""), headers=headers))
+
+    @app.errorhandler(DatabaseError)
+    def database_failed(err: DatabaseError):
+        # A blip (a restart, a dropped connection): a 503 the client may retry, never a 500.
+        # The connection that failed was dropped from the pool; the next request gets another.
+        logging.getLogger("gpt_proxy").warning("request id=%s: %s", g.get("request_id", "-"),
+                                               err)
+        return state.respond(DatabaseUnavailable())
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception):

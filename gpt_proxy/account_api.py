@@ -24,7 +24,7 @@ from .budgets import PERIODS, UNITS, parse_limit
 from .errors import BadRequest, NotFound, ProxyError, Unauthorized
 from .identity import Caller, caller
 from .pipeline import read_body
-from .validation import parse_body
+from .validation import id_ok, parse_body, parse_id
 
 bp = Blueprint("account_api", __name__, url_prefix="/api")
 
@@ -106,7 +106,7 @@ def my_new_key():
     return _created(key, secret)
 
 
-@bp.delete("/keys/<int:key_id>")
+@bp.delete("/keys/<id:key_id>")
 def my_revoke(key_id: int):
     signed = _session_user()
     return jsonify(_state().accounts.revoke_key(key_id, user_id=signed.user.id).public())
@@ -114,11 +114,18 @@ def my_revoke(key_id: int):
 
 # --- admin ------------------------------------------------------------------------------------
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also holds for '²' or '١', which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _find_user(value: object) -> User:
+    """A user named by id (an int) or by username; 404 if none (also for an id out of the
+    database's range)."""
     accounts = _state().accounts
     user = None
     if isinstance(value, int) and not isinstance(value, bool):
-        user = accounts.get_user(value)
+        user = accounts.get_user(value) if id_ok(value) else None
     elif isinstance(value, str) and value.strip():
         user = accounts.find_user(value) if len(value) <= 200 else None
     else:
@@ -126,6 +133,13 @@ def _find_user(value: object) -> User:
     if user is None:
         raise NotFound(f"no user {str(value)[:100]!r}", code="unknown_user", field="user")
     return user
+
+
+def _query_user(text: str) -> int | str:
+    """A query's `user`: digits are an id (-1 when out of range: nobody's), else a name."""
+    if _digits(text):
+        return parse_id(text) or -1
+    return text
 
 
 @bp.get("/admin/users")
@@ -148,7 +162,7 @@ def admin_new_user():
     return response
 
 
-@bp.patch("/admin/users/<int:user_id>")
+@bp.patch("/admin/users/<id:user_id>")
 def admin_change_user(user_id: int):
     _admin()
     body = _body()
@@ -175,7 +189,7 @@ def admin_change_user(user_id: int):
 def admin_keys():
     _admin()
     user = request.args.get("user")
-    user_id = _find_user(int(user) if user and user.isdigit() else user).id if user else None
+    user_id = _find_user(_query_user(user)).id if user else None
     return jsonify({"data": [k.public() for k in _state().accounts.list_keys(user_id)]})
 
 
@@ -188,7 +202,7 @@ def admin_new_key():
     return _created(key, secret)
 
 
-@bp.delete("/admin/keys/<int:key_id>")
+@bp.delete("/admin/keys/<id:key_id>")
 def admin_revoke(key_id: int):
     _admin()
     return jsonify(_state().accounts.revoke_key(key_id).public())
@@ -213,7 +227,7 @@ def admin_invite():
 def _days(value: str | None, default: int = 31) -> int:
     if value is None:
         return default
-    if not value.isdigit() or not 1 <= int(value) <= 400:
+    if not (_digits(value) and len(value) <= 3) or not 1 <= int(value) <= 400:
         raise BadRequest("'days' must be a whole number from 1 to 400", field="days")
     return int(value)
 
@@ -283,7 +297,7 @@ def admin_set_budget():
     return response
 
 
-@bp.delete("/admin/budgets/<int:budget_id>")
+@bp.delete("/admin/budgets/<id:budget_id>")
 def admin_delete_budget(budget_id: int):
     _admin()
     _state().budgets.delete_budget(budget_id)
@@ -310,13 +324,15 @@ def admin_usage():
     _admin()
     args = request.args
     user = args.get("user")
-    user_id = _find_user(int(user) if user.isdigit() else user).id if user else None
+    user_id = _find_user(_query_user(user)).id if user else None
     key = args.get("key")
-    if key is not None and not key.isdigit():
+    if key is not None and not _digits(key):
         raise BadRequest("'key' must be a key's id", field="key")
+    if key is not None and parse_id(key) is None:
+        raise NotFound(f"no key with id {key[:30]}", code="unknown_key", field="key")
     since, until = _moment(args.get("from"), "from"), _moment(args.get("to"), "to")
     budgets = _state().budgets
-    options = {"user_id": user_id, "key_id": int(key) if key else None, "since": since,
+    options = {"user_id": user_id, "key_id": parse_id(key) if key else None, "since": since,
                "until": until}
     kind = args.get("format", "json")
     if kind == "csv":
@@ -337,6 +353,7 @@ def admin_usage():
     if kind != "json":
         raise BadRequest("'format' must be json or csv", field="format")
     limit = args.get("limit", "1000")
-    if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
+    if not (_digits(limit) and len(limit) <= 5) or not (
+            1 <= int(limit) <= 10_000):
         raise BadRequest("'limit' must be a whole number from 1 to 10000", field="limit")
     return jsonify({"data": list(budgets.rows(**options, limit=int(limit)))})

@@ -29,6 +29,14 @@ Rules it follows:
   written at most once a minute.
 - Invites: single use, with an expiry; redeeming one is one conditional write in the same
   transaction as the new account, so two registrations cannot share a code.
+- Login attempts (the throttle's counts, `identity.LoginThrottle`): one row per counted
+  subject ("login:user:<name>", "login:address:<ip>"; only its SHA-256 is stored, since a
+  username field sometimes holds a password), counting attempts in a window that starts at the
+  first attempt and lasts the limit's period. Counting is one atomic conditional write per
+  subject (an upsert that adds one only while the count is under the limit, or starts a new
+  window once the old one ended, and returns the count), so every worker and instance of one
+  database counts together and a burst never slips between a read and a write. Rows whose
+  window ended are deleted at most once a minute per process.
 - Own roles: a keyword (1-64 letters of any script, digits, `_ . -`; unique per user,
   case-insensitively), a name, a description and up to MAX_ROLE_ELEMENTS messages
   (`system`, `user`, `assistant`).
@@ -52,7 +60,7 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from .db import Database, api_keys, invites, own_roles, sessions, users
+from .db import Database, api_keys, invites, login_attempts, own_roles, sessions, users
 from .errors import BadRequest, Conflict, NotFound, Unauthorized
 
 MAX_USERNAME = 32
@@ -386,6 +394,36 @@ def _role(row) -> OwnRole:
                    row.created, row.updated)
 
 
+def _upsert(dialect: str):
+    """The INSERT ... ON CONFLICT construct of the database's dialect."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+ATTEMPTS_SWEEP_EVERY = 60.0  # seconds between deletions of ended windows, per process
+
+
+@dataclass(frozen=True)
+class Counted:
+    """An attempt counted against `subjects` (their window ends), or refused: `wait` seconds
+    until the subject that refused it has room again."""
+
+    subjects: tuple[tuple[str, float], ...] = ()
+    refused: str | None = None  # the subject that refused the attempt
+    wait: float = 0.0
+
+
+class _AtLimit(Exception):
+    """Inside `count_attempt`: a subject is at its limit (rolls the transaction back)."""
+
+    def __init__(self, subject: str, ends: float) -> None:
+        super().__init__(subject)
+        self.subject, self.ends = subject, float(ends)
+
+
 _USER_COLUMNS = (users.c.id, users.c.username, users.c.email, users.c.created,
                  users.c.disabled, users.c.admin)
 
@@ -401,6 +439,7 @@ class Accounts:
         self._sessions = _Cache(clock)
         self._keys = _Cache(clock)
         self._last_used: dict[int, float] = {}
+        self._attempts_swept = float("-inf")
 
     # users
 
@@ -656,6 +695,68 @@ class Accounts:
             raise BadRequest(f"key {key_id} is already revoked", code="already_revoked")
         self._keys.clear()
         return _key(row)
+
+    # login attempts
+
+    def count_attempt(self, subjects: list[str], limit: int, seconds: float) -> Counted:
+        """Count one attempt against every subject (in this order, which every caller keeps:
+        an address before a username), in one transaction: each an upsert that adds one only
+        if its count is under `limit` in its window (or starts a new window of `seconds` when
+        the last one ended). If any subject is at its limit nothing is counted, and the
+        answer says which and how long until it has room."""
+        if limit < 1 or not subjects:
+            raise ValueError("a login limit counts at least one attempt of something")
+        now = self.clock()
+        table = login_attempts
+        ended = table.c.ends <= now
+        counted: list[tuple[str, float]] = []
+        try:
+            with self.db.write() as conn:
+                for subject in subjects:
+                    key = digest(subject)
+                    statement = _upsert(self.db.dialect)(table).values(
+                        key_hash=key, attempts=1, ends=now + seconds)
+                    statement = statement.on_conflict_do_update(
+                        index_elements=[table.c.key_hash],
+                        set_={"attempts": sa.case((ended, 1), else_=table.c.attempts + 1),
+                              "ends": sa.case((ended, now + seconds), else_=table.c.ends)},
+                        where=sa.or_(ended, table.c.attempts < limit),
+                    ).returning(table.c.attempts, table.c.ends)
+                    row = conn.execute(statement).first()
+                    if row is None:  # at its limit: roll back what this attempt counted
+                        ends = conn.execute(sa.select(table.c.ends).where(
+                            table.c.key_hash == key)).scalar()
+                        raise _AtLimit(subject, now + seconds if ends is None else ends)
+                    counted.append((subject, float(row.ends)))
+        except _AtLimit as full:
+            # `now` was read before the write lock was ours: another process may have begun
+            # the window a moment later, so the wait is at most the period
+            return Counted(refused=full.subject, wait=min(seconds, max(0.0, full.ends - now)))
+        self._sweep_attempts(now)
+        return Counted(tuple(counted))
+
+    def uncount_attempt(self, subject: str, ends: float) -> None:
+        """Take back one attempt counted against `subject` in the window ending at `ends`
+        (a login that succeeded does not use up its address's attempts)."""
+        with self.db.write() as conn:
+            conn.execute(login_attempts.update().where(
+                login_attempts.c.key_hash == digest(subject), login_attempts.c.ends == ends,
+                login_attempts.c.attempts > 0).values(attempts=login_attempts.c.attempts - 1))
+
+    def clear_attempts(self, subject: str) -> None:
+        """Forget every attempt counted against `subject` (a username whose password was
+        right)."""
+        with self.db.write() as conn:
+            conn.execute(login_attempts.delete().where(
+                login_attempts.c.key_hash == digest(subject)))
+
+    def _sweep_attempts(self, now: float) -> None:
+        """Delete the rows whose window ended, at most once every ATTEMPTS_SWEEP_EVERY."""
+        if now - self._attempts_swept < ATTEMPTS_SWEEP_EVERY:
+            return
+        self._attempts_swept = now
+        with self.db.write() as conn:
+            conn.execute(login_attempts.delete().where(login_attempts.c.ends <= now))
 
     # invites
 

@@ -3,7 +3,7 @@
     flask --app app users add|list|disable|enable|password|admin
     flask --app app keys create|list|revoke
     flask --app app invites create
-    flask --app app budgets set|list|delete
+    flask --app app budgets set|list|delete|check
     flask --app app usage export
 
 They work on the database DATABASE_URL names, whatever AUTH is (accounts can be made before
@@ -227,6 +227,24 @@ def budgets_delete(budget_id: int) -> None:
     except ProxyError as err:
         raise _fail(err) from None
     click.echo(f"budget {budget_id} deleted")
+
+
+@budgets_cli.command("check")
+def budgets_check() -> None:
+    """Compare every counter with the ledger (exit status 1 when one differs)."""
+    from .prices import dollars
+
+    budgets = _budgets()
+    drift = budgets.check()
+    units = {budget.id: budget.unit for budget in budgets.list_budgets()}
+    for d in drift:
+        show = dollars if units.get(d.budget_id) == "usd" else str
+        click.echo(f"budget {d.budget_id} ({d.kind}) window {d.window}: counter spent "
+                   f"{show(d.spent)} reserved {show(d.reserved)}; ledger says spent "
+                   f"{show(d.ledger_spent)} reserved {show(d.ledger_reserved)}")
+    if drift:
+        raise click.ClickException(f"{len(drift)} counter(s) differ from the ledger")
+    click.echo("every counter agrees with the ledger")
 
 
 @usage_cli.command("export")

@@ -21,24 +21,23 @@ for its exact origin (never for `*`). A request with no browser headers at all (
 script) is no cross-site request. The cookie is `HttpOnly`, `SameSite=Lax`, `Secure` when
 the request came over https, and `Path=/`; every login sets a new session id.
 
-Failed logins are throttled per username and per client address (LOGIN_LIMIT, default 5 a
-minute), counted in RATE_LIMIT_STORAGE (Redis when set, so every instance counts together).
-Each attempt is counted before the password is checked, so a burst of parallel guesses
-cannot slip through between a check and a count; a successful login clears its username's
-count.
+Password checks are throttled per username and per client address (LOGIN_LIMIT, default 5
+a minute), counted in the accounts database, so every worker and instance that shares the
+accounts counts together (`LoginThrottle`). Each attempt is counted before the password is
+checked, so a burst of parallel guesses cannot slip through between a check and a count; a
+successful login gives its address its attempt back and clears its username's count.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from flask import Flask, current_app, g, request
 
-from .accounts import Accounts, Identity, Key, User
+from .accounts import Accounts, Counted, Identity, Key, User
 from .config import Config
 from .errors import ProxyError, Throttled, Unauthorized
 from .security import bearer_token, origin_allowed, token_matches
@@ -244,44 +243,46 @@ def clear_session_cookie(response) -> None:
 # --- failed logins --------------------------------------------------------------------------
 
 class LoginThrottle:
-    """Login attempts per username and per client address, within LOGIN_LIMIT; in
-    RATE_LIMIT_STORAGE, falling back to this process's memory when that store fails."""
+    """Password checks per username and per client address, within LOGIN_LIMIT, counted in
+    the accounts database (`Accounts.count_attempt`), which every worker and every instance
+    sharing the accounts shares: the count cannot be per process, whatever
+    RATE_LIMIT_STORAGE says (a per-process count let each worker check its own five).
 
-    def __init__(self, config: Config) -> None:
+    An attempt is counted before its password is checked (a burst cannot slip through between
+    a check and a count). One that succeeds takes its count back from the address (a
+    household or an office behind one address may sign in as often as it likes) and clears
+    its username's count (the password was right: whoever typed it needs no more guesses).
+    A registration counts against its address whatever its outcome."""
+
+    def __init__(self, config: Config, accounts: Accounts) -> None:
         from limits import parse
-        from limits.storage import MemoryStorage, storage_from_string
-        from limits.strategies import MovingWindowRateLimiter
 
-        self.limit = parse(config.login_limit.split(";")[0].split(",")[0])
-        self.memory = MovingWindowRateLimiter(MemoryStorage())
-        self.shared = self.memory
-        if not config.rate_limit_storage.startswith("memory://"):
-            try:
-                storage = storage_from_string(config.rate_limit_storage,
-                                              socket_connect_timeout=1, socket_timeout=1)
-                self.shared = MovingWindowRateLimiter(storage)
-            except Exception as exc:  # noqa: BLE001 - a bad store must not stop logins
-                log.warning("login throttle: %s; counting in memory", type(exc).__name__)
+        limit = parse(config.login_limit.split(";")[0].split(",")[0])
+        self.limit = limit.amount
+        self.seconds = float(limit.get_expiry())
+        self.accounts = accounts
 
-    def _run(self, action: str, *identifiers: str):
-        try:
-            return getattr(self.shared, action)(self.limit, *identifiers)
-        except Exception as exc:  # noqa: BLE001 - a store that fails: count in memory
-            log.warning("login throttle: the shared store failed (%s); counting in memory",
-                        type(exc).__name__)
-            return getattr(self.memory, action)(self.limit, *identifiers)
-
-    def attempt(self, address: str, username: str | None = None, what: str = "login") -> None:
+    def attempt(self, address: str, username: str | None = None, what: str = "login"
+                ) -> Counted:
         """Count one attempt (`what`: a login, or a registration, counted apart) before the
-        password is checked; Throttled with the wait if the username or the address has
-        used its attempts."""
-        counted = [("address", address)] + ([("user", username)] if username else [])
-        for kind, value in counted:
-            if not self._run("hit", what, kind, value):
-                stats = self._run("get_window_stats", what, kind, value)
-                wait = max(1, int(stats.reset_time - time.time() + 0.999))
-                raise Throttled(f"too many {what} attempts for this {kind}: retry in {wait} s",
-                                headers={"Retry-After": str(wait)})
+        password is checked; Throttled with the wait if the address or the username has
+        used its attempts (and then nothing is counted)."""
+        subjects = [f"{what}:address:{address}"]
+        if username:
+            subjects.append(f"{what}:user:{username}")
+        counted = self.accounts.count_attempt(subjects, self.limit, self.seconds)
+        if counted.refused is not None:
+            kind = counted.refused.split(":")[1]
+            wait = max(1, int(counted.wait + 0.999))
+            raise Throttled(f"too many {what} attempts for this {kind}: retry in {wait} s",
+                            headers={"Retry-After": str(wait)})
+        return counted
 
-    def succeeded(self, username: str) -> None:
-        self._run("clear", "login", "user", username)
+    def succeeded(self, counted: Counted) -> None:
+        """The password was right: the address gets its attempt back, the username's count
+        starts again."""
+        for subject, ends in counted.subjects:
+            if ":user:" in subject:
+                self.accounts.clear_attempts(subject)
+            else:
+                self.accounts.uncount_attempt(subject, ends)

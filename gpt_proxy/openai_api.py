@@ -59,7 +59,6 @@ CREDENTIALS = ("key",)  # the SDKs send their api_key as a Bearer (see identity)
 
 ROLE_PREFIX = "role:"
 SSE, JSON = "text/event-stream", "application/json"
-_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # a \uD800-\uDFFF escape in the raw JSON
 _TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
@@ -196,36 +195,9 @@ def _check_messages(messages: object, config) -> list[dict]:
     return messages
 
 
-def _lone_surrogate(value: object, path: str) -> str | None:
-    """Where a string holding a lone UTF-16 surrogate sits (it cannot be sent as UTF-8)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            found = _lone_surrogate(key, path) or _lone_surrogate(item, f"{path}.{key}")
-            if found:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found = _lone_surrogate(item, f"{path}[{i}]")
-            if found:
-                return found
-    return None
-
-
 def _body(raw: bytes) -> dict:
-    """The JSON object of a request, every string in it writable as UTF-8."""
-    body = parse_body(raw)
-    if _SURROGATE.search(raw):
-        where = _lone_surrogate(body, "")
-        if where:
-            where = where.lstrip(".")
-            raise BadRequest(f"'{where}' holds an invalid character (a lone UTF-16 surrogate)",
-                             field=where)
-    return body
+    """The JSON object of a request (`validation.parse_body` refuses lone surrogates)."""
+    return parse_body(raw)
 
 
 def parse_request(raw: bytes, config, roles, upstream) -> tuple[pipeline.Turn, bool]:

@@ -7,7 +7,11 @@ headers every response carries. `install(app, config)` wires it all into the app
   rebinding from turning a visited web page into a client of a proxy on localhost).
 - Cross-origin browser requests: refused with a 403 unless their `Origin` is in
   `CORS_ORIGINS`, whatever their content type (a "simple" cross-site POST would otherwise
-  spend the key without a preflight). Listed origins get CORS headers from flask-cors.
+  spend the key without a preflight). Listed origins get CORS headers from flask-cors, and
+  then every answer of `/api/` and `/v1/` (plain, streamed, a preflight, a 401, 403 or 429)
+  says `Vary: Origin`: its CORS headers depend on the request's Origin (flask-cors echoes the
+  origin even for `*`, and sends nothing to an origin it does not allow or to none), so a
+  shared cache must not hand one origin's answer to another.
 - `RATE_LIMIT`: per client IP, per route, through Flask-Limiter; in `RATE_LIMIT_STORAGE`
   (memory, or Redis shared by every instance). A Redis outage falls back to per-process
   memory limits, never to a 500 and never to no limit. Checked before the token, so guessing
@@ -56,6 +60,7 @@ def install(app: Flask, config: Config) -> None:
     app.before_request(_origin_check(config.cors_origins))
     if config.cors_origins:
         _install_cors(app, config.cors_origins, credentials=config.auth == "users")
+        app.after_request(_vary_by_origin)
     if config.rate_limit:
         _install_limiter(app, config)
     app.after_request(_security_headers)
@@ -117,6 +122,12 @@ def _install_cors(app: Flask, origins: tuple[str, ...], credentials: bool = Fals
          methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"], allow_headers="*",
          expose_headers=["X-Request-Id", "Retry-After", "X-Budget-Remaining", "X-Reply-Id"],
          supports_credentials=credentials and not wildcard, max_age=600)
+
+
+def _vary_by_origin(response):
+    if _is_api(request.path):
+        response.vary.add("Origin")
+    return response
 
 
 # --- rate limits ----------------------------------------------------------------------------

@@ -128,7 +128,8 @@ def _throttle() -> LoginThrottle:
     extensions = current_app.extensions
     throttle = extensions.get("gpt_proxy.login_throttle")
     if throttle is None:
-        throttle = extensions["gpt_proxy.login_throttle"] = LoginThrottle(_state().config)
+        throttle = extensions["gpt_proxy.login_throttle"] = LoginThrottle(
+            _state().config, _state().accounts)
     return throttle
 
 
@@ -172,11 +173,11 @@ def login():
     if len(username) > 4 * MAX_USERNAME:
         raise BadRequest("no such username (too long)", field="username")
     key = username_key(username.strip())
-    _throttle().attempt(request.remote_addr or "-", key)
+    counted = _throttle().attempt(request.remote_addr or "-", key)
     user = state.accounts.authenticate(username, password)
     if user is None:
         raise NotFound("wrong username or password", code="wrong_credentials")
-    _throttle().succeeded(key)
+    _throttle().succeeded(counted)
     old = caller()
     if old.session_hash is not None:  # signing in again: the old session ends
         state.accounts.end_session(old.session_hash)
@@ -218,10 +219,12 @@ def change_password():
     old, new = body.get("password"), body.get("newPassword")
     if not isinstance(old, str) or not old:
         raise BadRequest("'password' (the current one) is required", field="password")
-    _throttle().attempt(request.remote_addr or "-", username_key(signed.user.username))
+    counted = _throttle().attempt(request.remote_addr or "-",
+                                  username_key(signed.user.username))
     if state.accounts.authenticate(signed.user.username, old) is None:
         raise BadRequest("the current password is wrong", field="password",
                          code="wrong_credentials")
+    _throttle().succeeded(counted)
     check_password(new, "newPassword")
     state.accounts.set_password(signed.user.id, new, keep_session=signed.session_hash)
     return ok(True)
@@ -333,7 +336,8 @@ def image_request(body: dict) -> tuple[str, int, str]:
     number = body.get("number")
     if number is None or number == 0 and not isinstance(number, bool):  # none given
         number = 1
-    elif isinstance(number, str) and number.strip().isdigit() and len(number) < 4:
+    elif (isinstance(number, str) and number.strip().isascii() and number.strip().isdigit()
+          and len(number) < 4):
         number = int(number)
     if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_IMAGES:
         raise BadRequest(f"'number' must be an integer from 1 to {MAX_IMAGES}", field="number")

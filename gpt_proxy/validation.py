@@ -1,5 +1,14 @@
-"""Request validation for POST /api/gpt/get: a JSON body in, a `ChatRequest` out, or a 400
-naming the field. Nothing the client sent is dropped silently: unknown fields are errors."""
+"""Request validation: the one parser of request bodies (`parse_body`: a JSON object of real
+text, or a 400), the ids a URL names (`IdConverter`, `parse_id`), and POST /api/gpt/get's
+body (a `ChatRequest`, or a 400 naming the field). Nothing the client sent is dropped
+silently: unknown fields are errors.
+
+Ids: the database's ids are INTEGER columns (32-bit on PostgreSQL), so an id is the canonical
+decimal form of 1..MAX_ID. Anything else in an id's place (too large for the column, zero,
+a sign, a leading zero, thousands of digits, digits of another script) names nothing: the
+route answers 404 "unknown", in its door's shape, after the credential checks, and the
+database is never asked (it would overflow: a 500).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +17,66 @@ import math
 import re
 from dataclasses import dataclass
 
+from werkzeug.routing import BaseConverter
+
 from .accounts import keyword_ok
 from .config import Config
-from .errors import BadRequest, PayloadTooLarge
+from .errors import BadRequest, NotFound, PayloadTooLarge
+
+MAX_ID = 2**31 - 1  # the largest INTEGER of PostgreSQL (SQLite's are 64-bit: the lower bound)
+_ID = re.compile(r"[1-9][0-9]{0,9}")
+
+
+def parse_id(text: str) -> int | None:
+    """The id `text` names (ASCII digits, no sign or leading zero, 1..MAX_ID), or None."""
+    if not isinstance(text, str) or not _ID.fullmatch(text):
+        return None
+    value = int(text)
+    return value if value <= MAX_ID else None
+
+
+def id_ok(value: object) -> bool:
+    """Whether a JSON value can be an id (an integer of 1..MAX_ID, not a boolean)."""
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and 1 <= value <= MAX_ID)
+
+
+class OutOfRange(str):
+    """What `IdConverter` hands a view for a path segment that names no id (its text)."""
+
+
+class IdConverter(BaseConverter):
+    """`<id:key_id>`: a path segment of digits (with an optional sign) that matches the route
+    whatever its size; the view gets an int of 1..MAX_ID, or an `OutOfRange` that
+    `refuse_unknown_ids` answers with 404 before the view runs. Registered as "id"."""
+
+    regex = r"[+-]?[0-9]+"
+    weight = 50
+
+    def to_python(self, value: str) -> int | OutOfRange:
+        found = parse_id(value)
+        return OutOfRange(value) if found is None else found
+
+    def to_url(self, value: object) -> str:
+        return str(value)
+
+
+def refuse_unknown_ids() -> None:
+    """Before a view (after the credential checks): an id that cannot exist is "unknown",
+    named as the route names it (`key_id`: unknown_key). An admin route asked by someone who
+    is not an admin is left to its view, whose 403 comes first, as for an id that exists."""
+    from flask import request
+
+    from .identity import ADMIN_PREFIX, caller
+
+    if request.path.startswith(ADMIN_PREFIX) and not caller().is_admin:
+        return
+    for name, value in (request.view_args or {}).items():
+        if isinstance(value, OutOfRange):
+            noun = name.removesuffix("_id")
+            raise NotFound(f"no {noun} with id {value[:30]}{'...' if len(value) > 30 else ''}",
+                           code=f"unknown_{noun}")
+
 
 ROLE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 FIELDS = ("message", "messages", "role", "temperature", "model", "stream", "system", "max_tokens")
@@ -51,19 +117,59 @@ def check_model(model: object, config: Config) -> str:
     return model
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a \uD800-\uDFFF escape in JSON text
+
+
+def lone_surrogate(value: object, path: str = "") -> str | None:
+    """Where in a parsed JSON value a string (or an object's key) holds a lone UTF-16
+    surrogate, which is no character and cannot be written as UTF-8; None if nowhere."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = lone_surrogate(key, path or "body") or lone_surrogate(
+                item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = lone_surrogate(item, f"{path}[{i}]" if path else f"[{i}]")
+            if found:
+                return found
+    return None
+
+
 def parse_body(raw: bytes) -> dict:
+    """The JSON object of a request body, every string in it real text: the one place every
+    door parses a body. The bytes are decoded strictly (JSON's own detection of UTF-8, -16 or
+    -32): Python's json would let a surrogate's code point in through its `surrogatepass`
+    decoding. A "\\ud800" escape with no partner is refused too, naming the field (JSON
+    allows it; nothing downstream can encode it: SQLite, argon2, the upstream, our own error
+    message). The walk runs only when such an escape is in the text."""
     if not raw.strip():
         raise BadRequest("the body is empty: send a JSON object such as {\"message\": \"hello\"}")
     try:
-        body = json.loads(raw)
+        text = raw.decode(json.detect_encoding(raw))
     except UnicodeDecodeError:
-        raise BadRequest("the body is not UTF-8 text") from None
+        raise BadRequest("the body is not UTF-8 text (or holds a code point that is no "
+                         "character)") from None
+    try:
+        body = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON ({exc.msg} at position {exc.pos})") from None
     except (ValueError, RecursionError):
         raise BadRequest("the body is not valid JSON (or is nested too deeply)") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object such as {\"message\": \"hello\"}")
+    if _SURROGATE_ESCAPE.search(text):
+        where = lone_surrogate(body)
+        if where is not None:
+            where = where.encode("utf-8", "replace").decode("utf-8")[:100]
+            raise BadRequest(f"'{where}' holds an invalid character (a lone UTF-16 surrogate)",
+                             field=where)
     return body
 
 
