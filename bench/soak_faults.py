@@ -63,6 +63,13 @@ class Tally:
         self.started = self.whole = self.cut_by_client = self.broken = self.in_flight = 0
         self.spliced = 0  # tags out of order or repeated: never acceptable
         self.status: dict[str, int] = {}
+        self.broken_at: dict[str, int] = {}  # "<door> <10 s slot of the run>" -> replies broken
+        self.started_at = time.monotonic()
+
+    def broke(self, door: str) -> None:
+        self.broken += 1
+        slot = f"{door} {int((time.monotonic() - self.started_at) // 10) * 10:>4} s"
+        self.broken_at[slot] = self.broken_at.get(slot, 0) + 1
 
     def saw(self, what: str) -> None:
         self.status[what] = self.status.get(what, 0) + 1
@@ -129,10 +136,10 @@ async def one(session, base: str, key: str, door: str, sid: int, args, tally: Ta
         elif verdict == "whole" and ended:
             tally.whole += 1
         else:
-            tally.broken += 1
+            tally.broke(door)
     except (TimeoutError, aiohttp.ClientError) as exc:
         tally.saw(type(exc).__name__)
-        tally.broken += 1
+        tally.broke(door)
     finally:
         tally.in_flight -= 1
 
@@ -361,7 +368,8 @@ def main() -> int:
                        and code != "503")
     report = {
         "requests": tally.started, "whole": tally.whole, "cut_by_client": tally.cut_by_client,
-        "broken_by_faults": tally.broken, "spliced_or_duplicated": tally.spliced,
+        "broken_by_faults": tally.broken, "broken_when": dict(sorted(tally.broken_at.items())),
+        "spliced_or_duplicated": tally.spliced,
         "statuses": tally.status, "faults": fault_log, "upstream_requests": received,
         "ledger_rows": rows, "ledger_rows_served": served, "ledger_outcomes": outcomes,
         "open_after_sweep": still_open, "swept": swept,
