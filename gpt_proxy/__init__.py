@@ -55,7 +55,7 @@ class State:
 
 def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     """The app factory. `config`: a Config, a dict of overrides, or None for the environment."""
-    from . import account_api, api, chat_process, identity, openai_api, user_protocol
+    from . import account_api, api, chat_process, console_api, identity, openai_api, user_protocol
     from .accounts import Accounts
     from .budgets import Budgets
     from .db import DatabaseError, open_database
@@ -104,6 +104,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     for protocol in protocols:
         app.register_blueprint(protocol.bp)
     app.register_blueprint(account_api.bp)  # JSON routes in the `api` door's error shape
+    app.register_blueprint(console_api.bp)  # the console's JSON (same shape)
     from .openapi import bp as openapi_bp
     app.register_blueprint(openapi_bp)  # GET /api/openapi.json: this API, described
     from .cli import register as register_cli
@@ -112,6 +113,10 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     @app.get("/")
     def index():
         return app.send_static_file("index.html")
+
+    @app.get("/console")
+    def console():  # the console's page: its data comes from the JSON routes it calls
+        return app.send_static_file("console.html")
 
     @app.before_request
     def start_request():
@@ -134,7 +139,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
         hold = g.get("budget_hold")
         if hold is not None and hold.remaining:
             response.headers["X-Budget-Remaining"] = hold.header()
-        if request.path == "/" or request.path.startswith("/static/"):
+        if request.path in ("/", "/console") or request.path.startswith("/static/"):
             # Unversioned names: the page and its modules are revalidated (ETag -> 304) on
             # every load; the vendored libraries change only with a release.
             vendor = request.path.startswith("/static/vendor/")

@@ -159,6 +159,7 @@ class Spent:
     images: int = 0
     outcome: str = "ok"
     upstream: str | None = None
+    ttft_ms: int | None = None  # from the request to the first token relayed
 
 
 @dataclass(frozen=True)
@@ -275,17 +276,18 @@ _LEDGER_OPEN = (
 _LEDGER_SETTLE = (
     "UPDATE ledger SET finished = :finished, upstream = :upstream, "
     "prompt_tokens = :prompt_tokens, completion_tokens = :completion_tokens, images = :images, "
-    "cost = :cost, outcome = :outcome, duration_ms = :duration_ms, charges = :charges, "
+    "cost = :cost, outcome = :outcome, duration_ms = :duration_ms, ttft_ms = :ttft_ms, "
+    "charges = :charges, "
     "state = 'settled' WHERE id = :id AND state = 'open'")
 _LEDGER_EXPIRE = (
     "UPDATE ledger SET finished = :finished, outcome = 'expired', charges = :charges, "
     "state = 'settled' WHERE id = :id AND state = 'open'")
 _LEDGER_SETTLED = (
     "INSERT INTO ledger (request_id, created, user_id, key_id, door, model, role, finished, "
-    "upstream, prompt_tokens, completion_tokens, images, cost, outcome, duration_ms, state) "
-    "VALUES (:request_id, :created, :user_id, :key_id, :door, :model, :role, :finished, "
+    "upstream, prompt_tokens, completion_tokens, images, cost, outcome, duration_ms, ttft_ms, "
+    "state) VALUES (:request_id, :created, :user_id, :key_id, :door, :model, :role, :finished, "
     ":upstream, :prompt_tokens, :completion_tokens, :images, :cost, :outcome, :duration_ms, "
-    "'settled')")
+    ":ttft_ms, 'settled')")
 
 
 class Budgets:
@@ -312,6 +314,8 @@ class Budgets:
         self._timer: threading.Timer | None = None
         self._flushing = False
         _instances.add(self)
+        from .usage import Usage
+        self.usage = Usage(db, tz=tz, ledger_days=ledger_days, clock=clock, flush=self.flush)
 
     # --- which budgets apply ----------------------------------------------------------------
 
@@ -460,7 +464,7 @@ class Budgets:
         row = {"finished": now, "upstream": spent.upstream and spent.upstream[:64],
                "prompt_tokens": spent.prompt_tokens, "completion_tokens": spent.completion_tokens,
                "images": spent.images or None, "cost": cost, "outcome": spent.outcome[:64],
-               "duration_ms": int((now - hold.started) * 1000)}
+               "duration_ms": int((now - hold.started) * 1000), "ttft_ms": spent.ttft_ms}
         if hold.ledger_id is None:  # nothing reserved: the row joins the next batch
             self._queue({"request_id": ask.request_id[:64], "created": hold.started,
                          "user_id": hold.user_id, "key_id": hold.key_id, "door": ask.door,
@@ -745,34 +749,17 @@ class Budgets:
 
     def spend_by_day(self, *, user_id: int | None = None, key_id: int | None = None,
                      days: int = 31) -> list[dict]:
-        """Spend per day (UTC) and model over the last `days` days."""
-        self.flush()
-        since = self.clock() - days * 86400
-        query = sa.select(ledger.c.created, ledger.c.model, ledger.c.prompt_tokens,
-                          ledger.c.completion_tokens, ledger.c.cost).where(
-            ledger.c.created >= since, ledger.c.state == "settled")
-        if user_id is not None:
-            query = query.where(ledger.c.user_id == user_id)
-        if key_id is not None:
-            query = query.where(ledger.c.key_id == key_id)
-        totals: dict[tuple[str, str], dict] = {}
-        with self.db.read() as conn:
-            for row in conn.execute(query.order_by(ledger.c.created)):
-                day = time.strftime("%Y-%m-%d", time.gmtime(row.created))
-                entry = totals.setdefault((day, row.model), {
-                    "day": day, "model": row.model, "requests": 0, "prompt_tokens": 0,
-                    "completion_tokens": 0, "cost": 0})
-                entry["requests"] += 1
-                entry["prompt_tokens"] += row.prompt_tokens or 0
-                entry["completion_tokens"] += row.completion_tokens or 0
-                entry["cost"] += row.cost or 0
-        for entry in totals.values():
-            entry["cost"] = dollars(entry["cost"])
-        return list(totals.values())
+        """Spend per day and model over the last `days` calendar days in BUDGET_TZ (today
+        included), summed by the database (`usage`)."""
+        from .usage import Filter
+
+        today = self.usage.local_day(self.clock())
+        return self.usage.by_day(first=today - dt.timedelta(days=days - 1), last=today,
+                                 where=Filter(user_id=user_id, key_id=key_id))
 
     LEDGER_COLUMNS = ("id", "request_id", "created", "finished", "user_id", "key_id", "door",
                       "model", "role", "upstream", "prompt_tokens", "completion_tokens",
-                      "images", "cost", "outcome", "duration_ms", "state")
+                      "images", "cost", "outcome", "duration_ms", "ttft_ms", "state")
 
     def rows(self, *, user_id: int | None = None, key_id: int | None = None,
              since: float | None = None, until: float | None = None,

@@ -211,8 +211,8 @@ ledger = Table(
     Column("request_id", String(64), nullable=False),
     Column("created", Float, nullable=False, index=True),
     Column("finished", Float),
-    Column("user_id", Integer, index=True),
-    Column("key_id", Integer, index=True),
+    Column("user_id", Integer),
+    Column("key_id", Integer),
     Column("door", String(32), nullable=False),
     Column("model", String(200), nullable=False),
     Column("role", String(64)),
@@ -227,8 +227,57 @@ ledger = Table(
     Column("expires", Float),  # an open row left by a dead worker is settled after this
     Column("holds", Text),  # JSON: what was reserved, per budget and window
     Column("charges", Text),  # JSON: what was charged, per budget and window (settled rows)
+    Column("ttft_ms", Integer),  # to the first token relayed; NULL: none was
 )
 sa.Index("ledger_open", ledger.c.state, ledger.c.expires)
+# newest first within one user's, key's or model's rows (the console's ledger and charts)
+sa.Index("ledger_user_created", ledger.c.user_id, ledger.c.created)
+sa.Index("ledger_key_created", ledger.c.key_id, ledger.c.created)
+sa.Index("ledger_model_created", ledger.c.model, ledger.c.created)
+
+
+def _usage_table(name: str, metadata_: MetaData, *dims: Column) -> Table:
+    """A rollup of settled ledger rows per BUDGET_TZ day (`usage`): the sums of one day and
+    one combination of `dims` (a missing user or key is 0)."""
+    return Table(
+        name, metadata_,
+        Column("day", Integer, primary_key=True),  # days since 1970-01-01 of the local date
+        *dims,
+        Column("requests", BigInteger, nullable=False),
+        Column("prompt_tokens", BigInteger, nullable=False),
+        Column("completion_tokens", BigInteger, nullable=False),
+        Column("cost", BigInteger, nullable=False))  # nanodollars (an unpriced row: 0)
+
+
+usage_days = _usage_table("usage_days", metadata, Column("user_id", Integer, primary_key=True),
+                          Column("key_id", Integer, primary_key=True),
+                          Column("model", String(200), primary_key=True))
+sa.Index("usage_days_by_user", usage_days.c.user_id, usage_days.c.day)
+sa.Index("usage_days_by_key", usage_days.c.key_id, usage_days.c.day)
+usage_days_model = _usage_table("usage_days_model", metadata,
+                                Column("model", String(200), primary_key=True))
+usage_days_user = _usage_table("usage_days_user", metadata,
+                               Column("user_id", Integer, primary_key=True))
+usage_days_key = _usage_table("usage_days_key", metadata,
+                              Column("key_id", Integer, primary_key=True),
+                              Column("user_id", Integer, primary_key=True))
+sa.Index("usage_days_key_by_user", usage_days_key.c.user_id, usage_days_key.c.day)
+sa.Index("usage_days_key_by_key", usage_days_key.c.key_id, usage_days_key.c.day)
+sa.Index("usage_days_user_by_user", usage_days_user.c.user_id, usage_days_user.c.day)
+# the same sums per week (day // 7), to rank keys and users over a long range in few rows
+usage_weeks_key = _usage_table("usage_weeks_key", metadata,
+                               Column("key_id", Integer, primary_key=True),
+                               Column("user_id", Integer, primary_key=True))
+usage_weeks_user = _usage_table("usage_weeks_user", metadata,
+                                Column("user_id", Integer, primary_key=True))
+usage_state = Table(
+    "usage_state", metadata,
+    Column("name", String(16), primary_key=True),  # "days"
+    Column("tz", String(64), nullable=False),  # the BUDGET_TZ the days are counted in
+    Column("watermark", BigInteger, nullable=False),  # every ledger row up to it is in
+    Column("candidate", BigInteger, nullable=False),  # the highest id when last looked
+    Column("candidate_at", Float, nullable=False),  # ... and when
+)
 
 login_attempts = Table(  # the login throttle's counts, shared by every process (identity)
     "login_attempts", metadata,
@@ -361,8 +410,50 @@ def _v4_charges(conn: Connection) -> None:
                          "(budget_id) WHERE reserved <> 0"))
 
 
+def _v5_console(conn: Connection) -> None:
+    """The console (issue 27): the ledger's time to first token; indexes for a user's, key's
+    or model's rows newest first (in place of the plain user and key indexes); rollups of
+    settled rows per day (`usage`)."""
+    conn.execute(sa.text("ALTER TABLE ledger ADD COLUMN ttft_ms INTEGER"))
+    conn.execute(sa.text("DROP INDEX ix_ledger_user_id"))
+    conn.execute(sa.text("DROP INDEX ix_ledger_key_id"))
+    conn.execute(sa.text("CREATE INDEX ledger_user_created ON ledger (user_id, created)"))
+    conn.execute(sa.text("CREATE INDEX ledger_key_created ON ledger (key_id, created)"))
+    conn.execute(sa.text("CREATE INDEX ledger_model_created ON ledger (model, created)"))
+    m = MetaData()
+
+    def rollup(name: str, *dims: Column) -> Table:
+        return Table(name, m, Column("day", Integer, primary_key=True), *dims,
+                     Column("requests", BigInteger, nullable=False),
+                     Column("prompt_tokens", BigInteger, nullable=False),
+                     Column("completion_tokens", BigInteger, nullable=False),
+                     Column("cost", BigInteger, nullable=False))
+    days = rollup("usage_days", Column("user_id", Integer, primary_key=True),
+                  Column("key_id", Integer, primary_key=True),
+                  Column("model", String(200), primary_key=True))
+    sa.Index("usage_days_by_user", days.c.user_id, days.c.day)
+    sa.Index("usage_days_by_key", days.c.key_id, days.c.day)
+    rollup("usage_days_model", Column("model", String(200), primary_key=True))
+    keys = rollup("usage_days_key", Column("key_id", Integer, primary_key=True),
+                  Column("user_id", Integer, primary_key=True))
+    sa.Index("usage_days_key_by_user", keys.c.user_id, keys.c.day)
+    sa.Index("usage_days_key_by_key", keys.c.key_id, keys.c.day)
+    users_ = rollup("usage_days_user", Column("user_id", Integer, primary_key=True))
+    sa.Index("usage_days_user_by_user", users_.c.user_id, users_.c.day)
+    rollup("usage_weeks_key", Column("key_id", Integer, primary_key=True),
+           Column("user_id", Integer, primary_key=True))
+    rollup("usage_weeks_user", Column("user_id", Integer, primary_key=True))
+    Table("usage_state", m,
+          Column("name", String(16), primary_key=True),
+          Column("tz", String(64), nullable=False),
+          Column("watermark", BigInteger, nullable=False),
+          Column("candidate", BigInteger, nullable=False),
+          Column("candidate_at", Float, nullable=False))
+    m.create_all(conn)
+
+
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
-    _v1_accounts, _v2_budgets, _v3_login_attempts, _v4_charges)
+    _v1_accounts, _v2_budgets, _v3_login_attempts, _v4_charges, _v5_console)
 VERSION = len(MIGRATIONS)
 
 
