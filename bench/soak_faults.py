@@ -62,6 +62,7 @@ class Tally:
     def __init__(self) -> None:
         self.started = self.whole = self.cut_by_client = self.broken = self.in_flight = 0
         self.spliced = 0  # tags out of order or repeated: never acceptable
+        self.internal = 0  # a chat-process envelope saying "internal error": a 500 there
         self.status: dict[str, int] = {}
         self.broken_at: dict[str, int] = {}  # "<door> <10 s slot of the run>" -> replies broken
         self.started_at = time.monotonic()
@@ -129,6 +130,16 @@ async def one(session, base: str, key: str, door: str, sid: int, args, tally: Ta
                 resp.close()
                 return
             raw = (await resp.read()).decode("utf-8", "replace")
+        if door == "chat-process" and raw.lstrip().startswith('{"status"'):
+            # chat-process answers a failure before the first byte with HTTP 200 and its
+            # envelope (the frontends show the message): a refusal in its own shape
+            answer = json.loads(raw.split("\n", 1)[0])
+            status = answer.get("status", "?")
+            if "internal error" in str(answer.get("message", "")):
+                tally.internal += 1
+            tally.status["200"] -= 1
+            tally.saw(f"chat-process {status}")
+            return
         text, ended = reply_text(door, raw)
         verdict = check_tags(text, args.tokens)
         if verdict == "spliced":
@@ -366,6 +377,8 @@ def main() -> int:
         stack.close()
     fivehundreds = sum(n for code, n in tally.status.items() if code.startswith("5")
                        and code != "503")
+    # chat-process shows an internal error as a Fail whose message says so
+    fivehundreds += tally.internal
     report = {
         "requests": tally.started, "whole": tally.whole, "cut_by_client": tally.cut_by_client,
         "broken_by_faults": tally.broken, "broken_when": dict(sorted(tally.broken_at.items())),
