@@ -59,13 +59,13 @@ logconfig_dict = {
 
 def on_starting(server):
     """Check the configuration once, in the master, before any worker starts: a bad value, or
-    one that cannot work here (gpt_proxy/startup.py), stops start-up with one line naming the
+    one that cannot work here (gpt_proxy/storage/startup.py), stops start-up with one line naming the
     variable and the fix instead of a traceback per worker or a 503 per request; what may be
     meant is a warning."""
     import sys
 
-    from gpt_proxy import startup
-    from gpt_proxy.config import ConfigError, load_config
+    from gpt_proxy.base.config import ConfigError, load_config
+    from gpt_proxy.storage import startup
 
     _raise_open_files_limit(server)
     try:
@@ -78,6 +78,11 @@ def on_starting(server):
         startup.check_writable(startup.sqlite_files(config))
     except startup.StartupError as exc:
         sys.exit(f"gpt_proxy: cannot start: {exc}")
+    try:  # PostgreSQL and Redis may come up after this service: wait, boundedly
+        startup.wait_for(startup.awaited_services(config), config.startup_wait_seconds,
+                         lambda line: server.log.warning("gpt_proxy: %s", line))
+    except startup.StartupError as exc:
+        sys.exit(f"gpt_proxy: cannot start: {exc}")
     _check_database(config)
     unset = [address for name, address in _DEFAULTS.items() if name not in os.environ]
     for warning in startup.bind_warnings(server.cfg.bind, config.metrics_bind,
@@ -86,8 +91,8 @@ def on_starting(server):
     metrics = config.metrics_bind and any(address.rpartition(":")[2] == config.metrics_port
                                           for address in server.cfg.bind)
     upstreams = ", ".join(f"{spec.name} ({spec.base_url})" for spec in config.endpoints())
-    server.log.info("gpt_proxy: upstream %s, model %s%s%s", upstreams or "demo (no key)",
-                    config.openai_model, ", proxy token required" if config.proxy_token else "",
+    server.log.info("gpt_proxy: upstream %s, model %s, %s%s", upstreams or "demo (no key)",
+                    config.openai_model, startup.access_summary(config),
                     f", metrics on http://{config.metrics_bind}/metrics" if metrics else "")
 
 
@@ -98,7 +103,7 @@ def _check_database(config) -> None:
     import sys
     from pathlib import Path
 
-    from gpt_proxy.db import Database, DatabaseError
+    from gpt_proxy.storage.db import Database, DatabaseError
 
     try:
         database = Database(config.database_url, Path(__file__).resolve().parent)
@@ -122,7 +127,7 @@ def _metrics_directory(server) -> None:
     import glob
     import tempfile
 
-    from gpt_proxy.startup import StartupError
+    from gpt_proxy.storage.startup import StartupError
 
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
     try:
@@ -168,9 +173,9 @@ def worker_exit(server, worker):
     whose client left is read on by a greenlet of its own, so let those end too (the arbiter
     still stops a worker that outlives graceful_timeout), and let their ends reach the reply
     store; then write the ledger rows still waiting for their batch (atexit would too)."""
-    from gpt_proxy import budgets
-    from gpt_proxy.relay import detached_count, wait_detached
-    from gpt_proxy.replies import flush_all
+    from gpt_proxy.money import budgets
+    from gpt_proxy.pipeline.relay import detached_count, wait_detached
+    from gpt_proxy.storage.replies import flush_all
 
     running = detached_count()
     if running:

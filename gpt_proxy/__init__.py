@@ -10,17 +10,16 @@ from pathlib import Path
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, NotFound
 
-from .config import Config, load_config
-from .errors import ProxyError
-from .hub import pause
-from .security import install as install_security
-from .security import loggable
+from .base.config import ROOT, VERSION, Config, load_config
+from .base.errors import DatabaseUnavailable, ProxyError
+from .base.hub import pause
+from .identity.security import install as install_security
+from .identity.security import loggable
 
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited"}
 
-__version__ = "1.0.0"
-ROOT = Path(__file__).resolve().parent.parent
+__version__ = VERSION
 
 
 @dataclass
@@ -44,7 +43,7 @@ class State:
         left of the request body is read first, so the client can read the answer). The
         access line keeps the error's own status, also when a protocol answers it with
         another."""
-        from .pipeline import drain_body
+        from .pipeline.stages import drain_body
 
         drain_body(request.environ)
         g.error_code, g.error_status = err.code, err.status
@@ -56,14 +55,16 @@ class State:
 
 def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     """The app factory. `config`: a Config, a dict of overrides, or None for the environment."""
-    from . import account_api, api, chat_process, identity, openai_api, user_protocol
-    from .accounts import Accounts
-    from .budgets import Budgets
-    from .db import open_database
-    from .metrics import Metrics, NoMetrics
-    from .pipeline import ACCESS_LOGGED
-    from .replies import loggable_path, open_reply_store
-    from .roles import RoleRegistry
+    from .base.metrics import Metrics, NoMetrics
+    from .doors import account_api, api, chat_process, console_api, openai_api, user_protocol
+    from .identity import callers as identity
+    from .identity.accounts import Accounts
+    from .money.budgets import Budgets
+    from .pipeline.roles import RoleRegistry
+    from .pipeline.stages import ACCESS_LOGGED
+    from .pipeline.validation import IdConverter, refuse_unknown_ids
+    from .storage.db import DatabaseError, open_database
+    from .storage.replies import loggable_path, open_reply_store
 
     if not isinstance(config, Config):
         config = load_config(**(config or {}))
@@ -73,10 +74,10 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
                if config.metrics_bind else NoMetrics())
     if upstream is None:
         if config.demo:
-            from .demo import DemoUpstream
+            from .upstream.demo import DemoUpstream
             upstream = DemoUpstream()
         else:
-            from .failover import Upstreams
+            from .upstream.failover import Upstreams
             upstream = Upstreams(config, metrics=metrics)
     roles_dir = Path(config.roles_dir)
     if not roles_dir.is_absolute():
@@ -89,11 +90,13 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
                       tz=config.budget_tz, ledger_days=config.ledger_days, metrics=metrics,
                       hold_seconds=config.max_stream_seconds + 2 * config.upstream_read_timeout
                       + config.failover_seconds + 60)
+    metrics.read_reservations(budgets.reservations)
 
     app = Flask(__name__, static_folder=str(ROOT / "static"), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.ensure_ascii = False
     app.json.sort_keys = False
+    app.url_map.converters["id"] = IdConverter  # `<id:...>`: before any route is added
     protocols = (openai_api, chat_process, user_protocol, api)  # `api` last: every path left
     state = State(config=config, upstream=upstream, roles=registry, protocols=protocols,
                   started=time.time(), metrics=metrics, accounts=accounts, budgets=budgets,
@@ -102,12 +105,19 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     for protocol in protocols:
         app.register_blueprint(protocol.bp)
     app.register_blueprint(account_api.bp)  # JSON routes in the `api` door's error shape
-    from .cli import register as register_cli
+    app.register_blueprint(console_api.bp)  # the console's JSON (same shape)
+    from .doors.openapi import bp as openapi_bp
+    app.register_blueprint(openapi_bp)  # GET /api/openapi.json: this API, described
+    from .doors.cli import register as register_cli
     register_cli(app)
 
     @app.get("/")
     def index():
         return app.send_static_file("index.html")
+
+    @app.get("/console")
+    def console():  # the console's page: its data comes from the JSON routes it calls
+        return app.send_static_file("console.html")
 
     @app.before_request
     def start_request():
@@ -131,7 +141,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
         hold = g.get("budget_hold")
         if hold is not None and hold.remaining:
             response.headers["X-Budget-Remaining"] = hold.header()
-        if request.path == "/" or request.path.startswith("/static/"):
+        if request.path in ("/", "/console") or request.path.startswith("/static/"):
             # Unversioned names: the page and its modules are revalidated (ETag -> 304) on
             # every load; the vendored libraries change only with a release.
             vendor = request.path.startswith("/static/vendor/")
@@ -157,6 +167,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
 
     install_security(app, config)  # after start_request: its checks need the request id
     identity.install(app, config, accounts, protocols)  # after the rate limit: guesses count
+    app.before_request(refuse_unknown_ids)  # after the caller is known: 401 before 404
 
     @app.errorhandler(ProxyError)
     def proxy_error(err: ProxyError):
@@ -172,6 +183,14 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
                    if name.lower() in ("allow", "retry-after", "www-authenticate")}
         return state.respond(ProxyError(err.description or err.name, status=status,
                                         code=code.replace("'", ""), headers=headers))
+
+    @app.errorhandler(DatabaseError)
+    def database_failed(err: DatabaseError):
+        # A blip (a restart, a dropped connection): a 503 the client may retry, never a 500.
+        # The connection that failed was dropped from the pool; the next request gets another.
+        logging.getLogger("gpt_proxy").warning("request id=%s: %s", g.get("request_id", "-"),
+                                               err)
+        return state.respond(DatabaseUnavailable())
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception):

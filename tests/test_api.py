@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gpt_proxy import create_app
-from gpt_proxy.api import choose_framing
-from gpt_proxy.config import ConfigError, load_config
+from gpt_proxy.base.config import ConfigError, load_config
+from gpt_proxy.doors.api import choose_framing
 
 from .conftest import TEST_DATABASE, make_config
 

@@ -16,9 +16,9 @@ import time
 import pytest
 import requests
 
-from gpt_proxy.demo import placeholder_png
+from gpt_proxy.upstream.demo import placeholder_png
 
-from .browser_helpers import expect
+from .browser_helpers import WAIT_MS, expect
 from .conftest import ROOT, serve
 from .fake_upstream import image_answer, json_scenario, stream_scenario
 
@@ -282,8 +282,9 @@ def test_a_key_is_made_shown_once_listed_and_revoked(users_term, accounts, upstr
     expect()(term.input).to_have_value(f"gpt key revoke {key_id} ")
     term.input.press("Enter")
     expect()(term.last(".ok")).to_contain_text(f"revoked key {key_id}")
-    deadline = time.monotonic() + 3
-    while key_works(accounts.url, key):  # the README promises: within a second
+    # The README promises within a second, timed in test_accounts_live.py; here, that it happens
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while key_works(accounts.url, key):
         assert time.monotonic() < deadline, "the revoked key still works"
         time.sleep(0.05)  # polling the server; not synchronising the test
     term.type_command("gpt key list")
@@ -394,9 +395,9 @@ def test_help_hints_and_tab_know_the_account_commands(term):
 
 def test_gpt_usage_shows_each_budget_as_a_bar_with_what_is_left_and_the_reset(
         users_term, accounts, upstream):
-    from gpt_proxy.accounts import Accounts
-    from gpt_proxy.budgets import Budgets
-    from gpt_proxy.db import open_database
+    from gpt_proxy.identity.accounts import Accounts
+    from gpt_proxy.money.budgets import Budgets
+    from gpt_proxy.storage.db import open_database
 
     name = new_name("una")
     term = users_term()

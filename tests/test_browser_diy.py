@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpt_proxy.roles import MAX_ROLE_BYTES, parse_role
+from gpt_proxy.pipeline.roles import MAX_ROLE_BYTES, parse_role
 
 from .browser_helpers import expect
 from .conftest import serve

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from gpt_proxy.demo import placeholder_png
+from gpt_proxy.upstream.demo import placeholder_png
 
 from .browser_helpers import WAIT_MS, expect
 from .fake_upstream import Scenario, image_answer, json_scenario

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpt_proxy import chat_process, create_app
-from gpt_proxy.chunks import Delta
-from gpt_proxy.conversations import SQLiteStore, StoreError
+from gpt_proxy import create_app
+from gpt_proxy.doors import chat_process
+from gpt_proxy.storage.conversations import SQLiteStore, StoreError
+from gpt_proxy.upstream.chunks import Delta
 
 from .conftest import TEST_KEY, FakeClock, access_line, free_port, make_config, sent_messages
 from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes, stream_scenario

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from gpt_proxy.chunks import ChunkReader
-from gpt_proxy.errors import UpstreamError
-from gpt_proxy.sse import ServerSentEvent
+from gpt_proxy.base.errors import UpstreamError
+from gpt_proxy.base.sse import ServerSentEvent
+from gpt_proxy.upstream.chunks import ChunkReader
 
 from .fake_upstream import chunk_json
 

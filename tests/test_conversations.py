@@ -11,8 +11,8 @@ import uuid
 import pytest
 import redis
 
-from gpt_proxy.config import ConfigError, load_config
-from gpt_proxy.conversations import (
+from gpt_proxy.base.config import ConfigError, load_config
+from gpt_proxy.storage.conversations import (
     PURGE_BATCH,
     RedisStore,
     SQLiteStore,

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 import gpt_proxy
-from gpt_proxy import config as config_module
+from gpt_proxy.base import config as config_module
 
 from .conftest import ROOT, Gunicorn, sse_blocks
 
@@ -241,7 +241,7 @@ def test_every_module_of_the_package_is_on_the_architecture_page():
     named = set(re.findall(r"`(gpt_proxy/[\w/]*(?:\.py|/))`", page))
     modules = sorted(path.relative_to(PACKAGE.parent).as_posix()
                      for path in PACKAGE.rglob("*.py") if "__pycache__" not in path.parts)
-    assert "gpt_proxy/config.py" in modules or any(m.endswith("/config.py") for m in modules)
+    assert "gpt_proxy/base/config.py" in modules or any(m.endswith("/config.py") for m in modules)
     missing = [module for module in modules if module not in named
                and not (module.endswith("/__init__.py") and module != "gpt_proxy/__init__.py"
                         and module[:-len("__init__.py")] in named)]

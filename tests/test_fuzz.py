@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpt_proxy import create_app, openai_api
-from gpt_proxy.config import load_config
-from gpt_proxy.demo import DemoUpstream
+from gpt_proxy import create_app
+from gpt_proxy.base.config import load_config
+from gpt_proxy.doors import openai_api
+from gpt_proxy.upstream.demo import DemoUpstream
 
 from .conftest import TEST_DATABASE
 

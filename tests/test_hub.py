@@ -1,6 +1,6 @@
-"""gpt_proxy.hub: a request's set-up lets the other ready work of the worker's hub run between
-its stages under gevent, and is a no-op elsewhere. The gevent case runs in a process of its
-own (monkey-patching cannot be undone in the test process)."""
+"""gpt_proxy.base.hub: a request's set-up lets the other ready work of the worker's hub run
+between its stages under gevent, and is a no-op elsewhere. The gevent case runs in a process
+of its own (monkey-patching cannot be undone in the test process)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gpt_proxy import hub
+from gpt_proxy.base import hub
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,7 +17,7 @@ SCRIPT = """
 from gevent import monkey
 monkey.patch_all()
 import json, gevent
-from gpt_proxy.hub import pause
+from gpt_proxy.base.hub import pause
 
 order = []
 
@@ -54,7 +54,7 @@ MANY = """
 from gevent import monkey
 monkey.patch_all()
 import json, gevent
-from gpt_proxy.hub import STAGES_PER_POLL, pause
+from gpt_proxy.base.hub import STAGES_PER_POLL, pause
 
 done, turns = [], []
 

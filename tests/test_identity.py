@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpt_proxy.accounts import KEY_PREFIX
+from gpt_proxy.identity.accounts import KEY_PREFIX
 
 from .conftest import ANN, BOB, new_key, sign_up
 from .fake_upstream import stream_scenario
@@ -237,14 +237,14 @@ def test_token_mode_and_open_mode_are_unchanged(users_app, upstream):
     ({"PRICES_FILE": "nowhere.toml"}, "PRICES_FILE='nowhere.toml' cannot be read"),
 ])
 def test_settings_the_user_service_cannot_run_with_stop_start_up_naming_them(env, named):
-    from gpt_proxy.config import ConfigError, load_config
+    from gpt_proxy.base.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=named.replace("(", r"\(").replace("'", "'")):
         load_config(env)
 
 
 def test_auth_defaults_to_token_when_a_proxy_token_is_set_as_before():
-    from gpt_proxy.config import load_config
+    from gpt_proxy.base.config import load_config
 
     assert load_config({}).auth == "open"
     assert load_config({"PROXY_TOKEN": "x" * 20}).auth == "token"

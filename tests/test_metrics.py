@@ -19,8 +19,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpt_proxy import create_app
-from gpt_proxy.metrics import Metrics
-from gpt_proxy.relay import Outcome
+from gpt_proxy.base.metrics import Metrics
+from gpt_proxy.pipeline.relay import Outcome
 
 from .conftest import TEST_KEY, make_config, serve
 from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes, stream_scenario
@@ -284,7 +284,7 @@ def test_the_dashboard_and_alert_rules_ask_only_for_metrics_the_service_exposes(
 
 
 def test_with_metrics_off_nothing_is_kept_or_served(upstream):
-    from gpt_proxy.metrics import NoMetrics
+    from gpt_proxy.base.metrics import NoMetrics
 
     app = create_app(make_config(openai_base_url=upstream.url, metrics_bind=""))
     assert isinstance(app.extensions["gpt_proxy"].metrics, NoMetrics)

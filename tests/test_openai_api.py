@@ -10,8 +10,8 @@ import requests
 import responses
 
 from gpt_proxy import create_app
-from gpt_proxy.openai_api import completion_from_chunks
-from gpt_proxy.relay import read_deltas
+from gpt_proxy.doors.openai_api import completion_from_chunks
+from gpt_proxy.pipeline.relay import read_deltas
 
 from .conftest import TEST_KEY, make_config
 from .fake_upstream import chunk_json, openai_stream, sse_bytes

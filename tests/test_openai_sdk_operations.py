@@ -12,7 +12,7 @@ import openai
 import pytest
 import requests
 
-from gpt_proxy.demo import placeholder_png
+from gpt_proxy.upstream.demo import placeholder_png
 
 from .conftest import TEST_KEY
 from .fake_upstream import (

@@ -200,7 +200,8 @@ def test_the_dockerfile_runs_the_readme_command_as_a_non_root_user_with_a_health
     root = Path(__file__).resolve().parent.parent
     lines = [line.strip() for line in (root / "Dockerfile").read_text().splitlines()
              if line.strip() and not line.lstrip().startswith("#")]
-    assert lines[0].startswith("FROM python:") and "slim" in lines[0]
+    # a fully qualified name (podman resolves no short names without an alias list)
+    assert lines[0].startswith("FROM docker.io/library/python:") and "slim" in lines[0]
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
     assert any(line.startswith("HEALTHCHECK") for line in lines)

@@ -206,7 +206,7 @@ def test_a_reader_thread_waits_for_a_slow_client_instead_of_buffering_the_reply(
     """The demo-style reader (a helper thread) may run at most QUEUE_BATCHES ahead."""
     import threading
 
-    from gpt_proxy import relay
+    from gpt_proxy.pipeline import relay
 
     produced = threading.Event()
     count = {"n": 0}
@@ -242,9 +242,9 @@ def test_a_reader_thread_waits_for_a_slow_client_instead_of_buffering_the_reply(
 
 @pytest.mark.parametrize("reads", [1, 2])
 def test_a_body_abandoned_by_the_server_closes_the_upstream_and_says_client_left(reads):
-    from gpt_proxy.api import TextFramer
-    from gpt_proxy.demo import DemoStream
-    from gpt_proxy.relay import Relay
+    from gpt_proxy.doors.api import TextFramer
+    from gpt_proxy.pipeline.relay import Relay
+    from gpt_proxy.upstream.demo import DemoStream
 
     stream = DemoStream({"messages": [{"role": "user", "content": "hi"}]}, delay=0.05)
     outcomes = []

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpt_proxy import roles
-from gpt_proxy.errors import BadRequest, PayloadTooLarge, UnknownRole
-from gpt_proxy.roles import RoleFileError, RoleRegistry, assemble_messages, parse_role
+from gpt_proxy.base.errors import BadRequest, PayloadTooLarge, UnknownRole
+from gpt_proxy.pipeline import roles
+from gpt_proxy.pipeline.roles import RoleFileError, RoleRegistry, assemble_messages, parse_role
 
 from .conftest import FakeClock
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from gpt_proxy import create_app
-from gpt_proxy.roles import RoleRegistry
+from gpt_proxy.pipeline.roles import RoleRegistry
 
 from .conftest import FakeClock, make_config
 from .fake_upstream import stream_scenario

@@ -15,7 +15,7 @@ import redis
 import requests
 
 from gpt_proxy import create_app
-from gpt_proxy.config import ConfigError, load_config
+from gpt_proxy.base.config import ConfigError, load_config
 
 from .conftest import ROOT, TEST_KEY, access_lines, free_port, make_config
 from .fake_upstream import Scenario, chunk_json, json_scenario, sse_bytes
@@ -217,7 +217,7 @@ def test_retry_after_is_whole_seconds_never_longer_than_the_window(monkeypatch):
 
     from limits import parse
 
-    from gpt_proxy import security
+    from gpt_proxy.identity import security
 
     monkeypatch.setattr(security.time, "time", lambda: 1000.0)
     minute = SimpleNamespace(limit=parse("2/minute"))
@@ -465,7 +465,7 @@ def test_env_example_lists_every_setting_with_its_default():
 
     from dotenv import dotenv_values
 
-    from gpt_proxy.config import PARSERS, Config
+    from gpt_proxy.base.config import PARSERS, Config
 
     text = (ROOT / ".env.example").read_text()
     values = dotenv_values(ROOT / ".env.example")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt_proxy.sse import ServerSentEvent, SSEDecoder, SSEError, encode, encode_json
+from gpt_proxy.base.sse import ServerSentEvent, SSEDecoder, SSEError, encode, encode_json
 
 
 def decode_all(data: bytes, cuts=()) -> list[ServerSentEvent]:

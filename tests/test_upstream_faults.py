@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import pytest
 
 from gpt_proxy import create_app
-from gpt_proxy.config import UpstreamSpec, load_config
-from gpt_proxy.errors import ClientLeft
-from gpt_proxy.failover import Upstreams
+from gpt_proxy.base.config import UpstreamSpec, load_config
+from gpt_proxy.base.errors import ClientLeft
+from gpt_proxy.upstream.failover import Upstreams
 
 from .conftest import TEST_DATABASE, TEST_KEY, access_line, make_config, serve, sse_events
 from .fake_upstream import FakeUpstream, Scenario, chunk_json, json_scenario, sse_bytes
@@ -527,7 +527,7 @@ def test_a_client_leaving_during_failover_stops_the_attempts_within_a_second(
 @pytest.mark.parametrize("door", ["gpt sse", "openai whole", "chat-process"])
 def test_an_unexpected_exception_is_a_500_naming_the_request_with_no_traceback(
         upstream, tmp_path, monkeypatch, caplog, door):
-    from gpt_proxy import pipeline
+    from gpt_proxy.pipeline import stages as pipeline
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug with a secret inside")

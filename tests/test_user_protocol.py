@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from gpt_proxy.identity import SESSION_COOKIE
+from gpt_proxy.identity.callers import SESSION_COOKIE
 
 from .conftest import ANN, BOB, sign_up
 from .fake_upstream import stream_scenario

@@ -13,8 +13,8 @@ import requests
 import responses
 
 from gpt_proxy import create_app
-from gpt_proxy.demo import DemoUpstream, placeholder_png
-from gpt_proxy.images import MAX_FETCH_BYTES
+from gpt_proxy.upstream.demo import DemoUpstream, placeholder_png
+from gpt_proxy.upstream.images import MAX_FETCH_BYTES
 
 from .conftest import TEST_KEY, make_config
 from .fake_upstream import Scenario, image_answer, json_scenario

@@ -13,13 +13,13 @@ import requests
 import responses
 
 from gpt_proxy import create_app
-from gpt_proxy.chunks import EventReader
-from gpt_proxy.config import UpstreamSpec
-from gpt_proxy.demo import DemoUpstream, placeholder_png
-from gpt_proxy.operations import CHAT, EMBEDDINGS, IMAGES, RESPONSES, Usage
-from gpt_proxy.relay import Outcome
-from gpt_proxy.sse import SSEDecoder
-from gpt_proxy.upstream import Endpoint, new_session
+from gpt_proxy.base.config import UpstreamSpec
+from gpt_proxy.base.sse import SSEDecoder
+from gpt_proxy.pipeline.relay import Outcome
+from gpt_proxy.upstream.chunks import EventReader
+from gpt_proxy.upstream.client import Endpoint, new_session
+from gpt_proxy.upstream.demo import DemoUpstream, placeholder_png
+from gpt_proxy.upstream.operations import CHAT, EMBEDDINGS, IMAGES, RESPONSES, Usage
 
 from .conftest import TEST_KEY, make_config, sse_blocks
 from .fake_upstream import (
