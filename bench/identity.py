@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 
 from .load import Target
-from .run import LATENCY, SHORT, Bench, Scenario, med
+from .measure import LATENCY, SHORT, Bench, Scenario, med
 from .service import ROOT, BenchUpstream, Service
 
 RESULTS = ROOT / "bench" / "results"
@@ -53,14 +53,15 @@ def _call(port: int, method: str, path: str, body: dict | None = None,
 
 
 def start(upstream: BenchUpstream, name: str, users: bool, budgets: int,
-          root: Path = ROOT) -> tuple[Service, str]:
+          root: Path = ROOT, workers: int = 0) -> tuple[Service, str]:
     """A service in configuration `name`; the key its requests carry ('' for open)."""
     database = RESULTS / f"identity-{name}-{time.time_ns()}.db"
     env = {"DATABASE_URL": f"sqlite:///{database}", "PROXY_TOKEN": ADMIN,
            "AUTH": "users" if users else "open", "DEFAULT_PRICE": "0.15/0.6",
            "LOGIN_LIMIT": "100000/minute", "REGISTRATION": "open",
            "CONVERSATION_STORE": f"sqlite:///{RESULTS}/identity-conversations.db"}
-    service = Service(upstream.url, RESULTS / f"identity-{name}.log", extra_env=env, root=root)
+    service = Service(upstream.url, RESULTS / f"identity-{name}.log", extra_env=env, root=root,
+                      workers=workers)
     if not users:
         return service, ""
     port = service.port

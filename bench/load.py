@@ -70,8 +70,9 @@ def openai_target(port: int, host: str = "127.0.0.1") -> Target:
                   b"[DONE]")
 
 
-def direct_target(port: int) -> Target:
-    return Target("direct", "127.0.0.1", port, "/v1/chat/completions",
+def direct_target(port: int, name: str = "direct") -> Target:
+    """The upstream's own chat-completions stream (or the bare relay's: the same route)."""
+    return Target(name, "127.0.0.1", port, "/v1/chat/completions",
                   {"Accept": "text/event-stream"},
                   lambda sid, n, rate: {"model": "bench-model", "stream": True, "messages": [
                       {"role": "user", "content": f"bench sid={sid} n={n} rate={rate:g}"}]},
@@ -277,6 +278,66 @@ class Load:
             if sampling is not None:
                 sampling.cancel()
         return Phase(target.name, streams, started, time.monotonic_ns(), samples)
+
+
+@dataclass
+class Arrived:
+    """What an arrivals run came to: the replies already running and the ones that arrived at
+    once, and the window from the first arrival until the last arrived reply ended."""
+
+    running: Phase
+    arrived: Phase
+    window: tuple[int, int]  # monotonic ns
+
+
+async def arrivals(load: Load, target: Target, *, running: int, running_tokens: int,
+                   running_rate: float, arriving: int, tokens: int, rate: float,
+                   lead: float = 1.5, timeout: float = 60.0,
+                   sampler: Callable[[], int] | None = None) -> Arrived:
+    """`running` clients stream `running_tokens`-token replies at `running_rate` back to back
+    (they start spread over one second); `lead` seconds in, when all are mid-reply,
+    `arriving` clients each send one `tokens`-token reply (at `rate`) at the same moment.
+    Once the last of those has ended the running clients finish the reply they are in and
+    stop, so every token of the window is relayed while replies keep running."""
+    stop = asyncio.Event()
+    running_streams: list[Stream] = []
+    stream_timeout = 30.0 + running_tokens / running_rate
+
+    async def runner(k: int) -> None:
+        await asyncio.sleep(k / running)
+        for _ in range(10_000):  # bounded: stopped long before
+            if stop.is_set():
+                return
+            running_streams.append(await load.one(target, running_tokens, running_rate,
+                                                  stream_timeout))
+
+    samples: list[tuple[int, int]] = []
+
+    async def sample() -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            samples.append((load.open, sampler()))
+
+    started = time.monotonic_ns()
+    sampling = asyncio.ensure_future(sample()) if sampler else None
+    runners = [asyncio.ensure_future(runner(k)) for k in range(running)]
+    try:
+        await asyncio.sleep(lead)
+        first = time.monotonic_ns()
+        arrived = await asyncio.wait_for(asyncio.gather(*(
+            load.one(target, tokens, rate, timeout) for _ in range(arriving))), timeout + 30)
+        last = time.monotonic_ns()
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*runners), stream_timeout + 30)
+    finally:
+        stop.set()
+        for task in runners:
+            task.cancel()
+        if sampling is not None:
+            sampling.cancel()
+    ended = time.monotonic_ns()
+    return Arrived(Phase(target.name, running_streams, started, ended, samples),
+                   Phase(target.name, list(arrived), first, last), (first, last))
 
 
 async def fetch_json(host: str, port: int, path: str, timeout: float = 30.0) -> object:

@@ -22,7 +22,7 @@ import numpy as np
 from tests.processes import Nginx
 
 from .load import Load, direct_target, fetch_json, service_target
-from .run import RESULTS, analyse
+from .measure import RESULTS, analyse
 from .service import BenchUpstream, Service
 from .upstream import loop_factory
 

@@ -1,5 +1,7 @@
 """Profile the service's hot path: `python -m bench.profile [--scenario latency|fast|wide]`
-(`--resumable`: replies asking X-Resumable: 1, logged in a redis-server of its own).
+(`--resumable`: replies asking X-Resumable: 1, logged in a redis-server of its own; `--key`:
+AUTH=users with an API key on every request, `--budgets N` under N budgets; `--bare`: the
+bare relay instead of the service).
 
 Starts the bench upstream and the service (one gevent worker unless told otherwise), runs one
 scenario through it while py-spy samples the worker, and prints the functions holding the most
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 
 from .load import Load, resumable_target, service_target
-from .run import FAST, LATENCY, RESULTS, SHORT, WIDE, Bench, Scenario
+from .measure import FAST, LATENCY, RESULTS, SHORT, WIDE, Bench, Scenario
 from .service import ROOT, BenchUpstream, Service
 from .upstream import loop_factory
 
@@ -58,11 +60,25 @@ async def run(args) -> None:
         if args.resumable:
             from tests.processes import RedisServer
             redis_server = RedisServer()
-        service = Service(upstream.url, RESULTS / "gunicorn-profile.log",
-                          worker_class=args.worker_class, workers=args.workers,
-                          root=args.service_root or ROOT,
-                          extra_env={"REPLY_STORE": redis_server.url} if redis_server else None)
+        key = ""
+        if args.bare:  # the bare relay (bench/bare_relay.py) under the same load
+            from .measure import bare_target
+            from .service import BareRelay
+            service = BareRelay(upstream.url, RESULTS / "gunicorn-profile-bare.log",
+                                workers=args.workers)
+        elif args.key:  # AUTH=users, every request with an API key (bench.identity's service)
+            from .identity import start
+            service, key = start(upstream, "profile-key", True, args.budgets,
+                                 args.service_root or ROOT, workers=args.workers)
+        else:
+            service = Service(upstream.url, RESULTS / "gunicorn-profile.log",
+                              worker_class=args.worker_class, workers=args.workers,
+                              root=args.service_root or ROOT,
+                              extra_env={"REPLY_STORE": redis_server.url} if redis_server
+                              else None)
         bench = Bench(upstream, service)
+        if args.bare:
+            bench.through = bare_target(service.port)
         await bench.warm_up()
         sc = SCENARIOS[args.scenario]
         raw = RESULTS / f"profile-{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
@@ -76,14 +92,23 @@ async def run(args) -> None:
         time.sleep(1.0)
         load = Load()
         deadline = time.monotonic() + args.seconds
+        cpu0, requests = service.cpu(), 0
         while time.monotonic() < deadline - 1:
             target = (resumable_target if args.resumable else service_target)(service.port)
-            await load.run(target, users=sc.users, rounds=sc.rounds,
-                           tokens=sc.tokens, rate=sc.rate, stagger=sc.spread)
+            if args.bare:
+                target = bench.through
+            if key:
+                target.headers["Authorization"] = f"Bearer {key}"
+            phase = await load.run(target, users=sc.users, rounds=sc.rounds,
+                                   tokens=sc.tokens, rate=sc.rate, stagger=sc.spread)
+            requests += len(phase.streams)
+        cpu = service.cpu() - cpu0
         err = spy.communicate(timeout=args.seconds + 30)[1]
         if spy.returncode:
             print(err.decode(errors="replace")[-2000:])
         print(summarise(raw, args.top))
+        print(f"{requests} requests, {cpu * 1000 / max(requests, 1):.2f} ms of CPU each "
+              f"(the whole server, profiler running)")
         print(f"collapsed stacks: {raw}")
     finally:
         if spy is not None and spy.poll() is None:
@@ -105,6 +130,12 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--resumable", action="store_true",
                         help="resumable replies, logged in a redis-server of its own")
+    parser.add_argument("--bare", action="store_true",
+                        help="profile the bare relay (bench/bare_relay.py) instead")
+    parser.add_argument("--key", action="store_true",
+                        help="AUTH=users, an API key on every request (bench.identity's setup)")
+    parser.add_argument("--budgets", type=int, default=0,
+                        help="with --key: that many budgets over the key (0-3)")
     parser.add_argument("--idle", action="store_true", help="count idle (waiting) samples too")
     parser.add_argument("--gil", action="store_true",
                         help="only samples holding the GIL: Python's own CPU, not syscalls")

@@ -1,10 +1,16 @@
 """The relay benchmark: `make bench` (or `python -m bench.run [--quick]`).
 
-Starts the bench upstream (bench/upstream.py) and the service under gunicorn (the repo's
-gunicorn.conf.py), both on 127.0.0.1, then runs each scenario as interleaved pairs: straight
-to the upstream (the floor: what the load generator and the fake upstream cost by themselves)
-and through the service. Each figure the service is judged on is its run minus the floor run
-of the same pair; the table shows medians over the repeats. Per-token latency is a token's
+Starts the bench upstream (bench/upstream.py), the service under gunicorn (the repo's
+gunicorn.conf.py) and the bare relay (bench/bare_relay.py, the same gevent worker settings),
+all on 127.0.0.1, then runs each scenario in rounds of interleaved sides (bench/measure.py):
+straight to the upstream (the floor: what the load generator and the fake upstream cost by
+themselves), through the bare relay (the floor of the stack) and through the service. Each
+figure the service is judged on is its run minus the floor run of the same round, and its
+ratio to the bare relay's run of the same round; the table shows medians over the rounds.
+
+`--only arrivals` (issue 30): 200 and then 1,000 short replies arriving at once while 20
+replies run, and the CPU per short request with AUTH=open and with AUTH=users and a key, each
+as a ratio to the bare relay (see bench/README.md). Per-token latency is a token's
 arrival at the client minus the moment the upstream wrote it (time.monotonic_ns on both
 sides: one clock on one machine). CPU and RSS are the service's alone (gunicorn master and
 workers, through psutil); the upstream and the load generator run in other processes.
@@ -18,7 +24,8 @@ pays (none); the redis-server's own CPU is reported apart.
 Options: --quick (a short run), --compare-workers (sync, gthread, gevent and worker counts,
 the README's comparison), --worker-class/--workers/--threads (the service's settings, else
 gunicorn.conf.py's defaults), --service-root DIR (the service from another checkout, for a
-before/after), --repeats N, --no-sweep, --no-chart, --no-nginx, --json PATH. Raw results go
+before/after), --repeats N, --only LIST, --no-bare, --no-hubtrace, --no-sweep, --no-chart,
+--no-nginx, --json PATH. Raw results go
 to bench/results/ (git-ignored); the chart to bench/chart.png. See bench/README.md.
 """
 
@@ -30,193 +37,30 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import psutil
 
-from .load import (
-    Load,
-    Phase,
-    direct_target,
-    fetch_json,
-    openai_target,
-    resumable_target,
-    service_target,
+from .load import resumable_target
+from .measure import (
+    ARRIVALS_200,
+    ARRIVALS_1000,
+    BURST,
+    FAST,
+    LATENCY,
+    REQUESTS,
+    RESULTS,
+    SHORT,
+    WIDE,
+    Bench,
+    Scenario,
+    med,
+    total,
 )
-from .service import ROOT, BenchUpstream, Service, _raise_fd_limit
+from .service import ROOT, BareRelay, BenchUpstream, Service, _raise_fd_limit
 from .upstream import loop_factory
 
-RESULTS = ROOT / "bench" / "results"
 CHART = ROOT / "bench" / "chart.png"
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    users: int  # concurrent streams at the steady middle of the run
-    tokens: int  # per stream
-    rate: float  # tokens per second per stream; 0: as fast as the upstream can
-    rounds: int = 2  # streams each user runs back to back
-    stagger: float | None = None  # seconds over which users start; None: one stream's length
-
-    @property
-    def spread(self) -> float:
-        if self.stagger is not None:
-            return self.stagger
-        return self.tokens / self.rate if self.rate else 0.0
-
-
-LATENCY = Scenario("100 streams x 50 tok/s", 100, 100, 50.0)
-WIDE = Scenario("1000 streams x 5 tok/s", 1000, 20, 5.0)
-FAST = Scenario("fast upstream", 20, 5000, 0.0, rounds=1)
-BURST = Scenario("burst of 1000 in 100 ms", 1000, 20, 20.0, rounds=1, stagger=0.1)
-SHORT = Scenario("short replies", 64, 10, 0.0, rounds=40, stagger=0.0)
-
-
-def analyse(phase: Phase, collected: dict) -> dict:
-    """Errors, missing/reordered tokens, latency percentiles, throughput of one phase."""
-    sent, received = collected["sent"], collected["received"]
-    lat, ttft, reach = [], [], []
-    errors = missing = reordered = tokens = 0
-    error_kinds: dict[str, int] = {}
-    for s in phase.streams:
-        if s.error:
-            errors += 1
-            kind = s.error[:80]
-            error_kinds[kind] = error_kinds.get(kind, 0) + 1
-        seqs = np.frombuffer(s.seqs, dtype=np.int32) if len(s.seqs) else np.zeros(0, np.int32)
-        got = len(seqs)
-        tokens += got
-        missing += max(0, s.tokens - len(np.unique(seqs)))
-        if got > 1 and np.any(np.diff(seqs) <= 0):
-            reordered += 1
-        times = sent.get(str(s.sid))
-        if times is not None and got:
-            sent_ns = np.asarray(times, dtype=np.int64)
-            ok = seqs < len(sent_ns)
-            lat.append(np.frombuffer(s.times, dtype=np.int64)[ok] - sent_ns[seqs[ok]])
-        if s.first:
-            ttft.append(s.first - s.start)
-        arrived = received.get(str(s.sid))
-        if arrived is not None:
-            reach.append(arrived - s.start)
-    lat_ms = np.concatenate(lat) / 1e6 if lat else np.zeros(1)
-    ttft_ms = np.asarray(ttft) / 1e6 if ttft else np.zeros(1)
-    reach_ms = np.asarray(reach) / 1e6 if reach else np.zeros(1)
-    ends = [s.end for s in phase.streams if s.end]
-    wall = (max(ends) - min(s.start for s in phase.streams)) / 1e9 if ends else 1.0
-    return {
-        "streams": len(phase.streams), "errors": errors, "error_kinds": error_kinds,
-        "missing": missing, "reordered": reordered, "tokens": tokens,
-        "tok_p50": float(np.percentile(lat_ms, 50)), "tok_p99": float(np.percentile(lat_ms, 99)),
-        "tok_max": float(lat_ms.max()),
-        "ttft_p50": float(np.percentile(ttft_ms, 50)), "ttft_p99": float(np.percentile(ttft_ms, 99)),
-        "reach_p50": float(np.percentile(reach_ms, 50)),
-        "reach_p99": float(np.percentile(reach_ms, 99)),
-        "tok_per_s": tokens / wall, "wall_s": wall,
-        "req_per_s": sum(1 for s in phase.streams if not s.error) / wall,
-    }
-
-
-class Bench:
-    def __init__(self, upstream: BenchUpstream, service: Service) -> None:
-        self.upstream = upstream
-        self.service = service
-        self.load = Load()
-        self.direct = direct_target(upstream.port)
-        self.through = service_target(service.port)
-        self.openai = openai_target(service.port)
-        self.baseline_rss = 0
-        self.me = psutil.Process()
-
-    def busy(self) -> tuple[float, float]:
-        """(CPU seconds of the whole machine, of the bench's own processes) so far."""
-        t = psutil.cpu_times()
-        machine = t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
-        mine = self.me.cpu_times()
-        return machine, self.service.cpu() + self.upstream.cpu() + mine.user + mine.system
-
-    async def phase(self, target, sc: Scenario, sampler=None) -> tuple[dict, Phase]:
-        phase = await self.load.run(target, users=sc.users, rounds=sc.rounds, tokens=sc.tokens,
-                                    rate=sc.rate, stagger=sc.spread, sampler=sampler)
-        collected = await fetch_json("127.0.0.1", self.upstream.port, "/_bench/collect")
-        return analyse(phase, collected), phase
-
-    async def pair(self, sc: Scenario, first_service: bool, target=None) -> dict:
-        """One floor run and one service run, in the given order; the service's CPU and RSS."""
-        out = {}
-        target = target or self.through
-        for which in (("service", "direct") if first_service else ("direct", "service")):
-            if which == "direct":
-                out["direct"], _ = await self.phase(self.direct, sc)
-                continue
-            cpu0 = self.service.cpu()
-            machine0, ours0 = self.busy()
-            stats, phase = await self.phase(target, sc, sampler=self.service.rss)
-            cpu = self.service.cpu() - cpu0
-            machine1, ours1 = self.busy()
-            wall = (phase.ended - phase.started) / 1e9
-            stats["other_cores"] = max(0.0, (machine1 - machine0) - (ours1 - ours0)) / wall
-            stats["cpu_ms_per_1k"] = cpu * 1000 / max(stats["tokens"], 1) * 1000
-            stats["cpu_ms_per_request"] = cpu * 1000 / max(stats["streams"], 1)
-            stats["cpu_s"] = cpu
-            busy = [(n, rss) for n, rss in phase.samples if n > 0]
-            if busy:
-                n, rss = max(busy, key=lambda x: x[1])
-                n_open = max(n for n, _ in busy)
-                stats["open_max"] = n_open
-                stats["rss_peak_mb"] = rss / 2**20
-                stats["rss_kb_per_stream"] = (rss - self.baseline_rss) / 1024 / max(n_open, 1)
-            out["service"] = stats
-        for key in ("tok_p50", "tok_p99", "ttft_p50", "ttft_p99", "reach_p50", "reach_p99"):
-            out["added_" + key] = out["service"][key] - out["direct"][key]
-        return out
-
-    async def scenario(self, sc: Scenario, repeats: int, log, target=None) -> list[dict]:
-        runs = []
-        for i in range(repeats):
-            run = await self.pair(sc, first_service=bool(i % 2), target=target)
-            s, d = run["service"], run["direct"]
-            via = f" via {target.path}" if target is not None else ""
-            log(f"  {sc.name}{via} #{i + 1}: added tok p50 {run['added_tok_p50']:.3f} ms, "
-                f"p99 {run['added_tok_p99']:.3f} ms, ttft p99 {run['added_ttft_p99']:.2f} ms, "
-                f"reach p50/p99 {run['added_reach_p50']:.1f}/{run['added_reach_p99']:.1f} ms; "
-                f"{s['req_per_s']:.0f} req/s (floor {d['req_per_s']:.0f}), "
-                f"cpu {s['cpu_ms_per_request']:.2f} ms/req; "
-                f"cpu {s['cpu_ms_per_1k']:.1f} ms/1k; {s['tok_per_s']:.0f} tok/s "
-                f"(floor {d['tok_per_s']:.0f}); errors {s['errors']}/{d['errors']}, "
-                f"missing {s['missing']}, reordered {s['reordered']}; "
-                f"other load {s['other_cores']:.2f} cores"
-                + (f"; rss {s['rss_kb_per_stream']:.1f} KB/stream at {s['open_max']} open"
-                   if "rss_kb_per_stream" in s else ""))
-            if s["error_kinds"] or d["error_kinds"]:
-                log(f"    errors: service {s['error_kinds']} direct {d['error_kinds']}")
-            runs.append(run)
-        return runs
-
-    async def warm_up(self) -> None:
-        warm = Scenario("warm-up", 50, 50, 0.0, rounds=2, stagger=0.5)
-        await self.phase(self.direct, warm)
-        await self.phase(self.through, warm)
-        await asyncio.sleep(0.5)
-        self.baseline_rss = self.service.rss()
-
-
-def med(runs: list[dict], *path: str) -> float:
-    values = []
-    for run in runs:
-        value = run
-        for key in path:
-            value = value.get(key) if isinstance(value, dict) else None
-        if value is not None:
-            values.append(value)
-    return statistics.median(values) if values else float("nan")
-
-
-def total(runs: list[dict], key: str) -> int:
-    return sum(run["service"][key] + run["direct"][key] for run in runs)
 
 
 def table(results: dict) -> tuple[str, list[bool]]:
@@ -225,27 +69,28 @@ def table(results: dict) -> tuple[str, list[bool]]:
     rows = [
         ("added time to first token, p99 (100x50)", "<= 5 ms", "ms",
          med(lat, "direct", "ttft_p99"), med(lat, "service", "ttft_p99"),
-         med(lat, "added_ttft_p99"), lambda v: v <= 5),
+         med(lat, "added_ttft_p99"), lambda v: v <= 5, (lat, "ttft_p99")),
         ("added per-token latency, p50 (100x50)", "<= 0.5 ms", "ms",
          med(lat, "direct", "tok_p50"), med(lat, "service", "tok_p50"),
-         med(lat, "added_tok_p50"), lambda v: v <= 0.5),
+         med(lat, "added_tok_p50"), lambda v: v <= 0.5, (lat, "tok_p50")),
         ("added per-token latency, p99 (100x50)", "<= 2 ms", "ms",
          med(lat, "direct", "tok_p99"), med(lat, "service", "tok_p99"),
-         med(lat, "added_tok_p99"), lambda v: v <= 2),
+         med(lat, "added_tok_p99"), lambda v: v <= 2, (lat, "tok_p99")),
         ("added per-token latency, p99 (1000x5)", "<= 20 ms", "ms",
          med(wide, "direct", "tok_p99"), med(wide, "service", "tok_p99"),
-         med(wide, "added_tok_p99"), lambda v: v <= 20),
+         med(wide, "added_tok_p99"), lambda v: v <= 20, (wide, "tok_p99")),
         ("errors + missing + reordered (1000x5, all runs)", "0", "",
          None, None, total(wide, "errors") + total(wide, "missing") + total(wide, "reordered")
          if wide else float("nan"),
          lambda v: v == 0),
         ("service CPU per 1,000 tokens (100x50)", "<= 50 ms", "ms",
-         None, None, med(lat, "service", "cpu_ms_per_1k"), lambda v: v <= 50),
+         None, None, med(lat, "service", "cpu_ms_per_1k"), lambda v: v <= 50,
+         (lat, "cpu_ms_per_1k")),
         ("relayed tokens per second (fast upstream)", ">= 20,000", "tok/s",
          med(fast, "direct", "tok_per_s"), med(fast, "service", "tok_per_s"),
-         med(fast, "service", "tok_per_s"), lambda v: v >= 20000),
+         med(fast, "service", "tok_per_s"), lambda v: v >= 20000, (fast, "tok_per_s")),
         ("service CPU per 1,000 tokens (fast upstream)", "-", "ms",
-         None, None, med(fast, "service", "cpu_ms_per_1k"), None),
+         None, None, med(fast, "service", "cpu_ms_per_1k"), None, (fast, "cpu_ms_per_1k")),
         ("RSS per open stream (1000x5)", "<= 50 KB", "KB",
          None, None, med(wide, "service", "rss_kb_per_stream"), lambda v: v <= 50),
     ]
@@ -256,13 +101,13 @@ def table(results: dict) -> tuple[str, list[bool]]:
         rows += [
             ("resumable replies (REPLY_STORE=redis): added per-token latency, p50 (100x50)",
              "-", "ms", med(res, "direct", "tok_p50"), med(res, "service", "tok_p50"),
-             med(res, "added_tok_p50"), None),
+             med(res, "added_tok_p50"), None, (res, "tok_p50")),
             ("resumable replies: added per-token latency, p99 (100x50)", "-", "ms",
              med(res, "direct", "tok_p99"), med(res, "service", "tok_p99"),
-             med(res, "added_tok_p99"), None),
+             med(res, "added_tok_p99"), None, (res, "tok_p99")),
             ("ordinary replies, interleaved with them: added per-token latency, p99", "-", "ms",
              med(plain, "direct", "tok_p99"), med(plain, "service", "tok_p99"),
-             med(plain, "added_tok_p99"), None),
+             med(plain, "added_tok_p99"), None, (plain, "tok_p99")),
             ("what resuming adds to the per-token p99 (resumable minus ordinary)", "<= +1 ms",
              "ms", None, None, more("added_tok_p99"), lambda v: v <= 1),
             ("what resuming adds to the per-token p50", "-", "ms", None, None,
@@ -270,9 +115,9 @@ def table(results: dict) -> tuple[str, list[bool]]:
             ("what resuming adds to the time to first token, p99", "-", "ms", None, None,
              more("added_ttft_p99"), None),
             ("service CPU per 1,000 tokens: resumable", "-", "ms", None, None,
-             med(res, "service", "cpu_ms_per_1k"), None),
+             med(res, "service", "cpu_ms_per_1k"), None, (res, "cpu_ms_per_1k")),
             ("service CPU per 1,000 tokens: ordinary, interleaved", "-", "ms", None, None,
-             med(plain, "service", "cpu_ms_per_1k"), None),
+             med(plain, "service", "cpu_ms_per_1k"), None, (plain, "cpu_ms_per_1k")),
             ("redis-server CPU per 1,000 resumable tokens", "-", "ms", None, None,
              med(res, "redis_cpu_ms_per_1k"), None),
             ("Redis commands sent for ordinary replies (all runs)", "0", "", None, None,
@@ -284,10 +129,10 @@ def table(results: dict) -> tuple[str, list[bool]]:
             ("burst: added time until the upstream has the request, p50 (1000 in 100 ms)",
              "<= 150 ms", "ms", med(burst, "direct", "reach_p50"),
              med(burst, "service", "reach_p50"), med(burst, "added_reach_p50"),
-             lambda v: v <= 150),
+             lambda v: v <= 150, (burst, "reach_p50")),
             ("burst: added time until the upstream has the request, p99", "<= 400 ms", "ms",
              med(burst, "direct", "reach_p99"), med(burst, "service", "reach_p99"),
-             med(burst, "added_reach_p99"), lambda v: v <= 400),
+             med(burst, "added_reach_p99"), lambda v: v <= 400, (burst, "reach_p99")),
             ("burst: errors + missing (all runs)", "0", "", None, None,
              total(burst, "errors") + total(burst, "missing"), lambda v: v == 0),
         ]
@@ -296,9 +141,9 @@ def table(results: dict) -> tuple[str, list[bool]]:
         rows += [
             ("short replies completed per second (10 tokens, fast upstream)", "-", "req/s",
              med(short, "direct", "req_per_s"), med(short, "service", "req_per_s"),
-             med(short, "service", "req_per_s"), None),
+             med(short, "service", "req_per_s"), None, (short, "req_per_s")),
             ("service CPU per short request (10 tokens)", "-", "ms", None, None,
-             med(short, "service", "cpu_ms_per_request"), None),
+             med(short, "service", "cpu_ms_per_request"), None, (short, "cpu_ms_per_request")),
             ("fixed CPU per request (short request minus 10 tokens' relaying)", "<= 0.6 ms",
              "ms", None, None, med(short, "service", "cpu_ms_per_request") - 10 * per_token,
              lambda v: v <= 0.6),
@@ -308,13 +153,15 @@ def table(results: dict) -> tuple[str, list[bool]]:
         rows += [
             ("/v1 route: added per-token latency, p50 (100x50)", "<= 1.1x /api/gpt/get", "ms",
              med(oai, "direct", "tok_p50"), med(oai, "service", "tok_p50"),
-             med(oai, "added_tok_p50"), lambda v: v <= 1.1 * max(med(lat, "added_tok_p50"), 0)),
+             med(oai, "added_tok_p50"), lambda v: v <= 1.1 * max(med(lat, "added_tok_p50"), 0),
+             (oai, "tok_p50")),
             ("/v1 route: added per-token latency, p99 (100x50)", "<= 1.1x /api/gpt/get", "ms",
              med(oai, "direct", "tok_p99"), med(oai, "service", "tok_p99"),
-             med(oai, "added_tok_p99"), lambda v: v <= 1.1 * max(med(lat, "added_tok_p99"), 0)),
+             med(oai, "added_tok_p99"), lambda v: v <= 1.1 * max(med(lat, "added_tok_p99"), 0),
+             (oai, "tok_p99")),
             ("/v1 route: service CPU per 1,000 tokens (100x50)", f"<= {1.1 * old_cpu:.1f} ms",
              "ms", None, None, med(oai, "service", "cpu_ms_per_1k"),
-             lambda v: v <= 1.1 * old_cpu),
+             lambda v: v <= 1.1 * old_cpu, (oai, "cpu_ms_per_1k")),
         ]
 
     def fmt(v, unit):
@@ -326,18 +173,25 @@ def table(results: dict) -> tuple[str, list[bool]]:
             return f"{v:d}" if isinstance(v, int) else f"{v:g}"
         return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
-    lines = ["| figure | target | floor (direct) | through service | service / floor | "
-             "service's figure | met |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| figure | target | floor (direct) | bare relay | through service | "
+             "service / floor | service / bare relay | service's figure | met |",
+             "|---|---|---|---|---|---|---|---|---|"]
     met = []
-    for name, target, unit, floor, svc, value, check in rows:
+    for name, target, unit, floor, svc, value, check, *source in rows:
         if value != value:  # a scenario that did not run (--only)
             continue
         ok = None if check is None or value != value else check(value)
         if ok is not None:
             met.append(ok)
         ratio = f"{svc / floor:.2f}x" if floor and svc is not None and floor > 0 else "-"
-        lines.append(f"| {name} | {target} | {fmt(floor, unit)} | {fmt(svc, unit)} | {ratio} | "
+        bare = vs_bare = None
+        if source:  # the bare relay's figure, and the median of the ratios round by round
+            runs, key = source[0]
+            bare, vs_bare = med(runs, "bare", key), med(runs, "vs_bare_" + key)
+        lines.append(f"| {name} | {target} | {fmt(floor, unit)} | "
+                     f"{'-' if bare is None or bare != bare else fmt(bare, unit)} | "
+                     f"{fmt(svc, unit)} | {ratio} | "
+                     f"{'-' if vs_bare is None or vs_bare != vs_bare else f'{vs_bare:.2f}x'} | "
                      f"{fmt(value, unit)} {unit} | {'-' if ok is None else 'yes' if ok else 'NO'} |")
     return "\n".join(lines), met
 
@@ -416,20 +270,26 @@ async def resumable_runs(bench: Bench, redis_server, repeats: int, log) -> tuple
 
 async def main_bench(args, log) -> dict:
     upstream = BenchUpstream()
-    service = redis_server = None
+    service = redis_server = bare = None
     only = set(args.only.split(",")) if args.only else None
     try:
         if only is None or "resumable" in only:
             from tests.processes import RedisServer
             redis_server = RedisServer()
+        traced = (only is None or "arrivals" in only) and not args.no_hubtrace
         service = Service(upstream.url, RESULTS / "gunicorn.log", worker_class=args.worker_class,
                           workers=args.workers, threads=args.threads,
                           root=args.service_root or ROOT, metrics=not args.no_metrics,
-                          extra_env={"REPLY_STORE": redis_server.url} if redis_server else None)
-        bench = Bench(upstream, service)
+                          extra_env={"REPLY_STORE": redis_server.url} if redis_server else None,
+                          hubtrace=traced)
+        if not args.no_bare:
+            bare = BareRelay(upstream.url, RESULTS / "gunicorn-bare.log",
+                             workers=args.workers or 2, hubtrace=traced)
+        bench = Bench(upstream, service, bare)
         await bench.warm_up()
         log(f"service: {service.describe}, baseline RSS {bench.baseline_rss / 2**20:.1f} MB "
-            f"over {len(service.procs())} processes")
+            f"over {len(service.procs())} processes"
+            + (f"; {bare.describe}, {bench.bare_baseline_rss / 2**20:.1f} MB" if bare else ""))
         repeats = args.repeats or (1 if args.quick else 5)
         results = {"config": service.describe, "repeats": repeats}
 
@@ -439,9 +299,10 @@ async def main_bench(args, log) -> dict:
         for key in ("latency", "latency_openai", "wide", "fast", "burst", "short", "plain_redis",
                     "resumable"):
             results[key] = []
-        for _ in range(repeats if wanted("latency") else 0):  # the two routes interleaved,
-            results["latency"] += await bench.scenario(LATENCY, 1, log)  # so drift hits both
-            results["latency_openai"] += await bench.scenario(LATENCY, 1, log, bench.openai)
+        for r in range(repeats if wanted("latency") else 0):  # the two routes interleaved,
+            results["latency"] += await bench.scenario(LATENCY, 1, log, first=r)  # drift hits
+            results["latency_openai"] += await bench.scenario(LATENCY, 1, log, bench.openai,
+                                                              first=r)  # both alike
         few = max(1, repeats - 2)
         if wanted("wide"):
             results["wide"] = await bench.scenario(WIDE, few, log)
@@ -452,10 +313,12 @@ async def main_bench(args, log) -> dict:
             results["burst"] = await bench.scenario(BURST, few, log)
         if wanted("short"):
             results["short"] = await bench.scenario(SHORT, few, log)
+        if wanted("arrivals"):
+            results["arrivals"] = await arrivals_runs(bench, upstream, args, repeats, log)
         if redis_server is not None:
             results["plain_redis"], results["resumable"] = await resumable_runs(
                 bench, redis_server, repeats, log)
-        levels = [] if args.no_sweep else [10, 100, 1000] if args.quick else [
+        levels = [] if args.no_sweep or not wanted("sweep") else [10, 100, 1000] if args.quick else [
             10, 50, 100, 250, 500, 1000]
         sweep = []
         for users in levels:
@@ -471,9 +334,118 @@ async def main_bench(args, log) -> dict:
     finally:
         if service is not None:
             service.stop()
+        if bare is not None:
+            bare.stop()
         if redis_server is not None:
             redis_server.stop()
         upstream.stop()
+
+
+async def arrivals_runs(bench: Bench, upstream: BenchUpstream, args, repeats: int,
+                        log) -> dict:
+    """Issue 30's figures, each side interleaved round by round: 200 and then 1,000 short
+    replies arriving at once while 20 replies run (their per-token p99, the new replies'
+    first-token p99), and the CPU per request of short replies through the bare relay, the
+    service with AUTH=open and a service with AUTH=users and an API key on every request."""
+    from .identity import start, target
+
+    out: dict = {"200": [], "1000": [], "cpu_open": [], "cpu_key": []}
+    if bench.bare is None:
+        raise SystemExit("--only arrivals compares with the bare relay: leave out --no-bare")
+    keyed, key = start(upstream, "arrivals-key", True, 0, args.service_root or ROOT)
+    try:
+        with_key = Bench(upstream, keyed, bench.bare)
+        with_key.through = target(keyed.port, key)
+        await with_key.warm_up()
+        await with_key.phase(with_key.through, REQUESTS)  # the key's record cached, pools full
+        log(f"arrivals: {ARRIVALS_200.running} replies of {ARRIVALS_200.running_tokens} tokens "
+            f"at {ARRIVALS_200.running_rate:g}/s running, then short replies of "
+            f"{ARRIVALS_200.tokens} tokens arriving at once; CPU per request: {REQUESTS.users} "
+            f"clients x {REQUESTS.rounds} replies of {REQUESTS.tokens} tokens")
+        for r in range(repeats):
+            out["200"] += await bench.arrivals(ARRIVALS_200, 1, log, first=r)
+            out["1000"] += await bench.arrivals(ARRIVALS_1000, 1, log, first=r)
+            out["cpu_open"] += await bench.scenario(REQUESTS, 1, log, first=r)
+            out["cpu_key"] += await with_key.scenario(
+                REQUESTS, 1, lambda text: log("[AUTH=users, key] " + text.strip()), first=r)
+    finally:
+        keyed.stop()
+    return out
+
+
+def arrivals_table(arr: dict) -> tuple[str, list[bool]]:
+    """The arrivals figures: floor, bare relay, service, and the median of the service/bare
+    ratios round by round, with issue 30's targets."""
+    rows = ["| figure | target | floor (direct) | bare relay | service | service / bare relay "
+            "(median of rounds) | met |", "|---|---|---|---|---|---|---|"]
+    met = []
+
+    def add(name, target, floor, bare, svc, ratio, ok, unit="ms") -> None:
+        if ok is not None:
+            met.append(ok)
+        def cell(v):
+            return ("-" if v is None else f"{v:.2f} {unit}" if unit else f"{v:g}")
+        rows.append(f"| {name} | {target} | {cell(floor)} | {cell(bare)} | {cell(svc)} | "
+                    f"{'-' if ratio is None else f'{ratio:.2f}x'} | "
+                    f"{'-' if ok is None else 'yes' if ok else 'NO'} |")
+    for n in ("200", "1000"):
+        runs = arr.get(n) or []
+        if not runs:
+            continue
+        ratio = med(runs, "vs_bare_running_tok_p99")
+        add(f"{n} arriving at once: per-token p99 of the 20 replies running", "<= 1.5x",
+            med(runs, "direct", "running", "tok_p99"), med(runs, "bare", "running", "tok_p99"),
+            med(runs, "service", "running", "tok_p99"), ratio, ratio <= 1.5)
+        ratio = med(runs, "vs_bare_arrived_ttft_p99")
+        add(f"{n} arriving at once: first-token p99 of the arriving replies", "<= 1.5x",
+            med(runs, "direct", "arrived", "ttft_p99"), med(runs, "bare", "arrived", "ttft_p99"),
+            med(runs, "service", "arrived", "ttft_p99"), ratio, ratio <= 1.5)
+        add(f"{n} arriving at once: time until the upstream has the request, p99", "-",
+            med(runs, "direct", "arrived", "reach_p99"),
+            med(runs, "bare", "arrived", "reach_p99"),
+            med(runs, "service", "arrived", "reach_p99"),
+            statistics.median(r["service"]["arrived"]["reach_p99"]
+                              / max(r["bare"]["arrived"]["reach_p99"], 1e-9) for r in runs),
+            None)
+        if all("hub" in r["service"] and "hub" in r["bare"] for r in runs):
+            for key, words in (("p99", "p99"), ("p999", "p99.9"), ("max", "maximum")):
+                add(f"{n} arriving at once: the worker hub's CPU between two polls, {words} "
+                    "(a running token waits up to this long)", "-", None,
+                    med(runs, "bare", "hub", key), med(runs, "service", "hub", key),
+                    med(runs, f"vs_bare_hub_{key}"), None)
+        errors = {w: sum(r[w]["errors"] for r in runs) for w in ("direct", "bare", "service")}
+        lost = {w: sum(r[w]["lost"] for r in runs) for w in ("direct", "bare", "service")}
+        add(f"{n} arriving at once: errors + lost or reordered tokens (all rounds)", "0",
+            errors["direct"] + lost["direct"], errors["bare"] + lost["bare"],
+            errors["service"] + lost["service"], None,
+            errors["service"] + lost["service"] == 0, unit="")
+        add(f"{n} arriving at once: service CPU per request (running and arriving)", "-",
+            None, med(runs, "bare", "cpu_ms_per_request"),
+            med(runs, "service", "cpu_ms_per_request"),
+            statistics.median(r["service"]["cpu_ms_per_request"]
+                              / max(r["bare"]["cpu_ms_per_request"], 1e-9) for r in runs), None)
+    cpu_open, cpu_key = arr.get("cpu_open") or [], arr.get("cpu_key") or []
+    if cpu_open:
+        ratio = med(cpu_open, "vs_bare_cpu_ms_per_request")
+        add("CPU per request, AUTH=open (10-token replies)", "<= 1.0x", None,
+            med(cpu_open, "bare", "cpu_ms_per_request"),
+            med(cpu_open, "service", "cpu_ms_per_request"), ratio, ratio <= 1.0)
+    if cpu_key:
+        more = statistics.median(r["service"]["cpu_ms_per_request"]
+                                 - r["bare"]["cpu_ms_per_request"] for r in cpu_key)
+        add("CPU per request, AUTH=users and an API key", "<= bare + 0.1 ms", None,
+            med(cpu_key, "bare", "cpu_ms_per_request"),
+            med(cpu_key, "service", "cpu_ms_per_request"),
+            med(cpu_key, "vs_bare_cpu_ms_per_request"), more <= 0.1)
+        rows.append(f"| ... the key's service minus the bare relay, round by round | "
+                    f"<= +0.1 ms | | | {more:+.2f} ms | | |")
+        if cpu_open:
+            diff = statistics.median(k["service"]["cpu_ms_per_request"]
+                                     - o["service"]["cpu_ms_per_request"]
+                                     for k, o in zip(cpu_key, cpu_open, strict=True))
+            rows.append(f"| ... AUTH=users and a key minus AUTH=open, round by round | - | | | "
+                        f"{diff:+.2f} ms | | |")
+    return "\n".join(rows), met
 
 
 WORKER_CONFIGS = [
@@ -553,7 +525,11 @@ def main() -> int:
     parser.add_argument("--no-metrics", action="store_true",
                         help="the service with METRICS_BIND empty (what metrics cost)")
     parser.add_argument("--only", default="", help="comma-separated scenarios: latency, wide, "
-                        "fast, burst, short, resumable (the table shows their rows)")
+                        "fast, burst, short, resumable, arrivals, sweep, nginx (only these run)")
+    parser.add_argument("--no-hubtrace", action="store_true",
+                        help="arrivals without timing the workers' hub (bench/hubtrace.py)")
+    parser.add_argument("--no-bare", action="store_true",
+                        help="without the bare relay (bench/bare_relay.py) as a third side")
     args = parser.parse_args()
     _raise_fd_limit()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -575,15 +551,24 @@ def main() -> int:
     (args.json or RESULTS / f"bench-{stamp}.json").write_text(json.dumps(results, indent=1))
     text, met = table(results)
     print()
+    arr = results.get("arrivals") or {}
     other = statistics.median([run["service"]["other_cores"] for key in (
         "latency", "latency_openai", "wide", "fast", "burst", "short", "plain_redis",
-        "resumable") for run in results[key]] or [0.0])
+        "resumable") for run in results[key]] + [
+        run["service"]["other_cores"] for runs in arr.values() for run in runs] or [0.0])
     print(f"gpt_proxy relay benchmark: {results['config']}, medians of {results['repeats']} "
           f"run(s); {psutil.cpu_count()} cores shared by load generator, upstream and service; "
           f"other processes used a median {other:.2f} cores meanwhile")
     print(text)
-    print()
-    print("added latency against concurrency (10 tokens/s per stream):")
+    if arr:
+        arrivals_text, arrivals_met = arrivals_table(arr)
+        met += arrivals_met
+        print()
+        print("arrivals (issue 30), each figure beside the bare relay's of the same round:")
+        print(arrivals_text)
+    if results["sweep"]:
+        print()
+        print("added latency against concurrency (10 tokens/s per stream):")
     for s in results["sweep"]:
         print(f"  {s['users']:5d} streams: per-token p50 {s['added_tok_p50']:+.3f} ms, "
               f"p99 {s['added_tok_p99']:+.3f} ms, TTFT p99 {s['added_ttft_p99']:+.2f} ms, "
@@ -593,7 +578,7 @@ def main() -> int:
                                        f"{results['config']}; {psutil.cpu_count()} cores)")
         print(f"chart: {CHART.relative_to(ROOT)}")
     status = 0
-    if not args.no_nginx:
+    if not args.no_nginx and (not args.only or "nginx" in args.only.split(",")):
         from .nginx_check import main as nginx_main
         print()
         sys.argv = [sys.argv[0]]

@@ -33,11 +33,21 @@ def _conf_defaults(root: Path) -> dict:
         return {}
 
 
+def _hubtrace_dir(log_path: Path, port: int) -> Path:
+    """A fresh folder for one server's hub histograms (bench/hubtrace.py)."""
+    folder = log_path.parent / f"hub-{port}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.json"):
+        old.unlink()
+    return folder
+
+
 class Measured:
     """CPU seconds and RSS of a process and its children."""
 
     proc: subprocess.Popen
     _procs: list[psutil.Process] | None = None
+    hubtrace: Path | None = None  # where its workers write their hub histograms, if they do
 
     def procs(self) -> list[psutil.Process]:
         if self._procs is None or any(not p.is_running() for p in self._procs):
@@ -54,6 +64,9 @@ class Measured:
             except psutil.NoSuchProcess:
                 pass
         return total
+
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self.procs()[1:]]
 
     def rss(self) -> int:
         total = 0
@@ -91,7 +104,8 @@ class Service(Measured):
 
     def __init__(self, upstream_url: str, log_path: Path, *, worker_class: str = "",
                  workers: int = 0, threads: int = 0, connections: int = 0,
-                 extra_env: dict | None = None, root: Path = ROOT, metrics: bool = True) -> None:
+                 extra_env: dict | None = None, root: Path = ROOT, metrics: bool = True,
+                 hubtrace: bool = False) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "GPT_"))}
         self.metrics_port = free_port()
@@ -120,14 +134,47 @@ class Service(Measured):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
         self.log = open(log_path, "ab")
+        self.hubtrace = _hubtrace_dir(log_path, self.port) if hubtrace else None
+        if self.hubtrace is not None:  # the same app, with the hub's iterations timed
+            env["HUBTRACE_DIR"] = str(self.hubtrace)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+             "bench.hubtrace:app" if self.hubtrace is not None else "app:app"],
             cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT,
             preexec_fn=_raise_fd_limit)
         wait_port(self.port, self.proc, "gunicorn")
 
-    def worker_pids(self) -> list[int]:
-        return [p.pid for p in self.procs()[1:]]
+    def stop(self) -> None:
+        self._stop()
+        self.log.close()
+
+
+class BareRelay(Measured):
+    """bench/bare_relay.py under gunicorn with the service's worker settings (gevent, 2
+    workers, 2,000 connections each, keep-alive 5 s, no access log; gunicorn.conf.py is not
+    read: its hooks are the service's), its own process tree so its CPU is its own."""
+
+    def __init__(self, upstream_url: str, log_path: Path, *, workers: int = 2,
+                 worker_class: str = "gevent", connections: int = 2000,
+                 hubtrace: bool = False) -> None:
+        self.port = free_port()
+        env = dict(os.environ, BARE_UPSTREAM=upstream_url)
+        self.hubtrace = _hubtrace_dir(log_path, self.port) if hubtrace else None
+        if self.hubtrace is not None:
+            env["HUBTRACE_DIR"] = str(self.hubtrace)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+             "--worker-class", worker_class, "--workers", str(workers),
+             "--worker-connections", str(connections), "--keep-alive", "5",
+             "--timeout", "60", "--graceful-timeout", "10", "--log-level", "warning",
+             "--no-control-socket",
+             "bench.hubtrace:bare" if self.hubtrace is not None else "bench.bare_relay:app"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=_raise_fd_limit)
+        wait_port(self.port, self.proc, "gunicorn (bare relay)")
+        self.describe = f"bare relay: {worker_class} workers={workers}"
 
     def stop(self) -> None:
         self._stop()

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 
 from .base.config import ROOT, VERSION, Config, load_config
 from .base.errors import DatabaseUnavailable, ProxyError
+from .base.hub import pause
 from .identity.security import install as install_security
 from .identity.security import loggable
 
@@ -121,6 +122,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     @app.before_request
     def start_request():
         g.started = time.monotonic()
+        pause()  # the running replies' tokens before this request's checks and view (`hub`)
         g.request_id = api.new_request_id()
         # The metrics listener serves /metrics and nothing else; the others never serve it.
         on_metrics_port = (config.metrics_bind != ""

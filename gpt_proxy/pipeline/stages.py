@@ -31,6 +31,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..base.config import Config
 from ..base.errors import PayloadTooLarge, ProxyError, UnknownRole
+from ..base.hub import pause
 from ..identity.callers import Caller, caller
 from ..identity.security import loggable
 from ..money.budgets import IMAGE_TOKENS, Ask, Hold, Spent
@@ -189,6 +190,7 @@ def payload(turn: Turn, role: Role | OwnRole | None, config: Config) -> dict:
 def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Relay:
     """Open the upstream for `turn` (its status checked: a failure raises the error the client
     gets) and return the relay that will carry the reply, with the access line attached."""
+    pause()  # the running replies' tokens before the rest of this set-up (`hub`)
     state = current_app.extensions["gpt_proxy"]
     config = state.config
     who = caller()
@@ -217,6 +219,12 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
         if isinstance(err, ProxyError):  # for the access line of this error
             g.chat["upstream"] = getattr(err, "upstream", "-")
             g.chat["tried"] = getattr(err, "tried", 0)
+        raise
+    try:
+        pause()  # and again once it answered, before the relay is built and its head goes out
+    except BaseException:  # the worker stopping: nothing was relayed
+        stream.close()
+        state.budgets.settle(hold, Spent(outcome="failed"))
         raise
     reply = None
     if turn.resumable:  # no store call yet: its log is written as it is relayed

@@ -220,12 +220,21 @@ class Upstreams:
                 for ep in self.endpoints]
 
 
+_gevent_patched: bool | None = None
+
+
 def _under_gevent() -> bool:
-    try:
-        from gevent import monkey
-    except ImportError:
-        return False
-    return monkey.is_module_patched("socket")
+    """Whether this process runs on gevent's patched sockets (looked up once: the worker
+    patches before it loads the app)."""
+    global _gevent_patched
+    if _gevent_patched is None:
+        try:
+            from gevent import monkey
+        except ImportError:
+            _gevent_patched = False
+        else:
+            _gevent_patched = monkey.is_module_patched("socket")
+    return _gevent_patched
 
 
 @contextmanager
@@ -233,31 +242,44 @@ def cancel_on(gone: Callable[[], bool] | None) -> Iterator[None]:
     """While the block runs, raise `ClientLeft` in it as soon as `gone()` says the client
     left (looked at every `TICK` seconds), wherever it waits: connecting, sending, waiting for
     headers, backing off. Under gevent only (a thread cannot be interrupted); elsewhere the
-    block runs to its end and the relay notices the client afterwards."""
+    block runs to its end and the relay notices the client afterwards.
+
+    A timer of the hub, not a watching greenlet: most upstreams answer within the first tick,
+    and then the block has cost a timer started and stopped instead of a greenlet spawned and
+    killed (on every request). The look itself runs in a greenlet of its own, started only
+    when a tick comes (the hub may not wait on a socket)."""
     if gone is None or not _under_gevent():
         yield
         return
     import gevent
 
     target = gevent.getcurrent()
-    state = {"active": True, "pending": None}
+    hub = gevent.get_hub()
+    timer = hub.loop.timer(TICK, TICK)
+    state = {"active": True, "pending": None, "looking": False}
 
-    def watch() -> None:
-        while state["active"]:
-            gevent.sleep(TICK)
+    def look() -> None:
+        try:
             if state["active"] and gone():
+                timer.stop()
                 # Delivered by the hub like gevent.Timeout; cancelled below if the block ends
                 # first, so it can never land anywhere else.
-                state["pending"] = gevent.get_hub().loop.run_callback(
+                state["pending"] = hub.loop.run_callback(
                     target.throw, ClientLeft("the client left before the upstream answered"))
-                return
+        finally:
+            state["looking"] = False
 
-    watcher = gevent.spawn(watch)
+    def tick() -> None:
+        if state["active"] and not state["looking"]:
+            state["looking"] = True
+            gevent.spawn_raw(look)
+
+    timer.start(tick)
     try:
         yield
     finally:
         state["active"] = False
+        timer.close()
         pending = state["pending"]
         if pending is not None and pending.pending:
             pending.stop()
-        watcher.kill(block=False)
