@@ -15,6 +15,7 @@ from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parent.parent
 PICTURES = ("static/screenshot.png", "static/screenshot-image.png", "static/screenshot-diy.png",
+            "static/screenshot-console-user.png", "static/screenshot-console-admin.png",
             "bench/chart.png")
 
 
