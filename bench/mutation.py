@@ -59,8 +59,9 @@ class Module:
 
 MODULES: dict[str, Module] = {
     "identity": Module("gpt_proxy/identity.py", (
-        "tests/test_identity.py", "tests/test_login_throttle.py", "tests/test_accounts.py",
-        "tests/test_bad_input.py", "tests/test_user_protocol.py", "tests/test_vary_origin.py")),
+        "tests/test_identity.py", "tests/test_identity_guards.py", "tests/test_login_throttle.py",
+        "tests/test_accounts.py", "tests/test_bad_input.py", "tests/test_user_protocol.py",
+        "tests/test_vary_origin.py")),
     "accounts": Module("gpt_proxy/accounts.py", (
         "tests/test_accounts.py", "tests/test_identity.py", "tests/test_login_throttle.py",
         "tests/test_bad_input.py", "tests/test_user_protocol.py")),
