@@ -24,13 +24,16 @@ Rules, and why:
 - Results: the figures per module (mutants, killed, survived, timeouts, no tests, not
   checked) and each survivor with its diff, printed and written to
   bench/results/mutation-<module>.json (git-ignored). `cd .mutation/<module> && mutmut show
-  <name>` shows one mutant afterwards; `--keep` reuses the work folder's cache instead of
-  starting afresh (only the mutants not yet judged are run).
+  <name>` shows one mutant afterwards.
+- Continuing: `--keep` copies the working tree over the last run's folder and judges only the
+  mutants not judged yet (a run stopped at its budget goes on where it stopped); `--again`
+  judges the survivors again too (after tests were added). mutmut traces the new tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -63,8 +66,8 @@ MODULES: dict[str, Module] = {
         "tests/test_accounts.py", "tests/test_bad_input.py", "tests/test_user_protocol.py",
         "tests/test_vary_origin.py")),
     "accounts": Module("gpt_proxy/accounts.py", (
-        "tests/test_accounts.py", "tests/test_identity.py", "tests/test_login_throttle.py",
-        "tests/test_bad_input.py", "tests/test_user_protocol.py")),
+        "tests/test_accounts.py", "tests/test_login_throttle.py", "tests/test_bad_input.py",
+        "tests/test_identity.py", "tests/test_identity_guards.py")),
     "security": Module("gpt_proxy/security.py", (
         "tests/test_security.py", "tests/test_security_guards.py", "tests/test_vary_origin.py",
         "tests/test_identity.py")),
@@ -90,11 +93,13 @@ def _toml(value: object) -> str:
     return json.dumps(value)  # strings, numbers and lists of strings: JSON is valid TOML
 
 
-def prepare(name: str, module: Module) -> Path:
-    """A fresh work folder for `name`: the working tree, and a pyproject.toml that adds the
-    module's part to the project's [tool.mutmut]."""
+def prepare(name: str, module: Module, fresh: bool = True) -> Path:
+    """The work folder of `name`: the working tree (afresh, or copied over the last run's
+    folder, whose results mutmut keeps), and a pyproject.toml that adds the module's part to
+    the project's [tool.mutmut]."""
     folder = WORK / name
-    shutil.rmtree(folder, ignore_errors=True)
+    if fresh:
+        shutil.rmtree(folder, ignore_errors=True)
     files = _files()
     for relative in files:
         target = folder / relative
@@ -132,20 +137,40 @@ def diffs(folder: Path, source: str, names: list[str]) -> list[str]:
     return json.loads(done.stdout)
 
 
-def run(name: str, module: Module, budget: float, children: int, keep: bool) -> dict:
-    folder = WORK / name if keep and (WORK / name).exists() else prepare(name, module)
+def _judged(folder: Path, module: Module) -> dict[str, int | None]:
+    meta = folder / "mutants" / f"{module.source}.meta"
+    return json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+
+
+def run(name: str, module: Module, budget: float, children: int, keep: bool,
+        again: bool, only: list[str]) -> dict:
+    kept = (keep or again) and (WORK / name).exists()
+    folder = prepare(name, module, fresh=not kept)
     mutmut = [sys.executable, "-m", "mutmut"]
     dotted = module.source.removesuffix(".py").replace("/", ".")
+    targets = [f"{dotted}.*"]
+    if kept:
+        # named mutants are judged again, the others keep their result: the ones not yet
+        # judged (a run stopped at its budget), and with --again the survivors too
+        targets = [mutant for mutant, code in _judged(folder, module).items()
+                   if code is None or (again and STATUS.get(code) != "killed")]
+    if only:
+        targets = [mutant for mutant in targets
+                   if any(fnmatch.fnmatch(mutant, pattern) for pattern in only)]
     log = folder / "mutmut.log"
     started = time.monotonic()
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    code, stopped = 0, False
     with log.open("w") as out:
-        process = subprocess.Popen([*mutmut, "run", "--max-children", str(children),
-                                    f"{dotted}.*"], cwd=folder, stdout=out,
-                                   stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        if not targets:
+            out.write("nothing left to judge\n")
+            process = None
+        else:
+            process = subprocess.Popen(
+                [*mutmut, "run", "--max-children", str(children), *targets], cwd=folder,
+                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            code = process.wait(timeout=budget)
-            stopped = False
+            code = process.wait(timeout=budget) if process else 0
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGTERM)  # mutmut's group, started above
             try:
@@ -155,8 +180,7 @@ def run(name: str, module: Module, budget: float, children: int, keep: bool) -> 
                 process.wait()
             code, stopped = None, True
     seconds = time.monotonic() - started
-    meta = folder / "mutants" / f"{module.source}.meta"
-    codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+    codes = _judged(folder, module)
     counts: dict[str, int] = {}
     survivors = []
     for mutant, exit_code in sorted(codes.items()):
@@ -186,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="wall-clock seconds per module before the run is stopped")
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once")
     parser.add_argument("--keep", action="store_true",
-                        help="reuse the work folder and its results: run only unjudged mutants")
+                        help="reuse the work folder and its results (the working tree copied "
+                             "over it): judge only the mutants not judged yet")
+    parser.add_argument("--again", action="store_true",
+                        help="as --keep, and judge the survivors again (after adding tests)")
+    parser.add_argument("--only", nargs="+", default=[], metavar="PATTERN",
+                        help="with --keep/--again: only the mutants whose names match")
     parser.add_argument("--diffs", action="store_true", help="print each survivor's diff")
     args = parser.parse_args(argv)
     unknown = [name for name in args.modules if name not in MODULES]
@@ -195,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     rows = []
     for name in args.modules or list(MODULES):
-        report = run(name, MODULES[name], args.budget, args.children, args.keep)
+        report = run(name, MODULES[name], args.budget, args.children, args.keep,
+                     args.again, args.only)
         counts = report["counts"]
         rows.append((name, report["mutants"], counts.get("killed", 0),
                      counts.get("survived", 0), counts.get("timeout", 0),

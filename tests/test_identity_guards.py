@@ -91,3 +91,14 @@ def test_a_throttled_login_is_told_the_whole_seconds_to_wait(wait, told):
     assert f"retry in {told} s" in str(refused.value)
     assert "too many login attempts for this user" in str(refused.value)
     assert accounts.subjects == ["login:address:10.0.0.1", "login:user:ann"]
+
+
+@pytest.mark.parametrize("site,status", [("none", 201), ("cross-site", 403)])
+def test_a_request_the_user_started_carries_the_cookie(users_app, site, status):
+    """`Sec-Fetch-Site: none` is a request the user made (typed, bookmarked), never one a
+    page made: the session counts whatever Origin says; a cross-site one never does."""
+    client = users_app().test_client()
+    sign_up(client, *ANN)
+    response = client.post("/api/keys", json={"name": "k"},
+                           headers={"Sec-Fetch-Site": site, "Origin": "https://elsewhere.example"})
+    assert response.status_code == status, response.get_data(as_text=True)
