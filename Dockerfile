@@ -8,7 +8,7 @@
 # scraper reaches it (-p 127.0.0.1:7346:7346, or a private network), never to the public.
 # --read-only works as it is (temporary files go to /dev/shm when /tmp is not writable);
 # the data folder then needs its volume. compose.yaml runs two of these behind nginx.
-FROM python:3.11-slim-bookworm
+FROM docker.io/library/python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -78,6 +78,11 @@ def on_starting(server):
         startup.check_writable(startup.sqlite_files(config))
     except startup.StartupError as exc:
         sys.exit(f"gpt_proxy: cannot start: {exc}")
+    try:  # PostgreSQL and Redis may come up after this service: wait, boundedly
+        startup.wait_for(startup.awaited_services(config), config.startup_wait_seconds,
+                         lambda line: server.log.warning("gpt_proxy: %s", line))
+    except startup.StartupError as exc:
+        sys.exit(f"gpt_proxy: cannot start: {exc}")
     _check_database(config)
     unset = [address for name, address in _DEFAULTS.items() if name not in os.environ]
     for warning in startup.bind_warnings(server.cfg.bind, config.metrics_bind,
@@ -86,8 +91,8 @@ def on_starting(server):
     metrics = config.metrics_bind and any(address.rpartition(":")[2] == config.metrics_port
                                           for address in server.cfg.bind)
     upstreams = ", ".join(f"{spec.name} ({spec.base_url})" for spec in config.endpoints())
-    server.log.info("gpt_proxy: upstream %s, model %s%s%s", upstreams or "demo (no key)",
-                    config.openai_model, ", proxy token required" if config.proxy_token else "",
+    server.log.info("gpt_proxy: upstream %s, model %s, %s%s", upstreams or "demo (no key)",
+                    config.openai_model, startup.access_summary(config),
                     f", metrics on http://{config.metrics_bind}/metrics" if metrics else "")
 
 

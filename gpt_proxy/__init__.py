@@ -11,7 +11,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, NotFound
 
 from .config import Config, load_config
-from .errors import ProxyError
+from .errors import DatabaseUnavailable, ProxyError
 from .security import install as install_security
 from .security import loggable
 
@@ -55,10 +55,10 @@ class State:
 
 def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     """The app factory. `config`: a Config, a dict of overrides, or None for the environment."""
-    from . import account_api, api, chat_process, identity, openai_api, user_protocol
+    from . import account_api, api, chat_process, console_api, identity, openai_api, user_protocol
     from .accounts import Accounts
     from .budgets import Budgets
-    from .db import open_database
+    from .db import DatabaseError, open_database
     from .metrics import Metrics, NoMetrics
     from .pipeline import ACCESS_LOGGED
     from .replies import loggable_path, open_reply_store
@@ -89,6 +89,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
                       tz=config.budget_tz, ledger_days=config.ledger_days, metrics=metrics,
                       hold_seconds=config.max_stream_seconds + 2 * config.upstream_read_timeout
                       + config.failover_seconds + 60)
+    metrics.read_reservations(budgets.reservations)
 
     app = Flask(__name__, static_folder=str(ROOT / "static"), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
@@ -103,6 +104,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     for protocol in protocols:
         app.register_blueprint(protocol.bp)
     app.register_blueprint(account_api.bp)  # JSON routes in the `api` door's error shape
+    app.register_blueprint(console_api.bp)  # the console's JSON (same shape)
     from .openapi import bp as openapi_bp
     app.register_blueprint(openapi_bp)  # GET /api/openapi.json: this API, described
     from .cli import register as register_cli
@@ -111,6 +113,10 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
     @app.get("/")
     def index():
         return app.send_static_file("index.html")
+
+    @app.get("/console")
+    def console():  # the console's page: its data comes from the JSON routes it calls
+        return app.send_static_file("console.html")
 
     @app.before_request
     def start_request():
@@ -133,7 +139,7 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
         hold = g.get("budget_hold")
         if hold is not None and hold.remaining:
             response.headers["X-Budget-Remaining"] = hold.header()
-        if request.path == "/" or request.path.startswith("/static/"):
+        if request.path in ("/", "/console") or request.path.startswith("/static/"):
             # Unversioned names: the page and its modules are revalidated (ETag -> 304) on
             # every load; the vendored libraries change only with a release.
             vendor = request.path.startswith("/static/vendor/")
@@ -175,6 +181,14 @@ def create_app(config: Config | dict | None = None, *, upstream=None) -> Flask:
                    if name.lower() in ("allow", "retry-after", "www-authenticate")}
         return state.respond(ProxyError(err.description or err.name, status=status,
                                         code=code.replace("'", ""), headers=headers))
+
+    @app.errorhandler(DatabaseError)
+    def database_failed(err: DatabaseError):
+        # A blip (a restart, a dropped connection): a 503 the client may retry, never a 500.
+        # The connection that failed was dropped from the pool; the next request gets another.
+        logging.getLogger("gpt_proxy").warning("request id=%s: %s", g.get("request_id", "-"),
+                                               err)
+        return state.respond(DatabaseUnavailable())
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception):

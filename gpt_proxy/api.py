@@ -4,9 +4,9 @@ protocol. Nothing else.
 
 Resumable replies (`replies`): `X-Resumable: 1` with an SSE framing asks for one; the reply's
 id goes out in `X-Reply-Id` and in its first event. `GET /api/replies/<id>` (after
-`Last-Event-ID` or `?after=`) sends the rest and follows it to its end; `DELETE
-/api/replies/<id>` cancels it. Both need the credentials /api/gpt/get needs, and answer only
-the reply's owner."""
+`Last-Event-ID` or `?after=`) sends the rest and follows it to its end (HEAD: the headers a
+GET would get, changing nothing); `DELETE /api/replies/<id>` cancels it. All need the
+credentials /api/gpt/get needs, and answer only the reply's owner."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import pipeline
 from .chunks import Delta
@@ -140,13 +140,20 @@ def chat():
 @bp.get(REPLY_ROUTE)
 def resume(reply_id: str):
     """The events of a resumable reply after `Last-Event-ID` (or `?after=`; none: from the
-    start), then the live reply to its end, from whichever instance holds it."""
+    start), then the live reply to its end, from whichever instance holds it. HEAD: the
+    status and headers a GET would get, and nothing else (the reply is not claimed, so
+    its live client goes on)."""
     state = current_app.extensions["gpt_proxy"]
     unknown = sorted(set(request.args) - {"after"})
     if unknown:
         raise BadRequest(f"unknown query parameter {unknown[0][:50]!r} (only 'after' is read)",
                          field=unknown[0][:50])
     after = parse_after(request.headers.get("Last-Event-ID"), request.args.get("after"))
+    if request.method == "HEAD":  # Flask answers HEAD here: a safe method changes nothing
+        state.replies.check(reply_id, caller().owner, after)
+        g.chat = {"protocol": "gpt", "framing": SSE}
+        return Response(iter(()), mimetype=SSE, headers=pipeline.STREAM_HEADERS,
+                        direct_passthrough=True)  # no length: a GET's body has none
     follow = state.replies.follow(reply_id, caller().owner, after,
                                   client_watcher(request.environ),
                                   state.config.heartbeat_seconds)

@@ -10,19 +10,21 @@ period's use is a counter row (`spent`, `reserved`). Requests and tokens per min
 
 The rules that make it exact:
 - Admission, before the upstream is asked: the request's worst case is reserved against every
-  budget that applies to it, in one transaction, each budget by one conditional write:
+  budget that applies to it, in one transaction, each budget by one conditional write of its
+  own counter row, taken in the one lock order (budget id, then window):
 
       INSERT INTO budget_counters ... SELECT :budget, :window, 0, :amount
         WHERE :amount <= <the limit>
       ON CONFLICT (budget_id, window) DO UPDATE SET reserved = reserved + :amount
         WHERE spent + reserved + :amount <= <the limit>  RETURNING spent, reserved
 
-  (all of a request's budgets in one such statement, their rows in id order). A budget whose
-  row does not come back has no room: the transaction is rolled back (nothing stays
-  reserved anywhere), and the request is refused naming the budget and when it resets.
-  Never a read, a decision in Python, then a write: on PostgreSQL the second of two writers
-  re-checks the condition on the row the first committed; on SQLite the transaction holds
-  the database's write lock. So requests arriving together can never all pass one check.
+  A budget whose row does not come back has no room: the transaction is rolled back
+  (nothing stays reserved anywhere), and the request is refused naming the budget and when
+  it resets. Never a read, a decision in Python, then a write: on PostgreSQL, ON CONFLICT DO
+  UPDATE locks the existing row and evaluates its WHERE on the newest committed version of
+  it (READ COMMITTED's rule for the conflicting row), so the second of two writers checks
+  what the first committed; on SQLite the transaction holds the database's write lock. So
+  requests arriving together can never all pass one check.
 - The worst case: the prompt, bounded by the bytes of the JSON sent upstream (every token is
   at least one byte of UTF-8), an image part counted as IMAGE_TOKENS tokens instead of its
   bytes; plus the completion, bounded by `max_tokens` (or `max_completion_tokens`) times `n`.
@@ -30,16 +32,33 @@ The rules that make it exact:
   else BUDGET_MAX_TOKENS, so its worst case is known.
 - The reservation is a ledger row in state `open`, holding what it reserved per counter.
 - Settlement, however the reply ends, in one transaction: the ledger row is settled (only if
-  still open: settling twice is impossible) and each counter's reservation becomes the real
-  amount: the upstream's reported usage; for a reply cut short (the client left, or the
-  upstream broke off) the prompt's bound plus one token per text chunk relayed (OpenAI-
-  compatible APIs stream one token per chunk); nothing for a failure before the first byte.
-  Failover settles once, with the upstream that answered.
+  still open: settling twice is impossible), with what it charged each counter (`charges`),
+  then each counter's reservation becomes the real amount by a plain `UPDATE ... WHERE
+  budget_id = :b AND window_key = :w` of its own, in the one lock order, each checked to
+  touch its one row (a counter that is not there is logged with the request id). The amount:
+  the upstream's reported usage; for a reply cut short (the client left, or the upstream
+  broke off) the prompt's bound plus one token per text chunk relayed (OpenAI-compatible
+  APIs stream one token per chunk); nothing for a failure before the first byte. Failover
+  settles once, with the upstream that answered. (A single `UPDATE ... FROM (SELECT ...
+  UNION ALL ...)` skipped counters on PostgreSQL when it had waited for another's row lock,
+  and took the rows in no fixed order: lost updates and deadlocks, issue 26.)
+- One lock order everywhere: admission, settlement and the sweep take counter rows by budget
+  id, then window; settlement and the sweep take their ledger rows first, which admission
+  never waits for. A transaction PostgreSQL ends to break a deadlock (or a serialization
+  failure), or one whose connection was dropped, is tried again on a fresh connection, at
+  most ATTEMPTS times in all.
+- A settlement the database cannot take after that (it is restarting, unreachable) is kept
+  by the worker in the queue of ledger rows below and written with its next batch, tried
+  again every couple of seconds until the database answers, with the real amounts; the
+  access line is written meanwhile. Only a queue past LEDGER_PENDING_MAX drops its oldest,
+  and says which requests were never settled.
 - A worker that dies leaves open rows: once past their `expires` (the longest a reply can
   run, MAX_STREAM_SECONDS, plus the upstream's timeouts and a minute) any process settles
   them at the amount reserved (the upstream may have served them in full; the budget is
   never overshot, and the ledger says `expired`).
-- Ledger rows older than LEDGER_DAYS, and counters of periods long over, are deleted.
+- Ledger rows older than LEDGER_DAYS, and counters of minutes an hour over, are deleted;
+  what a deleted row charged each counter is added to that counter's `carried`, so `check`
+  (every counter against the ledger: `flask budgets check`) still adds up afterwards.
 - The row of a request no budget applied to (nothing reserved, nothing to settle) is written
   with others in one transaction: when LEDGER_BATCH rows wait, LEDGER_FLUSH_SECONDS after the
   first of them, before this process reads the ledger, and when the process stops (atexit,
@@ -54,7 +73,6 @@ from __future__ import annotations
 import atexit
 import collections
 import datetime as dt
-import functools
 import json
 import logging
 import threading
@@ -67,7 +85,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from .db import Database, DatabaseError, budget_counters, budgets, ledger
+from .db import Database, DatabaseError, Raw, budget_counters, budgets, ledger
 from .errors import BadRequest, NotFound, OverBudget, Unpriced
 from .prices import Price, dollars
 
@@ -141,6 +159,32 @@ class Spent:
     images: int = 0
     outcome: str = "ok"
     upstream: str | None = None
+    ttft_ms: int | None = None  # from the request to the first token relayed
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A counter that is not what the ledger says (`budgets check`)."""
+
+    budget_id: int
+    kind: str  # scope.unit.period
+    window: str
+    spent: int
+    reserved: int
+    ledger_spent: int
+    ledger_reserved: int
+
+
+@dataclass(frozen=True)
+class _Settlement:
+    """A ledger row to settle (`row`: its columns; without `outcome`, an expiry) and what
+    each counter it holds gives back and is charged: (budget, window, held, charged), in the
+    one lock order."""
+
+    ledger_id: int
+    request_id: str
+    row: dict
+    counters: list[tuple[int, str, int, int]]
 
 
 @dataclass
@@ -197,50 +241,30 @@ def _in(seconds: float) -> str:
     return f"{seconds // 86400} days"
 
 
-@functools.lru_cache(maxsize=32)
-def _rows(n: int, names: tuple[str, ...], types: tuple[str, ...]) -> str:
-    """`n` rows of bound values as a derived table (SELECT ... UNION ALL ...), typed."""
-    return " UNION ALL ".join(
-        "SELECT " + ", ".join(f"CAST(:{name}{i} AS {kind}) AS {name}"
-                              for name, kind in zip(names, types, strict=True))
-        for i in range(n))
+# Every statement that moves a counter touches one row, named by its whole key, and its row
+# count is checked: PostgreSQL's READ COMMITTED re-checks a row another transaction changed
+# while this one waited, and a statement joining the counters to a derived table could then
+# skip rows without an error (issue 26). Counter rows are always taken in one order, by budget
+# id then window (`_in_order`), so two transactions never wait for each other in a circle.
+_RESERVE = (
+    "INSERT INTO budget_counters (budget_id, window_key, spent, reserved, ends, carried) "
+    "SELECT CAST(:budget_id AS INTEGER), CAST(:window_key AS VARCHAR(24)), 0, "
+    "CAST(:amount AS BIGINT), CAST(:ends AS DOUBLE PRECISION), 0 "
+    "WHERE CAST(:amount AS BIGINT) <= (SELECT amount_limit FROM budgets WHERE id = :budget_id) "
+    "ON CONFLICT (budget_id, window_key) DO UPDATE "
+    "SET reserved = budget_counters.reserved + excluded.reserved "
+    "WHERE budget_counters.spent + budget_counters.reserved + excluded.reserved "
+    "<= (SELECT amount_limit FROM budgets WHERE id = excluded.budget_id) "
+    "RETURNING spent, reserved")
+_SETTLE_COUNTER = (
+    "UPDATE budget_counters SET reserved = reserved - :held, spent = spent + :charged "
+    "WHERE budget_id = :budget_id AND window_key = :window_key")
+ATTEMPTS = 3  # a transaction PostgreSQL ended to break a deadlock, or a dropped connection
 
 
-@functools.lru_cache(maxsize=16)
-def _reserve(n: int) -> str:
-    """One statement reserving against `n` budgets: a conditional upsert per counter row (see
-    the module's rules); the rows that had room come back."""
-    rows = _rows(n, ("budget_id", "window_key", "amount", "ends"),
-                 ("INTEGER", "VARCHAR(24)", "BIGINT", "DOUBLE PRECISION"))
-    return (
-        "INSERT INTO budget_counters (budget_id, window_key, spent, reserved, ends) "
-        f"SELECT r.budget_id, r.window_key, 0, r.amount, r.ends FROM ({rows}) AS r "
-        "WHERE r.amount <= (SELECT amount_limit FROM budgets WHERE id = r.budget_id) "
-        "ON CONFLICT (budget_id, window_key) DO UPDATE "
-        "SET reserved = budget_counters.reserved + excluded.reserved "
-        "WHERE budget_counters.spent + budget_counters.reserved + excluded.reserved "
-        "<= (SELECT amount_limit FROM budgets WHERE id = excluded.budget_id) "
-        "RETURNING budget_id, spent, reserved")
-
-
-@functools.lru_cache(maxsize=16)
-def _settle(n: int) -> str:
-    """One statement turning `n` reservations into what was spent."""
-    rows = _rows(n, ("budget_id", "window_key", "held", "actual"),
-                 ("INTEGER", "VARCHAR(24)", "BIGINT", "BIGINT"))
-    return (
-        "UPDATE budget_counters SET reserved = budget_counters.reserved - v.held, "
-        f"spent = budget_counters.spent + v.actual FROM ({rows}) AS v "
-        "WHERE budget_counters.budget_id = v.budget_id "
-        "AND budget_counters.window_key = v.window_key")
-
-
-def _settle_params(holds, actual: Callable[[str, int], int]) -> dict:
-    params = {}
-    for i, (budget_id, key, unit, held) in enumerate(holds):
-        params.update({f"budget_id{i}": budget_id, f"window_key{i}": key, f"held{i}": held,
-                       f"actual{i}": actual(unit, held)})
-    return params
+def _in_order(holds):
+    """Counter rows in the one order every transaction takes them: budget id, then window."""
+    return sorted(holds, key=lambda hold: (hold[0], hold[1]))
 
 
 # The statements every request runs: plain SQL for the driver (`Database.raw_write`), since
@@ -252,14 +276,18 @@ _LEDGER_OPEN = (
 _LEDGER_SETTLE = (
     "UPDATE ledger SET finished = :finished, upstream = :upstream, "
     "prompt_tokens = :prompt_tokens, completion_tokens = :completion_tokens, images = :images, "
-    "cost = :cost, outcome = :outcome, duration_ms = :duration_ms, state = 'settled' "
-    "WHERE id = :id AND state = 'open'")
+    "cost = :cost, outcome = :outcome, duration_ms = :duration_ms, ttft_ms = :ttft_ms, "
+    "charges = :charges, "
+    "state = 'settled' WHERE id = :id AND state = 'open'")
+_LEDGER_EXPIRE = (
+    "UPDATE ledger SET finished = :finished, outcome = 'expired', charges = :charges, "
+    "state = 'settled' WHERE id = :id AND state = 'open'")
 _LEDGER_SETTLED = (
     "INSERT INTO ledger (request_id, created, user_id, key_id, door, model, role, finished, "
-    "upstream, prompt_tokens, completion_tokens, images, cost, outcome, duration_ms, state) "
-    "VALUES (:request_id, :created, :user_id, :key_id, :door, :model, :role, :finished, "
+    "upstream, prompt_tokens, completion_tokens, images, cost, outcome, duration_ms, ttft_ms, "
+    "state) VALUES (:request_id, :created, :user_id, :key_id, :door, :model, :role, :finished, "
     ":upstream, :prompt_tokens, :completion_tokens, :images, :cost, :outcome, :duration_ms, "
-    "'settled')")
+    ":ttft_ms, 'settled')")
 
 
 class Budgets:
@@ -286,6 +314,8 @@ class Budgets:
         self._timer: threading.Timer | None = None
         self._flushing = False
         _instances.add(self)
+        from .usage import Usage
+        self.usage = Usage(db, tz=tz, ledger_days=ledger_days, clock=clock, flush=self.flush)
 
     # --- which budgets apply ----------------------------------------------------------------
 
@@ -349,33 +379,49 @@ class Budgets:
             applying = self.applying(user_id, key_id)
         if not applying:
             return hold
-        amounts = [(b, self._amount(b, ask, hold.price)) for b in applying]
-        # One transaction: a budget without room rolls back every reservation made with it.
-        params: dict = {}
-        for i, (budget, amount) in enumerate(amounts):
+        amounts = []
+        for budget in applying:
             key, ends = window(budget.period, now, self.tz)
-            params.update({f"budget_id{i}": budget.id, f"window_key{i}": key,
-                           f"amount{i}": amount, f"ends{i}": ends})
-            hold.holds.append((budget.id, key, budget.unit, amount))
-        with self.db.raw_write() as conn:
-            rows = {row[0]: row for row in conn.execute(_reserve(len(amounts)), params)}
-            missing = [(b, params[f"ends{i}"]) for i, (b, _) in enumerate(amounts)
-                       if b.id not in rows]
-            if missing:
-                budget, ends = missing[0]
-                if self.metrics is not None:
-                    self.metrics.budget_refused(budget.label)
-                raise self._refusal(budget, ends, now)  # raised inside: the rollback
-            hold.remaining = [(b, max(0, b.limit - rows[b.id][1] - rows[b.id][2]))
-                              for b, _ in amounts]
-            hold.ledger_id = conn.execute(_LEDGER_OPEN, {
+            amounts.append((budget, key, ends, self._amount(budget, ask, hold.price)))
+        amounts.sort(key=lambda item: (item[0].id, item[1]))  # the one lock order
+        hold.holds = [(budget.id, key, budget.unit, amount) for budget, key, _, amount in amounts]
+
+        def reserve(conn) -> int:
+            # One transaction: a budget without room rolls back every reservation made with it.
+            found = {}
+            for budget, key, ends, amount in amounts:
+                rows = conn.execute(_RESERVE, {"budget_id": budget.id, "window_key": key,
+                                               "amount": amount, "ends": ends})
+                if len(rows) != 1:  # no room (the row is not written, or not changed)
+                    if self.metrics is not None:
+                        self.metrics.budget_refused(budget.label)
+                    raise self._refusal(budget, ends, now)  # raised inside: the rollback
+                found[budget.id] = rows[0]
+            hold.remaining = [(budget, max(0, budget.limit - found[budget.id][0]
+                                           - found[budget.id][1]))
+                              for budget, _, _, _ in amounts]
+            return conn.execute(_LEDGER_OPEN, {
                 "request_id": ask.request_id[:64], "created": now, "user_id": user_id,
                 "key_id": key_id, "door": ask.door, "model": ask.model[:200],
                 "role": (ask.role or None) and ask.role[:64], "expires": now + self.hold_seconds,
                 "holds": json.dumps(hold.holds)})[0][0]
-        if self.metrics is not None:
-            self.metrics.holds_changed(1)
+        hold.ledger_id = self._transaction(reserve)
         return hold
+
+    def _transaction(self, work: Callable[[Raw], object]):
+        """`work(conn)` in one write transaction, tried again (at most ATTEMPTS times in all)
+        when PostgreSQL ended it to break a deadlock, or the connection was dropped: a new
+        transaction on a fresh connection. Any other DatabaseError, or the last, is raised."""
+        for attempt in range(ATTEMPTS):
+            try:
+                with self.db.raw_write() as conn:
+                    return work(conn)
+            except DatabaseError as exc:
+                if not exc.transient or attempt == ATTEMPTS - 1:
+                    raise
+                log.info("budgets: transaction tried again (%s): %s", exc.kind, exc)
+                time.sleep(0.005 * 4 ** attempt)  # 5 ms, 20 ms (gevent's sleep under gevent)
+        raise AssertionError("unreachable")
 
     def _refusal(self, budget: Budget, ends: float | None, now: float) -> OverBudget:
         if ends is None:
@@ -392,10 +438,19 @@ class Budgets:
     # --- settlement ----------------------------------------------------------------------------
 
     def settle(self, hold: Hold, spent: Spent) -> None:
-        """The hold becomes what the request came to (see the module's rules); once."""
+        """The hold becomes what the request came to (see the module's rules); once. Never
+        raises: a settlement the database cannot take now is kept and tried again."""
         if hold.done:
             return
         hold.done = True
+        try:
+            self._settle(hold, spent)
+        except Exception:  # noqa: BLE001 - the reply is over: tell, with the request id
+            log.exception("ledger: request %s not settled", hold.ask.request_id)
+            if self.metrics is not None:
+                self.metrics.settlement_failed()
+
+    def _settle(self, hold: Hold, spent: Spent) -> None:
         now = self.clock()
         ask = hold.ask
         cost = None
@@ -409,28 +464,62 @@ class Budgets:
         row = {"finished": now, "upstream": spent.upstream and spent.upstream[:64],
                "prompt_tokens": spent.prompt_tokens, "completion_tokens": spent.completion_tokens,
                "images": spent.images or None, "cost": cost, "outcome": spent.outcome[:64],
-               "duration_ms": int((now - hold.started) * 1000)}
+               "duration_ms": int((now - hold.started) * 1000), "ttft_ms": spent.ttft_ms}
         if hold.ledger_id is None:  # nothing reserved: the row joins the next batch
             self._queue({"request_id": ask.request_id[:64], "created": hold.started,
                          "user_id": hold.user_id, "key_id": hold.key_id, "door": ask.door,
                          "model": ask.model[:200], "role": (ask.role or None) and ask.role[:64],
                          **row})
             return
+        counters = [(budget_id, key, held, actual[unit])
+                    for budget_id, key, unit, held in _in_order(hold.holds)]
+        row["charges"] = json.dumps([(b, k, charged) for b, k, _, charged in counters])
+        item = _Settlement(hold.ledger_id, ask.request_id[:64], row, counters)
         try:
-            with self.db.raw_write() as conn:
-                conn.execute(_LEDGER_SETTLE, {"id": hold.ledger_id, **row})
-                if conn.rowcount != 1:
-                    return  # settled already (expired by a sweep)
-                conn.execute(_settle(len(hold.holds)), _settle_params(
-                    hold.holds, lambda unit, held: actual[unit]))
+            self._transaction(lambda conn: self._apply(conn, [item]))
         except DatabaseError as exc:
-            # The reply is over; its reservation stays and is settled by a sweep later.
-            log.error("ledger: request %s not settled: %s", ask.request_id, exc)
-            return
-        if self.metrics is not None and hold.ledger_id is not None:
-            self.metrics.holds_changed(-1)
+            self._keep(item, exc)
 
-    # --- the rows of unbudgeted requests, in batches ---------------------------------------------
+    def _apply(self, conn: Raw, items: list[_Settlement]) -> int:
+        """Settle `items` in the transaction of `conn`: their ledger rows first (each only if
+        still open), then every counter they hold, once each, in the one lock order, each
+        UPDATE checked to touch its one row. How many were settled."""
+        settled = []
+        for item in items:
+            statement = _LEDGER_EXPIRE if item.row.get("outcome") is None else _LEDGER_SETTLE
+            conn.execute(statement, {"id": item.ledger_id, **item.row})
+            if conn.rowcount == 1:
+                settled.append(item)  # else: settled already (expired by a sweep)
+        moves: dict[tuple[int, str], list[int]] = {}
+        for item in settled:
+            for budget_id, key, held, charged in item.counters:
+                move = moves.setdefault((budget_id, key), [0, 0])
+                move[0] += held
+                move[1] += charged
+        for (budget_id, key), (held, charged) in sorted(moves.items()):
+            conn.execute(_SETTLE_COUNTER, {"budget_id": budget_id, "window_key": key,
+                                           "held": held, "charged": charged})
+            if conn.rowcount != 1:
+                whose = [item.request_id for item in settled
+                         if any(c[:2] == (budget_id, key) for c in item.counters)]
+                log.error("ledger: request %s: the counter of budget %s, window %s, was not "
+                          "there to settle (%d rows touched): a reservation of %d and a "
+                          "charge of %d are not counted (was the budget deleted?)",
+                          ", ".join(whose), budget_id, key, conn.rowcount, held, charged)
+                if self.metrics is not None:
+                    self.metrics.settlement_failed()
+        return len(settled)
+
+    def _keep(self, item: _Settlement, exc: DatabaseError) -> None:
+        """A settlement the database did not take: kept in the queue of ledger rows, written
+        with the next batch (tried again every few seconds until the database answers)."""
+        self._pending.append(item)
+        log.warning("ledger: request %s not settled yet (kept, tried again): %s",
+                    item.request_id, exc)
+        if self._timer is None:
+            self._flush_later(LEDGER_FLUSH_SECONDS * 4)
+
+    # --- the rows of unbudgeted requests, and settlements kept, in batches -----------------------
 
     def _queue(self, row: dict) -> None:
         self._pending.append(row)
@@ -447,11 +536,11 @@ class Budgets:
         timer.start()
 
     def flush(self) -> int:
-        """Write the rows waiting, in one transaction; how many were written."""
+        """Write the rows waiting, and the settlements kept, in one transaction; how many."""
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()  # harmless from the timer's own flush
-        batch = []
+        batch: list = []
         while len(batch) < LEDGER_PENDING_MAX:
             try:
                 batch.append(self._pending.popleft())  # atomic: rows queued meanwhile stay
@@ -459,59 +548,147 @@ class Budgets:
                 break
         if not batch:
             return 0
+        rows = [item for item in batch if isinstance(item, dict)]
+        settlements = [item for item in batch if isinstance(item, _Settlement)]
+
+        def write(conn: Raw) -> None:
+            if rows:
+                conn.executemany(_LEDGER_SETTLED, rows)
+            if settlements:
+                self._apply(conn, settlements)
         self._flushing = True  # a row queued meanwhile waits for the timer, not a nested flush
         try:
-            with self.db.raw_write() as conn:
-                conn.executemany(_LEDGER_SETTLED, batch)
+            self._transaction(write)
         except DatabaseError as exc:
             self._pending.extendleft(reversed(batch))
             over = len(self._pending) - LEDGER_PENDING_MAX
-            for _ in range(over):
-                self._pending.popleft()
-            log.error("ledger: %d rows not written yet (kept, tried again): %s%s",
-                      len(batch), exc, f"; the {over} oldest dropped" if over > 0 else "")
+            dropped = [self._pending.popleft() for _ in range(max(0, over))]
+            lost = [item.request_id for item in dropped if isinstance(item, _Settlement)]
+            log.error("ledger: %d rows not written yet (kept, tried again): %s%s%s",
+                      len(batch), exc, f"; the {over} oldest dropped" if over > 0 else "",
+                      f"; never settled: requests {', '.join(lost)}" if lost else "")
             if self._timer is None:
                 self._flush_later(LEDGER_FLUSH_SECONDS * 4)
             return 0
         finally:
             self._flushing = False
+        if settlements:
+            log.warning("ledger: %d settlement(s) kept through a database failure written: "
+                        "requests %s", len(settlements),
+                        ", ".join(item.request_id for item in settlements))
         return len(batch)
 
     def sweep(self) -> int:
         """Settle open rows past their expiry at what they reserved; delete old ledger rows
-        and ended counters. How many rows were settled."""
+        (what they charged each counter is added to its `carried`, so the budget check still
+        adds up) and ended counters. How many rows were settled."""
         now = self.clock()
         settled = 0
         try:
             with self.db.read() as conn:
-                stale = conn.execute(sa.select(ledger.c.id, ledger.c.holds).where(
-                    ledger.c.state == "open", ledger.c.expires < now).limit(SWEEP_BATCH)).all()
+                stale = conn.execute(sa.select(ledger.c.id, ledger.c.request_id, ledger.c.holds)
+                                     .where(ledger.c.state == "open", ledger.c.expires < now)
+                                     .order_by(ledger.c.id).limit(SWEEP_BATCH)).all()
+            items = []
             for row in stale:
-                with self.db.write() as conn:
-                    done = conn.execute(ledger.update().where(
-                        ledger.c.id == row.id, ledger.c.state == "open").values(
-                        state="settled", outcome="expired", finished=now))
-                    if done.rowcount != 1:
-                        continue
-                    holds = json.loads(row.holds or "[]")
-                    if holds:
-                        conn.execute(sa.text(_settle(len(holds))), _settle_params(
-                            holds, lambda unit, held: held))
-                    settled += 1
-            with self.db.write() as conn:
-                old = sa.select(ledger.c.id).where(
-                    ledger.c.created < now - self.ledger_days * 86400,
-                    ledger.c.state == "settled").limit(5000)
-                conn.execute(ledger.delete().where(ledger.c.id.in_(old)))
-                conn.execute(budget_counters.delete().where(
-                    budget_counters.c.ends < now - 3600, budget_counters.c.reserved == 0,
-                    budget_counters.c.window_key.like("m:%")))
+                counters = [(budget_id, key, held, held)
+                            for budget_id, key, _, held in _in_order(json.loads(row.holds or
+                                                                                "[]"))]
+                items.append(_Settlement(row.id, row.request_id, {
+                    "finished": now, "charges": json.dumps([(b, k, c) for b, k, _, c
+                                                            in counters])}, counters))
+            if items:
+                settled = self._transaction(lambda conn: self._apply(conn, items))
+            self._forget(now)
         except DatabaseError as exc:
             log.warning("ledger sweep failed: %s", exc)
         if settled:
             log.warning("ledger: %d reservation(s) of a worker that stopped were settled at "
                         "their worst case", settled)
         return settled
+
+    def _forget(self, now: float) -> None:
+        """Delete ledger rows older than LEDGER_DAYS (a batch at a time), carrying what they
+        charged into their counters, and counters of minutes that ended an hour ago."""
+        with self.db.write() as conn:
+            old = conn.execute(sa.select(*_CHARGE_COLUMNS).where(
+                ledger.c.created < now - self.ledger_days * 86400,
+                ledger.c.state == "settled").order_by(ledger.c.id).limit(5000)).all()
+            carry: dict[tuple[int, str], int] = collections.defaultdict(int)
+            for row in old:
+                for budget_id, key, charged in charges(row):
+                    carry[(budget_id, key)] += charged
+            for (budget_id, key), amount in sorted(carry.items()):  # the one lock order
+                if amount:  # (a counter deleted meanwhile has nothing to carry it)
+                    conn.execute(budget_counters.update().where(
+                        budget_counters.c.budget_id == budget_id,
+                        budget_counters.c.window_key == key).values(
+                        carried=budget_counters.c.carried + amount))
+            if old:
+                conn.execute(ledger.delete().where(ledger.c.id.in_([row.id for row in old])))
+            conn.execute(budget_counters.delete().where(
+                budget_counters.c.ends < now - 3600, budget_counters.c.reserved == 0,
+                budget_counters.c.window_key.like("m:%")))
+
+    # --- is every counter what the ledger says? ------------------------------------------------
+
+    def check(self) -> list[Drift]:
+        """Every counter compared with the ledger, at one moment: `spent` must be what its
+        settled rows charged it (plus `carried`, the charges of rows since deleted), and
+        `reserved` what its open rows hold. The counters that differ."""
+        self.flush()
+        spent: dict[tuple[int, str], int] = collections.defaultdict(int)
+        reserved: dict[tuple[int, str], int] = collections.defaultdict(int)
+        with self.db.snapshot() as conn:
+            counters = conn.execute(sa.select(
+                budget_counters.c.budget_id, budget_counters.c.window_key,
+                budget_counters.c.spent, budget_counters.c.reserved, budget_counters.c.carried,
+                budgets.c.scope, budgets.c.unit, budgets.c.period).join(
+                budgets, budgets.c.id == budget_counters.c.budget_id).order_by(
+                budget_counters.c.budget_id, budget_counters.c.window_key)).all()
+            rows = conn.execution_options(yield_per=2000).execute(
+                sa.select(ledger.c.state, *_CHARGE_COLUMNS).where(ledger.c.holds.is_not(None)))
+            for row in rows:
+                if row.state == "open":
+                    for budget_id, key, _, held in json.loads(row.holds):
+                        reserved[(budget_id, key)] += held
+                else:
+                    for budget_id, key, charged in charges(row):
+                        spent[(budget_id, key)] += charged
+        return [Drift(c.budget_id, f"{c.scope}.{c.unit}.{c.period}", c.window_key, c.spent,
+                      c.reserved, c.carried + spent[(c.budget_id, c.window_key)],
+                      reserved[(c.budget_id, c.window_key)])
+                for c in counters
+                if (c.spent, c.reserved) != (c.carried + spent[(c.budget_id, c.window_key)],
+                                             reserved[(c.budget_id, c.window_key)])]
+
+    def reservations(self) -> tuple[int, dict[str, int]]:
+        """For the metrics, read from the database (every worker and instance agree): the
+        open ledger rows, and per unit how far the counters' reservations are from what those
+        rows hold (0 when they agree). Cheap: open rows, and counters holding something (an
+        index of its own)."""
+        with self.db.snapshot() as conn:
+            held_rows = conn.execute(sa.select(ledger.c.holds).where(
+                ledger.c.state == "open")).scalars().all()
+            counters = conn.execute(sa.select(
+                budget_counters.c.budget_id, budget_counters.c.window_key,
+                budget_counters.c.reserved, budgets.c.unit).join(
+                budgets, budgets.c.id == budget_counters.c.budget_id).where(
+                budget_counters.c.reserved != 0)).all()
+        expected: dict[tuple[int, str], int] = collections.defaultdict(int)
+        units = {}
+        for holds in held_rows:
+            for budget_id, key, unit, held in json.loads(holds or "[]"):
+                expected[(budget_id, key)] += held
+                units[(budget_id, key)] = unit
+        drift = dict.fromkeys(UNITS, 0)
+        for counter in counters:
+            key = (counter.budget_id, counter.window_key)
+            drift[counter.unit] = drift.get(counter.unit, 0) + abs(
+                counter.reserved - expected.pop(key, 0))
+        for key, held in expected.items():  # held by open rows, reserved by no counter
+            drift[units[key]] = drift.get(units[key], 0) + abs(held)
+        return len(held_rows), drift
 
     # --- the budgets themselves ------------------------------------------------------------------
 
@@ -572,34 +749,17 @@ class Budgets:
 
     def spend_by_day(self, *, user_id: int | None = None, key_id: int | None = None,
                      days: int = 31) -> list[dict]:
-        """Spend per day (UTC) and model over the last `days` days."""
-        self.flush()
-        since = self.clock() - days * 86400
-        query = sa.select(ledger.c.created, ledger.c.model, ledger.c.prompt_tokens,
-                          ledger.c.completion_tokens, ledger.c.cost).where(
-            ledger.c.created >= since, ledger.c.state == "settled")
-        if user_id is not None:
-            query = query.where(ledger.c.user_id == user_id)
-        if key_id is not None:
-            query = query.where(ledger.c.key_id == key_id)
-        totals: dict[tuple[str, str], dict] = {}
-        with self.db.read() as conn:
-            for row in conn.execute(query.order_by(ledger.c.created)):
-                day = time.strftime("%Y-%m-%d", time.gmtime(row.created))
-                entry = totals.setdefault((day, row.model), {
-                    "day": day, "model": row.model, "requests": 0, "prompt_tokens": 0,
-                    "completion_tokens": 0, "cost": 0})
-                entry["requests"] += 1
-                entry["prompt_tokens"] += row.prompt_tokens or 0
-                entry["completion_tokens"] += row.completion_tokens or 0
-                entry["cost"] += row.cost or 0
-        for entry in totals.values():
-            entry["cost"] = dollars(entry["cost"])
-        return list(totals.values())
+        """Spend per day and model over the last `days` calendar days in BUDGET_TZ (today
+        included), summed by the database (`usage`)."""
+        from .usage import Filter
+
+        today = self.usage.local_day(self.clock())
+        return self.usage.by_day(first=today - dt.timedelta(days=days - 1), last=today,
+                                 where=Filter(user_id=user_id, key_id=key_id))
 
     LEDGER_COLUMNS = ("id", "request_id", "created", "finished", "user_id", "key_id", "door",
                       "model", "role", "upstream", "prompt_tokens", "completion_tokens",
-                      "images", "cost", "outcome", "duration_ms", "state")
+                      "images", "cost", "outcome", "duration_ms", "ttft_ms", "state")
 
     def rows(self, *, user_id: int | None = None, key_id: int | None = None,
              since: float | None = None, until: float | None = None,
@@ -625,6 +785,30 @@ class Budgets:
                 item["finished"] = _iso(item["finished"]) if item["finished"] else None
                 item["cost"] = dollars(item["cost"])
                 yield item
+
+
+_CHARGE_COLUMNS = (ledger.c.id, ledger.c.holds, ledger.c.charges, ledger.c.outcome,
+                   ledger.c.prompt_tokens, ledger.c.completion_tokens, ledger.c.cost)
+
+
+def charges(row) -> list[tuple[int, str, int]]:
+    """What a settled ledger row charged each counter: (budget, window, amount). Rows settled
+    before the ledger kept it (schema 4) are worked out from their columns, by the rules
+    settlement followed."""
+    if row.charges:
+        return [tuple(item) for item in json.loads(row.charges)]
+    found = []
+    for budget_id, key, unit, held in json.loads(row.holds or "[]"):
+        if row.outcome == "expired":
+            charged = held
+        elif unit == "tokens":
+            charged = (row.prompt_tokens or 0) + (row.completion_tokens or 0)
+        elif unit == "requests":
+            charged = 0 if row.outcome == "failed" else 1
+        else:
+            charged = row.cost or 0
+        found.append((budget_id, key, charged))
+    return found
 
 
 _instances: weakref.WeakSet[Budgets] = weakref.WeakSet()

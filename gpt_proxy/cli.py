@@ -3,13 +3,16 @@
     flask --app app users add|list|disable|enable|password|admin
     flask --app app keys create|list|revoke
     flask --app app invites create
-    flask --app app budgets set|list|delete
+    flask --app app budgets set|list|delete|check
     flask --app app usage export
 
 They work on the database DATABASE_URL names, whatever AUTH is (accounts can be made before
-AUTH=users turns them on). A password is asked without echo (twice), or read from standard
-input with `--password-stdin` for scripts; it is never an argument, which `ps` and the shell's
-history would show. A new key or invite code is printed once.
+AUTH=users turns them on). A password is asked without echo (twice) on a terminal, or read
+as one line from standard input with `--password-stdin`, or whenever standard input is not a
+terminal (a script, `docker exec -i` without `-t`: asking would only print getpass' warning
+and stop at the end of the input); it is never an argument, which `ps` and the shell's
+history would show. A new key or invite code is printed once. Listings name users by their
+usernames.
 """
 
 from __future__ import annotations
@@ -53,9 +56,20 @@ def _user(name: str) -> User:
     return user
 
 
+NO_PASSWORD = ("no password on standard input: pipe it in, one line (printf '%s\\n' \"$PW\" | "
+               "flask --app app users add NAME --password-stdin); in a container, pass standard "
+               "input with -i (docker exec -i gpt_proxy flask --app app users add NAME "
+               "--password-stdin), or use -it to be asked for it")
+
+
 def _password(from_stdin: bool) -> str:
-    if from_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
+    """The new password: one line of standard input when asked to, or when there is no
+    terminal to ask on; else asked twice without echo."""
+    if from_stdin or not sys.stdin or not sys.stdin.isatty():
+        line = sys.stdin.readline() if sys.stdin else ""
+        if not line.strip("\r\n"):
+            raise click.ClickException(NO_PASSWORD)
+        return line.rstrip("\r\n")
     return click.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
@@ -142,10 +156,13 @@ def keys_create(username: str, name: str, days: float | None, models: str | None
 @keys_cli.command("list")
 @click.argument("username", required=False)
 def keys_list(username: str | None) -> None:
-    """List keys (a user's, or everybody's)."""
-    for key in _accounts().list_keys(_user(username).id if username else None):
+    """List keys (a user's, or everybody's), each with its owner's username."""
+    accounts = _accounts()
+    names = {user.id: user.username for user in accounts.list_users()}
+    for key in accounts.list_keys(_user(username).id if username else None):
         state = "revoked" if key.revoked else "active"
-        click.echo(f"{key.id}\tuser {key.user_id}\t{key.name}\t{key.hint}\t{state}\t"
+        owner = names.get(key.user_id, f"user {key.user_id}")
+        click.echo(f"{key.id}\t{owner}\t{key.name}\t{key.hint}\t{state}\t"
                    f"last used {iso_time(key.last_used) or 'never'}\t"
                    f"models {','.join(key.models) if key.models else 'any'}")
 
@@ -227,6 +244,24 @@ def budgets_delete(budget_id: int) -> None:
     except ProxyError as err:
         raise _fail(err) from None
     click.echo(f"budget {budget_id} deleted")
+
+
+@budgets_cli.command("check")
+def budgets_check() -> None:
+    """Compare every counter with the ledger (exit status 1 when one differs)."""
+    from .prices import dollars
+
+    budgets = _budgets()
+    drift = budgets.check()
+    units = {budget.id: budget.unit for budget in budgets.list_budgets()}
+    for d in drift:
+        show = dollars if units.get(d.budget_id) == "usd" else str
+        click.echo(f"budget {d.budget_id} ({d.kind}) window {d.window}: counter spent "
+                   f"{show(d.spent)} reserved {show(d.reserved)}; ledger says spent "
+                   f"{show(d.ledger_spent)} reserved {show(d.ledger_reserved)}")
+    if drift:
+        raise click.ClickException(f"{len(drift)} counter(s) differ from the ledger")
+    click.echo("every counter agrees with the ledger")
 
 
 @usage_cli.command("export")

@@ -91,6 +91,7 @@ class Config:
     reply_store: str = field(default="memory://", repr=False)  # resumable replies' logs
     resume_grace_seconds: float = 30.0  # a left reply goes on this long for its client
     resume_keep_seconds: float = 300.0  # an ended reply's log is kept this long
+    startup_wait_seconds: float = 60.0  # for the database and Redis at start
     upstreams: tuple[UpstreamSpec, ...] = ()  # read from UPSTREAMS_FILE
     prices: Mapping[str, Price] = field(default_factory=dict)  # read from PRICES_FILE
 
@@ -336,6 +337,7 @@ PARSERS = {
     "reply_store": _reply_store,
     "resume_grace_seconds": _float(1, 3600),
     "resume_keep_seconds": _float(1, 86400),
+    "startup_wait_seconds": _float(0, 3600),
 }
 
 

@@ -17,7 +17,15 @@ Rules it follows:
   other greenlets. A read never waits.
 - PostgreSQL: READ COMMITTED, the server's default. A conditional UPDATE (`... WHERE spent +
   reserved + :cost <= :limit`) re-checks its condition on the newest row once the row's lock
-  is free, so concurrent writers cannot both pass one check.
+  is free, so concurrent writers cannot both pass one check. (That re-check is also why a
+  statement joining rows to a derived table can skip some without an error: money moves by
+  one plain statement per row, see `budgets`.)
+- A failure says whether trying again may help (`DatabaseError.kind`): a deadlock or a
+  serialization failure, or a server that dropped the connection or cannot be reached. A
+  connection the server dropped is never handed out again (SQLAlchemy invalidates its own;
+  `raw_write` invalidates the driver's), and PostgreSQL's pool pings a connection before
+  lending it, so the first request after a restart gets a fresh one. The app answers a
+  DatabaseError with a 503 and Retry-After in the door's shape, never a 500.
 - Migrations: numbered steps, each written out as it was when it shipped (never derived from
   the tables below, which describe the newest schema), applied at start in one transaction
   under a lock (PostgreSQL: an advisory lock; SQLite: the write lock), and recorded in
@@ -65,7 +73,44 @@ MIGRATION_LOCK = 7_345_001  # PostgreSQL advisory lock id for migrations (any co
 
 
 class DatabaseError(Exception):
-    """The database could not be opened, migrated, read or written; the message says why."""
+    """The database could not be opened, migrated, read or written; the message says why.
+    `kind` says whether trying again may help: `conflict` (PostgreSQL chose this transaction
+    to end a deadlock, 40P01, or a serialization failure, 40001: the same transaction again
+    succeeds), `unavailable` (the server cannot be reached, is restarting, or dropped the
+    connection: a new connection, a moment later, may succeed), or None (a fault that trying
+    again will not cure)."""
+
+    def __init__(self, message: str, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def transient(self) -> bool:
+        return self.kind is not None
+
+
+CONFLICTS = frozenset(("40P01", "40001"))  # deadlock detected, serialization failure
+# the server is going away or not there yet: admin/crash shutdown, cannot connect now
+UNAVAILABLE = frozenset(("57P01", "57P02", "57P03"))
+
+
+def failure_kind(exc: BaseException) -> str | None:
+    """`DatabaseError.kind` for a driver's (or SQLAlchemy's) exception."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return "unavailable"
+    orig = getattr(exc, "orig", None) or exc
+    state = getattr(orig, "sqlstate", None)
+    if state in CONFLICTS:
+        return "conflict"
+    if state in UNAVAILABLE or (state or "").startswith("08"):
+        return "unavailable"
+    module = type(orig).__module__.split(".")[0]
+    name = type(orig).__name__
+    if module == "psycopg" and name in ("OperationalError", "InterfaceError") and not state:
+        return "unavailable"  # no answer from the server at all: refused, reset, closed
+    if module == "sqlite3" and ("locked" in str(orig) or "busy" in str(orig)):
+        return "conflict"  # another process held the write lock past BUSY_TIMEOUT_SECONDS
+    return None
 
 
 # --- the tables (the newest schema) ---------------------------------------------------------
@@ -153,7 +198,12 @@ budget_counters = Table(
     Column("spent", BigInteger, nullable=False),
     Column("reserved", BigInteger, nullable=False),
     Column("ends", Float),  # when the window ends (NULL: total)
+    # charged by ledger rows since deleted (older than LEDGER_DAYS): the budget check adds it
+    Column("carried", BigInteger, nullable=False, default=0),
 )
+sa.Index("budget_counters_reserved", budget_counters.c.budget_id,
+         sqlite_where=budget_counters.c.reserved != 0,
+         postgresql_where=budget_counters.c.reserved != 0)
 
 ledger = Table(
     "ledger", metadata,
@@ -161,8 +211,8 @@ ledger = Table(
     Column("request_id", String(64), nullable=False),
     Column("created", Float, nullable=False, index=True),
     Column("finished", Float),
-    Column("user_id", Integer, index=True),
-    Column("key_id", Integer, index=True),
+    Column("user_id", Integer),
+    Column("key_id", Integer),
     Column("door", String(32), nullable=False),
     Column("model", String(200), nullable=False),
     Column("role", String(64)),
@@ -176,8 +226,58 @@ ledger = Table(
     Column("state", String(8), nullable=False),  # open (reserved) | settled
     Column("expires", Float),  # an open row left by a dead worker is settled after this
     Column("holds", Text),  # JSON: what was reserved, per budget and window
+    Column("charges", Text),  # JSON: what was charged, per budget and window (settled rows)
+    Column("ttft_ms", Integer),  # to the first token relayed; NULL: none was
 )
 sa.Index("ledger_open", ledger.c.state, ledger.c.expires)
+# newest first within one user's, key's or model's rows (the console's ledger and charts)
+sa.Index("ledger_user_created", ledger.c.user_id, ledger.c.created)
+sa.Index("ledger_key_created", ledger.c.key_id, ledger.c.created)
+sa.Index("ledger_model_created", ledger.c.model, ledger.c.created)
+
+
+def _usage_table(name: str, metadata_: MetaData, *dims: Column) -> Table:
+    """A rollup of settled ledger rows per BUDGET_TZ day (`usage`): the sums of one day and
+    one combination of `dims` (a missing user or key is 0)."""
+    return Table(
+        name, metadata_,
+        Column("day", Integer, primary_key=True),  # days since 1970-01-01 of the local date
+        *dims,
+        Column("requests", BigInteger, nullable=False),
+        Column("prompt_tokens", BigInteger, nullable=False),
+        Column("completion_tokens", BigInteger, nullable=False),
+        Column("cost", BigInteger, nullable=False))  # nanodollars (an unpriced row: 0)
+
+
+usage_days = _usage_table("usage_days", metadata, Column("user_id", Integer, primary_key=True),
+                          Column("key_id", Integer, primary_key=True),
+                          Column("model", String(200), primary_key=True))
+sa.Index("usage_days_by_user", usage_days.c.user_id, usage_days.c.day)
+sa.Index("usage_days_by_key", usage_days.c.key_id, usage_days.c.day)
+usage_days_model = _usage_table("usage_days_model", metadata,
+                                Column("model", String(200), primary_key=True))
+usage_days_user = _usage_table("usage_days_user", metadata,
+                               Column("user_id", Integer, primary_key=True))
+usage_days_key = _usage_table("usage_days_key", metadata,
+                              Column("key_id", Integer, primary_key=True),
+                              Column("user_id", Integer, primary_key=True))
+sa.Index("usage_days_key_by_user", usage_days_key.c.user_id, usage_days_key.c.day)
+sa.Index("usage_days_key_by_key", usage_days_key.c.key_id, usage_days_key.c.day)
+sa.Index("usage_days_user_by_user", usage_days_user.c.user_id, usage_days_user.c.day)
+# the same sums per week (day // 7), to rank keys and users over a long range in few rows
+usage_weeks_key = _usage_table("usage_weeks_key", metadata,
+                               Column("key_id", Integer, primary_key=True),
+                               Column("user_id", Integer, primary_key=True))
+usage_weeks_user = _usage_table("usage_weeks_user", metadata,
+                                Column("user_id", Integer, primary_key=True))
+usage_state = Table(
+    "usage_state", metadata,
+    Column("name", String(16), primary_key=True),  # "days"
+    Column("tz", String(64), nullable=False),  # the BUDGET_TZ the days are counted in
+    Column("watermark", BigInteger, nullable=False),  # every ledger row up to it is in
+    Column("candidate", BigInteger, nullable=False),  # the highest id when last looked
+    Column("candidate_at", Float, nullable=False),  # ... and when
+)
 
 login_attempts = Table(  # the login throttle's counts, shared by every process (identity)
     "login_attempts", metadata,
@@ -299,8 +399,61 @@ def _v3_login_attempts(conn: Connection) -> None:
     m.create_all(conn)
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_accounts, _v2_budgets,
-                                                        _v3_login_attempts)
+def _v4_charges(conn: Connection) -> None:
+    """What each settled ledger row charged each counter, what deleted rows had charged, and
+    an index of the counters holding reservations (issue 26: the budget check and the
+    reservations metric)."""
+    conn.execute(sa.text("ALTER TABLE ledger ADD COLUMN charges TEXT"))
+    conn.execute(sa.text("ALTER TABLE budget_counters ADD COLUMN carried BIGINT NOT NULL "
+                         "DEFAULT 0"))
+    conn.execute(sa.text("CREATE INDEX budget_counters_reserved ON budget_counters "
+                         "(budget_id) WHERE reserved <> 0"))
+
+
+def _v5_console(conn: Connection) -> None:
+    """The console (issue 27): the ledger's time to first token; indexes for a user's, key's
+    or model's rows newest first (in place of the plain user and key indexes); rollups of
+    settled rows per day (`usage`)."""
+    conn.execute(sa.text("ALTER TABLE ledger ADD COLUMN ttft_ms INTEGER"))
+    conn.execute(sa.text("DROP INDEX ix_ledger_user_id"))
+    conn.execute(sa.text("DROP INDEX ix_ledger_key_id"))
+    conn.execute(sa.text("CREATE INDEX ledger_user_created ON ledger (user_id, created)"))
+    conn.execute(sa.text("CREATE INDEX ledger_key_created ON ledger (key_id, created)"))
+    conn.execute(sa.text("CREATE INDEX ledger_model_created ON ledger (model, created)"))
+    m = MetaData()
+
+    def rollup(name: str, *dims: Column) -> Table:
+        return Table(name, m, Column("day", Integer, primary_key=True), *dims,
+                     Column("requests", BigInteger, nullable=False),
+                     Column("prompt_tokens", BigInteger, nullable=False),
+                     Column("completion_tokens", BigInteger, nullable=False),
+                     Column("cost", BigInteger, nullable=False))
+    days = rollup("usage_days", Column("user_id", Integer, primary_key=True),
+                  Column("key_id", Integer, primary_key=True),
+                  Column("model", String(200), primary_key=True))
+    sa.Index("usage_days_by_user", days.c.user_id, days.c.day)
+    sa.Index("usage_days_by_key", days.c.key_id, days.c.day)
+    rollup("usage_days_model", Column("model", String(200), primary_key=True))
+    keys = rollup("usage_days_key", Column("key_id", Integer, primary_key=True),
+                  Column("user_id", Integer, primary_key=True))
+    sa.Index("usage_days_key_by_user", keys.c.user_id, keys.c.day)
+    sa.Index("usage_days_key_by_key", keys.c.key_id, keys.c.day)
+    users_ = rollup("usage_days_user", Column("user_id", Integer, primary_key=True))
+    sa.Index("usage_days_user_by_user", users_.c.user_id, users_.c.day)
+    rollup("usage_weeks_key", Column("key_id", Integer, primary_key=True),
+           Column("user_id", Integer, primary_key=True))
+    rollup("usage_weeks_user", Column("user_id", Integer, primary_key=True))
+    Table("usage_state", m,
+          Column("name", String(16), primary_key=True),
+          Column("tz", String(64), nullable=False),
+          Column("watermark", BigInteger, nullable=False),
+          Column("candidate", BigInteger, nullable=False),
+          Column("candidate_at", Float, nullable=False))
+    m.create_all(conn)
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
+    _v1_accounts, _v2_budgets, _v3_login_attempts, _v4_charges, _v5_console)
 VERSION = len(MIGRATIONS)
 
 
@@ -355,6 +508,9 @@ class Database:
         detail = detail[0] if detail else type(exc).__name__
         return f"the database (DATABASE_URL={self.description}) {what}: {detail}"
 
+    def _error(self, what: str, exc: BaseException) -> DatabaseError:
+        return DatabaseError(self._message(what, exc), failure_kind(exc))
+
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
@@ -367,7 +523,27 @@ class Database:
             with self.engine.connect() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
-            raise DatabaseError(self._message("cannot be read", exc)) from None
+            raise self._error("cannot be read", exc) from None
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A connection whose reads all see one moment of the database (PostgreSQL:
+        REPEATABLE READ; SQLite: one read transaction), for comparing tables that change
+        together (the budget check)."""
+        try:
+            with self.engine.connect() as conn:
+                if self.sqlite is None:
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                    with conn.begin():
+                        yield conn
+                    return
+                conn.exec_driver_sql("BEGIN")
+                try:
+                    yield conn
+                finally:
+                    conn.exec_driver_sql("ROLLBACK")
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("cannot be read", exc) from None
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -379,7 +555,7 @@ class Database:
         except sa.exc.IntegrityError:
             raise  # a uniqueness conflict: the caller knows what it means
         except sa.exc.SQLAlchemyError as exc:
-            raise DatabaseError(self._message("cannot be written", exc)) from None
+            raise self._error("cannot be written", exc) from None
 
     def migrate(self) -> int:
         """Apply the steps this database lacks; return its version."""
@@ -431,29 +607,60 @@ class Database:
         """One write transaction on the driver's own connection (from the same pool), for the
         few statements every request runs (budgets and the ledger): SQLAlchemy's execution
         layer costs several times what SQLite does for them. The statements are SQL text with
-        `:name` parameters, written to run on SQLite and PostgreSQL alike."""
+        `:name` parameters, written to run on SQLite and PostgreSQL alike.
+        A connection the server dropped (a restart) is invalidated, not put back in the pool:
+        the next transaction gets a fresh one."""
         try:
             conn = self.engine.raw_connection()
-        except sa.exc.SQLAlchemyError as exc:
-            raise DatabaseError(self._message("cannot be written", exc)) from None
-        cursor = conn.cursor()
+        except Exception as exc:
+            # SQLAlchemy's errors, or the driver's own: a pre-ping that finds the connection
+            # dead reconnects at checkout, and a failure to reconnect comes out unwrapped
+            if not isinstance(exc, sa.exc.SQLAlchemyError) and not _from_driver(exc):
+                raise
+            raise DatabaseError(self._message("cannot be written", exc),
+                                failure_kind(exc) or "unavailable") from None
+        try:
+            cursor = conn.cursor()
+        except Exception as exc:  # noqa: BLE001 - a connection the driver cannot use
+            conn.invalidate()
+            raise self._error("cannot be written", exc) from None
+        broken = False
         try:
             if self.sqlite is not None:
                 _when_unlocked(lambda: cursor.execute("BEGIN IMMEDIATE"))
             yield Raw(cursor, self.dialect)
             conn.commit()
         except BaseException as exc:
-            try:
-                conn.rollback()
-            except Exception:  # noqa: BLE001 - the first failure is the one to tell
-                pass
-            if isinstance(exc, Exception) and type(exc).__module__.split(".")[0] in (
-                    "sqlite3", "psycopg"):
-                raise DatabaseError(self._message("cannot be written", exc)) from None
+            driver = _from_driver(exc)
+            broken = driver and self._disconnected(exc, conn, cursor)
+            if not broken:
+                try:
+                    conn.rollback()
+                except Exception:  # noqa: BLE001 - the first failure is the one to tell
+                    broken = True
+            if driver:
+                raise self._error("cannot be written", exc) from None
             raise
         finally:
-            cursor.close()
-            conn.close()  # back to the pool
+            try:
+                cursor.close()
+            except Exception:  # noqa: BLE001 - a dropped connection's cursor
+                broken = True
+            if broken:
+                conn.invalidate()  # closed, and never handed out again
+            else:
+                conn.close()  # back to the pool
+
+    def _disconnected(self, exc: BaseException, conn, cursor) -> bool:
+        """Whether `exc` means the connection itself is gone (as SQLAlchemy decides for its
+        own connections, plus psycopg's own word)."""
+        dbapi = conn.dbapi_connection
+        if getattr(dbapi, "broken", False) or getattr(dbapi, "closed", False):
+            return True
+        try:
+            return bool(self.engine.dialect.is_disconnect(exc, dbapi, cursor))
+        except Exception:  # noqa: BLE001 - undecided: treat as gone
+            return True
 
     def close(self) -> None:
         """Close every connection; the next `open_database` of this URL opens it anew."""
@@ -493,6 +700,12 @@ class Raw:
     @property
     def rowcount(self) -> int:
         return self.cursor.rowcount
+
+
+def _from_driver(exc: BaseException) -> bool:
+    """An exception of the database driver itself (sqlite3, psycopg)."""
+    return isinstance(exc, Exception) and type(exc).__module__.split(".")[0] in (
+        "sqlite3", "psycopg")
 
 
 def _when_unlocked(action: Callable[[], object]):

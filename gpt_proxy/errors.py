@@ -118,6 +118,19 @@ class UpstreamUnavailable(ProxyError):
     code = "upstream_unavailable"
 
 
+class DatabaseUnavailable(ProxyError):
+    """The service's own database failed for a moment (restarting, unreachable, busy): the
+    request did nothing, and the same request a moment later may succeed."""
+
+    status = 503
+    code = "database_unavailable"
+    RETRY_AFTER = "2"
+
+    def __init__(self, message: str = "the service's database cannot be reached just now; "
+                 "nothing was done: try again in a moment") -> None:
+        super().__init__(message, headers={"Retry-After": self.RETRY_AFTER})
+
+
 class UpstreamTimeout(ProxyError):
     status = 504
     code = "upstream_timeout"

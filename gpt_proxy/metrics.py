@@ -13,6 +13,9 @@ The rules it follows:
   (ALLOWED_MODELS, OPENAI_MODEL, the models the upstreams name), else `other`; a role is a
   loaded role's name; routes are URL rules; outcomes and error kinds are the service's own
   codes; upstreams are the configured names. Nothing a client sends becomes a series.
+- What the database knows is read from the database when scraped, not counted in each worker
+  (`_Reservations`: the open budget reservations, and how far the counters are from them):
+  every worker and instance agrees, and a killed worker or a failed settlement cannot skew it.
 - Cheap: a relayed reply updates its counters once, when it ends (from the relay's outcome),
   plus one gauge step when it starts; nothing is done per token.
 - Never a deadlock: prometheus_client updates under locks that are not re-entrant, and a
@@ -24,9 +27,11 @@ The rules it follows:
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -36,6 +41,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -136,9 +142,12 @@ class Metrics:
             "gpt_proxy_reply_log_failures", "Resumable replies whose log could not be written "
             "(the reply store failed): they went on to their client, but cannot be resumed",
             registry=r)
-        self.holds_open = Gauge(
-            "gpt_proxy_budget_reservations_open", "Budget reservations not yet settled "
-            "(replies under way)", registry=r, multiprocess_mode="livesum")
+        self.settlement_failures = Counter(
+            "gpt_proxy_budget_settlement_failures", "Settlements that went wrong: a counter "
+            "not there to settle, or a settlement that raised (each logged with its request "
+            "id)", registry=r)
+        self._reservations = _Reservations()
+        r.register(self._reservations)
 
     # --- labels -------------------------------------------------------------------------
 
@@ -231,8 +240,12 @@ class Metrics:
         self.reply_log_failures.inc()
 
     @_one_at_a_time
-    def holds_changed(self, delta: int) -> None:
-        self.holds_open.inc(delta)
+    def settlement_failed(self) -> None:
+        self.settlement_failures.inc()
+
+    def read_reservations(self, read: Callable[[], tuple[int, dict[str, int]]]) -> None:
+        """Where the reservation figures come from when scraped (`Budgets.reservations`)."""
+        self._reservations.read = read
 
     # --- exposition ---------------------------------------------------------------------
 
@@ -244,8 +257,41 @@ class Metrics:
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
+            registry.register(self._reservations)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _Reservations:
+    """The budget reservations, read from the database when scraped (not counted in each
+    worker, which would miss a settlement that failed and die with a killed worker): every
+    worker and instance says the same. A database that cannot be read leaves them out of
+    that scrape."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], tuple[int, dict[str, int]]] | None = None
+
+    def collect(self):
+        if self.read is None:
+            return []
+        try:
+            open_rows, drift = self.read()
+        except Exception:  # noqa: BLE001 - a scrape must not fail for the database
+            logging.getLogger("gpt_proxy.metrics").warning(
+                "metrics: the budget reservations could not be read", exc_info=True)
+            return []
+        held = GaugeMetricFamily(
+            "gpt_proxy_budget_reservations_open", "Budget reservations not yet settled "
+            "(ledger rows open: replies under way, or left by a worker that died, until the "
+            "sweep), read from the database")
+        held.add_metric([], open_rows)
+        apart = GaugeMetricFamily(
+            "gpt_proxy_budget_reserved_drift", "How far the budget counters' reservations are "
+            "from what the open ledger rows hold, summed over counters, per unit (0: they "
+            "agree; `flask budgets check` compares the spend too)", labels=["unit"])
+        for unit, amount in sorted(drift.items()):
+            apart.add_metric([unit], amount)
+        return [held, apart]
 
 
 class NoMetrics:
@@ -256,4 +302,5 @@ class NoMetrics:
         pass
 
     answered = stream_started = stream_ended = upstream_failed = breaker = _nothing
-    refused_by_rate_limit = budget_refused = holds_changed = reply_log_failed = _nothing
+    refused_by_rate_limit = budget_refused = settlement_failed = reply_log_failed = _nothing
+    read_reservations = _nothing

@@ -823,8 +823,12 @@ def document(app: Flask) -> dict:
                  _chat_process_paths(config, sec)):
         described.update(part)
     module_paths, module_schemas = _module_parts(app, config)
-    for path, item in module_paths.items():  # a module's operation replaces one described here
-        described[path] = {**described.get(path, {}), **item}
+    for path, item in module_paths.items():  # a module's operation refines one described
+        here = described.setdefault(path, {})  # here: its id, security and common errors stay
+        for method, op in item.items():
+            base = here.get(method, {})
+            here[method] = {**base, **op, "responses": {**base.get("responses", {}),
+                                                        **op.get("responses", {})}}
     routes = registered(app)
     paths = {}
     for path, item in described.items():

@@ -236,9 +236,15 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
             if on_close is not None:
                 on_close(outcome)
         finally:
-            state.budgets.settle(hold, spent(outcome, hold.ask,
-                                             getattr(stream, "upstream", "demo"), body))
-            write_line(outcome)
+            first = outcome.first_token_at  # the ledger's times count from admission
+            try:  # settle never raises (a settlement the database refuses is kept)...
+                state.budgets.settle(hold, replace(
+                    spent(outcome, hold.ask, getattr(stream, "upstream", "demo"), body),
+                    ttft_ms=None if first is None else max(0, int((
+                        state.budgets.clock() - (time.monotonic() - first) - hold.started)
+                        * 1000))))
+            finally:  # ...and the access line is written whatever happened
+                write_line(outcome)
             metrics.stream_ended(route=route, protocol=turn.protocol, framing=turn.framing,
                                  model=turn.model, outcome=outcome,
                                  role="own" if isinstance(role, OwnRole) else turn.role,

@@ -13,15 +13,20 @@ Rules it follows:
   logged event holds no blank line but the one that ends it (every framer writes one event
   per delta), which is how an entry holding several events is cut.
 - Owned: the log names its owner (`Caller.owner`: `u<id>`, or '' without accounts). To any
-  other caller a reply is unknown, exactly like an id that never existed or expired (404).
+  other caller a reply is unknown, exactly like an id that never existed or expired (404,
+  the same words: what the store can know, `UNKNOWN`).
 - Two stores, one behaviour. `memory://`: this worker process's memory, so only this worker
   can resume a reply (with several workers or instances, a resume that lands elsewhere finds
   nothing). `redis://`: Redis Streams, so any worker of any instance can: one stream per
   reply (`XADD` with explicit ids `0-<n>`, `MAXLEN ~`, a key expiry), a small hash for its
   owner and state, and short leases for "a worker still holds it" and "a client follows it".
-- The relay never waits for the store. Memory: an append is a copy into the log's buffer.
-  Redis: the relay hands its events to this process's one writer (a thread, a greenlet under
-  gevent), which sends everything waiting in one pipelined round trip every FLUSH_SECONDS
+- Known everywhere from its first byte: with Redis, `begin` writes the reply's owner and
+  state (one round trip, the one wait a resumable reply has) before its id reaches its
+  client, so a resume sent to any instance right after event 0 finds it, and follows its
+  events as they reach Redis. A 404 then means unknown to every instance.
+- The relay never waits for the store after that. Memory: an append is a copy into the
+  log's buffer. Redis: the relay hands its events to this process's one writer (a thread, a
+  greenlet under gevent), which sends everything waiting in one pipelined round trip every FLUSH_SECONDS
   while replies run, each reply's waiting events as one entry: never a round trip per token
   or per relay wake-up, and an append never wakes the writer. The same round trip carries,
   every POLL_SECONDS, the polls the worker holding replies needs: the signals sent to it (a
@@ -84,11 +89,14 @@ def flush_all(timeout: float) -> bool:
 
 
 class UnknownReply(NotFound):
+    """The same answer for an id that is unknown, expired or someone else's (nothing told);
+    its message says what the store could know (`MemoryReplyStore.UNKNOWN`,
+    `RedisReplyStore.UNKNOWN`)."""
+
     code = "unknown_reply"
 
-    def __init__(self) -> None:
-        super().__init__("no reply with this id here: it never existed, has expired, or is "
-                         "not yours")
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
 class ReplyGone(ProxyError):
@@ -290,6 +298,10 @@ class MemoryReplyStore:
     """Logs in this worker process's memory: only this worker can resume its replies."""
 
     description = "memory:// (this worker process)"
+    # Another worker process may hold the reply: "unknown" only to this one.
+    UNKNOWN = ("no reply with this id is kept by this worker process: it never existed, has "
+               "expired, or is not yours (with REPLY_STORE=memory:// only the worker process "
+               "that relayed a reply can resume it)")
 
     def __init__(self, keep: float, metrics=None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -343,12 +355,12 @@ class MemoryReplyStore:
 
     def _entry(self, reply_id: str, owner: str) -> _MemoryLog:
         if not REPLY_ID.fullmatch(reply_id):
-            raise UnknownReply()
+            raise UnknownReply(self.UNKNOWN)
         with self._lock:
             self._purge()
             entry = self._logs.get(reply_id)
         if entry is None or entry.owner != owner:
-            raise UnknownReply()
+            raise UnknownReply(self.UNKNOWN)
         return entry
 
     def cancel(self, reply_id: str, owner: str) -> str:
@@ -360,10 +372,9 @@ class MemoryReplyStore:
         live.cancelled = True
         return "cancelling"
 
-    def follow(self, reply_id: str, owner: str, after: int, client_gone: Callable[[], bool],
-               heartbeat: float) -> Follow:
-        """The events after `after`, then the live reply to its end (errors before the first
-        byte: unknown 404, past the end 400, trimmed 410)."""
+    def check(self, reply_id: str, owner: str, after: int) -> _MemoryLog:
+        """What `follow` would answer before its first byte (unknown 404, past the end 400,
+        trimmed 410), and nothing else: the reply is not claimed (a HEAD)."""
         entry = self._entry(reply_id, owner)
         with self._lock:
             if after > entry.last:
@@ -371,6 +382,13 @@ class MemoryReplyStore:
             if after + 1 < entry.first:
                 raise ReplyGone(f"the events after {after} are no longer kept (this reply keeps "
                                 f"its last {MAX_LOG_ENTRIES} events)")
+        return entry
+
+    def follow(self, reply_id: str, owner: str, after: int, client_gone: Callable[[], bool],
+               heartbeat: float) -> Follow:
+        """The events after `after`, then the live reply to its end (errors before the first
+        byte: unknown 404, past the end 400, trimmed 410)."""
+        entry = self.check(reply_id, owner, after)
         follow = Follow(after)
         follow.body = self._follow(follow, entry, after, client_gone, heartbeat)
         return follow
@@ -445,20 +463,18 @@ class Follow:
 
 # --- the Redis store --------------------------------------------------------------------------
 
-# Everything a flush writes, in one command. ARGV: the key prefix, the worker holding the
-# replies, MAXLEN, the expiry (ms) of a running reply's keys, of an ended reply's, and the
-# records, one after another in one argument (redis-py packs one argument, not six for each
-# record: it copies what it has packed so far, up to 6 KB, for each small argument, which cost
-# the writer most of its time), each a header line
-# and, for events, their bytes:
-#   b <id> <owner>\n                                 a reply begins (its owner, who holds it)
+# Everything a flush writes, in one command (a reply's owner is not among it: `begin` writes
+# that before the reply's id goes out). ARGV: the key prefix, MAXLEN, the expiry (ms) of a
+# running reply's keys, of an ended reply's, and the records, one after another in one
+# argument (redis-py packs one argument, not six for each record: it copies what it has
+# packed so far, up to 6 KB, for each small argument, which cost the writer most of its
+# time), each a header line and, for events, their bytes:
 #   a <id> <first id> <last id> <size> <new>\n<events>   one entry (a new stream expires)
 #   e <id> <last id> <state>\n                       its end: a marker entry, both kept `keep`
 # A record Redis refuses does not stop the others: their numbers (1-based) come back. The
 # keys are named by the data, so a single Redis server (not Redis Cluster).
 _WRITE = """
-local prefix, worker, maxlen, live, keep, records = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
-                                                     ARGV[5], ARGV[6]
+local prefix, maxlen, live, keep, records = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local failed, at, n = {}, 1, 0
 local function bad(result) return type(result) == 'table' and result.err end
 while at <= #records do
@@ -472,10 +488,6 @@ while at <= #records do
     at = at + size
     ok = redis.pcall('XADD', log, 'MAXLEN', '~', maxlen, '0-' .. last, 'f', first, 'd', events)
     if not bad(ok) and new == '1' then redis.call('PEXPIRE', log, live) end
-  elseif kind == 'b' then
-    local id, owner = string.match(head, '^(%S+) (.*)$')
-    ok = redis.pcall('HSET', prefix .. id, 'owner', owner, 'state', 'live', 'worker', worker)
-    if not bad(ok) then redis.call('PEXPIRE', prefix .. id, live) end
   else
     local id, last, state = string.match(head, '^(%S+) (%d+) (%S+)$')
     local log = prefix .. id .. ':log'
@@ -512,6 +524,11 @@ class RedisReplyStore:
     `:log` (the stream), `:attached` (a follower's lease); per worker,
     `<prefix>:worker:<worker>` (its lease: it still holds its replies) and
     `<prefix>:signals:<worker>` (`cancel:<id>` and `follow:<id>` sent to it)."""
+
+    # Every reply is in Redis before its id reaches its client (`begin`): one Redis does not
+    # have is unknown everywhere, or was never logged (Redis failed as it began).
+    UNKNOWN = ("no reply with this id: it never existed, has expired, could not be logged, "
+               "or is not yours")
 
     def __init__(self, url: str, *, keep: float, live_seconds: float, metrics=None,
                  prefix: str = "gpt_proxy:reply",
@@ -591,14 +608,29 @@ class RedisReplyStore:
 
     def begin(self, owner: str, *, grace: float, heartbeat: float,
               request_id: str = "-") -> LiveReply:
-        """A new reply; its owner is written at once (the writer is woken for it), so other
-        instances know it a round trip after it starts; this worker knows it from now on."""
+        """A new reply, in Redis before it is returned (so before its id reaches its client):
+        its owner, that it runs, the worker holding it, and that worker's lease, in one round
+        trip; from event 0 on, any worker of any instance finds it, and may follow its events
+        as they reach Redis. A store that fails leaves the reply unlogged: it goes on to its
+        client, not resumable."""
         self._started()
         reply = LiveReply(self, new_reply_id(), owner, grace=grace, heartbeat=heartbeat,
                           request_id=request_id, clock=self.clock)
+        key = self._key(reply.id)
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping={"owner": owner, "state": "live", "worker": self._worker})
+                pipe.pexpire(key, self.live_ms)
+                pipe.set(self._holder(self._worker), 1, px=int(ALIVE_LEASE * 1000))
+                pipe.execute()
+        except self._errors as exc:
+            reply.unlogged(f"{type(exc).__name__}: {exc}")
+            with self._lock:  # best effort: its hash may have been written
+                if len(self._forget) < MAX_FORGET:
+                    self._forget.add(reply.id)
+            return reply
         with self._lock:
             self._live[reply.id] = reply
-            self._pending[reply] = [("b",)]
         self._wake.set()  # the writer may be asleep (no reply was running)
         return reply
 
@@ -684,16 +716,13 @@ class RedisReplyStore:
                     batch = []
                 if item is None:
                     continue
-                if item[0] == "b":
-                    records.append(b"b %s %s\n" % (name, reply.owner.encode()))
-                else:  # the end
-                    records.append(b"e %s %d %s\n" % (name, item[1], item[2].encode()))
+                records.append(b"e %s %d %s\n" % (name, item[1], item[2].encode()))  # the end
                 written.append(reply)
         pipe = self._redis.pipeline(transaction=False)
         handlers: list[Callable[[object], None] | None] = []  # what each answer is for
         if written:
-            pipe.execute_command("EVAL", _WRITE, 0, f"{self.prefix}:", self._worker,
-                                 MAX_LOG_ENTRIES, self.live_ms, self.keep_ms, b"".join(records))
+            pipe.execute_command("EVAL", _WRITE, 0, f"{self.prefix}:", MAX_LOG_ENTRIES,
+                                 self.live_ms, self.keep_ms, b"".join(records))
             handlers.append(lambda failed: self._refused(failed, written))
         for reply_id in forget:
             pipe.delete(self._key(reply_id), self._key(reply_id, ":log"))
@@ -748,13 +777,13 @@ class RedisReplyStore:
 
     def _meta(self, reply_id: str, owner: str, *fields: str) -> list:
         if not REPLY_ID.fullmatch(reply_id):
-            raise UnknownReply()
+            raise UnknownReply(self.UNKNOWN)
         try:
             values = self._redis.hmget(self._key(reply_id), "owner", *fields)
         except self._errors as exc:
             raise self._unavailable(exc) from None
         if values[0] is None or values[0].decode() != owner:
-            raise UnknownReply()
+            raise UnknownReply(self.UNKNOWN)
         return [None if v is None else v.decode() for v in values[1:]]
 
     def _unavailable(self, exc: BaseException) -> ReplyStoreUnavailable:
@@ -765,13 +794,14 @@ class RedisReplyStore:
                                      "try again later")
 
     def _held(self, reply_id: str, owner: str) -> LiveReply | None:
-        """The reply, if this worker holds it (known here before its owner reaches Redis), or
-        has just ended it (known here before its end reaches Redis)."""
+        """The reply, if this worker holds it (answered without asking Redis, and knowing
+        events framed here but not yet written), or has just ended it (known here before its
+        end reaches Redis)."""
         live = None
         if self._pid == os.getpid():
             live = self._live.get(reply_id) or self._ending.get(reply_id)
         if live is not None and live.owner != owner:
-            raise UnknownReply()
+            raise UnknownReply(self.UNKNOWN)
         return live
 
     def cancel(self, reply_id: str, owner: str) -> str:
@@ -790,8 +820,10 @@ class RedisReplyStore:
             raise self._unavailable(exc) from None
         return "cancelling"
 
-    def follow(self, reply_id: str, owner: str, after: int, client_gone: Callable[[], bool],
-               heartbeat: float) -> Follow:
+    def check(self, reply_id: str, owner: str, after: int) -> tuple[str | None, str]:
+        """What `follow` would answer before its first byte (unknown 404, past the end 400,
+        trimmed 410, the store unreachable 503), read only: the reply is not claimed (a HEAD);
+        its state and the worker holding it."""
         live = self._held(reply_id, owner)
         if live is not None:  # held by this worker: it has an owner, it is running
             state, last, worker = "live", None, self._worker
@@ -803,18 +835,25 @@ class RedisReplyStore:
             raise past_end(after, int(last))
         try:
             oldest = self._redis.xrange(self._key(reply_id, ":log"), "-", "+", count=1)
-            if state != "ended":  # this client is attached now, and takes the reply over
-                self._reader.set(self._key(reply_id, ":attached"), 1,
-                                 px=int(ATTACH_LEASE * 1000))
-                self._signal(worker or "", "follow", reply_id)
         except self._errors as exc:
             raise self._unavailable(exc) from None
         if oldest and b"f" in oldest[0][1] and after + 1 < int(oldest[0][1][b"f"]):
             raise ReplyGone(f"the events after {after} are no longer kept (a log keeps about "
                             f"its last {MAX_LOG_ENTRIES} entries)")
+        return state, worker or ""
+
+    def follow(self, reply_id: str, owner: str, after: int, client_gone: Callable[[], bool],
+               heartbeat: float) -> Follow:
+        state, worker = self.check(reply_id, owner, after)
+        if state != "ended":  # this client is attached now, and takes the reply over
+            try:
+                self._reader.set(self._key(reply_id, ":attached"), 1,
+                                 px=int(ATTACH_LEASE * 1000))
+                self._signal(worker, "follow", reply_id)
+            except self._errors as exc:
+                raise self._unavailable(exc) from None
         follow = Follow(after)
-        follow.body = self._follow(follow, reply_id, worker or "", after, client_gone,
-                                   heartbeat)
+        follow.body = self._follow(follow, reply_id, worker, after, client_gone, heartbeat)
         return follow
 
     def _follow(self, follow: Follow, reply_id: str, worker: str, after: int, client_gone,

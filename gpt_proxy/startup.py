@@ -16,6 +16,14 @@ Rules it follows:
 - Settings come in as a `Config`; only the questions about the process's surroundings (is
   this a container? which temporary folder?) look at the machine itself, each injectable for
   tests.
+- The database and Redis may come up after the service (podman-compose ignores compose's
+  `service_healthy`, and a cluster schedules pods in any order): they are awaited, each try
+  one log line naming the service, its address and the setting (never a password), with a
+  backoff of 0.5 s doubling to 5 s, for at most STARTUP_WAIT_SECONDS in all; then start-up
+  stops with one line. What waiting cannot mend (a wrong password, a missing database) stops
+  it at once.
+- The start-up line says who may call, in the words of the AUTH in force (with AUTH=users,
+  PROXY_TOKEN is no client's token but the admin's credential).
 """
 
 from __future__ import annotations
@@ -24,8 +32,11 @@ import errno
 import ipaddress
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .config import ROOT, Config
 from .conversations import sqlite_path
@@ -217,3 +228,143 @@ def temp_dir(fallbacks: Iterable[str] = (SHARED_MEMORY,)) -> str:
         "no writable temporary folder (TMPDIR, /tmp, /var/tmp, the working folder, "
         f"{', '.join(fallbacks)}): with docker run --read-only add --tmpfs /tmp, or set "
         "TMPDIR to a writable folder")
+
+
+# --- the services it needs ----------------------------------------------------------------
+
+class Unreachable(Exception):
+    """A service did not answer yet: waiting may mend it (refused, unknown host, starting)."""
+
+
+@dataclass(frozen=True)
+class Awaited:
+    """A server the service needs before it can start: what it is, where (host:port, never
+    a password), the settings naming it, and a probe raising `Unreachable` while it cannot be
+    used (and StartupError for what waiting cannot mend)."""
+
+    what: str
+    where: str
+    settings: tuple[str, ...]
+    probe: Callable[[float], None]  # the argument: seconds the probe may take
+
+    def describe(self) -> str:
+        return f"{self.what} at {self.where} ({', '.join(self.settings)})"
+
+
+def _address(url: str, default_port: int) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    return f"{f'[{host}]' if ':' in host else host}:{parts.port or default_port}"
+
+
+def _first_line(exc: BaseException, secret: str | None) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].strip()
+    text = text.removeprefix("connection failed: ")
+    return text.replace(secret, "***") if secret else text
+
+
+# what waiting cannot mend: the server answered, and said no
+_POSTGRES_FINAL = ("password authentication failed", "no pg_hba.conf entry", "does not exist")
+
+
+def _postgres_probe(url: str, setting: str) -> Callable[[float], None]:
+    def probe(seconds: float) -> None:
+        import psycopg
+
+        conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        secret = urlsplit(url).password
+        try:
+            psycopg.connect(conninfo, connect_timeout=max(1, round(seconds))).close()
+        except psycopg.Error as exc:
+            reason = _first_line(exc, secret)
+            if any(word in reason for word in _POSTGRES_FINAL):
+                raise StartupError(f"PostgreSQL at {_address(url, 5432)} ({setting}) refused "
+                                   f"the connection: {reason}. Check {setting}") from None
+            raise Unreachable(reason) from None
+    return probe
+
+
+def _redis_probe(url: str, settings: tuple[str, ...]) -> Callable[[float], None]:
+    def probe(seconds: float) -> None:
+        import redis
+
+        secret = urlsplit(url).password
+        client = redis.Redis.from_url(url, socket_connect_timeout=seconds,
+                                      socket_timeout=seconds)
+        try:
+            client.ping()
+        except (redis.AuthenticationError, redis.ResponseError) as exc:
+            raise StartupError(f"Redis at {_address(url, 6379)} ({', '.join(settings)}) "
+                               f"refused the connection: {_first_line(exc, secret)}. Check "
+                               "the password in the URL") from None
+        except redis.RedisError as exc:  # refused, unknown host, still loading its data...
+            raise Unreachable(_first_line(exc, secret)) from None
+        finally:
+            client.close()
+    return probe
+
+
+def awaited_services(config: Config) -> list[Awaited]:
+    """The servers the settings name: PostgreSQL (DATABASE_URL) and each Redis server
+    (CONVERSATION_STORE, RATE_LIMIT_STORAGE, REPLY_STORE; one entry per server, naming
+    every setting that uses it). SQLite files and memory:// need no waiting; Sentinel and
+    Cluster URLs are left to their clients."""
+    services = []
+    if config.database_url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        services.append(Awaited("PostgreSQL", _address(config.database_url, 5432),
+                                ("DATABASE_URL",),
+                                _postgres_probe(config.database_url, "DATABASE_URL")))
+    redis_urls: dict[str, tuple[str, list[str]]] = {}
+    for setting, url in (("CONVERSATION_STORE", config.conversation_store),
+                         ("RATE_LIMIT_STORAGE", config.rate_limit_storage),
+                         ("REPLY_STORE", config.reply_store)):
+        if urlsplit(url).scheme in ("redis", "rediss"):
+            parts = urlsplit(url)
+            server = f"{parts.scheme}://{_address(url, 6379)}"
+            redis_urls.setdefault(server, (url, []))[1].append(setting)
+    for url, settings in redis_urls.values():
+        services.append(Awaited("Redis", _address(url, 6379), tuple(settings),
+                                _redis_probe(url, tuple(settings))))
+    return services
+
+
+def wait_for(services: Iterable[Awaited], seconds: float, log: Callable[[str], None], *,
+             clock: Callable[[], float] = time.monotonic,
+             sleep: Callable[[float], None] = time.sleep) -> None:
+    """Return once every service answers; each failed try is one `log` line. Tries again
+    after 0.5 s, doubling up to 5 s, until `seconds` have passed since the call (0: one try
+    each), then raise StartupError naming what did not answer and why."""
+    deadline = clock() + seconds
+    for service in services:
+        delay, attempt = 0.5, 0
+        while True:
+            attempt += 1
+            left = deadline - clock()
+            try:
+                service.probe(min(5.0, max(1.0, left)))
+                if attempt > 1:
+                    log(f"{service.describe()} answers, after {attempt} tries")
+                break
+            except Unreachable as exc:
+                left = deadline - clock()
+                if left <= 0:
+                    raise StartupError(
+                        f"{service.describe()} did not answer within {seconds:g} s "
+                        f"(STARTUP_WAIT_SECONDS): {exc}. Check that it runs and that the "
+                        "address is right") from None
+                wait = min(delay, left)
+                log(f"waiting for {service.describe()}: {exc}; try {attempt}, next in "
+                    f"{wait:.1f} s ({left:.0f} s left)")
+                sleep(wait)
+                delay = min(delay * 2, 5.0)
+
+
+def access_summary(config: Config) -> str:
+    """Who may call, for the start-up line, in the terms of the AUTH in force."""
+    if config.auth == "users":
+        return ("accounts and their keys (AUTH=users; PROXY_TOKEN is the admin's credential "
+                "for /api/admin/*, no client's)" if config.proxy_token else
+                "accounts and their keys (AUTH=users; /api/admin/* for admin accounts)")
+    if config.auth == "token":
+        return "clients send PROXY_TOKEN as a Bearer token (AUTH=token)"
+    return "open to anyone who reaches it (AUTH=open; set AUTH or PROXY_TOKEN before exposing it)"

@@ -6,25 +6,15 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from .fake_upstream import Scenario, chunk_json, sse_bytes
+from .skip_report import missing  # noqa: F401 - the browser tests import it from here
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-WAIT_MS = 10_000  # how long any one expectation may take before the test fails
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-def missing(reason: str) -> None:
-    """Skip on a developer's machine; in CI a browser test that cannot run is a failure."""
-    if in_ci():
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
-    pytest.skip(reason)
+# How long any one expectation may take before the test fails: many times what it needs,
+# since up to eight people's tests share two cores here (a passing test never waits it out).
+WAIT_MS = 30_000
 
 
 def paced_stream(tokens, *, pause: float = 0.2, first_delay: float = 0.0, reasoning=(),

@@ -22,6 +22,12 @@ from gpt_proxy.config import load_config
 
 from .fake_upstream import FakeUpstream
 from .processes import RedisServer, free_port, redis_binary, stop_process, wait_port
+from .skip_report import (  # noqa: F401 - pytest's hooks: no silent skip (see the module)
+    missing,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_KEY = "sk-test-SECRET-0123456789abcdef"
@@ -272,12 +278,24 @@ def self_signed_cert(tmp_path_factory) -> tuple[Path, Path]:
 def redis_url():
     """A real redis-server on a free port, 127.0.0.1 only, no persistence; shared by the
     session (each test uses its own keys, or empties the database first)."""
-    if redis_binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (apt-get install redis-server)")
-        pytest.skip("redis-server is not installed")
-    server = RedisServer()
+    server = redis_server()
     yield server.url
+    server.stop()
+
+
+def redis_server() -> RedisServer:
+    """A redis-server of a test's own; without redis-server installed, a skip (a failure in
+    CI)."""
+    if redis_binary() is None:
+        missing("redis-server is not installed (apt-get install redis-server)")
+    return RedisServer()
+
+
+@pytest.fixture()
+def own_redis():
+    """A redis-server for this test alone (one it may stop mid-test), stopped afterwards."""
+    server = redis_server()
+    yield server
     server.stop()
 
 
@@ -302,7 +320,7 @@ def redis_without_scripts(redis_url):
 def chromium():
     """One headless Chromium for the whole session (Playwright's sync API runs one instance
     per thread, so every browser test shares it); each test opens a fresh context."""
-    from .browser_helpers import CHROMIUM, CHROMIUM_ARGS, missing
+    from .browser_helpers import CHROMIUM, CHROMIUM_ARGS
 
     try:
         from playwright.sync_api import sync_playwright
@@ -322,9 +340,7 @@ def postgres():
     from .databases import PostgreSQL, postgres_bin
 
     if postgres_bin() is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed (apt-get install postgresql)")
-        pytest.skip("PostgreSQL is not installed")
+        missing("PostgreSQL is not installed (apt-get install postgresql)")
     server = PostgreSQL()
     yield server
     server.stop()

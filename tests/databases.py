@@ -1,6 +1,8 @@
 """A real PostgreSQL server for tests: a throwaway cluster made with Debian's `initdb` and
 started with `pg_ctl` on a free 127.0.0.1 port, in a folder of its own; a fresh database per
-test from `new_database()`. PostgreSQL refuses to run as root: as root the cluster belongs to
+test from `new_database()`; `restart()` (a fast restart: every connection is ended, as
+`pg_ctl restart -m fast` does in a deployment), `halt()` and `resume()` for a database that
+goes away and comes back. PostgreSQL refuses to run as root: as root the cluster belongs to
 the `postgres` user the Debian package creates, and its commands run as that user."""
 
 from __future__ import annotations
@@ -44,14 +46,29 @@ class PostgreSQL:
         try:
             self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
                       "-E", "UTF8", "--locale=C", "--no-sync")
-            options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                       "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                       "-c max_connections=300")
-            self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l",
-                      str(self.dir / "server.log"), "-w", "-t", "30", "start")  # -w: ready
+            self.resume()
         except BaseException:
             self.stop()
             raise
+
+    def _options(self) -> str:
+        return (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                "-c max_connections=300")
+
+    def resume(self) -> None:
+        """Start the server (again); returns once it accepts connections."""
+        self._run("pg_ctl", "-D", str(self.data), "-o", self._options(), "-l",
+                  str(self.dir / "server.log"), "-w", "-t", "30", "start")  # -w: ready
+
+    def halt(self) -> None:
+        """Stop the server as an operator does (`-m fast`: sessions are ended at once)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop")
+
+    def restart(self) -> None:
+        """`pg_ctl restart -m fast`: every session ended, the server back when it returns."""
+        self._run("pg_ctl", "-D", str(self.data), "-o", self._options(), "-l",
+                  str(self.dir / "server.log"), "-m", "fast", "-w", "-t", "30", "restart")
 
     def _run(self, program: str, *args: str) -> None:
         def as_postgres() -> None:

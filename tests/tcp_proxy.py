@@ -2,7 +2,10 @@
 its clients and one server on 127.0.0.1; `cut()` resets every connection it carries, as a
 network that drops them would; `freeze()` silently stops carrying them (a laptop asleep, a
 phone gone to another network: nothing arrives, nothing says so); while `refusing` a new
-connection is reset at once (the server cannot be reached)."""
+connection is reset at once (the server cannot be reached). With `latency` (seconds) every
+piece of data waits that long before it is passed on, each way: a server on another host
+(1 ms each way makes the interleavings of concurrent transactions that loopback hides
+common)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 
 
 def _reset(sock: socket.socket) -> None:
@@ -26,8 +30,9 @@ def _reset(sock: socket.socket) -> None:
 class CuttingProxy:
     """Listens on a free 127.0.0.1 port (`port`, `url`) in front of `target_port`."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, latency: float = 0.0) -> None:
         self.target_port = target_port
+        self.latency = latency
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -66,6 +71,8 @@ class CuttingProxy:
             while data := source.recv(65536):
                 if data[:1].isupper() and b" /" in data[:16]:  # a request starts
                     self._requested[source] = data.split(b"\r\n", 1)[0]
+                if self.latency:
+                    time.sleep(self.latency)  # the wire's delay (the test's own network)
                 if source not in self._frozen:  # frozen: read, and dropped
                     sink.sendall(data)
             if source not in self._frozen:  # (a frozen one does not tell its end either)

@@ -18,7 +18,7 @@ import requests
 
 from gpt_proxy.demo import placeholder_png
 
-from .browser_helpers import expect
+from .browser_helpers import WAIT_MS, expect
 from .conftest import ROOT, serve
 from .fake_upstream import image_answer, json_scenario, stream_scenario
 
@@ -282,8 +282,9 @@ def test_a_key_is_made_shown_once_listed_and_revoked(users_term, accounts, upstr
     expect()(term.input).to_have_value(f"gpt key revoke {key_id} ")
     term.input.press("Enter")
     expect()(term.last(".ok")).to_contain_text(f"revoked key {key_id}")
-    deadline = time.monotonic() + 3
-    while key_works(accounts.url, key):  # the README promises: within a second
+    # The README promises within a second, timed in test_accounts_live.py; here, that it happens
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while key_works(accounts.url, key):
         assert time.monotonic() < deadline, "the revoked key still works"
         time.sleep(0.05)  # polling the server; not synchronising the test
     term.type_command("gpt key list")

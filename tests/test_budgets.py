@@ -4,7 +4,6 @@ server: periods, admission, settlement, expiry, and requests arriving together."
 from __future__ import annotations
 
 import datetime as dt
-import json
 import subprocess
 import sys
 import threading
@@ -410,5 +409,236 @@ def test_the_reservations_of_one_request_are_one_transaction(budgets, db):
     with pytest.raises(OverBudget):
         budgets.admit(ask(), 1, 1)
     assert counter(db, first) == (0, 0)
-    assert json.loads("[]") == []  # nothing else held
+    with db.read() as conn:  # nothing held anywhere: no counter row holds a reservation
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM budget_counters "
+                                    "WHERE reserved <> 0")).scalar() == 0
     assert ledger(db) == []
+    assert budgets.check() == []
+
+
+# --- exactly the counters meant, whatever the interleaving (issue 26) -------------------------------
+
+def three_budgets(budgets):
+    """A key's requests per minute and tokens in total, and the service's dollars: every
+    request of key 1 holds all three."""
+    return (budgets.set_budget("service", 0, "usd", "total", 10**15),
+            budgets.set_budget("key", 1, "requests", "minute", 10**6),
+            budgets.set_budget("key", 1, "tokens", "total", 10**12))
+
+
+def test_settlements_arriving_together_update_every_counter(budgets, db):
+    """40 settlements of one key's three counters at once, from as many threads (each with
+    its own connection): afterwards each counter is exactly what the ledger says, and
+    nothing stays reserved. (A settlement joining the counters to a derived table skipped
+    rows on PostgreSQL when it had waited for another's lock, and deadlocked with one
+    taking the rows in the other order.)"""
+    service, rpm, tokens = three_budgets(budgets)
+    holds = [budgets.admit(ask(request_id=f"s{i}"), 1, 1) for i in range(40)]
+    start = threading.Barrier(len(holds))
+
+    def one(i: int) -> None:
+        start.wait(30)
+        budgets.settle(holds[i], Spent(10 + i, 5, outcome="ok"))
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(holds))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert all(row.state == "settled" for row in ledger(db))
+    assert counter(db, tokens) == (sum(15 + i for i in range(40)), 0)
+    assert counter(db, rpm) == (40, 0)
+    assert counter(db, service) == (sum((10 + i) * 1000 + 5 * 2000 for i in range(40)), 0)
+    assert budgets.check() == []
+
+
+def test_a_counter_a_settlement_cannot_find_is_logged_with_the_request_id(budgets, db,
+                                                                        caplog):
+    _, rpm, tokens = three_budgets(budgets)
+    hold = budgets.admit(ask(request_id="req-missing"), 1, 1)
+    with db.write() as conn:  # the counter is gone (as if deleted by hand)
+        conn.execute(sa.text("DELETE FROM budget_counters WHERE budget_id = :b"),
+                     {"b": rpm.id})
+    budgets.settle(hold, Spent(10, 5))
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("req-missing" in line and f"budget {rpm.id}" in line for line in lines), lines
+    assert counter(db, tokens) == (15, 0)  # the others were settled all the same
+    assert ledger(db)[0].state == "settled"
+
+
+def refuse_writes(db, monkeypatch, kind: str, times: int) -> list:
+    """The next `times` write transactions fail with a DatabaseError of `kind` (as a dropped
+    connection or a deadlock would); then the database answers again."""
+    real = db.raw_write
+    failed = []
+
+    def write():
+        if len(failed) < times:
+            failed.append(kind)
+            raise DatabaseError(f"the database cannot be written: {kind}", kind)
+        return real()
+    monkeypatch.setattr(db, "raw_write", write)
+    return failed
+
+
+@pytest.mark.parametrize("kind", ["conflict", "unavailable"])
+def test_a_deadlock_or_a_dropped_connection_is_tried_again(budgets, db, monkeypatch, kind):
+    _, _, tokens = three_budgets(budgets)
+    failed = refuse_writes(db, monkeypatch, kind, 1)
+    hold = budgets.admit(ask(), 1, 1)  # the first try fails, the second reserves
+    assert failed == [kind] and counter(db, tokens) == (0, 150)
+    refuse_writes(db, monkeypatch, kind, 2)
+    budgets.settle(hold, Spent(10, 5))  # two tries fail, the third settles
+    assert counter(db, tokens) == (15, 0) and budgets.check() == []
+
+
+def test_a_settlement_the_database_cannot_take_is_kept_and_settled_later(budgets, db,
+                                                                         monkeypatch, caplog):
+    """The database is away for longer than the settlement's retries: the worker keeps the
+    settlement, and settles it with the real usage once the database answers."""
+    monkeypatch.setattr("gpt_proxy.budgets.LEDGER_FLUSH_SECONDS", 3600)  # flushed by hand
+    _, _, tokens = three_budgets(budgets)
+    hold = budgets.admit(ask(request_id="req-blip"), 1, 1)
+    refuse_writes(db, monkeypatch, "unavailable", 10**6)
+    budgets.settle(hold, Spent(10, 5))
+    assert "request req-blip not settled yet (kept, tried again)" in caplog.text
+    assert budgets.flush() == 0  # still away: kept
+    monkeypatch.undo()
+    assert counter(db, tokens) == (0, 150)
+    assert budgets.flush() == 1
+    row = ledger(db)[0]
+    assert (row.state, row.prompt_tokens, row.completion_tokens) == ("settled", 10, 5)
+    assert counter(db, tokens) == (15, 0) and budgets.check() == []
+
+
+@pytest.fixture()
+def pg_db(postgres):
+    from gpt_proxy.db import open_database
+
+    database = open_database(postgres.new_database(), ROOT)
+    yield database
+    database.close()
+
+
+def test_a_deadlock_with_another_transaction_is_tried_again(pg_db, clock, caplog):
+    """A real deadlock on PostgreSQL (SQLite has one writer at a time): another transaction
+    holds the key's tokens counter, a settlement takes its ledger row and waits for that
+    counter, then the other asks for the ledger row. PostgreSQL ends the settlement (it
+    waited first, and looks first); the settlement is tried again, and settles."""
+    caplog.set_level("INFO", "gpt_proxy.budgets")
+    db = pg_db
+    budgets = Budgets(db, prices={"priced": Price(Decimal("1"), Decimal("2"))}, clock=clock,
+                      hold_seconds=600)
+    _, _, tokens = three_budgets(budgets)
+    hold = budgets.admit(ask(request_id="req-deadlock"), 1, 1)
+    engine = sa.create_engine(db.engine.url)
+    done = threading.Event()
+    try:
+        with engine.connect() as other:
+            other.execute(sa.text("SET deadlock_timeout = '20s'"))  # the settlement looks first
+            other.execute(sa.text("UPDATE budget_counters SET spent = spent "
+                                  "WHERE budget_id = :b"), {"b": tokens.id})
+            worker = threading.Thread(target=lambda: (budgets.settle(hold, Spent(10, 5)),
+                                                      done.set()), daemon=True)
+            worker.start()
+
+            def settlement_waits() -> bool:
+                with engine.connect() as look:
+                    return look.execute(sa.text(
+                        "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE 'UPDATE budget_counters%'")).scalar() == 1
+            until(settlement_waits, "the settlement never waited for the key's counter")
+            other.execute(sa.text("UPDATE ledger SET state = state WHERE id = :i"),
+                          {"i": hold.ledger_id})  # waits until the settlement is ended
+            other.commit()
+        assert done.wait(30), "the settlement never finished"
+    finally:
+        engine.dispose()
+    assert "tried again (conflict)" in caplog.text and "deadlock" in caplog.text
+    assert ledger(db)[0].state == "settled"
+    assert counter(db, tokens) == (15, 0) and budgets.check() == []
+
+
+# --- the budget check ---------------------------------------------------------------------------------
+
+def test_the_check_finds_a_counter_that_is_not_what_the_ledger_says(budgets, db, clock):
+    _, rpm, tokens = three_budgets(budgets)
+    budgets.settle(budgets.admit(ask(request_id="a"), 1, 1), Spent(10, 5))
+    budgets.settle(budgets.admit(ask(request_id="b"), 1, 1), Spent(outcome="failed"))
+    budgets.admit(ask(request_id="c"), 1, 1)  # open: held
+    expired = budgets.admit(ask(request_id="d"), 1, 1)
+    clock.now += 601
+    budgets.sweep()  # c and d expire: charged what they held
+    budgets.settle(expired, Spent(1, 1))  # too late: changes nothing
+    assert budgets.check() == []
+    assert counter(db, tokens) == (15 + 150 + 150, 0) and counter(db, rpm) == (3, 0)
+    with db.write() as conn:  # a settlement that was lost
+        conn.execute(sa.text("UPDATE budget_counters SET spent = spent - 5, "
+                             "reserved = reserved + 7 WHERE budget_id = :b"), {"b": tokens.id})
+    drift = budgets.check()
+    assert [(d.budget_id, d.kind, d.window, d.spent, d.reserved, d.ledger_spent,
+             d.ledger_reserved) for d in drift] == [
+        (tokens.id, "key.tokens.total", "total", 310, 7, 315, 0)]
+
+
+def test_the_check_still_adds_up_when_old_ledger_rows_are_deleted(db, clock):
+    """Rows older than LEDGER_DAYS are deleted; what they charged a counter is carried in it,
+    so a total budget still agrees with its ledger."""
+    budgets = Budgets(db, ledger_days=30, clock=clock, hold_seconds=600)
+    tokens = budgets.set_budget("key", 1, "tokens", "total", 10**9)
+    budgets.settle(budgets.admit(ask(request_id="old"), None, 1), Spent(10, 5))
+    clock.now += 31 * 86400
+    budgets.settle(budgets.admit(ask(request_id="new"), None, 1), Spent(1, 1))
+    budgets.sweep()
+    assert [row.request_id for row in ledger(db)] == ["new"]
+    assert counter(db, tokens) == (17, 0) and budgets.check() == []
+
+
+def test_the_reservations_are_read_from_the_database_by_every_process(db, clock):
+    """Two workers (two Budgets over one database): a reservation made by one, whose worker
+    then died, is seen by the other; drift shows when a counter holds what no row does."""
+    first, second = (Budgets(db, clock=clock, hold_seconds=600) for _ in range(2))
+    tokens = first.set_budget("key", 1, "tokens", "total", 10**9)
+    first.admit(ask(), None, 1)  # never settled: its worker was killed
+    held = second.admit(ask(request_id="x"), None, 1)
+    assert second.reservations() == (2, {"tokens": 0, "usd": 0, "requests": 0})
+    second.settle(held, Spent(1, 1))
+    assert first.reservations()[0] == 1
+    with db.write() as conn:
+        conn.execute(sa.text("UPDATE budget_counters SET reserved = reserved + 9 "
+                             "WHERE budget_id = :b"), {"b": tokens.id})
+    assert first.reservations() == (1, {"tokens": 9, "usd": 0, "requests": 0})
+    clock.now += 601
+    first.sweep()
+    assert first.reservations() == (0, {"tokens": 9, "usd": 0, "requests": 0})
+
+
+def run_check(database_url: str) -> subprocess.CompletedProcess:
+    """`flask --app app budgets check` on `database_url`, as an operator runs it."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "GPT_"))}
+    env.update(DATABASE_URL=database_url, DOTENV_FILE=os.devnull, METRICS_BIND="")
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "app", "budgets", "check"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_budgets_check_exits_non_zero_naming_the_counter_and_both_sums(budgets, db,
+                                                                       database_url):
+    service, _, tokens = three_budgets(budgets)
+    budgets.settle(budgets.admit(ask(request_id="a"), 1, 1), Spent(10, 5))
+    budgets.admit(ask(request_id="b"), 1, 1)  # open
+    agreed = run_check(database_url)
+    assert agreed.returncode == 0, agreed.stderr
+    assert "every counter agrees with the ledger" in agreed.stdout
+    with db.write() as conn:
+        conn.execute(sa.text("UPDATE budget_counters SET spent = spent + 3 "
+                             "WHERE budget_id = :b"), {"b": tokens.id})
+        conn.execute(sa.text("UPDATE budget_counters SET reserved = reserved + 1000 "  # n$
+                             "WHERE budget_id = :b"), {"b": service.id})
+    differ = run_check(database_url)
+    assert differ.returncode == 1
+    assert (f"budget {tokens.id} (key.tokens.total) window total: counter spent 18 reserved "
+            "150; ledger says spent 15 reserved 150") in differ.stdout
+    assert (f"budget {service.id} (service.usd.total) window total: counter spent 0.000020 "
+            "reserved 0.000201; ledger says spent 0.000020 reserved 0.000200") in differ.stdout
+    assert "2 counter(s) differ from the ledger" in differ.stderr

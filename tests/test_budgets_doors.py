@@ -314,6 +314,7 @@ def test_bad_budgets_name_the_field(make, body, field):
 def test_metrics_count_refusals_by_kind_and_the_open_reservations(make, upstream):
     app, state = make(auth="open")
     state.budgets.metrics = metrics = Metrics()
+    metrics.read_reservations(state.budgets.reservations)
     state.budgets.set_budget("service", 0, "tokens", "total", 10**6)
     client = app.test_client()
     upstream.push(stream_scenario(["ok"]))
@@ -324,3 +325,74 @@ def test_metrics_count_refusals_by_kind_and_the_open_reservations(make, upstream
     text = generate_latest(metrics.registry).decode()
     assert 'gpt_proxy_budget_refusals_total{budget="service.tokens.total"} 1.0' in text
     assert "gpt_proxy_budget_reservations_open 0.0" in text
+    assert 'gpt_proxy_budget_reserved_drift{unit="tokens"} 0.0' in text
+
+
+def test_the_open_reservations_metric_is_what_the_database_holds(make, upstream):
+    """Two workers over one database: what one reserved (and, killed, never settled) the
+    other's metrics show; a settlement that went wrong cannot hide from it."""
+    first_app, first = make()
+    _, second = make()  # another worker: the same database
+    first.budgets.set_budget("service", 0, "tokens", "total", 10**9)
+    from gpt_proxy.budgets import Ask
+    second.budgets.admit(Ask("fake-model", 10, 10, "test", "killed"), None, None)
+
+    def figures() -> str:
+        return first.metrics.exposition()[0].decode()
+    assert "gpt_proxy_budget_reservations_open 1.0" in figures()
+    upstream.push(stream_scenario(["ok"]))
+    first_app.test_client().post("/api/gpt/get", json={"message": "hi"}).get_data()
+    assert "gpt_proxy_budget_reservations_open 1.0" in figures()  # the killed worker's
+    assert 'gpt_proxy_budget_reserved_drift{unit="tokens"} 0.0' in figures()
+    with first.budgets.db.write() as conn:  # a reservation with no request behind it
+        conn.execute(sa.text("UPDATE budget_counters SET reserved = reserved + 5"))
+    assert 'gpt_proxy_budget_reserved_drift{unit="tokens"} 5.0' in figures()
+
+
+# --- a database that fails for a moment -------------------------------------------------------
+
+def test_a_database_failure_is_a_503_in_each_doors_shape(make, upstream, monkeypatch):
+    """The key lookup meets a database restarting: each door answers 503 (the frontends'
+    envelope: its failure, with the wait) and Retry-After, never an internal error."""
+    from gpt_proxy.db import DatabaseError
+
+    client, state, key = keyed(make)
+
+    def restarting(*args, **kwargs):
+        raise DatabaseError("the database (DATABASE_URL=postgresql://db) cannot be read: "
+                            "terminating connection due to administrator command",
+                            "unavailable")
+    monkeypatch.setattr(state.accounts, "key", restarting)
+    v1 = client.post("/v1/chat/completions", headers=bearer(key),
+                     json={"model": "fake-model", "messages": USER})
+    gpt = client.post("/api/gpt/get", headers=bearer(key), json={"message": "hi"})
+    chat = client.post("/api/chat-process", headers=bearer(key), json={"prompt": "hi"})
+    image = client.post("/api/gpt/getImage", headers=bearer(key), json={"prompt": "a cat"})
+    for response in (v1, gpt):
+        assert response.status_code == 503, response.get_data(as_text=True)
+        assert response.get_json()["error"]["code"] == "database_unavailable"
+    assert "try again" in v1.get_json()["error"]["message"]
+    assert chat.get_json()["status"] == "Fail" and "try again" in chat.get_json()["message"]
+    assert image.get_json()["code"] != 0 and "try again" in image.get_json()["message"]
+    for response in (v1, gpt, chat, image):
+        assert response.headers["Retry-After"] == "2"
+        assert "internal" not in response.get_data(as_text=True)
+    assert upstream.records == []
+
+
+# --- n > 1 ------------------------------------------------------------------------------------
+
+def test_n_choices_reserve_the_worst_case_n_times_and_pay_their_usage(make, upstream):
+    client, state, key = keyed(make)
+    upstream.push(stream_scenario(["a", "b"]))  # usage: 5 prompt, 2 completion
+    body = {"model": "fake-model", "messages": USER, "n": 3, "max_tokens": 40, "stream": True}
+    response = client.post("/v1/chat/completions", headers=bearer(key), json=body)
+    assert response.status_code == 200
+    response.get_data()
+    sent = upstream.wait_for_request().json
+    assert sent["n"] == 3 and sent["max_tokens"] == 40
+    worst = len(json.dumps(sent, ensure_ascii=False).encode()) + 3 * 40
+    assert int(response.headers["X-Budget-Remaining"].split("=")[1]) == 10**9 - worst
+    row = ledger(state)[0]
+    assert (row.prompt_tokens, row.completion_tokens, row.state) == (5, 2, "settled")
+    assert counters(state) == (7, 0) and state.budgets.check() == []

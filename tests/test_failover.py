@@ -1,11 +1,16 @@
 """Several upstreams: the upstream list, failover before the first byte, the circuit breaker,
-connection retries, Azure, against real fake upstreams on 127.0.0.1 (the app in-process, a
-clock the test moves by hand; no sleeps)."""
+connection retries (never once the request may have reached the upstream), Azure, against
+real fake upstreams on 127.0.0.1 (the app in-process, a clock the test moves by hand; no
+sleeps)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+import socket
+import struct
+import threading
 import time
 from dataclasses import replace
 
@@ -202,6 +207,74 @@ def test_a_refused_upstream_with_no_other_is_a_503_after_its_retries(fakes):
     client, _, _ = service([spec("dead", refused_url())], sleep=naps.append)
     response = ask(client, "application/json")
     assert response.status_code == 503 and len(naps) == 2 and naps[1] > naps[0]
+
+
+class AfterTheRequest:
+    """An upstream on 127.0.0.1 that reads each request whole (so it has reached the upstream),
+    counts it, then fails: `how` is "close" (a FIN, no answer), "reset" (an RST) or "half"
+    (half a status line, then a FIN)."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.requests = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    piece = conn.recv(65536)
+                    if not piece:
+                        break
+                    data += piece
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.requests += 1
+                if self.how == "reset":  # SO_LINGER 0: close() sends an RST
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                elif self.how == "half":
+                    conn.sendall(b"HTTP/1.1 2")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("how", ["close", "reset", "half"])
+def test_a_request_that_reached_the_upstream_is_never_sent_again_with_retries_on(fakes, how):
+    """CONNECT_RETRIES=3: a connection refused before the request left is tried again, but
+    one that failed after the upstream had the request is not, neither by us nor by urllib3
+    (a chat request sent twice is paid twice): the one request, a clean error, no nap."""
+    dead = AfterTheRequest(how)
+    try:
+        naps: list[float] = []
+        client, _, _ = service([spec("flaky", dead.url)], sleep=naps.append, connect_retries=3)
+        for accept in ("text/event-stream", "application/json"):
+            before = dead.requests
+            response = ask(client, accept)
+            assert response.status_code in (502, 503), response.data
+            assert response.get_json()["error"]["code"] in ("upstream_error",
+                                                            "upstream_unavailable")
+            assert dead.requests == before + 1 and naps == []
+        refused, _, _ = service([spec("dead", refused_url())], sleep=naps.append,
+                                connect_retries=3)
+        assert ask(refused).status_code == 503 and len(naps) == 3  # retries are on
+    finally:
+        dead.close()
 
 
 @pytest.mark.parametrize("scenario", [

@@ -25,7 +25,6 @@ from gpt_proxy.sse import encode_text
 
 from .conftest import ANN, BOB, FakeClock, make_config, new_key, sign_up, sse_blocks, until
 from .fake_upstream import Scenario, chunk_json, sse_bytes, stream_scenario
-from .processes import RedisServer
 from .test_integration import TEXT, TOKENS
 
 SSE = {"Accept": "text/event-stream"}
@@ -155,24 +154,21 @@ def test_an_ordinary_reply_has_no_ids_and_never_touches_the_reply_store(made, up
         state.replies = store
 
 
-def test_an_ordinary_reply_sends_redis_no_command(made, upstream):
+def test_an_ordinary_reply_sends_redis_no_command(made, upstream, own_redis):
     """The same, measured at a redis-server of its own: its command count is unmoved."""
-    server = RedisServer()
-    try:
-        app = made(reply_store=server.url)
-        watch = redis.Redis.from_url(server.url)
-        before = watch.info("commandstats")
-        upstream.push(stream_scenario(TOKENS))
-        response = app.test_client().post("/api/gpt/get", json={"message": "hi"}, headers=SSE)
-        assert text_of(events_of(response.data)) == TEXT
-        after = watch.info("commandstats")
-        assert {name: stat["calls"] for name, stat in after.items() if name != "cmdstat_info"} \
-            == {name: stat["calls"] for name, stat in before.items() if name != "cmdstat_info"}
-        upstream.push(stream_scenario(TOKENS))  # and a resumable one does use it
-        app.test_client().post("/api/gpt/get", json={"message": "hi"}, headers=RESUMABLE)
-        until(lambda: "cmdstat_eval" in watch.info("commandstats"), "the reply is written")
-    finally:
-        server.stop()
+    server = own_redis
+    app = made(reply_store=server.url)
+    watch = redis.Redis.from_url(server.url)
+    before = watch.info("commandstats")
+    upstream.push(stream_scenario(TOKENS))
+    response = app.test_client().post("/api/gpt/get", json={"message": "hi"}, headers=SSE)
+    assert text_of(events_of(response.data)) == TEXT
+    after = watch.info("commandstats")
+    assert {name: stat["calls"] for name, stat in after.items() if name != "cmdstat_info"} \
+        == {name: stat["calls"] for name, stat in before.items() if name != "cmdstat_info"}
+    upstream.push(stream_scenario(TOKENS))  # and a resumable one does use it
+    app.test_client().post("/api/gpt/get", json={"message": "hi"}, headers=RESUMABLE)
+    until(lambda: "cmdstat_eval" in watch.info("commandstats"), "the reply is written")
 
 
 def test_resuming_after_any_event_gives_exactly_the_rest(made, upstream, store_url):
@@ -275,6 +271,43 @@ def test_a_reply_kept_after_its_end_expires_in_redis(made, upstream, redis_url):
     until(lambda: client.get(f"/api/replies/{reply_id}").status_code == 404,
           "the reply expires")
     assert not list(keys.scan_iter(f"gpt_proxy:reply:{reply_id}*"))
+
+
+def test_a_head_of_a_live_reply_answers_its_headers_and_changes_nothing(made, upstream,
+                                                                        store_url):
+    """`curl -I` on a reply that streams: a GET's status and content type, no body, and the
+    reply is not claimed: its client reads on to the end, the upstream stays open, nothing
+    is cancelled or taken over. A HEAD that a GET would refuse gets the GET's status."""
+    scenario, gate = gated(LONG, 10)
+    upstream.push(scenario)
+    client = made(reply_store=store_url, heartbeat_seconds=0.2).test_client()
+    response = client.post("/api/gpt/get", json={"message": "hi"}, headers=RESUMABLE,
+                           buffered=False)
+    reply_id = response.headers["X-Reply-Id"]
+    body = read_until(response, 10)
+    pieces = iter(response.response)
+    for headers in ({}, {"Last-Event-ID": "10"}):
+        head = client.head(f"/api/replies/{reply_id}", headers=headers)
+        assert head.status_code == 200, head.data
+        assert head.headers["Content-Type"].startswith("text/event-stream")
+        assert head.headers["Cache-Control"] == "no-cache" and head.data == b""
+    assert client.head(f"/api/replies/{replies.new_reply_id()}").status_code == 404
+    assert client.head(f"/api/replies/{reply_id}",
+                       headers={"Last-Event-ID": "x"}).status_code == 400
+    # Still attached while the upstream waits: its heartbeats come (a relay looks at its
+    # client every 0.25 s; a claimed reply would have ended this response by the second).
+    for _ in range(2):
+        piece = next(pieces, b"")
+        body += piece
+        assert piece.startswith(b": ping"), (piece, body[-200:])
+    record = upstream.wait_for_request()
+    assert not record.disconnected.is_set()
+    gate.set()
+    body += b"".join(pieces)  # the live client goes on, to the reply's end
+    events = events_of(body)
+    assert text_of(events) == LONG_TEXT and events[-1][1] == "done", events[-3:]
+    assert ids_of(events) == list(range(len(events)))
+    assert len(upstream.records) == 1
 
 
 # --- who may resume, and bad input -----------------------------------------------------------
@@ -451,31 +484,28 @@ def test_a_cancel_stops_a_reply_whose_client_left(made, upstream, store_url):
 # --- Redis down mid-reply ----------------------------------------------------------------------
 
 def test_redis_dying_mid_reply_leaves_the_live_reply_whole_and_resuming_unavailable(
-        made, upstream, caplog):
-    server = RedisServer()
-    try:
-        app = made(reply_store=server.url)
-        metrics = app.extensions["gpt_proxy"].metrics
-        failures = b"gpt_proxy_reply_log_failures_total 1.0"
-        middle, end = threading.Event(), threading.Event()
-        parts: list = [sse_bytes(chunk_json(t)) for t in LONG[:10]] + [middle]
-        parts += [sse_bytes(chunk_json(t)) for t in LONG[10:20]] + [end]
-        parts += [sse_bytes(chunk_json(t)) for t in LONG[20:]] + [
-            sse_bytes(chunk_json(finish="stop")), sse_bytes("[DONE]")]
-        upstream.push(Scenario(parts=parts))
-        client = app.test_client()
-        response = client.post("/api/gpt/get", json={"message": "hi"}, headers=RESUMABLE,
-                               buffered=False)
-        body = read_until(response, 10)
-        reply_id = response.headers["X-Reply-Id"]
-        server.stop()
-        middle.set()  # ten more events, whose write fails
-        body += read_until(response, 10)
-        until(lambda: failures in metrics.exposition()[0], "the failed write is counted")
-        end.set()
-        body += b"".join(response.response)
-    finally:
-        server.stop()
+        made, upstream, caplog, own_redis):
+    server = own_redis
+    app = made(reply_store=server.url)
+    metrics = app.extensions["gpt_proxy"].metrics
+    failures = b"gpt_proxy_reply_log_failures_total 1.0"
+    middle, end = threading.Event(), threading.Event()
+    parts: list = [sse_bytes(chunk_json(t)) for t in LONG[:10]] + [middle]
+    parts += [sse_bytes(chunk_json(t)) for t in LONG[10:20]] + [end]
+    parts += [sse_bytes(chunk_json(t)) for t in LONG[20:]] + [
+        sse_bytes(chunk_json(finish="stop")), sse_bytes("[DONE]")]
+    upstream.push(Scenario(parts=parts))
+    client = app.test_client()
+    response = client.post("/api/gpt/get", json={"message": "hi"}, headers=RESUMABLE,
+                           buffered=False)
+    body = read_until(response, 10)
+    reply_id = response.headers["X-Reply-Id"]
+    server.stop()
+    middle.set()  # ten more events, whose write fails
+    body += read_until(response, 10)
+    until(lambda: failures in metrics.exposition()[0], "the failed write is counted")
+    end.set()
+    body += b"".join(response.response)
     events = events_of(body)
     assert text_of(events) == LONG_TEXT  # the live client got every word,
     assert events[-1][1] == "done"  # and its end, no error
@@ -487,35 +517,33 @@ def test_redis_dying_mid_reply_leaves_the_live_reply_whole_and_resuming_unavaila
     assert b'gpt_proxy_resumable_replies_total{state="unlogged"} 1.0' in metrics.exposition()[0]
 
 
-def test_a_reply_whose_log_failed_is_stopped_at_once_when_its_client_leaves(made, upstream):
+def test_a_reply_whose_log_failed_is_stopped_at_once_when_its_client_leaves(made, upstream,
+                                                                            own_redis):
     """Nobody could come back for it: no grace period, the upstream is closed at once."""
-    server = RedisServer()
-    try:
-        app = made(reply_store=server.url)
-        metrics = app.extensions["gpt_proxy"].metrics
-        gate = threading.Event()
-        parts = [sse_bytes(chunk_json(t)) for t in LONG[:5]] + [gate]
-        parts += [sse_bytes(chunk_json(t)) for t in LONG[5:10]]
-        upstream.push(Scenario(parts=parts, hold_open=True))
-        client = app.test_client()
-        response = client.post("/api/gpt/get", json={"message": "hi"}, headers=RESUMABLE,
-                               buffered=False)
-        read_until(response, 5)
-        server.stop()
-        gate.set()  # five more events: their write fails
-        read_until(response, 5)
-        until(lambda: b"gpt_proxy_reply_log_failures_total 1.0" in metrics.exposition()[0],
-              "the failed write is noticed")
-        left = time.monotonic()
-        response.close()
-        assert upstream.wait_for_request().seconds_to_close(left) < 1.0
-    finally:
-        server.stop()
+    server = own_redis
+    app = made(reply_store=server.url)
+    metrics = app.extensions["gpt_proxy"].metrics
+    gate = threading.Event()
+    parts = [sse_bytes(chunk_json(t)) for t in LONG[:5]] + [gate]
+    parts += [sse_bytes(chunk_json(t)) for t in LONG[5:10]]
+    upstream.push(Scenario(parts=parts, hold_open=True))
+    client = app.test_client()
+    response = client.post("/api/gpt/get", json={"message": "hi"}, headers=RESUMABLE,
+                           buffered=False)
+    read_until(response, 5)
+    server.stop()
+    gate.set()  # five more events: their write fails
+    read_until(response, 5)
+    until(lambda: b"gpt_proxy_reply_log_failures_total 1.0" in metrics.exposition()[0],
+          "the failed write is noticed")
+    left = time.monotonic()
+    response.close()
+    assert upstream.wait_for_request().seconds_to_close(left) < 1.0
 
 
 def test_redis_down_when_a_reply_starts_leaves_it_whole_and_resuming_unavailable(
-        made, upstream, caplog):
-    server = RedisServer()
+        made, upstream, caplog, own_redis):
+    server = own_redis
     app = made(reply_store=server.url)
     metrics = app.extensions["gpt_proxy"].metrics
     server.stop()
@@ -575,8 +603,10 @@ def _token_events() -> list[bytes]:
 
 
 def _redis_usage(client, prefix: str) -> tuple[int, int]:
-    """(keys, bytes) of every key under `prefix`, as MEMORY USAGE counts them."""
-    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+    """(keys, bytes) of the replies' keys under `prefix` (not the worker's lease), as MEMORY
+    USAGE counts them."""
+    keys = [key for key in client.scan_iter(f"{prefix}:*", count=1000)
+            if not key.startswith(f"{prefix}:worker:".encode())]
     return len(keys), sum(client.memory_usage(key, samples=0) or 0 for key in keys)
 
 

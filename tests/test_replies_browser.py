@@ -1,15 +1,16 @@
 """The web terminal resumes a reply by itself, in Debian's Chromium: its connection reset
 mid-reply by a proxy the test controls (tests/tcp_proxy.py), the page shows "reconnecting..."
 while the server cannot be reached, then the whole reply exactly once, the upstream asked
-once; Ctrl+C cancels the reply on the server (DELETE), which closes the upstream within a
-second rather than after the grace period.
+once; Ctrl+C cancels the reply on the server (DELETE), which closes the upstream rather than
+the grace period (ten minutes here) running out.
 
-Waiting is Playwright's or a threading Event, never a sleep."""
+Waiting is Playwright's or a threading Event, never a sleep; deadlines are generous
+(WAIT_MS), never a bound on how fast the machine is: the 1 s promise of a cancel is timed
+without a browser, in test_replies.py and test_replies_live.py."""
 
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -27,9 +28,11 @@ TEXT = "".join(TOKENS)
 
 @pytest.fixture()
 def behind_proxy(fake_upstream, tmp_path):
-    """A gunicorn of its own (one worker, replies kept in its memory: memory://), and the
-    proxy the page reaches it through."""
-    with serve(fake_upstream, tmp_path, HEARTBEAT_SECONDS="1") as server:
+    """A gunicorn of its own (one worker, replies kept in its memory: memory://, a grace
+    period of ten minutes, so only a cancel stops a reply early), and the proxy the page
+    reaches it through."""
+    with serve(fake_upstream, tmp_path, HEARTBEAT_SECONDS="1",
+               RESUME_GRACE_SECONDS="600") as server:
         proxy = CuttingProxy(server.port)
         try:
             yield server, proxy
@@ -100,7 +103,8 @@ def test_a_connection_gone_silent_mid_reply_is_given_up_and_the_reply_resumed(
     expect()(answer).to_have_text("".join(TOKENS[:6]).strip())
     proxy.freeze(b"POST /api/gpt/get")
     gate.set()  # the rest is sent into the frozen connection, and lost there
-    with term.page.expect_request(lambda r: "/api/replies/" in r.url, timeout=15_000):
+    # the page gives up after 2 x heartbeat + 5 s = 7 s, then resumes: that, plus WAIT_MS
+    with term.page.expect_request(lambda r: "/api/replies/" in r.url, timeout=7_000 + WAIT_MS):
         pass
     term.wait_idle()
     assert answer.inner_text().strip() == TEXT.strip()
@@ -109,18 +113,19 @@ def test_a_connection_gone_silent_mid_reply_is_given_up_and_the_reply_resumed(
     assert term.page.locator("#output .error").count() == 0
 
 
-def test_ctrl_c_cancels_the_reply_on_the_server_within_a_second(open_terminal, behind_proxy,
-                                                                upstream):
-    """The grace period is 30 s here: only the page's DELETE closes the upstream this fast."""
-    _, proxy = behind_proxy
+def test_ctrl_c_cancels_the_reply_on_the_server(open_terminal, behind_proxy, upstream):
+    """The grace period is ten minutes here: only the page's DELETE closes the upstream within
+    WAIT_MS, and the access line says the reply was cancelled."""
+    server, proxy = behind_proxy
     upstream.push(Scenario(parts=[sse_bytes(chunk_json(token)) for token in TOKENS[:3]],
                            hold_open=True))
     term = open_terminal(url=proxy.url)
     seen = requests_seen(term)
     term.type_command("gpt chat tell me a long story")
     expect()(term.last(".reply .answer")).to_have_text("".join(TOKENS[:3]).strip())
-    pressed = time.monotonic()
     term.input.press("Control+c")
-    assert upstream.wait_for_request().seconds_to_close(pressed, wait=WAIT_MS / 1000) < 1.0
+    assert upstream.wait_for_request().disconnected.wait(WAIT_MS / 1000), "never closed"
     expect()(term.last(".reply .note")).to_contain_text("stopped")
     assert [method for method, url, _ in seen if "/api/replies/" in url] == ["DELETE"]
+    assert "resumable=cancelled" in server.wait_for_log("path=/api/gpt/get",
+                                                        timeout=WAIT_MS / 1000)

@@ -2,7 +2,8 @@
 redis-server, behind Debian's nginx taking turns between them. A client cut off mid-reply
 comes back through nginx, lands on the other instance, and gets exactly the rest while the
 upstream is asked once; nobody coming back closes the upstream after the grace period; a
-cancel sent to the other instance closes it within a second.
+cancel sent to the other instance closes it within a second; a HEAD of a streaming reply
+(`curl -I`), to either instance, changes nothing (also with the memory store).
 
 Waiting is on events (the fake upstream's records, the stream's own bytes, a log line),
 never a sleep; the one time bounds asserted are the README's promises (the grace period,
@@ -264,3 +265,56 @@ def test_a_graceful_reload_lets_a_reply_whose_client_left_finish(pair, upstream,
         after = follower.rest()
         assert text_of(before + after) == LONG_TEXT and after[-1][1] == "done", after
         assert worker.wait(20) is not None or not worker.is_running()
+
+
+def _head(port: int, path: str, headers: dict | None = None) -> http.client.HTTPResponse:
+    """A HEAD, as `curl -I` sends it."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    conn.request("HEAD", path, headers=headers or {})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response
+
+
+def _head_changes_nothing(servers: list, holder: int, upstream) -> None:
+    """A reply streams from `servers[holder]`; HEADs of it to every instance (and of an unknown
+    id) answer the GET's headers; the live client stays attached (its heartbeats go on past
+    the follower's lease and the grace period) and reads the reply to its end."""
+    scenario, gate = gated(LONG, 10)
+    upstream.push(scenario)
+    first = Stream(servers[holder].port, "POST", "/api/gpt/get", {"message": "hi"}, RESUMABLE)
+    before = first.events(11)
+    reply_id = first.header("X-Reply-Id")
+    for server in servers:
+        for headers in ({}, {"Last-Event-ID": "10"}):
+            head = _head(server.port, f"/api/replies/{reply_id}", headers)
+            assert head.status == 200, (server.url, head.status)
+            assert head.getheader("Content-Type").startswith("text/event-stream")
+        assert _head(server.port, f"/api/replies/{'x' * 32}").status == 404
+    record = upstream.wait_for_request()
+    comments = first.comments
+    attached_until = time.monotonic() + GRACE + 1  # past the grace period: nothing ends it
+    while time.monotonic() < attached_until:
+        assert first.read() == ([], False)
+    assert first.comments >= comments + 2 and not record.disconnected.is_set()
+    gate.set()
+    after = first.rest()
+    events = before + after
+    assert text_of(events) == LONG_TEXT and after[-1][1] == "done", after[-3:]
+    assert ids_of(events) == list(range(len(events)))
+    assert len(upstream.records) == 1
+    line = servers[holder].wait_for_log(f"id={first.header('X-Request-Id')} ", "result=ok")
+    assert "resumable=attached" in line, line  # its client stayed: nothing took it over
+
+
+def test_a_head_of_a_streaming_reply_changes_nothing_on_any_instance(pair, upstream):
+    servers, _ = pair
+    _head_changes_nothing(servers, 0, upstream)
+
+
+def test_a_head_of_a_streaming_reply_changes_nothing_with_the_memory_store(fake_upstream,
+                                                                          upstream, tmp_path):
+    with serve(fake_upstream, tmp_path, RESUME_GRACE_SECONDS=str(GRACE),
+               HEARTBEAT_SECONDS="0.5") as server:
+        _head_changes_nothing([server], 0, upstream)

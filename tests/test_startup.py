@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -22,8 +25,9 @@ import requests
 from gpt_proxy import create_app, startup
 from gpt_proxy.config import load_config
 
-from .conftest import ROOT, TEST_DATABASE
+from .conftest import ROOT, TEST_DATABASE, until
 from .processes import free_port, stop_process, wait_port
+from .skip_report import missing
 
 NOBODY = 65534
 
@@ -365,9 +369,7 @@ def read_only_env(tmp_path: Path, **env: str) -> dict:
 def read_only_root():
     """The prefix that runs a command on a read-only root (root only: `unshare -m`)."""
     if os.geteuid() != 0 or not shutil.which("unshare"):
-        if os.environ.get("CI"):
-            pytest.fail("CI runs as root with util-linux's unshare; this test needs both")
-        pytest.skip("a mount namespace needs root")
+        missing("a mount namespace needs root and util-linux's unshare (CI runs as root)")
     shm = Path(tempfile.mkdtemp(prefix="gpt_proxy-ro-", dir="/dev/shm"))
     yield ("unshare", "--mount", "sh", "-c", READ_ONLY, "read-only"), shm
     shutil.rmtree(shm, ignore_errors=True)
@@ -411,3 +413,195 @@ def test_on_a_read_only_root_a_store_without_a_volume_stops_start_up(read_only_r
     assert f"mount a named volume there (-v gpt_proxy_data:{tmp_path / 'data'})" in result.stderr
     assert "chown" not in result.stderr  # ownership is not the problem here
     assert "Traceback" not in result.stderr
+
+
+# --- waiting for the database and Redis -----------------------------------------------------
+
+class Clock:
+    """A clock that moves only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def refusing(times: int, clock: Clock | None = None):
+    """A probe that is unreachable `times` times, then answers."""
+    calls = []
+
+    def probe(seconds: float) -> None:
+        calls.append(seconds)
+        if len(calls) <= times:
+            raise startup.Unreachable("Connection refused")
+    probe.calls = calls
+    return probe
+
+
+def test_a_late_service_is_awaited_with_a_doubling_backoff_each_try_one_line():
+    clock, lines = Clock(), []
+    service = startup.Awaited("PostgreSQL", "db:5432", ("DATABASE_URL",), refusing(6))
+    startup.wait_for([service], 60, lines.append, clock=clock, sleep=clock.sleep)
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+    assert len(lines) == 7 and all("\n" not in line for line in lines)
+    assert lines[0] == ("waiting for PostgreSQL at db:5432 (DATABASE_URL): Connection refused; "
+                        "try 1, next in 0.5 s (60 s left)")
+    assert lines[-1] == "PostgreSQL at db:5432 (DATABASE_URL) answers, after 7 tries"
+
+
+def test_a_service_that_never_answers_stops_start_up_at_the_bound_with_one_line():
+    clock, lines = Clock(), []
+    service = startup.Awaited("Redis", "redis:6379", ("CONVERSATION_STORE", "REPLY_STORE"),
+                              refusing(10**6))
+    with pytest.raises(startup.StartupError) as raised:
+        startup.wait_for([service], 20, lines.append, clock=clock, sleep=clock.sleep)
+    assert clock.now == 20  # the last wait is cut to the bound
+    assert str(raised.value) == (
+        "Redis at redis:6379 (CONVERSATION_STORE, REPLY_STORE) did not answer within 20 s "
+        "(STARTUP_WAIT_SECONDS): Connection refused. Check that it runs and that the address "
+        "is right")
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 2.5] and len(lines) == 7
+
+
+def test_what_waiting_cannot_mend_stops_start_up_at_once():
+    clock = Clock()
+
+    def wrong_password(seconds: float) -> None:
+        raise startup.StartupError("PostgreSQL at db:5432 (DATABASE_URL) refused the "
+                                   "connection: password authentication failed")
+    with pytest.raises(startup.StartupError):
+        startup.wait_for([startup.Awaited("PostgreSQL", "db:5432", ("DATABASE_URL",),
+                                          wrong_password)], 60, print, clock=clock,
+                         sleep=clock.sleep)
+    assert clock.sleeps == []
+
+
+def test_the_awaited_services_are_named_by_address_and_setting_never_password():
+    config = load_config({}).replace(
+        database_url="postgresql://gp:pg-SECRET@db.internal:6543/gp",
+        conversation_store="redis://:r-SECRET@cache:6379/0",
+        rate_limit_storage="redis://:r-SECRET@cache:6379/1",
+        reply_store="redis://other:6380/2")
+    named = [(s.what, s.where, s.settings) for s in startup.awaited_services(config)]
+    assert named == [("PostgreSQL", "db.internal:6543", ("DATABASE_URL",)),
+                     ("Redis", "cache:6379", ("CONVERSATION_STORE", "RATE_LIMIT_STORAGE")),
+                     ("Redis", "other:6380", ("REPLY_STORE",))]
+    assert startup.awaited_services(load_config({})) == []  # SQLite and memory://: nothing
+
+
+def test_a_refused_postgres_probe_is_unreachable_without_its_password():
+    port = free_port()
+    probe = startup._postgres_probe(f"postgresql://gp:pg-SECRET@127.0.0.1:{port}/gp",
+                                    "DATABASE_URL")
+    with pytest.raises(startup.Unreachable) as raised:
+        probe(2)
+    assert "refused" in str(raised.value).lower() and "SECRET" not in str(raised.value)
+
+
+class LateListener:
+    """A port that refuses connections until `open()`; then it carries them to `target_port`
+    (a real PostgreSQL or Redis that, to the service, comes up only now)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port, self.target_port = free_port(), target_port
+        self.listener = None
+
+    def open(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            server.settimeout(None)
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            sink.close()
+
+    def close(self) -> None:
+        if self.listener:
+            self.listener.close()
+
+
+def test_gunicorn_waits_for_a_postgres_and_a_redis_that_come_up_later_then_serves(
+        postgres, redis_url, tmp_path):
+    """The trap: podman-compose started an instance before PostgreSQL listened; it died
+    (`cannot be migrated: connection refused`) and relied on the restart policy. Now it waits,
+    one line per try, and serves once both answer."""
+    database = urlsplit(postgres.new_database())
+    late_db, late_redis = LateListener(database.port), LateListener(urlsplit(redis_url).port)
+    env = gunicorn_env(
+        tmp_path, STARTUP_WAIT_SECONDS="60",
+        DATABASE_URL=f"postgresql://postgres:pg-SECRET@127.0.0.1:{late_db.port}"
+                     f"{database.path}",
+        CONVERSATION_STORE=f"redis://127.0.0.1:{late_redis.port}/7",
+        REPLY_STORE=f"redis://127.0.0.1:{late_redis.port}/8")
+    server = Server(env, tmp_path / "gunicorn.log")
+    try:
+        waiting = f"waiting for PostgreSQL at 127.0.0.1:{late_db.port} (DATABASE_URL): "
+        until(lambda: server.log().count(waiting) >= 2, "it never waited for PostgreSQL", 30)
+        late_db.open()
+        waiting = (f"waiting for Redis at 127.0.0.1:{late_redis.port} (CONVERSATION_STORE, "
+                   "REPLY_STORE): ")
+        until(lambda: server.log().count(waiting) >= 2, "it never waited for Redis", 30)
+        late_redis.open()
+        server.wait()
+        assert requests.get(f"{server.url}/healthz", timeout=10).json()["status"] == "ok"
+        log = server.log()
+        assert f"PostgreSQL at 127.0.0.1:{late_db.port} (DATABASE_URL) answers, after" in log
+        assert "SECRET" not in log and "Traceback" not in log
+    finally:
+        server.stop()
+        late_db.close()
+        late_redis.close()
+
+
+def test_gunicorn_stops_with_one_line_when_the_database_never_comes(tmp_path):
+    port = free_port()
+    env = gunicorn_env(tmp_path, STARTUP_WAIT_SECONDS="2",
+                       DATABASE_URL=f"postgresql://gp:pg-SECRET@127.0.0.1:{port}/gp")
+    result = run_to_exit(env)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"gpt_proxy: cannot start: PostgreSQL at 127.0.0.1:{port} "
+                           "(DATABASE_URL) did not answer within 2 s (STARTUP_WAIT_SECONDS): ")
+    assert result.stderr.count(f"waiting for PostgreSQL at 127.0.0.1:{port}") >= 2
+    assert "Traceback" not in result.stderr and "SECRET" not in result.stderr
+    assert "Booting worker" not in result.stderr
+
+
+@pytest.mark.parametrize(("env", "said", "not_said"), [
+    ({"AUTH": "users", "PROXY_TOKEN": "admin-token-123"},
+     "accounts and their keys (AUTH=users; PROXY_TOKEN is the admin's credential for "
+     "/api/admin/*, no client's)", "proxy token required"),
+    ({"PROXY_TOKEN": "client-token-123"},
+     "clients send PROXY_TOKEN as a Bearer token (AUTH=token)", "accounts"),
+    ({}, "open to anyone who reaches it (AUTH=open", "PROXY_TOKEN as"),
+])
+def test_the_start_line_says_who_may_call_in_the_terms_of_auth(tmp_path, env, said, not_said):
+    server = Server(gunicorn_env(tmp_path, **env), tmp_path / "gunicorn.log")
+    try:
+        server.wait()
+        [line] = [line for line in server.log().splitlines() if "gpt_proxy: upstream" in line]
+        assert said in line and not_said not in line
+        assert "admin-token-123" not in line and "client-token-123" not in line
+    finally:
+        server.stop()

@@ -127,6 +127,11 @@ export const COMMANDS = [
   },
   { name: "user logout", usage: "user logout", about: "Sign out (this browser's session ends)." },
   { name: "user password", usage: "user password", about: "Change your password: the terminal asks for the current one and the new one, hidden. Your other sessions end." },
+  {
+    name: "console",
+    usage: "console",
+    about: "Open the console in this tab: your keys, budgets and usage as charts (admins: users, budgets, the ledger, upstreams). Back returns here.",
+  },
   { name: "clear", usage: "clear", about: "Clear the screen (also Ctrl+L)." },
   { name: "history", usage: "history [-c]", about: "List the commands typed before (Up/Down walk them).", options: [["-c", "forget them"]] },
   { name: "help", usage: "help [command]", about: "List the commands, or explain one: help gpt chat." },
@@ -140,7 +145,7 @@ const KEYS = [
   ["Ctrl+L", "clear the screen"],
 ];
 
-export const TOP = ["gpt", "user", "clear", "history", "help"];
+export const TOP = ["gpt", "user", "console", "clear", "history", "help"];
 export const GPT_SUBCOMMANDS = COMMANDS.filter((c) => c.name.startsWith("gpt ")).map((c) => c.name.slice(4));
 export { USER_SUBCOMMANDS };
 
@@ -165,7 +170,11 @@ export async function runCommand(line, app) {
     const [name, ...rest] = words;
     if (name === "gpt") await gpt(rest, app, { ...parsed, line });
     else if (name === "user") await user(rest, app);
-    else if (name === "clear") {
+    else if (name === "console") {
+      noArguments("console", rest);
+      term.print("opening the console…", "dim");
+      window.location.assign("/console");
+    } else if (name === "clear") {
       noArguments("clear", rest);
       term.clear();
     } else if (name === "history") history(rest, app);
