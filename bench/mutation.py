@@ -73,7 +73,8 @@ MODULES: dict[str, Module] = {
         "tests/test_identity.py")),
     "budgets": Module("gpt_proxy/budgets.py", (
         "tests/test_budgets.py", "tests/test_budgets_doors.py")),
-    "replies": Module("gpt_proxy/replies.py", ("tests/test_replies.py",)),
+    "replies": Module("gpt_proxy/replies.py", ("tests/test_replies.py",),
+                      deselect="not gunicorn and not 1000_replies"),
 }
 
 # mutmut's exit codes per mutant (mutmut.stats.status_by_exit_code, summarised)

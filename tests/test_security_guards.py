@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpt_proxy import security
+from gpt_proxy import create_app, security
 
 from .conftest import TEST_KEY, make_config
 from .test_security import CHAT, TOKEN, assert_json_error, auth, chat_as, make_client
@@ -38,8 +38,6 @@ def test_without_a_host_header_the_server_name_is_checked(upstream):
 # --- CORS -----------------------------------------------------------------------------------
 
 def users_client(upstream, tmp_path, origins):
-    from gpt_proxy import create_app
-
     return create_app(make_config(
         openai_base_url=upstream.url, auth="users", cors_origins=origins,
         database_url=f"sqlite:///{tmp_path}/gpt_proxy.db",
@@ -155,3 +153,34 @@ def test_the_token_comparison_is_exact(upstream):
     assert security.token_matches(TOKEN, TOKEN)
     assert not security.token_matches(TOKEN, TOKEN + "x")
     assert not security.token_matches("", TEST_KEY)
+
+
+def test_a_redis_that_never_answers_holds_no_request_for_long(upstream):
+    """A rate-limit store that accepts connections and then says nothing (a hung Redis): the
+    client is given 1 s to connect and 1 s per answer (redis-py waits longer without them),
+    then the limits in memory apply."""
+    import socket
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes the connections; nobody ever reads or answers
+    try:
+        app = create_app(make_config(
+            openai_base_url=upstream.url, rate_limit="2/minute",
+            rate_limit_storage=f"redis://127.0.0.1:{silent.getsockname()[1]}/0"))
+        [limiter] = app.extensions["limiter"]
+        options = limiter._storage.storage.connection_pool.connection_kwargs
+        assert (options["socket_connect_timeout"], options["socket_timeout"]) == (1, 1)
+        client = app.test_client()
+        codes: list[int] = []
+
+        def ask():
+            codes.extend(chat_as(client, "10.0.0.8").status_code for _ in range(3))
+        worker = threading.Thread(target=ask, daemon=True)
+        worker.start()
+        worker.join(timeout=120)  # generous: a few seconds each even on a loaded machine
+        assert not worker.is_alive(), "a request is still waiting for the silent Redis"
+        assert codes == [200, 200, 429]
+    finally:
+        silent.close()
