@@ -66,8 +66,9 @@ MODULES: dict[str, Module] = {
         "tests/test_accounts.py", "tests/test_bad_input.py", "tests/test_user_protocol.py",
         "tests/test_vary_origin.py")),
     "accounts": Module("gpt_proxy/accounts.py", (
-        "tests/test_accounts.py", "tests/test_login_throttle.py", "tests/test_bad_input.py",
-        "tests/test_identity.py", "tests/test_identity_guards.py")),
+        "tests/test_accounts.py", "tests/test_accounts_guards.py", "tests/test_login_throttle.py",
+        "tests/test_bad_input.py", "tests/test_identity.py", "tests/test_identity_guards.py",
+        "tests/test_roles_api.py")),
     "security": Module("gpt_proxy/security.py", (
         "tests/test_security.py", "tests/test_security_guards.py", "tests/test_vary_origin.py",
         "tests/test_identity.py")),
