@@ -150,3 +150,81 @@ def test_a_role_is_found_by_its_own_keyword_among_several(accounts):
             change()
         assert (unknown.value.code, unknown.value.field) == ("unknown_role", "keyword")
         assert "gamma" in str(unknown.value)
+
+
+# --- keys and sessions at their bounds ------------------------------------------------------------
+
+def test_a_key_lookup_names_the_key_and_its_own_times(accounts, clock):
+    """The lookup joins the key to its user: the key's id and creation time are the key's,
+    never the user's (here they differ: bob is user 2, his key is key 1)."""
+    accounts.create_user("ann", "correct horse")
+    clock.now += 100
+    bob = accounts.create_user("bob", "battery staple")
+    clock.now += 100
+    made, secret = accounts.create_key(bob.id, "bob's", expires=clock.now + 3600)
+    found = accounts.key(secret).key
+    assert (found.id, found.user_id, found.name) == (made.id, bob.id, "bob's")
+    assert found.id != bob.id and found.created == made.created == clock.now
+    assert found.expires == clock.now + 3600
+
+
+def test_a_key_stops_at_its_expiry_exactly(accounts, clock):
+    user = accounts.create_user("ann", "correct horse")
+    with pytest.raises(BadRequest) as refused:
+        accounts.create_key(user.id, "now", expires=clock.now)
+    assert refused.value.field == "expires"
+    _, cached = accounts.create_key(user.id, "cached", expires=clock.now + 10)
+    _, fresh = accounts.create_key(user.id, "fresh", expires=clock.now + 10)
+    assert accounts.key(cached) is not None  # now in this process's cache
+    clock.now += 10
+    assert accounts.key(cached) is None  # from the cache
+    assert accounts.key(fresh) is None  # from the database
+
+
+def test_a_session_stops_at_its_expiry_exactly(db, clock):
+    accounts = Accounts(db, session_days=1, clock=clock)
+    token = accounts.new_session(accounts.create_user("ann", "correct horse"))
+    clock.now += 86400
+    assert accounts.session(token) is None
+
+
+def test_a_session_moves_on_after_an_hour_exactly_and_then_not_again_for_an_hour(accounts,
+                                                                               clock):
+    from gpt_proxy.accounts import CACHE_SECONDS, SESSION_REFRESH_SECONDS
+
+    token = accounts.new_session(accounts.create_user("ann", "correct horse"))
+    clock.now += SESSION_REFRESH_SECONDS
+    assert accounts.session(token).refreshed
+    clock.now += CACHE_SECONDS + 1  # past this process's cache, within the hour
+    assert not accounts.session(token).refreshed
+
+
+def test_a_user_has_at_most_100_keys(accounts):
+    user = accounts.create_user("ann", "correct horse")
+    for number in range(100):
+        accounts.create_key(user.id, f"key {number}")
+    with pytest.raises(BadRequest) as refused:
+        accounts.create_key(user.id, "one more")
+    assert refused.value.code == "too_many_keys" and "100" in str(refused.value)
+
+
+def test_a_key_for_an_unknown_user_is_a_404(accounts):
+    with pytest.raises(NotFound) as refused:
+        accounts.create_key(31337, "nobody's")
+    assert refused.value.code == "unknown_user" and "31337" in str(refused.value)
+
+
+def test_text_fields_bounds_and_their_field():
+    from gpt_proxy.accounts import check_keyword, check_text
+
+    assert check_text(None, "note", 10, required=False) == ""
+    assert check_text("x" * 10, "note", 10) == "x" * 10
+    for value in (None, "", "  ", 5, "x" * 11, "bad\ud800"):
+        with pytest.raises(BadRequest) as refused:
+            check_text(value, "note", 10)
+        assert refused.value.field == "note" and "'note'" in str(refused.value)
+    assert [check_keyword(k) for k in ("a", "x_y.z-1")] == ["a", "x_y.z-1"]
+    for value in (7, "", "a b", "k" * (MAX_KEYWORD + 1)):
+        with pytest.raises(BadRequest) as refused:
+            check_keyword(value)
+        assert refused.value.field == "keyword" and str(refused.value)
