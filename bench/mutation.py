@@ -73,7 +73,7 @@ MODULES: dict[str, Module] = {
         "tests/test_security.py", "tests/test_security_guards.py", "tests/test_vary_origin.py",
         "tests/test_identity.py")),
     "budgets": Module("gpt_proxy/budgets.py", (
-        "tests/test_budgets.py", "tests/test_budgets_doors.py")),
+        "tests/test_budgets.py", "tests/test_budgets_guards.py", "tests/test_budgets_doors.py")),
     "replies": Module("gpt_proxy/replies.py", ("tests/test_replies.py",),
                       deselect="not gunicorn and not 1000_replies"),
 }

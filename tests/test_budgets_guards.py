@@ -1,0 +1,79 @@
+"""The guards of gpt_proxy/budgets.py that the mutation run (bench/mutation.py) found no test
+holding: deleting a budget touches that budget only and an unknown one is a 404, each budget
+shows its own counter, the open-reservation drift counts a counter holding exactly 1 and a
+row held by no counter, a ledger row's charges worked out the old way, and the export's
+time bounds."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import sqlalchemy as sa
+
+from gpt_proxy.budgets import Spent, charges
+from gpt_proxy.errors import NotFound
+
+from .test_budgets import ask, at, budgets, clock, counter  # noqa: F401 - fixtures
+
+
+def test_deleting_a_budget_deletes_it_and_its_counters_only(budgets, db):  # noqa: F811
+    gone = budgets.set_budget("key", 7, "tokens", "day", 1000)
+    kept = budgets.set_budget("key", 7, "requests", "day", 10)
+    budgets.settle(budgets.admit(ask(), None, 7), Spent(30, 12))
+    assert counter(db, gone) == (42, 0) and counter(db, kept) == (1, 0)
+    budgets.delete_budget(gone.id)
+    assert [b.id for b in budgets.list_budgets()] == [kept.id]
+    assert counter(db, gone) == (0, 0) and counter(db, kept) == (1, 0)
+    with pytest.raises(NotFound) as unknown:
+        budgets.delete_budget(gone.id)
+    assert unknown.value.code == "unknown_budget" and str(gone.id) in str(unknown.value)
+
+
+def test_each_budget_shows_its_own_counter(budgets):  # noqa: F811
+    tokens = budgets.set_budget("key", 7, "tokens", "day", 1000)
+    requests = budgets.set_budget("key", 7, "requests", "day", 10)
+    budgets.settle(budgets.admit(ask(), None, 7), Spent(30, 12))
+    shown = {row["unit"]: row for row in budgets.standing([requests, tokens])}
+    assert (shown["tokens"]["spent"], shown["tokens"]["left"]) == (42, 958)
+    assert (shown["requests"]["spent"], shown["requests"]["left"]) == (1, 9)
+
+
+def test_drift_counts_a_counter_of_one_and_a_row_no_counter_holds(budgets, db):  # noqa: F811
+    requests = budgets.set_budget("key", 7, "requests", "total", 10)
+    budgets.admit(ask(), None, 7)  # one open row holding 1, a counter reserving 1
+    assert budgets.reservations() == (1, {"tokens": 0, "usd": 0, "requests": 0})
+
+    def reserve(amount):
+        with db.write() as conn:
+            conn.execute(sa.text("UPDATE budget_counters SET reserved = :r WHERE budget_id = :b"),
+                         {"r": amount, "b": requests.id})
+    reserve(0)  # the row holds 1 that no counter reserves
+    assert budgets.reservations() == (1, {"tokens": 0, "usd": 0, "requests": 1})
+    reserve(3)
+    assert budgets.reservations() == (1, {"tokens": 0, "usd": 0, "requests": 2})
+
+
+@pytest.mark.parametrize("outcome,unit,charged", [
+    ("expired", "tokens", 500), ("ok", "tokens", 42), ("ok", "requests", 1),
+    ("failed", "requests", 0), ("ok", "usd", 7000), ("expired", "requests", 500)])
+def test_the_charges_of_a_row_settled_before_they_were_kept(outcome, unit, charged):
+    """Rows settled before schema 4 kept no `charges`: they are worked out from the row by the
+    rules settlement followed (an expired hold pays what it held)."""
+    row = SimpleNamespace(charges=None, holds=f'[[3, "total", "{unit}", 500]]', outcome=outcome,
+                          prompt_tokens=30, completion_tokens=12, cost=7000)
+    assert charges(row) == [(3, "total", charged)]
+    assert charges(SimpleNamespace(charges=None, holds=None, outcome="ok")) == []
+    assert charges(SimpleNamespace(charges='[[3, "total", 9]]')) == [(3, "total", 9)]
+
+
+def test_the_export_takes_rows_from_since_up_to_before_until(budgets, clock):  # noqa: F811
+    budgets.set_budget("key", 7, "requests", "total", 10)
+    start = clock.now
+    for second in range(3):
+        clock.now = start + second
+        budgets.settle(budgets.admit(ask(request_id=f"r{second}"), None, 7), Spent(1, 1))
+    rows = list(budgets.rows(since=start + 1, until=start + 2))
+    assert [row["request_id"] for row in rows] == ["r1"]
+    assert [row["request_id"] for row in budgets.rows(limit=2)] == ["r0", "r1"]
+    assert at("2026-11-30T12:00:00") == start
