@@ -77,3 +77,40 @@ def test_the_export_takes_rows_from_since_up_to_before_until(budgets, clock):  #
     assert [row["request_id"] for row in rows] == ["r1"]
     assert [row["request_id"] for row in budgets.rows(limit=2)] == ["r0", "r1"]
     assert at("2026-11-30T12:00:00") == start
+
+
+def test_the_check_adds_up_every_open_row_of_a_counter(budgets, db):  # noqa: F811
+    tokens = budgets.set_budget("key", 7, "tokens", "total", 10_000)
+    for name in ("a", "b", "c"):
+        budgets.admit(ask(request_id=name), None, 7)  # three open rows, one counter
+    assert counter(db, tokens) == (0, 450)
+    assert budgets.check() == []
+    with db.write() as conn:
+        conn.execute(sa.text("UPDATE budget_counters SET reserved = 300 WHERE budget_id = :b"),
+                     {"b": tokens.id})
+    [drift] = budgets.check()
+    assert (drift.reserved, drift.ledger_reserved) == (300, 450)
+
+
+def test_a_used_up_total_budget_says_it_never_resets(budgets):  # noqa: F811
+    from gpt_proxy.errors import OverBudget
+
+    budgets.set_budget("key", 7, "requests", "total", 1)
+    budgets.admit(ask(), None, 7)
+    with pytest.raises(OverBudget) as refused:
+        budgets.admit(ask(request_id="again"), None, 7)
+    assert refused.value.code == "budget_exceeded" and refused.value.status == 429
+    assert "does not reset" in refused.value.message
+    assert "Retry-After" not in refused.value.headers
+
+
+def test_a_budget_resetting_in_under_a_second_says_retry_in_1(budgets, clock):  # noqa: F811
+    from gpt_proxy.errors import OverBudget
+
+    budgets.set_budget("key", 7, "requests", "minute", 1)
+    clock.now = 1_800_000_059.5  # half a second before the minute ends
+    budgets.admit(ask(), None, 7)
+    with pytest.raises(OverBudget) as refused:
+        budgets.admit(ask(request_id="again"), None, 7)
+    assert refused.value.code == "rate_limit_exceeded"
+    assert refused.value.headers["Retry-After"] == "1"
