@@ -228,3 +228,37 @@ def test_text_fields_bounds_and_their_field():
         with pytest.raises(BadRequest) as refused:
             check_keyword(value)
         assert refused.value.field == "keyword" and str(refused.value)
+
+
+def test_a_cached_key_stops_at_its_expiry_exactly(accounts, clock):
+    """Within the half second a lookup is cached, the key's own expiry still counts."""
+    user = accounts.create_user("ann", "correct horse")
+    _, secret = accounts.create_key(user.id, "brief", expires=clock.now + 0.25)
+    assert accounts.key(secret) is not None  # cached for 0.5 s
+    clock.now += 0.25
+    assert accounts.key(secret) is None
+
+
+def test_enabling_a_user_again_does_not_bring_old_sessions_back(accounts):
+    user = accounts.create_user("ann", "correct horse")
+    token = accounts.new_session(user)
+    accounts.set_disabled(user.id, True)
+    accounts.set_disabled(user.id, False)
+    assert accounts.session(token) is None
+
+
+def test_a_role_update_changes_what_it_names_and_nothing_else(accounts):
+    user = accounts.create_user("ann", "correct horse")
+    accounts.create_role(user.id, "tutor", "Tutor", "helps", [("system", "teach")])
+    changed = accounts.update_role(user.id, "tutor", description="explains")
+    assert (changed.name, changed.description) == ("Tutor", "explains")
+    changed = accounts.update_role(user.id, "tutor", name="Teacher")
+    assert (changed.name, changed.description) == ("Teacher", "explains")
+
+
+def test_a_bad_key_name_names_its_field(accounts):
+    user = accounts.create_user("ann", "correct horse")
+    for name in ("", "x" * 101, 5):
+        with pytest.raises(BadRequest) as refused:
+            accounts.create_key(user.id, name)
+        assert refused.value.field == "name"
