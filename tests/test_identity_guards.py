@@ -102,3 +102,26 @@ def test_a_request_the_user_started_carries_the_cookie(users_app, site, status):
     response = client.post("/api/keys", json={"name": "k"},
                            headers={"Sec-Fetch-Site": site, "Origin": "https://elsewhere.example"})
     assert response.status_code == status, response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("route", ["/api/user/login", "/api/user/register"])
+@pytest.mark.parametrize("headers", [
+    {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},  # CORS_ORIGINS=*
+    {"Origin": "https://evil.example"},  # a browser that sends no Sec-Fetch-Site
+], ids=["cross-site", "origin-only"])
+def test_no_other_site_may_plant_a_session_even_when_every_origin_may_call(users_app, route,
+                                                                         headers):
+    """CORS_ORIGINS=* lets any page call the API, but a login or registration (which would
+    set the cookie) must come from this service's pages or an origin listed by name."""
+    client = users_app(cors_origins=("*",)).test_client()
+    if route.endswith("login"):
+        client.post("/api/user/register", json={"username": ANN[0], "password": ANN[1]})
+    response = client.post(route, json={"username": "zed", "password": ANN[1]}, headers=headers)
+    assert response.get_json()["code"] == 40300, response.get_json()
+    assert client.get_cookie(SESSION_COOKIE) is None
+
+
+def test_public_routes_answer_without_a_credential_when_accounts_are_on(users_app):
+    client = users_app().test_client()
+    assert client.get("/api/roles").status_code == 200
+    assert client.get("/api/keys").status_code == 401  # a route that is not public
