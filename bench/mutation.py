@@ -74,7 +74,8 @@ MODULES: dict[str, Module] = {
         "tests/test_identity.py")),
     "budgets": Module("gpt_proxy/budgets.py", (
         "tests/test_budgets.py", "tests/test_budgets_guards.py", "tests/test_budgets_doors.py")),
-    "replies": Module("gpt_proxy/replies.py", ("tests/test_replies.py",),
+    "replies": Module("gpt_proxy/replies.py", ("tests/test_replies.py",
+                                                "tests/test_replies_guards.py"),
                       deselect="not gunicorn and not 1000_replies"),
 }
 
