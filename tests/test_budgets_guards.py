@@ -114,3 +114,32 @@ def test_a_budget_resetting_in_under_a_second_says_retry_in_1(budgets, clock):  
         budgets.admit(ask(request_id="again"), None, 7)
     assert refused.value.code == "rate_limit_exceeded"
     assert refused.value.headers["Retry-After"] == "1"
+
+
+def test_what_a_budget_shows_for_its_own_window_in_its_time_zone(budgets, clock):  # noqa: F811
+    """A day is Berlin's (the budgets' time zone): at 23:30 UTC a new day has begun there, so
+    yesterday's spend is not today's; a fresh budget shows nothing spent; what is left counts
+    what is reserved and is never below 0; a total budget never resets."""
+    day = budgets.set_budget("key", 7, "requests", "day", 2)
+    total = budgets.set_budget("key", 7, "tokens", "total", 100)
+    fresh = {row["unit"]: row for row in budgets.standing([day, total])}
+    assert (fresh["requests"]["spent"], fresh["requests"]["left"]) == (0, 2)
+    assert fresh["tokens"]["resets_at"] is None
+    clock.now = at("2026-11-30T22:30:00")  # 23:30 in Berlin
+    budgets.settle(budgets.admit(ask(prompt=10, completion=10), None, 7), Spent(5, 5))
+    clock.now = at("2026-11-30T23:30:00")  # 00:30 on 1 December in Berlin
+    budgets.admit(ask(prompt=10, completion=20, request_id="open"), None, 7)  # held
+    shown = {row["unit"]: row for row in budgets.standing([day, total])}
+    assert (shown["requests"]["spent"], shown["requests"]["reserved"]) == (0, 1)
+    assert shown["requests"]["left"] == 1
+    assert (shown["tokens"]["spent"], shown["tokens"]["reserved"]) == (10, 30)
+    assert shown["tokens"]["left"] == 60
+    budgets.admit(ask(prompt=10, completion=10, request_id="last"), None, 7)
+    assert {row["unit"]: row["left"] for row in budgets.standing([day])} == {"requests": 0}
+
+
+def test_charges_of_an_old_row_without_tokens_or_cost_are_zero():
+    for unit in ("tokens", "usd"):
+        row = SimpleNamespace(charges=None, holds=f'[[3, "total", "{unit}", 500]]', outcome="ok",
+                              prompt_tokens=None, completion_tokens=None, cost=None)
+        assert charges(row) == [(3, "total", 0)]
