@@ -6,13 +6,16 @@ time bounds."""
 
 from __future__ import annotations
 
+import logging
+from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
 
-from gpt_proxy.budgets import Spent, charges
+from gpt_proxy.budgets import Ask, Budgets, Spent, charges
 from gpt_proxy.errors import NotFound
+from gpt_proxy.prices import Price
 
 from .test_budgets import ask, at, budgets, clock, counter  # noqa: F401 - fixtures
 
@@ -143,3 +146,86 @@ def test_charges_of_an_old_row_without_tokens_or_cost_are_zero():
         row = SimpleNamespace(charges=None, holds=f'[[3, "total", "{unit}", 500]]', outcome="ok",
                               prompt_tokens=None, completion_tokens=None, cost=None)
         assert charges(row) == [(3, "total", 0)]
+
+
+# --- settlement -----------------------------------------------------------------------------------
+
+class Metrics:
+    def __init__(self) -> None:
+        self.failed = 0
+
+    def settlement_failed(self) -> None:
+        self.failed += 1
+
+
+def test_a_settlement_whose_counter_is_gone_is_logged_with_its_request_and_counted(
+        db, clock, caplog):  # noqa: F811
+    metrics = Metrics()
+    budgets = Budgets(db, clock=clock, hold_seconds=600, metrics=metrics)  # noqa: F811
+    tokens = budgets.set_budget("key", 7, "tokens", "total", 10_000)
+    with caplog.at_level(logging.ERROR, logger="gpt_proxy"):
+        budgets.settle(budgets.admit(ask(request_id="fine"), None, 7), Spent(1, 1))
+        assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+        assert metrics.failed == 0
+        hold = budgets.admit(ask(request_id="orphan"), None, 7)
+        with db.write() as conn:
+            conn.execute(sa.text("DELETE FROM budget_counters WHERE budget_id = :b"),
+                         {"b": tokens.id})
+        budgets.settle(hold, Spent(1, 1))
+    [error] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "request orphan:" in error and "fine" not in error and "(0 rows touched)" in error
+    assert metrics.failed == 1
+
+
+def test_a_settlement_that_fails_is_logged_with_its_request_and_counted(
+        db, clock, caplog, monkeypatch):  # noqa: F811
+    metrics = Metrics()
+    budgets = Budgets(db, clock=clock, hold_seconds=600, metrics=metrics)  # noqa: F811
+    budgets.set_budget("key", 7, "tokens", "total", 10_000)
+    hold = budgets.admit(ask(request_id="req-42"), None, 7)
+
+    def broken(*_):
+        raise RuntimeError("disk on fire")
+    monkeypatch.setattr(budgets, "_settle", broken)
+    with caplog.at_level(logging.ERROR, logger="gpt_proxy"):
+        budgets.settle(hold, Spent(1, 1))  # never raises: the reply is over
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage() == "ledger: request req-42 not settled" and record.exc_info
+    assert metrics.failed == 1
+
+
+@pytest.mark.parametrize("reserved", [True, False], ids=["held", "unbudgeted"])
+def test_a_ledger_row_keeps_bounded_text_and_the_exact_duration(budgets, db, clock,  # noqa: F811
+                                                                reserved):
+    if reserved:
+        budgets.set_budget("key", 7, "requests", "total", 10)
+    long_ask = Ask(model="m" * 300, prompt_tokens=10, completion_tokens=10, door="test",
+                   request_id="r" * 100, role="x" * 100)
+    hold = budgets.admit(long_ask, None, 7)
+    clock.now += 1.5
+    budgets.settle(hold, Spent(3, 4, upstream="u" * 100, outcome="o" * 100, ttft_ms=12))
+    budgets.flush()
+    with db.read() as conn:
+        row = conn.execute(sa.text("SELECT * FROM ledger")).one()
+    assert (len(row.request_id), len(row.model), len(row.upstream), len(row.outcome)) == (
+        64, 200, 64, 64)
+    assert len(row.role) == 64
+    assert (row.duration_ms, row.ttft_ms) == (1500, 12)
+
+
+def test_the_cost_counts_cached_tokens_at_their_price_and_adds_the_images(
+        db, clock):  # noqa: F811
+    price = Price(Decimal("1"), Decimal("2"), Decimal("0.5"),
+                  images={"256x256": Decimal("0.01")})
+    budgets = Budgets(db, prices={"p": price}, clock=clock, hold_seconds=600)  # noqa: F811
+    budgets.set_budget("key", 7, "usd", "total", 10**12)
+    budgets.settle(budgets.admit(ask(model="p", request_id="text"), None, 7),
+                   Spent(100, 10, cached_tokens=40))
+    image_ask = Ask(model="p", prompt_tokens=10, completion_tokens=0, door="test",
+                    request_id="image", images=2, image_size="256x256")
+    budgets.settle(budgets.admit(image_ask, None, 7), Spent(10, 0, images=2))
+    with db.read() as conn:
+        costs = dict(conn.execute(sa.text("SELECT request_id, cost FROM ledger")).all())
+    assert costs["text"] == price.tokens(100, 10, 40) == 60 * 1000 + 40 * 500 + 10 * 2000
+    assert costs["image"] == price.tokens(10, 0) + price.image("256x256", 2) == (
+        10 * 1000 + 20_000_000)
