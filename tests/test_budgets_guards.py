@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from gpt_proxy.budgets import Ask, Budgets, Spent, charges
-from gpt_proxy.errors import NotFound
+from gpt_proxy.errors import BadRequest, NotFound
 from gpt_proxy.prices import Price
 
 from .test_budgets import ask, at, budgets, clock, counter  # noqa: F401 - fixtures
@@ -229,3 +229,46 @@ def test_the_cost_counts_cached_tokens_at_their_price_and_adds_the_images(
     assert costs["text"] == price.tokens(100, 10, 40) == 60 * 1000 + 40 * 500 + 10 * 2000
     assert costs["image"] == price.tokens(10, 0) + price.image("256x256", 2) == (
         10 * 1000 + 20_000_000)
+
+
+# --- which budgets, and how much -------------------------------------------------------------------
+
+def test_a_request_meets_the_service_its_users_and_its_keys_budgets_only(budgets):  # noqa: F811
+    service = budgets.set_budget("service", 99, "requests", "total", 100)
+    mine = budgets.set_budget("user", 3, "requests", "total", 100)
+    key = budgets.set_budget("key", 7, "requests", "total", 100)
+    budgets.set_budget("user", 4, "requests", "total", 100)  # another user's
+    budgets.set_budget("key", 8, "requests", "total", 100)  # another key's
+    assert [b.id for b in budgets.applying(3, 7)] == [service.id, mine.id, key.id]
+    assert [b.id for b in budgets.applying(3, None)] == [service.id, mine.id]
+    assert [b.id for b in budgets.applying(None, 7)] == [service.id, key.id]
+    assert [b.id for b in budgets.applying(None, None)] == [service.id]
+    assert [(b.scope, b.subject_id) for b in budgets.list_budgets()][0] == ("service", 0)
+
+
+@pytest.mark.parametrize("args", [
+    ("team", 1, "tokens", "day"), ("user", 1, "euros", "day"), ("user", 1, "tokens", "week")])
+def test_a_budget_of_an_unknown_scope_unit_or_period_is_refused(budgets, args):  # noqa: F811
+    with pytest.raises(BadRequest) as refused:
+        budgets.set_budget(*args, 10)
+    assert "service" in str(refused.value) and "minute" in str(refused.value)
+
+
+def test_a_budget_limit_is_a_whole_number_from_0_to_under_2_to_the_62(budgets):  # noqa: F811
+    assert budgets.set_budget("key", 1, "tokens", "day", 0).limit == 0
+    assert budgets.set_budget("key", 1, "tokens", "day", 2**62 - 1).limit == 2**62 - 1
+    for limit in (-1, 2**62, True, 1.5, "5"):
+        with pytest.raises(BadRequest) as refused:
+            budgets.set_budget("key", 1, "tokens", "day", limit)
+        assert refused.value.field == "limit" and "whole number" in str(refused.value)
+
+
+def test_an_image_request_reserves_its_images_and_its_prompt(db, clock):  # noqa: F811
+    price = Price(Decimal("1"), Decimal("2"),
+                  images={"256x256": Decimal("0.01"), "1024x1024": Decimal("0.04")})
+    budgets = Budgets(db, prices={"p": price}, clock=clock, hold_seconds=600)  # noqa: F811
+    usd = budgets.set_budget("key", 7, "usd", "total", 10**12)
+    image_ask = Ask(model="p", prompt_tokens=10, completion_tokens=5, door="test",
+                    request_id="image", images=2, image_size="256x256")
+    budgets.admit(image_ask, None, 7)
+    assert counter(db, usd) == (0, 2 * 10_000_000 + 10 * 1000)  # 2 x $0.01 and the prompt
