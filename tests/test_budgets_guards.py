@@ -239,6 +239,7 @@ def test_a_request_meets_the_service_its_users_and_its_keys_budgets_only(budgets
     key = budgets.set_budget("key", 7, "requests", "total", 100)
     budgets.set_budget("user", 4, "requests", "total", 100)  # another user's
     budgets.set_budget("key", 8, "requests", "total", 100)  # another key's
+    budgets.set_budget("key", 3, "requests", "total", 100)  # key 3, not user 3
     assert [b.id for b in budgets.applying(3, 7)] == [service.id, mine.id, key.id]
     assert [b.id for b in budgets.applying(3, None)] == [service.id, mine.id]
     assert [b.id for b in budgets.applying(None, 7)] == [service.id, key.id]
@@ -272,3 +273,13 @@ def test_an_image_request_reserves_its_images_and_its_prompt(db, clock):  # noqa
                     request_id="image", images=2, image_size="256x256")
     budgets.admit(image_ask, None, 7)
     assert counter(db, usd) == (0, 2 * 10_000_000 + 10 * 1000)  # 2 x $0.01 and the prompt
+
+
+def test_a_day_and_a_month_end_on_the_whole_second_whatever_the_moment():
+    from gpt_proxy.budgets import window
+
+    from .test_budgets import BERLIN
+
+    moment = at("2026-11-30T12:00:00") + 0.75
+    assert window("day", moment, BERLIN)[1] == at("2026-12-01T00:00:00", BERLIN)
+    assert window("month", moment, BERLIN)[1] == at("2026-12-01T00:00:00", BERLIN)
