@@ -216,7 +216,7 @@ def test_a_ledger_row_keeps_bounded_text_and_the_exact_duration(budgets, db, clo
 def test_the_cost_counts_cached_tokens_at_their_price_and_adds_the_images(
         db, clock):  # noqa: F811
     price = Price(Decimal("1"), Decimal("2"), Decimal("0.5"),
-                  images={"256x256": Decimal("0.01")})
+                  images={"256x256": Decimal("0.01"), "1024x1024": Decimal("0.04")})
     budgets = Budgets(db, prices={"p": price}, clock=clock, hold_seconds=600)  # noqa: F811
     budgets.set_budget("key", 7, "usd", "total", 10**12)
     budgets.settle(budgets.admit(ask(model="p", request_id="text"), None, 7),
