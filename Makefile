@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 JS_STAMP := tests/js/node_modules/.installed
 TEST_DEPS := $(STAMP) $(if $(shell command -v npm 2>/dev/null),$(JS_STAMP))
 
-.PHONY: run test coverage lint bench soak docs docs-serve clean
+.PHONY: run test coverage lint bench soak mutation docs docs-serve clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ coverage: $(TEST_DEPS)
 	$(PY) -m coverage combine -q
 	$(PY) -m coverage report
 
+# Mutation testing of the guards (bench/mutation.py): mutmut over identity, accounts, security,
+# budgets and replies, each module against its own test files, at most MUTATION_BUDGET seconds
+# each; `make mutation MODULES="identity accounts"` for some. Not part of `make test`.
+MODULES ?=
+MUTATION_BUDGET ?= 600
+mutation: $(STAMP)
+	$(PY) -m bench.mutation --budget $(MUTATION_BUDGET) $(MODULES)
+
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
@@ -48,4 +56,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis tests/js/node_modules .coverage .coverage.* htmlcov site
+	rm -rf $(VENV) .pytest_cache .hypothesis tests/js/node_modules .coverage .coverage.* htmlcov site .mutation
