@@ -209,13 +209,30 @@ class Hold:
                          for b, left in self.remaining)
 
 
+_windows: dict[tuple[str, ZoneInfo], tuple[float, float, str, float]] = {}  # the last seen
+
+
 def window(period: str, now: float, tz: ZoneInfo) -> tuple[str, float | None]:
-    """The counter a moment falls in for `period`, and when that period ends."""
+    """The counter a moment falls in for `period`, and when that period ends. A day's or a
+    month's is worked out once per period and reused while `now` is inside it (working it
+    out takes a time zone conversion, a few microseconds on every admission)."""
     if period == "total":
         return "total", None
     if period == "minute":
         start = int(now // 60) * 60
         return f"m:{start}", start + 60.0
+    known = _windows.get((period, tz))
+    if known is not None and known[0] <= now < known[1]:
+        return known[2], known[3]
+    key, ends = _calendar_window(period, now, tz)
+    # reused from this moment (known to be in the period) to the period's end: no time zone
+    # rule (DST) can put a moment between the two in another period
+    _windows[(period, tz)] = (now, ends, key, ends)
+    return key, ends
+
+
+def _calendar_window(period: str, now: float, tz: ZoneInfo) -> tuple[str, float]:
+    """A day's or a month's counter key, and when that period ends."""
     local = dt.datetime.fromtimestamp(now, tz)
     if period == "day":
         start = local.replace(hour=0, minute=0, second=0, microsecond=0)
