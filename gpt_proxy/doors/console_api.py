@@ -1,4 +1,4 @@
-"""The console's JSON routes (issue 27; the contract: CONSOLE_CONTRACT.md): who is signed in,
+"""The console's JSON routes (issue 27; described in docs/console.md): who is signed in,
 a user's own usage per day, and for admins the service's usage, overview, ledger and
 upstreams. In the `api` door's error shape, with the same identity as the account routes
 (`identity.caller()`). Routes only parse, check who asks and delegate: the sums are made by

@@ -26,7 +26,7 @@ The rules it follows:
   (path -> path item, in this document's terms, `{name}` for a path parameter; or a function
   of the Config giving one) and `OPENAPI_SCHEMAS` (name -> schema, under
   `#/components/schemas/`) is merged in (its operations replace those described here for the
-  same path and method), then filtered by the url_map like the others. The console's routes (CONSOLE_CONTRACT.md) are described here as a fallback for a
+  same path and method), then filtered by the url_map like the others. The console's routes (docs/console.md) are described here as a fallback for a
   console module that exports none.
 """
 
@@ -766,7 +766,7 @@ def _chat_process_paths(config: Config, sec: Security) -> dict:
 
 
 def _console_paths(config: Config, sec: Security) -> dict:
-    """The console's routes (CONSOLE_CONTRACT.md), used only when the console module
+    """The console's routes (docs/console.md), used only when the console module
     registers them and describes none itself."""
     admin, own = sec.admin, sec.session_or_key
     series_q = [_query("from", {"type": "string", "format": "date"}, "first day (BUDGET_TZ)"),
