@@ -25,9 +25,10 @@ The rules it follows:
 - Other modules add their own routes: a blueprint's module that exports `OPENAPI_PATHS`
   (path -> path item, in this document's terms, `{name}` for a path parameter; or a function
   of the Config giving one) and `OPENAPI_SCHEMAS` (name -> schema, under
-  `#/components/schemas/`) is merged in (its operations replace those described here for the
-  same path and method), then filtered by the url_map like the others. The console's routes (docs/console.md) are described here as a fallback for a
-  console module that exports none.
+  `#/components/schemas/`) is merged in (its operations refine those described here for the
+  same path and method: their id, security and common errors stay), then filtered by the
+  url_map like the others. The console's routes (docs/console.md) are described here too, as
+  the base its module refines.
 """
 
 from __future__ import annotations
