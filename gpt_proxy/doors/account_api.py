@@ -16,9 +16,7 @@ asking and delegate to `accounts`; who is asking is `identity`'s `g.caller`.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import math
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -27,6 +25,7 @@ from ..base.errors import BadRequest, NotFound, ProxyError, Unauthorized
 from ..identity.accounts import Key, User, check_text, iso_time
 from ..identity.callers import Caller, caller
 from ..money.budgets import PERIODS, UNITS, parse_limit
+from ..money.usage import csv_chunks
 from ..pipeline.stages import read_body
 from ..pipeline.validation import id_ok, parse_body, parse_id
 
@@ -417,18 +416,8 @@ def admin_usage():
                "until": until}
     kind = args.get("format", "json")
     if kind == "csv":
-        def lines():
-            out = io.StringIO()
-            writer = csv.writer(out)
-            writer.writerow(budgets.LEDGER_COLUMNS)
-            for row in budgets.rows(**options):
-                writer.writerow([row[name] for name in budgets.LEDGER_COLUMNS])
-                if out.tell() > 65536:
-                    yield out.getvalue().encode("utf-8")
-                    out.seek(0)
-                    out.truncate()
-            yield out.getvalue().encode("utf-8")
-        response = Response(lines(), mimetype="text/csv")
+        response = Response(csv_chunks(budgets.rows(**options), budgets.LEDGER_COLUMNS),
+                            mimetype="text/csv")
         response.headers["Content-Disposition"] = 'attachment; filename="usage.csv"'
         return response
     if kind != "json":

@@ -16,9 +16,7 @@ the database in `usage`.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import re
 import time
 
@@ -26,7 +24,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..base.errors import BadRequest, NotFound, ProxyError, Unauthorized
 from ..identity.callers import Caller, caller, public_with_accounts
-from ..money.usage import MAX_DAYS, Filter, Usage
+from ..money.usage import MAX_DAYS, Filter, Usage, csv_chunks
 
 bp = Blueprint("console_api", __name__, url_prefix="/api")
 
@@ -238,20 +236,8 @@ def admin_ledger():
         raise BadRequest("'format' must be json or csv", field="format")
     filters = _ledger_filters(usage)
     if kind == "csv":
-        rows = usage.ledger(filters)
-
-        def lines():
-            out = io.StringIO()
-            writer = csv.writer(out)
-            writer.writerow(usage.LEDGER_COLUMNS)
-            for row in rows:
-                writer.writerow([row[name] for name in usage.LEDGER_COLUMNS])
-                if out.tell() > 65536:
-                    yield out.getvalue().encode("utf-8")
-                    out.seek(0)
-                    out.truncate()
-            yield out.getvalue().encode("utf-8")
-        response = Response(lines(), mimetype="text/csv")
+        response = Response(csv_chunks(usage.ledger(filters), usage.LEDGER_COLUMNS),
+                            mimetype="text/csv")
         response.headers["Content-Disposition"] = 'attachment; filename="ledger.csv"'
         return response
     page = _whole("page", 1, 1, 100_000)

@@ -30,10 +30,12 @@ The rules it follows:
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
@@ -575,3 +577,19 @@ def _series(name: str, ident: int | None, values: list[tuple]) -> dict:
 
 def _iso(moment: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+
+
+def csv_chunks(rows: Iterable[Mapping], columns: Sequence[str],
+               chunk_bytes: int = 65536) -> Iterator[bytes]:
+    """Ledger rows as CSV (a header of `columns`, then a line per row), in UTF-8 chunks of
+    about `chunk_bytes`: an export of a year streams without holding it."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row[name] for name in columns])
+        if out.tell() > chunk_bytes:
+            yield out.getvalue().encode("utf-8")
+            out.seek(0)
+            out.truncate()
+    yield out.getvalue().encode("utf-8")
