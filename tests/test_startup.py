@@ -266,11 +266,21 @@ class Server:
                  "app:app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
     def wait(self) -> Server:
+        """Until a worker answers (gunicorn opens the port before its workers have loaded the
+        app, and a SIGTERM in that moment is not acted on for a long while)."""
         try:
             wait_port(self.port, self.proc, "gunicorn", 30)
         except RuntimeError as exc:
             raise AssertionError(f"{exc}: {self.log()[-3000:]}") from None
+        until(lambda: self._answers(), "no worker answered /healthz", timeout=30)
         return self
+
+    def _answers(self) -> bool:
+        try:
+            requests.get(f"{self.url}/healthz", timeout=2)
+        except requests.RequestException:
+            return False
+        return True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
