@@ -23,7 +23,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..base.errors import BadRequest, NotFound, ProxyError, Unauthorized
 from ..identity.accounts import Key, User, check_text, iso_time
-from ..identity.callers import Caller, caller
+from ..identity.callers import Caller, caller, require_admin
 from ..money.budgets import PERIODS, UNITS, parse_limit
 from ..money.usage import csv_chunks
 from ..pipeline.stages import read_body
@@ -50,14 +50,6 @@ def _session_user() -> Caller:
     if found.kind != "session":
         raise ProxyError("keys are managed from a signed-in session (the web terminal's "
                          "gpt key), not with a key", status=403, code="session_required")
-    return found
-
-
-def _admin() -> Caller:
-    found = caller()
-    if not found.is_admin:
-        raise ProxyError("this needs an admin: an admin's session, or PROXY_TOKEN "
-                         "(AUTH=users or token)", status=403, code="admin_required")
     return found
 
 
@@ -192,7 +184,7 @@ def _page(found: list, page: int, per_page: int, q: str | None) -> dict:
 def admin_users():
     """Every user (no parameter), or a page of them: `q` (part of the name, any case),
     `page`, `per_page`."""
-    _admin()
+    require_admin()
     accounts = _state().accounts
     paging = _paging()
     if paging is None:
@@ -205,7 +197,7 @@ def admin_users():
 
 @bp.post("/admin/users")
 def admin_new_user():
-    _admin()
+    require_admin()
     body = _body()
     admin = body.get("admin", False)
     if not isinstance(admin, bool):
@@ -219,7 +211,7 @@ def admin_new_user():
 
 @bp.patch("/admin/users/<id:user_id>")
 def admin_change_user(user_id: int):
-    _admin()
+    require_admin()
     body = _body()
     accounts = _state().accounts
     if accounts.get_user(user_id) is None:
@@ -244,7 +236,7 @@ def admin_change_user(user_id: int):
 def admin_keys():
     """Every key (or one user's: `user`, an id or a name), or a page of them with their
     owner's `username`: `q` (part of the key's name), `page`, `per_page`."""
-    _admin()
+    require_admin()
     accounts = _state().accounts
     user = request.args.get("user")
     paging = _paging()
@@ -260,7 +252,7 @@ def admin_keys():
 
 @bp.post("/admin/keys")
 def admin_new_key():
-    _admin()
+    require_admin()
     body = _body()
     user = _find_user(body.get("user"))
     key, secret = _state().accounts.create_key(user.id, **_key_options(body))
@@ -269,13 +261,13 @@ def admin_new_key():
 
 @bp.delete("/admin/keys/<id:key_id>")
 def admin_revoke(key_id: int):
-    _admin()
+    require_admin()
     return jsonify(_state().accounts.revoke_key(key_id).public())
 
 
 @bp.post("/admin/invites")
 def admin_invite():
-    found = _admin()
+    found = require_admin()
     body = _body()
     days = body.get("days", 7)
     if isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days):
@@ -336,7 +328,7 @@ def admin_budgets():
     """Every budget with its standing and its subject's names: `username` (a user's, or a
     key's owner's) and `key_name` (null where they do not apply or the subject is gone), from
     one lookup of the ids shown."""
-    _admin()
+    require_admin()
     state = _state()
     found = state.budgets.list_budgets()
     user_names, key_names = state.accounts.names(
@@ -357,7 +349,7 @@ def admin_budgets():
 def admin_set_budget():
     """Make a budget or change its limit: {scope, subject, unit, period, limit} (`usd`
     limits in dollars, e.g. "5.00"; rpm and tpm: `requests` or `tokens` per `minute`)."""
-    _admin()
+    require_admin()
     body = _body()
     extra = sorted(set(body) - {"scope", "subject", "unit", "period", "limit"})
     if extra:
@@ -379,7 +371,7 @@ def admin_set_budget():
 
 @bp.delete("/admin/budgets/<id:budget_id>")
 def admin_delete_budget(budget_id: int):
-    _admin()
+    require_admin()
     _state().budgets.delete_budget(budget_id)
     return jsonify({"deleted": budget_id})
 
@@ -401,7 +393,7 @@ def _moment(value: str | None, name: str) -> float | None:
 @bp.get("/admin/usage")
 def admin_usage():
     """The ledger: `?user=&key=&from=&to=` filter it, `format=csv` exports it (streamed)."""
-    _admin()
+    require_admin()
     args = request.args
     user = args.get("user")
     user_id = _find_user(_query_user(user)).id if user else None

@@ -22,8 +22,8 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from ..base.errors import BadRequest, NotFound, ProxyError, Unauthorized
-from ..identity.callers import Caller, caller, public_with_accounts
+from ..base.errors import BadRequest, NotFound, Unauthorized
+from ..identity.callers import caller, public_with_accounts, require_admin
 from ..money.usage import MAX_DAYS, Filter, Usage, csv_chunks
 
 bp = Blueprint("console_api", __name__, url_prefix="/api")
@@ -41,14 +41,6 @@ def _state():
 
 def _usage() -> Usage:
     return _state().budgets.usage
-
-
-def _admin() -> Caller:
-    found = caller()
-    if not found.is_admin:
-        raise ProxyError("this needs an admin: an admin's session, or PROXY_TOKEN "
-                         "(AUTH=users or token)", status=403, code="admin_required")
-    return found
 
 
 def _text(name: str, limit: int = 200) -> str | None:
@@ -168,7 +160,7 @@ def my_series():
 @bp.get("/admin/usage/series")
 def admin_series():
     """Every user's usage per day (or one user's, or one key's), split by model, key or user."""
-    _admin()
+    require_admin()
     usage = _usage()
     first, last = _range(usage)
     by = _by("admin")
@@ -183,7 +175,7 @@ def admin_series():
 @bp.get("/admin/overview")
 def admin_overview():
     """Today and this month at a glance, the service's budgets, the top spenders."""
-    _admin()
+    require_admin()
     budgets = _state().budgets
     overview = _usage().overview()
     service = [b for b in budgets.list_budgets() if b.scope == "service"]
@@ -229,7 +221,7 @@ def _ledger_filters(usage: Usage) -> dict:
 @bp.get("/admin/ledger")
 def admin_ledger():
     """The ledger, filtered, newest first: a page of JSON, or all of it as CSV."""
-    _admin()
+    require_admin()
     usage = _usage()
     kind = _text("format", 10) or "json"
     if kind not in ("json", "csv"):
@@ -251,7 +243,7 @@ def admin_ledger():
 def admin_upstreams():
     """Each upstream: its breaker's state (this worker's), and from the ledger's last hour
     (every instance) its requests, errors and latency."""
-    _admin()
+    require_admin()
     from ..base.config import without_password
 
     state = _state()

@@ -112,6 +112,16 @@ def caller() -> Caller:
     return g.get("caller") or OPEN
 
 
+def require_admin() -> Caller:
+    """This request's caller if it is an admin (an admin's session, or PROXY_TOKEN), else a
+    403 `admin_required`: the one check of every admin route."""
+    found = caller()
+    if not found.is_admin:
+        raise ProxyError("this needs an admin: an admin's session, or PROXY_TOKEN "
+                         "(AUTH=users or token)", status=403, code="admin_required")
+    return found
+
+
 def _is_api(path: str) -> bool:
     return path.startswith(("/api/", "/v1/"))
 
