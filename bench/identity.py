@@ -1,9 +1,11 @@
 """What the user service costs: `python -m bench.identity [--repeats 3] [--quick]`
 (`--only key,budget` some configurations, `--no-stall` without the stall check,
-`--service-root DIR` the service of another checkout: before/after comparisons).
+`--service-root DIR` the service of another checkout: before/after comparisons,
+`--database postgresql` the accounts and the ledger on PostgreSQL instead of SQLite).
 
-Three configurations of the service, each started fresh with a database of its own (SQLite
-in bench/results/), run interleaved so drift hits them alike:
+Four configurations of the service, each started fresh with a database of its own (SQLite
+in bench/results/, or a new database on a throwaway PostgreSQL server of the bench's own,
+`tests/databases.py`: 127.0.0.1, fsync off), run interleaved so drift hits them alike:
 - `open`: AUTH=open, no budget (every request still leaves its ledger row);
 - `key`: AUTH=users, every request with an API key, no budget;
 - `budget`: the same key under one budget (its tokens per day);
@@ -53,10 +55,11 @@ def _call(port: int, method: str, path: str, body: dict | None = None,
 
 
 def start(upstream: BenchUpstream, name: str, users: bool, budgets: int,
-          root: Path = ROOT, workers: int = 0) -> tuple[Service, str]:
-    """A service in configuration `name`; the key its requests carry ('' for open)."""
+          root: Path = ROOT, workers: int = 0, database_url: str = "") -> tuple[Service, str]:
+    """A service in configuration `name`; the key its requests carry ('' for open).
+    `database_url`: its database (default: a new SQLite file in bench/results/)."""
     database = RESULTS / f"identity-{name}-{time.time_ns()}.db"
-    env = {"DATABASE_URL": f"sqlite:///{database}", "PROXY_TOKEN": ADMIN,
+    env = {"DATABASE_URL": database_url or f"sqlite:///{database}", "PROXY_TOKEN": ADMIN,
            "AUTH": "users" if users else "open", "DEFAULT_PRICE": "0.15/0.6",
            "LOGIN_LIMIT": "100000/minute", "REGISTRATION": "open",
            "CONVERSATION_STORE": f"sqlite:///{RESULTS}/identity-conversations.db"}
@@ -123,10 +126,18 @@ async def run(args, log) -> dict:
                                 ("budgets", True, 3)) if not args.only or c[0] in args.only)
     root = args.service_root or ROOT
     results: dict = {name: [] for name, _, _ in configs}
+    server = None
+    if args.database == "postgresql":
+        from tests.databases import PostgreSQL
+        server = PostgreSQL()
+
+    def database() -> str:
+        return server.new_database() if server is not None else ""
     try:
         for i in range(args.repeats):
             for name, users, budgets in (configs if i % 2 == 0 else configs[::-1]):
-                service, key = start(upstream, name, users, budgets, root)
+                service, key = start(upstream, name, users, budgets, root,
+                                     database_url=database())
                 try:
                     bench = Bench(upstream, service)
                     await bench.warm_up()
@@ -140,7 +151,7 @@ async def run(args, log) -> dict:
         if args.no_stall:
             return results
         stall: dict = {"alone": [], "plain": [], "storm": [], "storm_seconds": []}
-        service, key = start(upstream, "stall", True, 3, root)
+        service, key = start(upstream, "stall", True, 3, root, database_url=database())
         try:
             bench = Bench(upstream, service)
             await bench.warm_up()
@@ -171,6 +182,8 @@ async def run(args, log) -> dict:
         return results
     finally:
         upstream.stop()
+        if server is not None:
+            server.stop()
 
 
 def report(results: dict) -> str:
@@ -217,6 +230,9 @@ def main() -> int:
     parser.add_argument("--no-stall", action="store_true", help="skip the stall check")
     parser.add_argument("--service-root", type=Path, default=None,
                         help="run the service from another checkout")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="where the accounts and the ledger live (postgresql: a "
+                             "throwaway server of the bench's own)")
     args = parser.parse_args()
 
     def log(text: str) -> None:
@@ -224,6 +240,7 @@ def main() -> int:
     results = asyncio.run(run(args, log))
     (RESULTS / "identity.json").write_text(json.dumps(results, default=str, indent=1))
     print()
+    print(f"database: {args.database}")
     print(report(results))
     return 0
 

@@ -1,7 +1,7 @@
 """Profile the service's hot path: `python -m bench.profile [--scenario latency|fast|wide]`
 (`--resumable`: replies asking X-Resumable: 1, logged in a redis-server of its own; `--key`:
-AUTH=users with an API key on every request, `--budgets N` under N budgets; `--bare`: the
-bare relay instead of the service).
+AUTH=users with an API key on every request, `--budgets N` under N budgets, `--database
+postgresql` on a throwaway PostgreSQL server; `--bare`: the bare relay instead of the service).
 
 Starts the bench upstream and the service (one gevent worker unless told otherwise), runs one
 scenario through it while py-spy samples the worker, and prints the functions holding the most
@@ -56,6 +56,7 @@ async def run(args) -> None:
     service = None
     spy = None
     redis_server = None
+    postgres = None
     try:
         if args.resumable:
             from tests.processes import RedisServer
@@ -68,8 +69,14 @@ async def run(args) -> None:
                                 workers=args.workers)
         elif args.key:  # AUTH=users, every request with an API key (bench.identity's service)
             from .identity import start
+            url = ""
+            if args.database == "postgresql":
+                from tests.databases import PostgreSQL
+                postgres = PostgreSQL()
+                url = postgres.new_database()
             service, key = start(upstream, "profile-key", True, args.budgets,
-                                 args.service_root or ROOT, workers=args.workers)
+                                 args.service_root or ROOT, workers=args.workers,
+                                 database_url=url)
         else:
             service = Service(upstream.url, RESULTS / "gunicorn-profile.log",
                               worker_class=args.worker_class, workers=args.workers,
@@ -117,6 +124,8 @@ async def run(args) -> None:
             service.stop()
         if redis_server is not None:
             redis_server.stop()
+        if postgres is not None:
+            postgres.stop()
         upstream.stop()
 
 
@@ -136,6 +145,8 @@ def main() -> None:
                         help="AUTH=users, an API key on every request (bench.identity's setup)")
     parser.add_argument("--budgets", type=int, default=0,
                         help="with --key: that many budgets over the key (0-3)")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="with --key: where the accounts and the ledger live")
     parser.add_argument("--idle", action="store_true", help="count idle (waiting) samples too")
     parser.add_argument("--gil", action="store_true",
                         help="only samples holding the GIL: Python's own CPU, not syscalls")

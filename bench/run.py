@@ -49,6 +49,7 @@ from .measure import (
     FAST,
     LATENCY,
     REQUESTS,
+    REQUESTS_WARM,
     RESULTS,
     SHORT,
     WIDE,
@@ -277,6 +278,7 @@ async def main_bench(args, log) -> dict:
             from tests.processes import RedisServer
             redis_server = RedisServer()
         traced = (only is None or "arrivals" in only) and not args.no_hubtrace
+        # `cpu` alone: the CPU per request of the arrivals runs without the arrivals
         service = Service(upstream.url, RESULTS / "gunicorn.log", worker_class=args.worker_class,
                           workers=args.workers, threads=args.threads,
                           root=args.service_root or ROOT, metrics=not args.no_metrics,
@@ -313,8 +315,9 @@ async def main_bench(args, log) -> dict:
             results["burst"] = await bench.scenario(BURST, few, log)
         if wanted("short"):
             results["short"] = await bench.scenario(SHORT, few, log)
-        if wanted("arrivals"):
-            results["arrivals"] = await arrivals_runs(bench, upstream, args, repeats, log)
+        if wanted("arrivals") or wanted("cpu"):
+            results["arrivals"] = await arrivals_runs(bench, upstream, args, repeats, log,
+                                                      arriving=wanted("arrivals"))
         if redis_server is not None:
             results["plain_redis"], results["resumable"] = await resumable_runs(
                 bench, redis_server, repeats, log)
@@ -342,11 +345,14 @@ async def main_bench(args, log) -> dict:
 
 
 async def arrivals_runs(bench: Bench, upstream: BenchUpstream, args, repeats: int,
-                        log) -> dict:
+                        log, arriving: bool = True) -> dict:
     """Issue 30's figures, each side interleaved round by round: 200 and then 1,000 short
     replies arriving at once while 20 replies run (their per-token p99, the new replies'
-    first-token p99), and the CPU per request of short replies through the bare relay, the
-    service with AUTH=open and a service with AUTH=users and an API key on every request."""
+    first-token p99; not with `arriving` false: `--only cpu`), and the CPU per request of
+    short replies through the bare relay, the service with AUTH=open and a service with
+    AUTH=users and an API key on every request. Before each CPU figure one unmeasured run of
+    the same requests through every side lets the arrivals' thousand connections close and
+    their memory settle, so what is counted is the requests' own CPU."""
     from .identity import start, target
 
     out: dict = {"200": [], "1000": [], "cpu_open": [], "cpu_key": []}
@@ -363,8 +369,11 @@ async def arrivals_runs(bench: Bench, upstream: BenchUpstream, args, repeats: in
             f"{ARRIVALS_200.tokens} tokens arriving at once; CPU per request: {REQUESTS.users} "
             f"clients x {REQUESTS.rounds} replies of {REQUESTS.tokens} tokens")
         for r in range(repeats):
-            out["200"] += await bench.arrivals(ARRIVALS_200, 1, log, first=r)
-            out["1000"] += await bench.arrivals(ARRIVALS_1000, 1, log, first=r)
+            if arriving:
+                out["200"] += await bench.arrivals(ARRIVALS_200, 1, log, first=r)
+                out["1000"] += await bench.arrivals(ARRIVALS_1000, 1, log, first=r)
+            await bench.pair(REQUESTS_WARM, r)
+            await with_key.pair(REQUESTS_WARM, r)
             out["cpu_open"] += await bench.scenario(REQUESTS, 1, log, first=r)
             out["cpu_key"] += await with_key.scenario(
                 REQUESTS, 1, lambda text: log("[AUTH=users, key] " + text.strip()), first=r)
@@ -525,7 +534,8 @@ def main() -> int:
     parser.add_argument("--no-metrics", action="store_true",
                         help="the service with METRICS_BIND empty (what metrics cost)")
     parser.add_argument("--only", default="", help="comma-separated scenarios: latency, wide, "
-                        "fast, burst, short, resumable, arrivals, sweep, nginx (only these run)")
+                        "fast, burst, short, resumable, arrivals, cpu (the CPU per request of arrivals "
+                        "alone), sweep, nginx (only these run)")
     parser.add_argument("--no-hubtrace", action="store_true",
                         help="arrivals without timing the workers' hub (bench/hubtrace.py)")
     parser.add_argument("--no-bare", action="store_true",
