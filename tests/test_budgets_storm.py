@@ -10,6 +10,7 @@ written, with the real usage, once it is back)."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -193,6 +194,35 @@ def own_postgres():
     server = PostgreSQL()
     yield server
     server.stop()
+
+
+def test_a_pooled_postgresql_connection_is_looked_at_without_a_query_and_a_dead_one_replaced(
+        own_postgres, tmp_path):
+    """No round trip before each transaction (pool_pre_ping's SELECT 1 was a fifth of a
+    budgeted request's CPU): a live idle connection is lent as it is, and one the server
+    ended (a fast restart) is replaced before anything runs on it."""
+    url = own_postgres.new_database()
+    db = open_database(url, tmp_path)
+    try:
+        with db.read() as conn:
+            first = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            driver = conn.connection.dbapi_connection
+        # what the service sends the server on that connection, in libpq's own trace
+        with open(tmp_path / "trace", "w") as trace:
+            driver.pgconn.trace(trace.fileno())
+            with db.read() as conn:  # the same pooled connection, and only the query itself
+                assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() == first
+            driver.pgconn.untrace()
+        sent = re.findall(r'\tF\t\d+\t(?:Query|Parse)\s+(?:"[^"]*"\s+)?"([^"]*)"',
+                          (tmp_path / "trace").read_text())
+        assert sent == ["BEGIN", "SELECT pg_backend_pid()", "ROLLBACK"]  # no ping first
+        own_postgres.restart()
+        with db.read() as conn:  # the first use after the restart: a fresh connection
+            assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != first
+        with db.raw_write() as raw:  # and the money path's own transactions too
+            assert raw.execute("SELECT 1", {}) == [(1,)]
+    finally:
+        db.close()
 
 
 def test_a_postgresql_restart_under_requests_is_503_never_500(gated, own_postgres, tmp_path):
