@@ -4,6 +4,7 @@ server: periods, admission, settlement, expiry, and requests arriving together."
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 import threading
@@ -642,3 +643,59 @@ def test_budgets_check_exits_non_zero_naming_the_counter_and_both_sums(budgets, 
     assert (f"budget {service.id} (service.usd.total) window total: counter spent 0.000020 "
             "reserved 0.000201; ledger says spent 0.000020 reserved 0.000200") in differ.stdout
     assert "2 counter(s) differ from the ledger" in differ.stderr
+
+
+GATHER = """
+from gevent import monkey
+monkey.patch_all()
+import json, sys, gevent
+from pathlib import Path
+from gpt_proxy.base.prices import default_price
+from gpt_proxy.money import budgets as money
+from gpt_proxy.money.budgets import Ask, Budgets, Spent
+from gpt_proxy.storage.db import open_database
+
+folder = Path(sys.argv[1])
+db = open_database(f"sqlite:///{folder}/money.db", folder)
+budgets = Budgets(db, default_price=default_price("0.15/0.6"))
+budgets.set_budget("key", 1, "tokens", "total", 10**6)
+holds = [budgets.admit(Ask("m", 100, 50, "test", f"r{k}"), 1, 1) for k in range(12)]
+transactions = []
+write = db.raw_write
+def counted():
+    transactions.append(1)
+    return write()
+db.raw_write = counted
+
+def counters():
+    with db.read() as conn:
+        return [tuple(r) for r in conn.exec_driver_sql(
+            "SELECT spent, reserved FROM budget_counters").all()]
+
+def end(k):  # replies ending in one turn of the loop: each settles as its relay closes
+    budgets.settle(holds[k], Spent(10, 2))
+gevent.joinall([gevent.spawn(end, k) for k in range(10)])
+right_after = counters()
+deadline = gevent.get_hub().loop.now() + 10
+while counters() != [(120, 300)] and gevent.get_hub().loop.now() < deadline:
+    gevent.sleep(0.001)
+settled = counters()
+budgets.settle(holds[10], Spent(10, 2))
+budgets.settle(holds[11], Spent(10, 2))
+money.flush_all()  # a graceful stop: what still waits is written at once
+print(json.dumps({"right_after": right_after, "settled": settled, "transactions":
+                  len(transactions), "at_exit": counters()}))
+"""
+
+
+def test_settlements_ending_together_under_gevent_are_written_in_one_transaction(tmp_path):
+    """The gevent worker gathers the settlements of replies that end within
+    SETTLE_GATHER_SECONDS into one transaction (a reservation is given back that much later,
+    never sooner), and a graceful stop writes what still waits."""
+    out = subprocess.run([sys.executable, "-c", GATHER, str(tmp_path)], cwd=ROOT, timeout=120,
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    assert result["right_after"] == [[0, 12 * 150]]  # all still held as the replies end
+    assert result["settled"] == [[10 * 12, 2 * 150]]  # ten settled, two still held
+    assert result["transactions"] == 2  # the ten together, then the two at the stop
+    assert result["at_exit"] == [[12 * 12, 0]]

@@ -22,6 +22,7 @@ nothing: there the operating system's scheduler interleaves the threads.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 STAGES_PER_POLL = 4  # set-up stages let go on per turn of the event loop
 
@@ -85,6 +86,33 @@ def _open_gate() -> _Gate | None:
             _gate = None
         _checked = True
     return _gate
+
+
+class _Later:
+    """A call of `work` in a greenlet of its own `seconds` from now, on the hub's own timer
+    (cheaper than a thread or a sleeping greenlet per call); `cancel()` before it runs."""
+
+    def __init__(self, hub, seconds: float, work: Callable[[], object]) -> None:
+        import gevent
+
+        self.timer = hub.loop.timer(seconds)
+        self.timer.start(gevent.spawn, work)
+
+    def cancel(self) -> None:
+        self.timer.stop()
+        self.timer.close()
+
+
+def on_gevent() -> bool:
+    """Whether this process runs on gevent's monkey-patched sockets (the gevent worker)."""
+    return (_gate if _checked else _open_gate()) is not None
+
+
+def later(seconds: float, work: Callable[[], object]) -> _Later | None:
+    """`work()` `seconds` from now in a greenlet of its own, under gevent (cancel it with
+    `.cancel()`); None elsewhere, where the caller does the work as it would have."""
+    gate = _gate if _checked else _open_gate()
+    return None if gate is None else _Later(gate.hub, seconds, work)
 
 
 def pause() -> None:
