@@ -42,6 +42,9 @@ The rules that make it exact:
   settles once, with the upstream that answered. (A single `UPDATE ... FROM (SELECT ...
   UNION ALL ...)` skipped counters on PostgreSQL when it had waited for another's row lock,
   and took the rows in no fixed order: lost updates and deadlocks, issue 26.)
+- Under gevent, the settlements of one worker's replies that end within SETTLE_GATHER_SECONDS
+  of each other are written in one transaction, the batch writer's below (each row and counter
+  checked as above): a reservation is given back at most that much later, never sooner.
 - One lock order everywhere: admission, settlement and the sweep take counter rows by budget
   id, then window; settlement and the sweep take their ledger rows first, which admission
   never waits for. A transaction PostgreSQL ends to break a deadlock (or a serialization
