@@ -699,3 +699,68 @@ def test_settlements_ending_together_under_gevent_are_written_in_one_transaction
     assert result["settled"] == [[10 * 12, 2 * 150]]  # ten settled, two still held
     assert result["transactions"] == 2  # the ten together, then the two at the stop
     assert result["at_exit"] == [[12 * 12, 0]]
+
+
+ADMIT_TOGETHER = """
+from gevent import monkey
+monkey.patch_all()
+import json, sys, gevent
+from pathlib import Path
+from gpt_proxy.base.errors import OverBudget
+from gpt_proxy.base.prices import default_price
+from gpt_proxy.money.budgets import Ask, Budgets
+from gpt_proxy.storage.db import open_database
+
+folder = Path(sys.argv[1])
+db = open_database(f"sqlite:///{folder}/money.db", folder)
+budgets = Budgets(db, default_price=default_price("0.15/0.6"))
+# key 1: room for 6 requests of 150 tokens; both keys under the service's 20 requests in all,
+# taken after each key's own budget (the one lock order: budget id)
+budgets.set_budget("key", 1, "tokens", "total", 6 * 150)
+budgets.set_budget("key", 2, "tokens", "total", 10**6)
+budgets.set_budget("service", 0, "requests", "total", 20)
+transactions = []
+write = db.raw_write
+def counted():
+    transactions.append(1)
+    return write()
+db.raw_write = counted
+
+def ask(key, k):
+    try:
+        return budgets.admit(Ask("m", 100, 50, "test", f"k{key}-{k}"), key, key).ledger_id
+    except OverBudget as refusal:
+        return str(refusal)
+
+# 10 requests of key 1 and 20 of key 2 arriving in one turn of the loop
+jobs = [gevent.spawn(ask, 1, k) for k in range(10)] + [gevent.spawn(ask, 2, k) for k in range(20)]
+gevent.joinall(jobs, timeout=30)
+results = [job.value for job in jobs]
+with db.read() as conn:
+    counters = sorted(tuple(r) for r in conn.exec_driver_sql(
+        "SELECT budget_id, spent, reserved FROM budget_counters").all())
+    open_rows = conn.exec_driver_sql("SELECT count(*) FROM ledger WHERE state = 'open'").scalar()
+print(json.dumps({"results": results, "counters": counters, "open_rows": open_rows,
+                  "transactions": len(transactions)}))
+"""
+
+
+def test_admissions_arriving_together_on_sqlite_under_gevent_share_a_transaction_all_or_none(
+        tmp_path):
+    """SQLite under gevent writes the admissions that arrive together in one transaction, and
+    each request's reservations stay all or none: one refused by its second budget gives back,
+    in that transaction, what it had reserved on its first."""
+    out = subprocess.run([sys.executable, "-c", ADMIT_TOGETHER, str(tmp_path)], cwd=ROOT,
+                         timeout=120, capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    key1, key2 = result["results"][:10], result["results"][10:]
+    assert sum(isinstance(r, int) for r in key1) == 6  # the key's room: 6 x 150 tokens
+    assert all("key" in r for r in key1 if isinstance(r, str))
+    admitted2 = [r for r in key2 if isinstance(r, int)]
+    assert len(admitted2) == 20 - 6  # the service's 20 requests, 6 taken by key 1
+    assert all("service" in r for r in key2 if isinstance(r, str))
+    # budget 1 (key 1), 2 (key 2), 3 (the service): what the admitted requests reserved, and
+    # nothing of the refused ones (key 2's refused requests had reserved on budget 2 first)
+    assert result["counters"] == [[1, 0, 6 * 150], [2, 0, 14 * 150], [3, 0, 20]]
+    assert result["open_rows"] == 20
+    assert result["transactions"] == 1  # the thirty arrived in one turn: one transaction

@@ -42,6 +42,12 @@ The rules that make it exact:
   settles once, with the upstream that answered. (A single `UPDATE ... FROM (SELECT ...
   UNION ALL ...)` skipped counters on PostgreSQL when it had waited for another's row lock,
   and took the rows in no fixed order: lost updates and deadlocks, issue 26.)
+- On SQLite under gevent, the admissions a worker is asked for while it writes one are written
+  together in its next transaction (SQLite locks the whole database for any write
+  transaction, so one per request only multiplied the fixed cost): each request's own
+  reservations are still all or none (a request refused gives back, in that transaction, what
+  it had reserved on its earlier budgets, each counter checked to move one row). Not on
+  PostgreSQL, whose row locks one transaction would take in another order than the one below.
 - Under gevent, the settlements of one worker's replies that end within SETTLE_GATHER_SECONDS
   of each other are written in one transaction, the batch writer's below (each row and counter
   checked as above): a reservation is given back at most that much later, never sooner.
@@ -198,6 +204,19 @@ class _Settlement:
 
 
 @dataclass
+class _Admission:
+    """An admission waiting to be written with others (`Budgets._admit_together`)."""
+
+    hold: Hold
+    amounts: list  # (budget, window, ends, amount), in the one lock order
+    now: float
+    done: object = None  # gevent.event.AsyncResult: the ledger id, or the refusal
+    ledger_id: int | None = None
+    refusal: OverBudget | None = None
+    cancelled: bool = False
+
+
+@dataclass
 class Hold:
     """An admitted request: its ledger row (None: no budget applied, the row is written at
     settlement) and what it reserved."""
@@ -283,6 +302,9 @@ _RESERVE = (
     "WHERE budget_counters.spent + budget_counters.reserved + excluded.reserved "
     "<= (SELECT amount_limit FROM budgets WHERE id = excluded.budget_id) "
     "RETURNING spent, reserved")
+_UNRESERVE = (  # within the transaction that reserved it (see `Budgets._reserve`)
+    "UPDATE budget_counters SET reserved = reserved - :amount "
+    "WHERE budget_id = :budget_id AND window_key = :window_key")
 _SETTLE_COUNTER = (
     "UPDATE budget_counters SET reserved = reserved - :held, spent = spent + :charged "
     "WHERE budget_id = :budget_id AND window_key = :window_key")
@@ -342,6 +364,8 @@ class Budgets:
         self._timer = None  # threading.Timer, or hub.later's timer under gevent
         self._due = 0.0  # when the flush `_timer` makes is due (time.monotonic)
         self.gather = gather_settlements
+        self._admitting: list[_Admission] = []  # admissions waiting (`_admit_together`)
+        self._admitter = False  # a greenlet is writing them
         self._flushing = False
         _instances.add(self)
         from .usage import Usage
@@ -397,7 +421,8 @@ class Budgets:
 
     def admit(self, ask: Ask, user_id: int | None, key_id: int | None,
               applying: list[Budget] | None = None) -> Hold:
-        """Reserve `ask`'s worst case against every budget that applies (one transaction);
+        """Reserve `ask`'s worst case against every budget that applies (one transaction,
+        shared with the worker's other admissions of the moment on SQLite under gevent);
         OverBudget naming the first budget without room. `applying`: `self.applying(user_id,
         key_id)` as the caller already read it (the ask was bounded for that list)."""
         now = self.clock()
@@ -416,27 +441,118 @@ class Budgets:
         amounts.sort(key=lambda item: (item[0].id, item[1]))  # the one lock order
         hold.holds = [(budget.id, key, budget.unit, amount) for budget, key, _, amount in amounts]
 
-        def reserve(conn) -> int:
-            # One transaction: a budget without room rolls back every reservation made with it.
-            found = {}
-            for budget, key, ends, amount in amounts:
-                rows = conn.execute(_RESERVE, {"budget_id": budget.id, "window_key": key,
-                                               "amount": amount, "ends": ends})
-                if len(rows) != 1:  # no room (the row is not written, or not changed)
-                    if self.metrics is not None:
-                        self.metrics.budget_refused(budget.label)
-                    raise self._refusal(budget, ends, now)  # raised inside: the rollback
-                found[budget.id] = rows[0]
-            hold.remaining = [(budget, max(0, budget.limit - found[budget.id][0]
-                                           - found[budget.id][1]))
-                              for budget, _, _, _ in amounts]
-            return conn.execute(_LEDGER_OPEN, {
-                "request_id": ask.request_id[:64], "created": now, "user_id": user_id,
-                "key_id": key_id, "door": ask.door, "model": ask.model[:200],
-                "role": (ask.role or None) and ask.role[:64], "expires": now + self.hold_seconds,
-                "holds": json.dumps(hold.holds)})[0][0]
-        hold.ledger_id = self._transaction(reserve)
+        if self.gather and self.db.sqlite is not None and hub.on_gevent():
+            hold.ledger_id = self._admit_together(_Admission(hold, amounts, now))
+            return hold
+        try:
+            hold.ledger_id = self._transaction(
+                lambda conn: self._reserve(conn, hold, amounts, now, undo=False))
+        except OverBudget as refusal:
+            self._refused(refusal)
+            raise
         return hold
+
+    def _reserve(self, conn: Raw, hold: Hold, amounts: list, now: float, undo: bool) -> int:
+        """Reserve `amounts` (budget, window, ends, amount: in the one lock order) and open
+        the request's ledger row, in the transaction of `conn`; its id. A budget without room
+        raises its refusal: the transaction is rolled back (nothing stays reserved anywhere),
+        or with `undo` (other requests' reservations share the transaction) the counters this
+        request already moved are moved back first, each checked to touch its one row."""
+        found = {}
+        for budget, key, ends, amount in amounts:
+            rows = conn.execute(_RESERVE, {"budget_id": budget.id, "window_key": key,
+                                           "amount": amount, "ends": ends})
+            if len(rows) != 1:  # no room (the row is not written, or not changed)
+                for earlier, earlier_key, _, earlier_amount in amounts:
+                    if not undo or earlier.id not in found:
+                        break
+                    conn.execute(_UNRESERVE, {"budget_id": earlier.id,
+                                              "window_key": earlier_key,
+                                              "amount": earlier_amount})
+                    if conn.rowcount != 1:
+                        raise DatabaseError(f"the counter of budget {earlier.id}, window "
+                                            f"{earlier_key}, reserved just now, is not there")
+                refusal = self._refusal(budget, ends, now)
+                refusal.budget_label = budget.label
+                raise refusal
+            found[budget.id] = rows[0]
+        hold.remaining = [(budget, max(0, budget.limit - found[budget.id][0]
+                                       - found[budget.id][1]))
+                          for budget, _, _, _ in amounts]
+        ask = hold.ask
+        return conn.execute(_LEDGER_OPEN, {
+            "request_id": ask.request_id[:64], "created": now, "user_id": hold.user_id,
+            "key_id": hold.key_id, "door": ask.door, "model": ask.model[:200],
+            "role": (ask.role or None) and ask.role[:64], "expires": now + self.hold_seconds,
+            "holds": json.dumps(hold.holds)})[0][0]
+
+    def _refused(self, refusal: OverBudget) -> None:
+        if self.metrics is not None:
+            self.metrics.budget_refused(refusal.budget_label)
+
+    def _admit_together(self, admission: _Admission) -> int:
+        """SQLite under gevent: this admission joins the others of the worker that come
+        while one is written, and they are written in one transaction (each request's own
+        reservations all or none, see `_reserve`'s undo): SQLite takes the whole database's
+        write lock for any transaction, so one per request only multiplied its fixed cost.
+        The ledger row's id, or this request's refusal or the transaction's error."""
+        from gevent import spawn
+        from gevent.event import AsyncResult
+
+        admission.done = AsyncResult()
+        self._admitting.append(admission)
+        if not self._admitter:
+            self._admitter = True
+            spawn(self._admit_batches)
+        try:
+            return admission.done.get()
+        except OverBudget as refusal:
+            self._refused(refusal)
+            raise
+        except BaseException:  # killed while it waited (the worker stopping)
+            admission.cancelled = True
+            if admission.hold.ledger_id is None and admission.done.successful():
+                admission.hold.ledger_id = admission.done.value
+            if admission.hold.ledger_id is not None:  # reserved meanwhile: give it back
+                self.settle(admission.hold, Spent(outcome="failed"))
+            raise
+
+    def _admit_batches(self) -> None:
+        """Write the admissions waiting, one transaction per batch, until none waits."""
+        try:
+            while self._admitting:
+                batch = [a for a in self._admitting if not a.cancelled]
+                self._admitting.clear()
+                if not batch:
+                    continue
+
+                def reserve_all(conn: Raw, batch: list[_Admission] = batch) -> None:
+                    for admission in batch:
+                        admission.refusal = admission.ledger_id = None
+                        try:
+                            admission.ledger_id = self._reserve(
+                                conn, admission.hold, admission.amounts, admission.now,
+                                undo=True)
+                        except OverBudget as refusal:
+                            admission.refusal = refusal
+                try:
+                    self._transaction(reserve_all)
+                except BaseException as exc:  # noqa: BLE001 - every request of it is told
+                    for admission in batch:
+                        admission.done.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for admission in batch:
+                    if admission.refusal is not None:
+                        admission.done.set_exception(admission.refusal)
+                    elif admission.cancelled:  # gone while it was written: give it back
+                        admission.hold.ledger_id = admission.ledger_id
+                        self.settle(admission.hold, Spent(outcome="failed"))
+                    else:
+                        admission.done.set(admission.ledger_id)
+        finally:
+            self._admitter = False
 
     def _transaction(self, work: Callable[[Raw], object]):
         """`work(conn)` in one write transaction, tried again (at most ATTEMPTS times in all)
