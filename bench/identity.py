@@ -1,7 +1,9 @@
 """What the user service costs: `python -m bench.identity [--repeats 3] [--quick]`
 (`--only key,budget` some configurations, `--no-stall` without the stall check,
 `--service-root DIR` the service of another checkout: before/after comparisons,
-`--database postgresql` the accounts and the ledger on PostgreSQL instead of SQLite).
+`--database postgresql` the accounts and the ledger on PostgreSQL instead of SQLite,
+`--side-by-side [--also-root DIR]` every configuration started once and run in turn round by
+round, with DIR's own beside them: a before/after within one run).
 
 Four configurations of the service, each started fresh with a database of its own (SQLite
 in bench/results/, or a new database on a throwaway PostgreSQL server of the bench's own,
@@ -134,6 +136,9 @@ async def run(args, log) -> dict:
     def database() -> str:
         return server.new_database() if server is not None else ""
     try:
+        if args.side_by_side:
+            results.update(await side_by_side(args, upstream, configs, database, short, log))
+            return results
         for i in range(args.repeats):
             for name, users, budgets in (configs if i % 2 == 0 else configs[::-1]):
                 service, key = start(upstream, name, users, budgets, root,
@@ -186,6 +191,38 @@ async def run(args, log) -> dict:
             server.stop()
 
 
+async def side_by_side(args, upstream: BenchUpstream, configs, database, short: Scenario,
+                       log) -> dict:
+    """Every configuration started once (and each again from `--also-root`, labelled
+    `name@also`), then `--repeats` rounds, each running every one in turn, the order reversed
+    every other round: this machine's speed drifts by a third within minutes, and a figure is
+    compared only with the others of its round."""
+    trees = [("", args.service_root or ROOT)]
+    if args.also_root is not None:
+        trees.append(("@also", args.also_root))
+    running: list[tuple[str, Bench, Service]] = []
+    results: dict = {}
+    try:
+        for suffix, tree in trees:
+            for name, users, budgets in configs:
+                service, key = start(upstream, name + suffix.replace("@", "-"), users, budgets,
+                                     tree, database_url=database())
+                bench = Bench(upstream, service)
+                running.append((name + suffix, bench, service))
+                await bench.warm_up()
+                bench.through = target(service.port, key)
+                await bench.phase(bench.through, short)  # pools, caches, the key's record
+                results[name + suffix] = []
+        for i in range(args.repeats):
+            for label, bench, _ in (running if i % 2 == 0 else running[::-1]):
+                results[label] += await bench.scenario(short, 1, lambda t, n=label:
+                                                       log(f"[{n}] {t.strip()}"))
+    finally:
+        for _, _, service in running:
+            service.stop()
+    return results
+
+
 def report(results: dict) -> str:
     rows = ["| configuration | short replies/s | service CPU per request | CPU vs `open`, "
             "paired | vs `key`, paired |", "|---|---|---|---|---|"]
@@ -197,14 +234,14 @@ def report(results: dict) -> str:
         if other not in results:
             return "-"
         return f"{statistics.median(a['service']['cpu_ms_per_request'] - b['service']['cpu_ms_per_request'] for a, b in zip(results[name], results[other], strict=True)):+.2f} ms"  # noqa: E501
-    for name in ("open", "key", "budget", "budgets"):
-        if name not in results:
-            continue
+    for name in [n for n in results if n != "stall"]:
         runs = results[name]
+        base, _, tree = name.partition("@")
+        also = "@" + tree if tree else ""
         rows.append(f"| {name} | {med(runs, 'service', 'req_per_s'):,.0f} | "
                     f"{med(runs, 'service', 'cpu_ms_per_request'):.2f} ms | "
-                    f"{paired(name, 'open')} | "
-                    f"{paired(name, 'key') if name.startswith('budget') else '-'} |")
+                    f"{paired(name, 'open' + also)} | "
+                    f"{paired(name, 'key' + also) if base.startswith('budget') else '-'} |")
     if "stall" not in results:
         return "\n".join(rows)
     stall = results["stall"]
@@ -230,6 +267,12 @@ def main() -> int:
     parser.add_argument("--no-stall", action="store_true", help="skip the stall check")
     parser.add_argument("--service-root", type=Path, default=None,
                         help="run the service from another checkout")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="start every configuration once and run them in turn, round by "
+                             "round (the figures to compare are taken minutes apart otherwise)")
+    parser.add_argument("--also-root", type=Path, default=None,
+                        help="with --side-by-side: the same configurations from another "
+                             "checkout too, labelled name@also (a before/after in one run)")
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
                         help="where the accounts and the ledger live (postgresql: a "
                              "throwaway server of the bench's own)")

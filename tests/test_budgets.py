@@ -764,3 +764,49 @@ def test_admissions_arriving_together_on_sqlite_under_gevent_share_a_transaction
     assert result["counters"] == [[1, 0, 6 * 150], [2, 0, 14 * 150], [3, 0, 20]]
     assert result["open_rows"] == 20
     assert result["transactions"] == 1  # the thirty arrived in one turn: one transaction
+
+
+KILLED_WHILE_ADMITTED = """
+from gevent import monkey
+monkey.patch_all()
+import json, sqlite3, sys, time, gevent
+from pathlib import Path
+from gpt_proxy.base.prices import default_price
+from gpt_proxy.money.budgets import Ask, Budgets
+from gpt_proxy.storage.db import open_database
+
+folder = Path(sys.argv[1])
+db = open_database(f"sqlite:///{folder}/money.db", folder)
+budgets = Budgets(db, default_price=default_price("0.15/0.6"))
+budgets.set_budget("key", 1, "tokens", "total", 10**6)
+
+def until(condition):
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert time.monotonic() < deadline
+        gevent.sleep(0.001)
+
+other = sqlite3.connect(folder / "money.db", isolation_level=None)
+other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+request = gevent.spawn(budgets.admit, Ask("m", 100, 50, "test", "r1"), 1, 1)
+until(lambda: budgets._admitter and not budgets._admitting)  # its batch waits for the lock
+request.kill()  # the request goes away (its worker stopping) while its admission is written
+other.rollback()  # the lock is free: the batch is written
+def rows():
+    with db.read() as conn:
+        return ([tuple(r) for r in conn.exec_driver_sql(
+                    "SELECT spent, reserved FROM budget_counters").all()],
+                [tuple(r) for r in conn.exec_driver_sql(
+                    "SELECT state, outcome FROM ledger").all()])
+until(lambda: not budgets._admitter)
+budgets.flush()
+print(json.dumps(rows()))
+"""
+
+
+def test_a_request_gone_while_its_admission_was_written_gives_its_reservation_back(tmp_path):
+    out = subprocess.run([sys.executable, "-c", KILLED_WHILE_ADMITTED, str(tmp_path)],
+                         cwd=ROOT, timeout=120, capture_output=True, text=True, check=True)
+    counters, ledger = json.loads(out.stdout)
+    assert counters == [[0, 0]]  # reserved, then given back: nothing held, nothing spent
+    assert ledger == [["settled", "failed"]]
