@@ -19,6 +19,7 @@ import requests
 import sqlalchemy as sa
 
 from gpt_proxy.base.prices import default_price
+from gpt_proxy.base.errors import OverBudget
 from gpt_proxy.money.budgets import Ask, Budgets
 from gpt_proxy.storage.db import open_database
 
@@ -325,3 +326,33 @@ def open_rows_when_back(server: PostgreSQL, database: str) -> int:
     write (they try every couple of seconds)."""
     server.resume()
     return open_rows(database)
+
+
+def test_on_postgresql_a_request_under_one_budget_is_admitted_in_one_statement(
+        own_postgres, tmp_path):
+    """One round trip: the reservation and the ledger's open row in one statement, its own
+    transaction (no BEGIN and COMMIT around it); a refusal writes nothing."""
+    url = own_postgres.new_database()
+    db = open_database(url, tmp_path)
+    try:
+        budgets = Budgets(db, default_price=default_price("0.15/0.6"))
+        budgets.set_budget("key", 1, "tokens", "total", 200)
+        first = budgets.admit(Ask("m", 100, 50, "test", "first"), 1, 1)
+        assert first.ledger_id is not None and first.header()
+        with db.read() as conn:
+            driver = conn.connection.dbapi_connection  # the pool's one connection
+        with open(tmp_path / "trace", "w") as trace:
+            driver.pgconn.trace(trace.fileno())
+            with pytest.raises(OverBudget):
+                budgets.admit(Ask("m", 100, 50, "test", "second"), 1, 1)  # 150 + 150 > 200
+            driver.pgconn.untrace()
+        sent = re.findall(r'\tF\t\d+\t(?:Query|Parse)\s+(?:"[^"]*"\s+)?"([^"]*)"',
+                          (tmp_path / "trace").read_text())
+        assert len(sent) == 1 and sent[0].startswith("WITH reserved AS"), sent
+        with db.read() as conn:
+            assert conn.execute(sa.text(
+                "SELECT request_id, state FROM ledger")).all() == [("first", "open")]
+            assert conn.execute(sa.text(
+                "SELECT spent, reserved FROM budget_counters")).one() == (0, 150)
+    finally:
+        db.close()

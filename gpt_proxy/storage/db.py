@@ -612,11 +612,13 @@ class Database:
             conn.commit()
 
     @contextmanager
-    def raw_write(self) -> Iterator[Raw]:
+    def raw_write(self, autocommit: bool = False) -> Iterator[Raw]:
         """One write transaction on the driver's own connection (from the same pool), for the
         few statements every request runs (budgets and the ledger): SQLAlchemy's execution
         layer costs several times what SQLite does for them. The statements are SQL text with
-        `:name` parameters, written to run on SQLite and PostgreSQL alike.
+        `:name` parameters, written to run on SQLite and PostgreSQL alike. `autocommit`
+        (PostgreSQL only): no BEGIN and COMMIT around them, each statement is a transaction
+        of its own (one round trip for a block that runs one statement).
         A connection the server dropped (a restart) is invalidated, not put back in the pool:
         the next transaction gets a fresh one."""
         try:
@@ -634,9 +636,12 @@ class Database:
             conn.invalidate()
             raise self._error("cannot be written", exc) from None
         broken = False
+        dbapi = conn.dbapi_connection
         try:
             if self.sqlite is not None:
                 _when_unlocked(lambda: cursor.execute("BEGIN IMMEDIATE"))
+            elif autocommit:
+                dbapi.autocommit = True
             yield Raw(cursor, self.dialect)
             conn.commit()
         except BaseException as exc:
@@ -653,6 +658,8 @@ class Database:
         finally:
             try:
                 cursor.close()
+                if autocommit and self.sqlite is None and not broken:
+                    dbapi.autocommit = False  # as every other user of the pool expects
             except Exception:  # noqa: BLE001 - a dropped connection's cursor
                 broken = True
             if broken:
