@@ -18,8 +18,8 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from gpt_proxy.base.prices import default_price
 from gpt_proxy.base.errors import OverBudget
+from gpt_proxy.base.prices import default_price
 from gpt_proxy.money.budgets import Ask, Budgets
 from gpt_proxy.storage.db import open_database
 
