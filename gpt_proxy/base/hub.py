@@ -15,12 +15,6 @@ running replies' tokens go out between the arrivals' stages instead of after all
 Nothing is skipped, only ordered; while stages wait the poll does not sleep (an idle watcher
 is active), so a lone request loses a turn of the loop (microseconds), not time.
 
-A stage goes on at once, without a turn of the loop, when no stage waits and the hub polled
-less than GO_ON_WITHIN ago: the tokens that reached the worker since then wait at most that
-long plus the stage, and a worker that is not crowded pays nothing for the gate (a pause that
-waits costs a switch to the hub and back and a poll: three per request came to 43 µs of
-CPU, about 2% of a short request's).
-
 Outside gevent (the sync and gthread workers, tests without monkey-patching) `pause()` does
 nothing: there the operating system's scheduler interleaves the threads.
 """
@@ -29,10 +23,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from time import perf_counter
 
 STAGES_PER_POLL = 4  # set-up stages let go on per turn of the event loop
-GO_ON_WITHIN = 0.001  # seconds since the hub's last poll within which a stage need not wait
 
 _gate = None
 _checked = False
@@ -52,12 +44,6 @@ class _Gate:
         self.watcher.start(self.release)
         # While stages wait, an active idle watcher keeps the loop's poll from sleeping.
         self.spin = self.hub.loop.idle(ref=False)
-        self.polled = float("-inf")  # when the hub's last poll returned (perf_counter)
-        self.tick = self.hub.loop.check(ref=False)  # run once per turn, as its poll returns
-        self.tick.start(self.polled_now)
-
-    def polled_now(self) -> None:
-        self.polled = perf_counter()
 
     def release(self) -> None:
         """Run by the hub before each poll: the first few waiting stages go on, each until it
@@ -69,8 +55,6 @@ class _Gate:
             self.spin.stop()
 
     def wait(self) -> None:
-        if not self.waiting and perf_counter() - self.polled < GO_ON_WITHIN:
-            return  # the hub polled a moment ago, and nobody is ahead: go on
         waiter = self.Waiter(self.hub)
         self.waiting.append(waiter)
         if not self.spin.active:
