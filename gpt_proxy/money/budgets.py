@@ -358,7 +358,7 @@ class Budgets:
                  default_price: Price | None = None, tz: str = "UTC",
                  hold_seconds: float = 1230.0, ledger_days: float = 400.0,
                  clock: Callable[[], float] = time.time, metrics=None,
-                 gather_settlements: bool = True) -> None:
+                 gather: bool = True) -> None:
         self.db = db
         self.prices = prices or {}
         self.default_price = default_price
@@ -375,7 +375,7 @@ class Budgets:
         self._pending: collections.deque[dict] = collections.deque()
         self._timer = None  # threading.Timer, or hub.later's timer under gevent
         self._due = 0.0  # when the flush `_timer` makes is due (time.monotonic)
-        self.gather = gather_settlements
+        self.gather = gather  # under gevent: admissions (SQLite) and settlements written together
         self._admitting: list[_Admission] = []  # admissions waiting (`_admit_together`)
         self._admitter = False  # a greenlet is writing them
         self._flushing = False
@@ -487,33 +487,30 @@ class Budgets:
                     if conn.rowcount != 1:
                         raise DatabaseError(f"the counter of budget {earlier.id}, window "
                                             f"{earlier_key}, reserved just now, is not there")
-                refusal = self._refusal(budget, ends, now)
-                refusal.budget_label = budget.label
-                raise refusal
+                raise self._refusal(budget, ends, now)
             found[budget.id] = rows[0]
         hold.remaining = [(budget, max(0, budget.limit - found[budget.id][0]
                                        - found[budget.id][1]))
                           for budget, _, _, _ in amounts]
+        return conn.execute(_LEDGER_OPEN, self._open_row(hold, now))[0][0]
+
+    def _open_row(self, hold: Hold, now: float) -> dict:
+        """The columns of a request's open ledger row (`_LEDGER_OPEN`, `_RESERVE_AND_OPEN`)."""
         ask = hold.ask
-        return conn.execute(_LEDGER_OPEN, {
-            "request_id": ask.request_id[:64], "created": now, "user_id": hold.user_id,
-            "key_id": hold.key_id, "door": ask.door, "model": ask.model[:200],
-            "role": (ask.role or None) and ask.role[:64], "expires": now + self.hold_seconds,
-            "holds": json.dumps(hold.holds)})[0][0]
+        return {"request_id": ask.request_id[:64], "created": now, "user_id": hold.user_id,
+                "key_id": hold.key_id, "door": ask.door, "model": ask.model[:200],
+                "role": (ask.role or None) and ask.role[:64],
+                "expires": now + self.hold_seconds, "holds": json.dumps(hold.holds)}
 
     def _admit_in_one_statement(self, hold: Hold, amount: tuple, now: float) -> int:
         """PostgreSQL, one budget (`_RESERVE_AND_OPEN`): the ledger row's id, or the refusal."""
         budget, key, ends, reserve = amount
-        ask = hold.ask
-        rows = self._transaction(lambda conn: conn.execute(_RESERVE_AND_OPEN, {
-            "budget_id": budget.id, "window_key": key, "amount": reserve, "ends": ends,
-            "request_id": ask.request_id[:64], "created": now, "user_id": hold.user_id,
-            "key_id": hold.key_id, "door": ask.door, "model": ask.model[:200],
-            "role": (ask.role or None) and ask.role[:64], "expires": now + self.hold_seconds,
-            "holds": json.dumps(hold.holds)}), autocommit=True)
+        params = {"budget_id": budget.id, "window_key": key, "amount": reserve, "ends": ends,
+                  **self._open_row(hold, now)}
+        rows = self._transaction(lambda conn: conn.execute(_RESERVE_AND_OPEN, params),
+                                 autocommit=True)
         if len(rows) != 1:  # no room: nothing was written
             refusal = self._refusal(budget, ends, now)
-            refusal.budget_label = budget.label
             self._refused(refusal)
             raise refusal
         ledger_id, spent, reserved = rows[0]
@@ -606,15 +603,18 @@ class Budgets:
         raise AssertionError("unreachable")
 
     def _refusal(self, budget: Budget, ends: float | None, now: float) -> OverBudget:
+        """The refusal naming `budget`; `budget_label` is its metric's label (`_refused`)."""
         if ends is None:
-            return OverBudget(f"{budget.describe()} is used up; it does not reset (ask the "
-                              "operator for more)", code="budget_exceeded")
-        wait = max(1, int(ends - now + 0.999))
-        code = "rate_limit_exceeded" if budget.period == "minute" else "budget_exceeded"
-        refusal = OverBudget(f"{budget.describe()} has no room for this request; it resets at "
-                             f"{_iso(ends)} (in {_in(ends - now)})", code=code,
-                             headers={"Retry-After": str(wait)})
-        refusal.unit = budget.unit
+            refusal = OverBudget(f"{budget.describe()} is used up; it does not reset (ask the "
+                                 "operator for more)", code="budget_exceeded")
+        else:
+            wait = max(1, int(ends - now + 0.999))
+            code = "rate_limit_exceeded" if budget.period == "minute" else "budget_exceeded"
+            refusal = OverBudget(f"{budget.describe()} has no room for this request; it resets "
+                                 f"at {_iso(ends)} (in {_in(ends - now)})", code=code,
+                                 headers={"Retry-After": str(wait)})
+            refusal.unit = budget.unit
+        refusal.budget_label = budget.label
         return refusal
 
     # --- settlement ----------------------------------------------------------------------------
@@ -710,13 +710,11 @@ class Budgets:
         if not hub.on_gevent():
             return False
         self._pending.append(item)
-        due = time.monotonic() + seconds
-        if self._timer is not None and self._due <= due:
+        if self._timer is not None and self._due <= time.monotonic() + seconds:
             return True  # a flush comes soon enough
-        timer = hub.later(seconds, self.flush)
         if self._timer is not None:
             self._timer.cancel()  # a later one: this one writes all that waits
-        self._timer, self._due = timer, due
+        self._flush_later(seconds)
         return True
 
     # --- the rows of unbudgeted requests, and settlements kept, in batches -----------------------
@@ -732,9 +730,9 @@ class Budgets:
         """A flush in `seconds` (a greenlet under gevent). Two threads racing here make two
         timers; the later flush finds less, or nothing, to write."""
         self._due = time.monotonic() + seconds
-        self._timer = timer = hub.later(seconds, self.flush) or threading.Timer(seconds,
-                                                                               self.flush)
-        if isinstance(timer, threading.Timer):
+        self._timer = hub.later(seconds, self.flush)
+        if self._timer is None:  # no gevent: a thread of its own
+            self._timer = timer = threading.Timer(seconds, self.flush)
             timer.daemon = True
             timer.start()
 
