@@ -141,14 +141,10 @@ async def run(args, log) -> dict:
             return results
         for i in range(args.repeats):
             for name, users, budgets in (configs if i % 2 == 0 else configs[::-1]):
-                service, key = start(upstream, name, users, budgets, root,
-                                     database_url=database())
+                bench, service = await ready(upstream, name, users, budgets, root, database(),
+                                             Scenario("warm", 32, 10, 0.0, rounds=5,
+                                                      stagger=0.0))
                 try:
-                    bench = Bench(upstream, service)
-                    await bench.warm_up()
-                    bench.through = target(service.port, key)
-                    await bench.phase(bench.through, Scenario("warm", 32, 10, 0.0, rounds=5,
-                                                              stagger=0.0))
                     results[name] += await bench.scenario(short, 1, lambda t, n=name:
                                                           log(f"[{n}] {t.strip()}"))
                 finally:
@@ -191,6 +187,21 @@ async def run(args, log) -> dict:
             server.stop()
 
 
+async def ready(upstream: BenchUpstream, name: str, users: bool, budgets: int, root: Path,
+                database_url: str, warm: Scenario) -> tuple[Bench, Service]:
+    """A service in configuration `name` (`start`), warmed by `warm` through its target."""
+    service, key = start(upstream, name, users, budgets, root, database_url=database_url)
+    try:
+        bench = Bench(upstream, service)
+        await bench.warm_up()
+        bench.through = target(service.port, key)
+        await bench.phase(bench.through, warm)
+    except BaseException:
+        service.stop()
+        raise
+    return bench, service
+
+
 async def side_by_side(args, upstream: BenchUpstream, configs, database, short: Scenario,
                        log) -> dict:
     """Every configuration started once (and each again from `--also-root`, labelled
@@ -205,13 +216,10 @@ async def side_by_side(args, upstream: BenchUpstream, configs, database, short: 
     try:
         for suffix, tree in trees:
             for name, users, budgets in configs:
-                service, key = start(upstream, name + suffix.replace("@", "-"), users, budgets,
-                                     tree, database_url=database())
-                bench = Bench(upstream, service)
+                # warmed by a whole run: pools, caches, the key's record
+                bench, service = await ready(upstream, name + suffix.replace("@", "-"), users,
+                                             budgets, tree, database(), short)
                 running.append((name + suffix, bench, service))
-                await bench.warm_up()
-                bench.through = target(service.port, key)
-                await bench.phase(bench.through, short)  # pools, caches, the key's record
                 results[name + suffix] = []
         for i in range(args.repeats):
             for label, bench, _ in (running if i % 2 == 0 else running[::-1]):
