@@ -645,11 +645,14 @@ def test_budgets_check_exits_non_zero_naming_the_counter_and_both_sums(budgets, 
     assert "2 counter(s) differ from the ledger" in differ.stderr
 
 
-GATHER = """
+# The start of every script `under_gevent` runs: a Budgets over an SQLite file of its own in
+# the folder given, each write transaction counted in `transactions`.
+UNDER_GEVENT = """
 from gevent import monkey
 monkey.patch_all()
-import json, sys, gevent
+import json, sqlite3, sys, time, gevent
 from pathlib import Path
+from gpt_proxy.base.errors import OverBudget
 from gpt_proxy.base.prices import default_price
 from gpt_proxy.money import budgets as money
 from gpt_proxy.money.budgets import Ask, Budgets, Spent
@@ -658,14 +661,27 @@ from gpt_proxy.storage.db import open_database
 folder = Path(sys.argv[1])
 db = open_database(f"sqlite:///{folder}/money.db", folder)
 budgets = Budgets(db, default_price=default_price("0.15/0.6"))
-budgets.set_budget("key", 1, "tokens", "total", 10**6)
-holds = [budgets.admit(Ask("m", 100, 50, "test", f"r{k}"), 1, 1) for k in range(12)]
 transactions = []
 write = db.raw_write
 def counted():
     transactions.append(1)
     return write()
 db.raw_write = counted
+"""
+
+
+def under_gevent(script: str, folder: Path):
+    """What `script` printed (JSON), run after UNDER_GEVENT in a process of its own (gevent's
+    monkey-patching cannot be undone in the test process)."""
+    out = subprocess.run([sys.executable, "-c", UNDER_GEVENT + script, str(folder)], cwd=ROOT,
+                         timeout=120, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+GATHER = """
+budgets.set_budget("key", 1, "tokens", "total", 10**6)
+holds = [budgets.admit(Ask("m", 100, 50, "test", f"r{k}"), 1, 1) for k in range(12)]
+transactions.clear()  # the settlements' transactions are counted from here
 
 def counters():
     with db.read() as conn:
@@ -692,9 +708,7 @@ def test_settlements_ending_together_under_gevent_are_written_in_one_transaction
     """The gevent worker gathers the settlements of replies that end within
     SETTLE_GATHER_SECONDS into one transaction (a reservation is given back that much later,
     never sooner), and a graceful stop writes what still waits."""
-    out = subprocess.run([sys.executable, "-c", GATHER, str(tmp_path)], cwd=ROOT, timeout=120,
-                         capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout)
+    result = under_gevent(GATHER, tmp_path)
     assert result["right_after"] == [[0, 12 * 150]]  # all still held as the replies end
     assert result["settled"] == [[10 * 12, 2 * 150]]  # ten settled, two still held
     assert result["transactions"] == 2  # the ten together, then the two at the stop
@@ -702,29 +716,12 @@ def test_settlements_ending_together_under_gevent_are_written_in_one_transaction
 
 
 ADMIT_TOGETHER = """
-from gevent import monkey
-monkey.patch_all()
-import json, sys, gevent
-from pathlib import Path
-from gpt_proxy.base.errors import OverBudget
-from gpt_proxy.base.prices import default_price
-from gpt_proxy.money.budgets import Ask, Budgets
-from gpt_proxy.storage.db import open_database
-
-folder = Path(sys.argv[1])
-db = open_database(f"sqlite:///{folder}/money.db", folder)
-budgets = Budgets(db, default_price=default_price("0.15/0.6"))
 # key 1: room for 6 requests of 150 tokens; both keys under the service's 20 requests in all,
 # taken after each key's own budget (the one lock order: budget id)
 budgets.set_budget("key", 1, "tokens", "total", 6 * 150)
 budgets.set_budget("key", 2, "tokens", "total", 10**6)
 budgets.set_budget("service", 0, "requests", "total", 20)
-transactions = []
-write = db.raw_write
-def counted():
-    transactions.append(1)
-    return write()
-db.raw_write = counted
+transactions.clear()  # counted from the admissions on
 
 def ask(key, k):
     try:
@@ -750,9 +747,7 @@ def test_admissions_arriving_together_on_sqlite_under_gevent_share_a_transaction
     """SQLite under gevent writes the admissions that arrive together in one transaction, and
     each request's reservations stay all or none: one refused by its second budget gives back,
     in that transaction, what it had reserved on its first."""
-    out = subprocess.run([sys.executable, "-c", ADMIT_TOGETHER, str(tmp_path)], cwd=ROOT,
-                         timeout=120, capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout)
+    result = under_gevent(ADMIT_TOGETHER, tmp_path)
     key1, key2 = result["results"][:10], result["results"][10:]
     assert sum(isinstance(r, int) for r in key1) == 6  # the key's room: 6 x 150 tokens
     assert all("key" in r for r in key1 if isinstance(r, str))
@@ -767,17 +762,6 @@ def test_admissions_arriving_together_on_sqlite_under_gevent_share_a_transaction
 
 
 KILLED_WHILE_ADMITTED = """
-from gevent import monkey
-monkey.patch_all()
-import json, sqlite3, sys, time, gevent
-from pathlib import Path
-from gpt_proxy.base.prices import default_price
-from gpt_proxy.money.budgets import Ask, Budgets
-from gpt_proxy.storage.db import open_database
-
-folder = Path(sys.argv[1])
-db = open_database(f"sqlite:///{folder}/money.db", folder)
-budgets = Budgets(db, default_price=default_price("0.15/0.6"))
 budgets.set_budget("key", 1, "tokens", "total", 10**6)
 
 def until(condition):
@@ -805,8 +789,6 @@ print(json.dumps(rows()))
 
 
 def test_a_request_gone_while_its_admission_was_written_gives_its_reservation_back(tmp_path):
-    out = subprocess.run([sys.executable, "-c", KILLED_WHILE_ADMITTED, str(tmp_path)],
-                         cwd=ROOT, timeout=120, capture_output=True, text=True, check=True)
-    counters, ledger = json.loads(out.stdout)
+    counters, ledger = under_gevent(KILLED_WHILE_ADMITTED, tmp_path)
     assert counters == [[0, 0]]  # reserved, then given back: nothing held, nothing spent
     assert ledger == [["settled", "failed"]]

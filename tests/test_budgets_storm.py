@@ -13,6 +13,9 @@ import json
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import requests
@@ -197,6 +200,21 @@ def own_postgres():
     server.stop()
 
 
+@contextmanager
+def sent_to_server(driver, path: Path) -> Iterator[list[str]]:
+    """The statements the psycopg connection `driver` sends the server within the block, in
+    order (read from libpq's own trace of the protocol once the block is over)."""
+    sent: list[str] = []
+    with open(path, "w") as trace:
+        driver.pgconn.trace(trace.fileno())
+        try:
+            yield sent
+        finally:
+            driver.pgconn.untrace()
+    sent += re.findall(r'\tF\t\d+\t(?:Query|Parse)\s+(?:"[^"]*"\s+)?"([^"]*)"',
+                       path.read_text())
+
+
 def test_a_pooled_postgresql_connection_is_looked_at_without_a_query_and_a_dead_one_replaced(
         own_postgres, tmp_path):
     """No round trip before each transaction (pool_pre_ping's SELECT 1 was a fifth of a
@@ -209,13 +227,9 @@ def test_a_pooled_postgresql_connection_is_looked_at_without_a_query_and_a_dead_
             first = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
             driver = conn.connection.dbapi_connection
         # what the service sends the server on that connection, in libpq's own trace
-        with open(tmp_path / "trace", "w") as trace:
-            driver.pgconn.trace(trace.fileno())
+        with sent_to_server(driver, tmp_path / "trace") as sent:
             with db.read() as conn:  # the same pooled connection, and only the query itself
                 assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() == first
-            driver.pgconn.untrace()
-        sent = re.findall(r'\tF\t\d+\t(?:Query|Parse)\s+(?:"[^"]*"\s+)?"([^"]*)"',
-                          (tmp_path / "trace").read_text())
         assert sent == ["BEGIN", "SELECT pg_backend_pid()", "ROLLBACK"]  # no ping first
         own_postgres.restart()
         with db.read() as conn:  # the first use after the restart: a fresh connection
@@ -341,13 +355,9 @@ def test_on_postgresql_a_request_under_one_budget_is_admitted_in_one_statement(
         assert first.ledger_id is not None and first.header()
         with db.read() as conn:
             driver = conn.connection.dbapi_connection  # the pool's one connection
-        with open(tmp_path / "trace", "w") as trace:
-            driver.pgconn.trace(trace.fileno())
+        with sent_to_server(driver, tmp_path / "trace") as sent:
             with pytest.raises(OverBudget):
                 budgets.admit(Ask("m", 100, 50, "test", "second"), 1, 1)  # 150 + 150 > 200
-            driver.pgconn.untrace()
-        sent = re.findall(r'\tF\t\d+\t(?:Query|Parse)\s+(?:"[^"]*"\s+)?"([^"]*)"',
-                          (tmp_path / "trace").read_text())
         assert len(sent) == 1 and sent[0].startswith("WITH reserved AS"), sent
         with db.read() as conn:
             assert conn.execute(sa.text(
