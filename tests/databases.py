@@ -10,12 +10,19 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 from .processes import free_port
+
+
+def statements_in(trace: str) -> list[str]:
+    """The statements a psycopg connection sent the server, in order, read from libpq's own
+    trace of the protocol (`pgconn.trace(fd)`)."""
+    return re.findall(r'\tF\t\d+\t(?:Query|Parse)\s+(?:"[^"]*"\s+)?"([^"]*)"', trace)
 
 
 def postgres_bin() -> Path | None:

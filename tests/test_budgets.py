@@ -21,6 +21,7 @@ from gpt_proxy.money.budgets import Ask, Budgets, Spent, parse_limit, window
 from gpt_proxy.storage.db import DatabaseError
 
 from .conftest import until
+from .databases import statements_in
 
 ROOT = Path(__file__).resolve().parent.parent
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -646,7 +647,8 @@ def test_budgets_check_exits_non_zero_naming_the_counter_and_both_sums(budgets, 
 
 
 # The start of every script `under_gevent` runs: a Budgets over an SQLite file of its own in
-# the folder given, each write transaction counted in `transactions`.
+# the folder given (or the database URL given after it), each write transaction counted in
+# `transactions`.
 UNDER_GEVENT = """
 from gevent import monkey
 monkey.patch_all()
@@ -659,21 +661,22 @@ from gpt_proxy.money.budgets import Ask, Budgets, Spent
 from gpt_proxy.storage.db import open_database
 
 folder = Path(sys.argv[1])
-db = open_database(f"sqlite:///{folder}/money.db", folder)
+db = open_database(sys.argv[2] if len(sys.argv) > 2 else f"sqlite:///{folder}/money.db", folder)
 budgets = Budgets(db, default_price=default_price("0.15/0.6"))
 transactions = []
 write = db.raw_write
-def counted():
+def counted(**how):
     transactions.append(1)
-    return write()
+    return write(**how)
 db.raw_write = counted
 """
 
 
-def under_gevent(script: str, folder: Path):
+def under_gevent(script: str, folder: Path, database_url: str | None = None):
     """What `script` printed (JSON), run after UNDER_GEVENT in a process of its own (gevent's
     monkey-patching cannot be undone in the test process)."""
-    out = subprocess.run([sys.executable, "-c", UNDER_GEVENT + script, str(folder)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-c", UNDER_GEVENT + script, str(folder),
+                          *([database_url] if database_url else [])], cwd=ROOT,
                          timeout=120, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
@@ -792,3 +795,73 @@ def test_a_request_gone_while_its_admission_was_written_gives_its_reservation_ba
     counters, ledger = under_gevent(KILLED_WHILE_ADMITTED, tmp_path)
     assert counters == [[0, 0]]  # reserved, then given back: nothing held, nothing spent
     assert ledger == [["settled", "failed"]]
+
+
+SETTLE_TOGETHER = """
+import sqlalchemy
+now = [time.time()]
+budgets = Budgets(db, default_price=default_price("0.15/0.6"), hold_seconds=600,
+                  clock=lambda: now[0])
+budgets.set_budget("key", 1, "tokens", "total", 10**6)
+holds = [budgets.admit(Ask("m", 100, 50, "test", "r0"), 1, 1)]
+now[0] += 300
+holds += [budgets.admit(Ask("m", 100, 50, "test", f"r{k}"), 1, 1) for k in range(1, 10)]
+now[0] += 350  # r0 is past its expiry (a worker that died, as far as a sweep can tell)
+swept = budgets.sweep()
+reader = sqlalchemy.create_engine(sys.argv[2].replace("postgresql://", "postgresql+psycopg://"))
+
+def counters():
+    with reader.connect() as conn:
+        return [list(r) for r in conn.exec_driver_sql(
+            "SELECT spent, reserved FROM budget_counters")]
+before = counters()
+with db.read() as conn:
+    driver = conn.connection.dbapi_connection  # the pool's one connection
+trace = folder / "trace"
+with open(trace, "w") as out:
+    driver.pgconn.trace(out.fileno())
+    gevent.joinall([gevent.spawn(budgets.settle, hold, Spent(10, 2)) for hold in holds])
+    deadline = time.monotonic() + 10
+    while counters() == before and time.monotonic() < deadline:
+        gevent.sleep(0.001)
+    driver.pgconn.untrace()
+with reader.connect() as conn:
+    rows = [list(r) for r in conn.exec_driver_sql(
+        "SELECT request_id, state, outcome FROM ledger ORDER BY request_id")]
+print(json.dumps({"swept": swept, "before": before, "after": counters(), "rows": rows,
+                  "transactions": len(transactions), "trace": trace.read_text()}))
+"""
+
+
+def test_on_postgresql_settlements_of_one_budget_are_written_together_in_one_statement(
+        postgres, tmp_path):
+    """Ten replies under one budget end in one turn of a gevent worker: their ledger rows and
+    the counter are settled by one statement (no BEGIN, no COMMIT, no statement per row).
+    One of them was already settled by a sweep (its worker looked dead): it is left as the
+    sweep settled it and the counter moves by the other nine alone."""
+    result = under_gevent(SETTLE_TOGETHER, tmp_path, postgres.new_database())
+    assert result["swept"] == 1
+    assert result["before"] == [[150, 9 * 150]]  # r0 at its worst case, nine held
+    sent = statements_in(result["trace"])
+    assert [s.split(" ")[0] for s in sent] == ["WITH"], sent
+    assert "UPDATE budget_counters" in sent[0] and "unnest" in sent[0]
+    assert result["after"] == [[150 + 9 * 12, 0]]
+    assert result["rows"] == [["r0", "settled", "expired"]] + [
+        [f"r{k}", "settled", "ok"] for k in range(1, 10)]
+
+
+def test_a_missing_counter_of_a_one_budget_settlement_is_logged_with_the_request_id(
+        budgets, db, caplog):
+    """The same check where a request under one budget settles in one statement (PostgreSQL)
+    as where it settles in a transaction (SQLite, several budgets)."""
+    tokens = budgets.set_budget("key", 1, "tokens", "total", 10**6)
+    hold = budgets.admit(ask(request_id="req-lone"), 1, 1)
+    with db.write() as conn:
+        conn.execute(sa.text("DELETE FROM budget_counters WHERE budget_id = :b"),
+                     {"b": tokens.id})
+    budgets.settle(hold, Spent(10, 5))
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("req-lone" in line and f"budget {tokens.id}" in line and "reservation of 150"
+               in line and "charge of 15" in line for line in lines), lines
+    assert ledger(db)[0].state == "settled"
+

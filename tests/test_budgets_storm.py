@@ -10,7 +10,6 @@ written, with the real usage, once it is back)."""
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from gpt_proxy.money.budgets import Ask, Budgets
 from gpt_proxy.storage.db import open_database
 
 from .conftest import ROOT, until
-from .databases import PostgreSQL, postgres_bin
+from .databases import PostgreSQL, postgres_bin, statements_in
 from .fake_upstream import FakeUpstream
 from .tcp_proxy import CuttingProxy
 from .test_budgets_live import BODY, admin, new_key, reply, start
@@ -117,18 +116,28 @@ def far_postgres(postgres):
         proxy.stop()
 
 
+# A key under three budgets (its requests per minute, its tokens in all, the service's
+# dollars): admission and settlement in transactions. Under one (its tokens): each admission
+# one statement, and the settlements a worker gathers one statement a batch.
+BUDGET_SETS = {
+    "three": (("key", "requests", "minute", 10**6), ("key", "tokens", "total", 10**9),
+              ("service", "usd", "total", "1000")),
+    "one": (("key", "tokens", "total", 10**9),),
+}
+
+
+@pytest.mark.parametrize("budget_set", sorted(BUDGET_SETS))
 def test_a_storm_of_one_key_leaves_every_counter_equal_to_the_ledger(gated, far_postgres,
-                                                                      tmp_path):
+                                                                      tmp_path, budget_set):
     far, direct = far_postgres
     servers = [start(gated, tmp_path / name, far, 3, DEFAULT_PRICE=PRICE) for name in "ab"]
     try:
         url = servers[0].url
-        key = new_key(url, "storm")
-        for unit, period, limit in (("requests", "minute", 10**6), ("tokens", "total", 10**9)):
-            admin(url, "POST", "/api/admin/budgets", scope="key", subject=key["id"],
-                  unit=unit, period=period, limit=limit)
-        admin(url, "POST", "/api/admin/budgets", scope="service", unit="usd",
-              period="total", limit="1000")
+        key = new_key(url, f"storm-{budget_set}")
+        for scope, unit, period, limit in BUDGET_SETS[budget_set]:
+            subject = {"subject": key["id"]} if scope == "key" else {}
+            admin(url, "POST", "/api/admin/budgets", scope=scope, unit=unit, period=period,
+                  limit=limit, **subject)
         user_id = key_row(direct, key["id"])
         sweeper_db = open_database(direct, ROOT)
         sweeper = Budgets(sweeper_db, default_price=default_price(PRICE), hold_seconds=-1)
@@ -211,8 +220,7 @@ def sent_to_server(driver, path: Path) -> Iterator[list[str]]:
             yield sent
         finally:
             driver.pgconn.untrace()
-    sent += re.findall(r'\tF\t\d+\t(?:Query|Parse)\s+(?:"[^"]*"\s+)?"([^"]*)"',
-                       path.read_text())
+    sent += statements_in(path.read_text())
 
 
 def test_a_pooled_postgresql_connection_is_looked_at_without_a_query_and_a_dead_one_replaced(
