@@ -865,3 +865,22 @@ def test_a_missing_counter_of_a_one_budget_settlement_is_logged_with_the_request
                in line and "charge of 15" in line for line in lines), lines
     assert ledger(db)[0].state == "settled"
 
+
+def test_an_upstream_reporting_absurd_usage_is_counted_at_the_most_and_holds_up_no_one(
+        budgets, db, caplog):
+    """JSON numbers have no bound: a broken or hostile upstream's 10**30 tokens (or images)
+    would overflow the ledger's integers, and the row the database refused would take the
+    rows written with it. Counted as the most one request can use, and logged."""
+    tokens = budgets.set_budget("key", 1, "tokens", "total", 10**15)
+    hold = budgets.admit(ask(request_id="absurd"), 1, 1)
+    budgets.settle(hold, Spent(10**30, 5, images=10**12))
+    for name, prompt in (("absurd-free", 10**30), ("plain", 7)):  # unbudgeted: one batch
+        budgets.settle(budgets.admit(ask(request_id=name), 1, 2), Spent(prompt, 1))
+    assert budgets.flush() == 2
+    rows = {row.request_id: row for row in ledger(db)}
+    assert (rows["absurd"].prompt_tokens, rows["absurd"].images) == (2**32, 2**31 - 1)
+    assert counter(db, tokens) == (2**32 + 5, 0)
+    assert rows["absurd-free"].prompt_tokens == 2**32 and rows["plain"].prompt_tokens == 7
+    assert all(row.state == "settled" for row in rows.values())
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("absurd:" in line and "prompt_tokens and images" in line for line in warned)

@@ -116,6 +116,13 @@ LEDGER_PENDING_MAX = 50_000
 # is given back at most this much later (a budget can only look fuller meanwhile, never
 # emptier), and a transaction's fixed cost is shared.
 SETTLE_GATHER_SECONDS = 0.01
+# The most tokens (2**32, a thousand times the longest context) and images one request is
+# counted for: an upstream that reports more (a broken or hostile one: JSON numbers have no
+# bound) is counted this much, and the request is logged. Beyond them the ledger's integers
+# (64-bit tokens and cost, 32-bit images on PostgreSQL) could overflow, and a row the
+# database refuses would hold up the rows written with it.
+MAX_REPORTED = {"prompt_tokens": 2**32, "completion_tokens": 2**32, "cached_tokens": 2**32,
+                "images": 2**31 - 1}
 _PERIOD_WORDS = {"minute": "per-minute", "day": "daily", "month": "monthly", "total": "total"}
 
 
@@ -666,6 +673,13 @@ class Budgets:
     def _settle(self, hold: Hold, spent: Spent) -> None:
         now = self.clock()
         ask = hold.ask
+        over = {name: most for name, most in MAX_REPORTED.items()
+                if (getattr(spent, name) or 0) > most}
+        if over:
+            log.warning("ledger: request %s: the upstream reported more %s than one request "
+                        "can use; counted as %s", ask.request_id, " and ".join(over),
+                        " and ".join(map(str, over.values())))
+            spent = replace(spent, **over)
         cost = None
         if hold.price is not None:
             cost = hold.price.tokens(spent.prompt_tokens, spent.completion_tokens,
