@@ -884,3 +884,27 @@ def test_an_upstream_reporting_absurd_usage_is_counted_at_the_most_and_holds_up_
     assert all(row.state == "settled" for row in rows.values())
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("absurd:" in line and "prompt_tokens and images" in line for line in warned)
+
+
+def test_a_row_the_database_refuses_alone_holds_up_no_other(budgets, db, monkeypatch, caplog):
+    """One row no database can take (a number past any integer column) in a batch: the
+    batch is written one row at a time, the others are written, and the one refused is
+    logged with its request and left out, not kept and tried again with every later batch
+    (which would hold up all of them). A settlement left out so keeps its reservation, which
+    the sweep settles at what it held."""
+    monkeypatch.setattr("gpt_proxy.money.budgets.LEDGER_FLUSH_SECONDS", 3600)  # by hand
+    tokens = budgets.set_budget("key", 1, "tokens", "total", 10**6)
+    held = budgets.admit(ask(request_id="bad-held"), 1, 1)
+    budgets.settle(held, Spent(10, 5, ttft_ms=2**70))  # refused alone (kept by PostgreSQL)
+    assert counter(db, tokens) == (0, 150)
+    for name, ttft in (("good-a", 5), ("bad-free", 2**70), ("good-b", None)):
+        budgets.settle(budgets.admit(ask(request_id=name), 1, 2), Spent(1, 1, ttft_ms=ttft))
+    assert budgets.flush() == 2
+    assert sorted(row.request_id for row in ledger(db) if row.state == "settled") == [
+        "good-a", "good-b"]
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("bad-free: its row was refused and is left out" in line for line in errors)
+    assert any("bad-held" in line for line in errors), errors  # alone, or in the batch
+    assert budgets.flush() == 0  # nothing kept to try again
+    assert counter(db, tokens) == (0, 150)  # still held, until the sweep settles it
+

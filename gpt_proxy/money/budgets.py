@@ -84,6 +84,7 @@ import collections
 import datetime as dt
 import json
 import logging
+import re
 import threading
 import time
 import weakref
@@ -116,6 +117,9 @@ LEDGER_PENDING_MAX = 50_000
 # is given back at most this much later (a budget can only look fuller meanwhile, never
 # emptier), and a transaction's fixed cost is shared.
 SETTLE_GATHER_SECONDS = 0.01
+# A batch the database refused for good is written one row at a time; when this many are
+# refused before one is written, the database refuses everything (full, read-only), not a row.
+PROBE_ALONE = 3
 # The most tokens (2**32, a thousand times the longest context) and images one request is
 # counted for: an upstream that reports more (a broken or hostile one: JSON numbers have no
 # bound) is counted this much, and the request is logged. Beyond them the ledger's integers
@@ -361,6 +365,30 @@ _TOGETHER_COLUMNS = ("finished", "upstream", "prompt_tokens", "completion_tokens
 ATTEMPTS = 3  # a transaction PostgreSQL ended to break a deadlock, or a dropped connection
 
 
+def _text(value: str | None, most: int) -> str | None:
+    """`value` as a ledger column holds it: at most `most` characters, any NUL (which
+    PostgreSQL refuses in text) or lone surrogate (no character: UTF-8 cannot hold it) made a
+    replacement character. A model name comes from the client, an outcome from the upstream's
+    error: a row the database refused would hold up every row written with it."""
+    if value is None:
+        return None
+    value = value[:most]
+    if value.isascii() and "\x00" not in value:
+        return value
+    return _UNWRITABLE.sub("\ufffd", value)
+
+
+_UNWRITABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _whose(hold: Hold, created: float) -> dict:
+    """The columns saying whose request a ledger row is, and what it asked for."""
+    ask = hold.ask
+    return {"request_id": _text(ask.request_id, 64), "created": created,
+            "user_id": hold.user_id, "key_id": hold.key_id, "door": _text(ask.door, 32),
+            "model": _text(ask.model, 200), "role": _text(ask.role or None, 64)}
+
+
 def _in_order(holds):
     """Counter rows in the one order every transaction takes them: budget id, then window."""
     return sorted(holds, key=lambda hold: (hold[0], hold[1]))
@@ -534,11 +562,8 @@ class Budgets:
 
     def _open_row(self, hold: Hold, now: float) -> dict:
         """The columns of a request's open ledger row (`_LEDGER_OPEN`, `_RESERVE_AND_OPEN`)."""
-        ask = hold.ask
-        return {"request_id": ask.request_id[:64], "created": now, "user_id": hold.user_id,
-                "key_id": hold.key_id, "door": ask.door, "model": ask.model[:200],
-                "role": (ask.role or None) and ask.role[:64],
-                "expires": now + self.hold_seconds, "holds": json.dumps(hold.holds)}
+        return {**_whose(hold, now), "expires": now + self.hold_seconds,
+                "holds": json.dumps(hold.holds)}
 
     def _admit_in_one_statement(self, hold: Hold, amount: tuple, now: float) -> int:
         """PostgreSQL, one budget (`_RESERVE_AND_OPEN`): the ledger row's id, or the refusal."""
@@ -688,20 +713,17 @@ class Budgets:
                 cost += hold.price.image(ask.image_size, spent.images) or 0
         actual = {"tokens": spent.prompt_tokens + spent.completion_tokens,
                   "requests": 1 if spent.outcome != "failed" else 0, "usd": cost or 0}
-        row = {"finished": now, "upstream": spent.upstream and spent.upstream[:64],
+        row = {"finished": now, "upstream": _text(spent.upstream, 64),
                "prompt_tokens": spent.prompt_tokens, "completion_tokens": spent.completion_tokens,
-               "images": spent.images or None, "cost": cost, "outcome": spent.outcome[:64],
+               "images": spent.images or None, "cost": cost, "outcome": _text(spent.outcome, 64),
                "duration_ms": int((now - hold.started) * 1000), "ttft_ms": spent.ttft_ms}
         if hold.ledger_id is None:  # nothing reserved: the row joins the next batch
-            self._queue({"request_id": ask.request_id[:64], "created": hold.started,
-                         "user_id": hold.user_id, "key_id": hold.key_id, "door": ask.door,
-                         "model": ask.model[:200], "role": (ask.role or None) and ask.role[:64],
-                         **row})
+            self._queue({**_whose(hold, hold.started), **row})
             return
         counters = [(budget_id, key, held, actual[unit])
                     for budget_id, key, unit, held in _in_order(hold.holds)]
         row["charges"] = json.dumps([(b, k, charged) for b, k, _, charged in counters])
-        item = _Settlement(hold.ledger_id, ask.request_id[:64], row, counters)
+        item = _Settlement(hold.ledger_id, _text(ask.request_id, 64), row, counters)
         if self.gather and self._flush_within(SETTLE_GATHER_SECONDS, item):
             return
         try:
@@ -832,35 +854,85 @@ class Budgets:
                 break
         if not batch:
             return 0
-        rows = [item for item in batch if isinstance(item, dict)]
-        settlements = [item for item in batch if isinstance(item, _Settlement)]
         self._flushing = True  # a row queued meanwhile waits for the timer, not a nested flush
         try:
-            self._write(settlements, rows)
-        except DatabaseError as exc:
-            for item in settlements:
-                if not item.kept:  # gathered, not yet refused: told as `_keep` tells
-                    log.warning("ledger: request %s not settled yet (kept, tried again): %s",
-                                item.request_id, exc)
-            batch = [replace(item, kept=True) if isinstance(item, _Settlement) else item
-                     for item in batch]
-            self._pending.extendleft(reversed(batch))
-            over = len(self._pending) - LEDGER_PENDING_MAX
-            dropped = [self._pending.popleft() for _ in range(max(0, over))]
-            lost = [item.request_id for item in dropped if isinstance(item, _Settlement)]
-            log.error("ledger: %d rows not written yet (kept, tried again): %s%s%s",
-                      len(batch), exc, f"; the {over} oldest dropped" if over > 0 else "",
-                      f"; never settled: requests {', '.join(lost)}" if lost else "")
-            if self._timer is None:
-                self._flush_later(LEDGER_FLUSH_SECONDS * 4)
-            return 0
+            return self._write_batch(batch)
         finally:
             self._flushing = False
+
+    def _write_batch(self, batch: list) -> int:
+        """`batch` (rows and settlements) in one transaction; how many were written. A batch
+        the database could not take now is kept; one it refused for good is written one at a
+        time (`_one_at_a_time`)."""
+        rows = [item for item in batch if isinstance(item, dict)]
+        settlements = [item for item in batch if isinstance(item, _Settlement)]
+        try:
+            self._write(settlements, rows)
+        except Exception as exc:  # noqa: BLE001 - kept, or each tried alone
+            if isinstance(exc, DatabaseError) and exc.transient:
+                self._keep_all(batch, exc)
+                return 0
+            return self._one_at_a_time(batch, exc)
         kept = [item.request_id for item in settlements if item.kept]
         if kept:
             log.warning("ledger: %d settlement(s) kept through a database failure written: "
                         "requests %s", len(kept), ", ".join(kept))
         return len(batch)
+
+    def _one_at_a_time(self, batch: list, exc: Exception) -> int:
+        """A batch refused by something trying again will not cure: each item in a transaction
+        of its own, so that one row the database (or its driver) refuses holds up no other.
+        An item refused alone while others were written is left out and logged with its
+        request (an open row of it is settled by the sweep at what it reserved). When the
+        first few are refused and none written, the database refuses everything (full,
+        read-only): the batch is kept whole, but for the items its driver could not even send.
+        How many were written."""
+        log.warning("ledger: a batch of %d rows was refused (%s: %s); writing them one at a "
+                    "time", len(batch), type(exc).__name__, exc)
+        written, kept, refused = 0, [], []
+        for i, item in enumerate(batch):
+            if not written and len(kept) + len(refused) >= PROBE_ALONE:
+                kept += [(rest, exc) for rest in batch[i:]]
+                break
+            try:
+                self._write([item]) if isinstance(item, _Settlement) else self._write([], [item])
+                written += 1
+            except DatabaseError as err:
+                (kept if err.transient else refused).append((item, err))
+            except Exception as err:  # noqa: BLE001 - a row the driver cannot send: never
+                refused.append((item, err))
+        if not written:  # the database's own refusals: kept, with the rest
+            kept += [(item, err) for item, err in refused if isinstance(err, DatabaseError)]
+            refused = [(item, err) for item, err in refused if not isinstance(err, DatabaseError)]
+        for item, err in refused:
+            log.error("ledger: request %s: its row was refused and is left out (%s: %s)%s",
+                      item.request_id if isinstance(item, _Settlement) else item["request_id"],
+                      type(err).__name__, err, "; its reservation is settled by the sweep "
+                      "at what it held" if isinstance(item, _Settlement) else "")
+            if self.metrics is not None and isinstance(item, _Settlement):
+                self.metrics.settlement_failed()
+        if kept:
+            self._keep_all([item for item, _ in kept], kept[0][1])
+        return written
+
+    def _keep_all(self, batch: list, exc: Exception) -> None:
+        """`batch` back at the head of the queue, tried again in a few seconds (the oldest
+        dropped past LEDGER_PENDING_MAX, saying which requests were never settled)."""
+        for item in batch:
+            if isinstance(item, _Settlement) and not item.kept:  # told as `_keep` tells
+                log.warning("ledger: request %s not settled yet (kept, tried again): %s",
+                            item.request_id, exc)
+        batch = [replace(item, kept=True) if isinstance(item, _Settlement) else item
+                 for item in batch]
+        self._pending.extendleft(reversed(batch))
+        over = len(self._pending) - LEDGER_PENDING_MAX
+        dropped = [self._pending.popleft() for _ in range(max(0, over))]
+        lost = [item.request_id for item in dropped if isinstance(item, _Settlement)]
+        log.error("ledger: %d rows not written yet (kept, tried again): %s%s%s",
+                  len(batch), exc, f"; the {over} oldest dropped" if over > 0 else "",
+                  f"; never settled: requests {', '.join(lost)}" if lost else "")
+        if self._timer is None:
+            self._flush_later(LEDGER_FLUSH_SECONDS * 4)
 
     def sweep(self) -> int:
         """Settle open rows past their expiry at what they reserved; delete old ledger rows
