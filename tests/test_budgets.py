@@ -773,8 +773,15 @@ def until(condition):
         assert time.monotonic() < deadline
         gevent.sleep(0.001)
 
-other = sqlite3.connect(folder / "money.db", isolation_level=None)
-other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+if len(sys.argv) > 2:  # PostgreSQL: another process holds the counter's row
+    import psycopg
+    budgets.settle(budgets.admit(Ask("m", 100, 50, "test", "r0"), 1, 1), Spent(outcome="failed"))
+    budgets.flush()
+    other = psycopg.connect(sys.argv[2])
+    other.execute("SELECT 1 FROM budget_counters FOR UPDATE")
+else:
+    other = sqlite3.connect(folder / "money.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
 request = gevent.spawn(budgets.admit, Ask("m", 100, 50, "test", "r1"), 1, 1)
 until(lambda: budgets._admitter and not budgets._admitting)  # its batch waits for the lock
 request.kill()  # the request goes away (its worker stopping) while its admission is written
@@ -791,10 +798,13 @@ print(json.dumps(rows()))
 """
 
 
-def test_a_request_gone_while_its_admission_was_written_gives_its_reservation_back(tmp_path):
-    counters, ledger = under_gevent(KILLED_WHILE_ADMITTED, tmp_path)
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_request_gone_while_its_admission_was_written_gives_its_reservation_back(
+        tmp_path, store, request):
+    url = request.getfixturevalue("postgres").new_database() if store == "postgresql" else None
+    counters, ledger = under_gevent(KILLED_WHILE_ADMITTED, tmp_path, url)
     assert counters == [[0, 0]]  # reserved, then given back: nothing held, nothing spent
-    assert ledger == [["settled", "failed"]]
+    assert ledger == [["settled", "failed"]] * (2 if url else 1)  # (r0 made the counter)
 
 
 SETTLE_TOGETHER = """
@@ -908,3 +918,54 @@ def test_a_row_the_database_refuses_alone_holds_up_no_other(budgets, db, monkeyp
     assert budgets.flush() == 0  # nothing kept to try again
     assert counter(db, tokens) == (0, 150)  # still held, until the sweep settles it
 
+
+ADMIT_GROUP = """
+import sqlalchemy
+budgets.set_budget("key", 1, "tokens", "total", 6 * 150)  # room for 6 of the 10
+budgets.set_budget("key", 2, "tokens", "total", 10**6)  # room for all
+reader = sqlalchemy.create_engine(sys.argv[2].replace("postgresql://", "postgresql+psycopg://"))
+budgets.admit(Ask("m", 100, 50, "test", "first"), 1, 3)  # no budget: the sweep's turn
+budgets.applying(1, 1), budgets.applying(1, 2)  # their budgets, read (and kept a moment)
+with db.read() as conn:
+    driver = conn.connection.dbapi_connection  # the pool's one connection
+
+def one(key, k):
+    try:
+        hold = budgets.admit(Ask("m", 100, 50, "test", f"k{key}-{k}"), 1, key)
+        return [hold.ledger_id, hold.remaining[0][1]]
+    except OverBudget:
+        return "refused"
+trace = folder / "trace"
+with open(trace, "w") as out:
+    driver.pgconn.trace(out.fileno())
+    roomy = [g.get() for g in gevent.joinall([gevent.spawn(one, 2, k) for k in range(10)])]
+    driver.pgconn.untrace()
+tight = [g.get() for g in gevent.joinall([gevent.spawn(one, 1, k) for k in range(10)])]
+with reader.connect() as conn:
+    rows = {r[0]: r[1] for r in conn.exec_driver_sql("SELECT id, request_id FROM ledger")}
+    counters = {r[0]: [r[1], r[2]] for r in conn.exec_driver_sql(
+        "SELECT b.subject_id, c.spent, c.reserved FROM budget_counters c "
+        "JOIN budgets b ON b.id = c.budget_id")}
+print(json.dumps({"roomy": roomy, "tight": tight, "rows": rows, "counters": counters,
+                  "trace": trace.read_text()}))
+"""
+
+
+def test_on_postgresql_admissions_under_one_budget_arriving_together_are_one_statement(
+        postgres, tmp_path):
+    """Ten requests of a key under one budget arrive in one turn of a gevent worker: their
+    reservations (the sum, by the one conditional write) and their ledger rows in one
+    statement, each request given its own row. Ten of a key whose budget has room for six:
+    the sum has none, so each is admitted alone in turn, and exactly six are."""
+    result = under_gevent(ADMIT_GROUP, tmp_path, postgres.new_database())
+    sent = [s for s in statements_in(result["trace"])  # (the budgets' list is read first)
+            if "budget_counters" in s or "ledger" in s]
+    assert len(sent) == 1 and "unnest" in sent[0] and "INSERT INTO ledger" in sent[0], sent
+    rows = {int(k): v for k, v in result["rows"].items()}
+    assert [rows[ledger_id] for ledger_id, _ in result["roomy"]] == [
+        f"k2-{k}" for k in range(10)]
+    assert {remaining for _, remaining in result["roomy"]} == {10**6 - 10 * 150}
+    assert sum(1 for r in result["tight"] if r != "refused") == 6
+    assert result["tight"][6:] == ["refused"] * 4  # in the order they came
+    assert result["counters"] == {"1": [0, 900], "2": [0, 1500]}
+    assert len(rows) == 16

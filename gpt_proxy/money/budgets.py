@@ -223,7 +223,7 @@ class _Admission:
     now: float
     done: object = None  # gevent.event.AsyncResult: the ledger id, or the refusal
     ledger_id: int | None = None
-    refusal: OverBudget | None = None
+    refusal: Exception | None = None  # its refusal (OverBudget), or the database's error
     cancelled: bool = False
 
 
@@ -325,6 +325,27 @@ _RESERVE_AND_OPEN = (
     "VARCHAR(32)), CAST(:model AS VARCHAR(200)), CAST(:role AS VARCHAR(64)), 'open', "
     "CAST(:expires AS DOUBLE PRECISION), CAST(:holds AS TEXT) FROM reserved RETURNING id) "
     "SELECT opened.id, reserved.spent, reserved.reserved FROM opened, reserved")
+# PostgreSQL under gevent, several requests under the same one budget admitted together
+# (`Budgets._admit_group`): their reservations' sum reserved by the one conditional write, and
+# their open rows inserted from arrays (ids drawn first, so each request learns its own), in
+# one statement. No row back: the sum has no room and nothing was written; each request is
+# then admitted alone, in turn, as it would have been.
+_RESERVE_AND_OPEN_GROUP = (
+    "WITH reserved AS (" + _RESERVE + "), v AS (SELECT * FROM unnest("
+    "CAST(:request_id AS VARCHAR(64)[]), CAST(:created AS DOUBLE PRECISION[]), "
+    "CAST(:user_id AS INTEGER[]), CAST(:key_id AS INTEGER[]), CAST(:door AS VARCHAR(32)[]), "
+    "CAST(:model AS VARCHAR(200)[]), CAST(:role AS VARCHAR(64)[]), "
+    "CAST(:expires AS DOUBLE PRECISION[]), CAST(:holds AS TEXT[])) WITH ORDINALITY "
+    "AS v(request_id, created, user_id, key_id, door, model, role, expires, holds, n)), "
+    "ids AS (SELECT n, nextval(pg_get_serial_sequence('ledger', 'id')) AS id FROM v "
+    "WHERE EXISTS (SELECT 1 FROM reserved)), opened AS ("
+    "INSERT INTO ledger (id, request_id, created, user_id, key_id, door, model, role, state, "
+    "expires, holds) SELECT ids.id, v.request_id, v.created, v.user_id, v.key_id, v.door, "
+    "v.model, v.role, 'open', v.expires, v.holds FROM v JOIN ids ON ids.n = v.n RETURNING id) "
+    "SELECT ids.n, ids.id, reserved.spent, reserved.reserved FROM ids "
+    "JOIN opened ON opened.id = ids.id, reserved ORDER BY ids.n")
+_GROUP_COLUMNS = ("request_id", "created", "user_id", "key_id", "door", "model", "role",
+                  "expires", "holds")
 _UNRESERVE = (  # within the transaction that reserved it (see `Budgets._reserve`)
     "UPDATE budget_counters SET reserved = reserved - :amount "
     "WHERE budget_id = :budget_id AND window_key = :window_key")
@@ -519,7 +540,8 @@ class Budgets:
         amounts.sort(key=lambda item: (item[0].id, item[1]))  # the one lock order
         hold.holds = [(budget.id, key, budget.unit, amount) for budget, key, _, amount in amounts]
 
-        if self.gather and self.db.sqlite is not None and hub.on_gevent():
+        if (self.gather and (self.db.sqlite is not None or len(amounts) == 1)
+                and hub.on_gevent()):
             hold.ledger_id = self._admit_together(_Admission(hold, amounts, now))
             return hold
         if self.db.sqlite is None and len(amounts) == 1:
@@ -565,8 +587,10 @@ class Budgets:
         return {**_whose(hold, now), "expires": now + self.hold_seconds,
                 "holds": json.dumps(hold.holds)}
 
-    def _admit_in_one_statement(self, hold: Hold, amount: tuple, now: float) -> int:
-        """PostgreSQL, one budget (`_RESERVE_AND_OPEN`): the ledger row's id, or the refusal."""
+    def _admit_in_one_statement(self, hold: Hold, amount: tuple, now: float,
+                                told: bool = True) -> int:
+        """PostgreSQL, one budget (`_RESERVE_AND_OPEN`): the ledger row's id, or the refusal
+        (counted in the metrics unless `told` is False: its caller counts it)."""
         budget, key, ends, reserve = amount
         params = {"budget_id": budget.id, "window_key": key, "amount": reserve, "ends": ends,
                   **self._open_row(hold, now)}
@@ -574,11 +598,55 @@ class Budgets:
                                  autocommit=True)
         if len(rows) != 1:  # no room: nothing was written
             refusal = self._refusal(budget, ends, now)
-            self._refused(refusal)
+            if told:
+                self._refused(refusal)
             raise refusal
         ledger_id, spent, reserved = rows[0]
         hold.remaining = [(budget, max(0, budget.limit - spent - reserved))]
         return ledger_id
+
+    def _admit_groups(self, batch: list[_Admission]) -> None:
+        """PostgreSQL: `batch` (each request under one budget), a statement per counter
+        (`_RESERVE_AND_OPEN_GROUP`, or `_RESERVE_AND_OPEN` for a request alone); each
+        admission's ledger id, or its refusal or the database's error, set on it."""
+        groups: dict[tuple[int, str], list[_Admission]] = {}
+        for admission in batch:
+            budget, key, _, _ = admission.amounts[0]
+            groups.setdefault((budget.id, key), []).append(admission)
+        for group in groups.values():
+            try:
+                if len(group) > 1 and self._admit_group(group):
+                    continue
+                for admission in group:  # alone, in turn: the sum had no room
+                    try:
+                        admission.ledger_id = self._admit_in_one_statement(
+                            admission.hold, admission.amounts[0], admission.now, told=False)
+                    except OverBudget as refusal:
+                        admission.refusal = refusal
+            except DatabaseError as exc:
+                for admission in group:
+                    if admission.ledger_id is None and admission.refusal is None:
+                        admission.refusal = exc
+
+    def _admit_group(self, group: list[_Admission]) -> bool:
+        """`_RESERVE_AND_OPEN_GROUP` for `group` (one counter between them): whether the sum
+        had room (each admission's ledger id set), else nothing was written."""
+        budget, key, ends, _ = group[0].amounts[0]
+        opened = [self._open_row(admission.hold, admission.now) for admission in group]
+        params = {name: [row[name] for row in opened] for name in _GROUP_COLUMNS}
+        params.update(budget_id=budget.id, window_key=key, ends=ends,
+                      amount=sum(admission.amounts[0][3] for admission in group))
+        rows = self._transaction(lambda conn: conn.execute(_RESERVE_AND_OPEN_GROUP, params),
+                                 autocommit=True)
+        if not rows:
+            return False
+        if len(rows) != len(group):
+            raise DatabaseError(f"{len(group)} requests were admitted together but "
+                                f"{len(rows)} ledger rows came back")
+        for admission, (_, ledger_id, spent, reserved) in zip(group, rows, strict=True):
+            admission.ledger_id = ledger_id
+            admission.hold.remaining = [(budget, max(0, budget.limit - spent - reserved))]
+        return True
 
     def _refused(self, refusal: OverBudget) -> None:
         if self.metrics is not None:
@@ -630,7 +698,10 @@ class Budgets:
                         except OverBudget as refusal:
                             admission.refusal = refusal
                 try:
-                    self._transaction(reserve_all)
+                    if self.db.sqlite is not None:
+                        self._transaction(reserve_all)
+                    else:  # one budget each: a statement per counter
+                        self._admit_groups(batch)
                 except BaseException as exc:  # noqa: BLE001 - every request of it is told
                     for admission in batch:
                         admission.done.set_exception(exc)
