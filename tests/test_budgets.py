@@ -854,7 +854,7 @@ def test_on_postgresql_settlements_of_one_budget_are_written_together_in_one_sta
     assert result["before"] == [[150, 9 * 150]]  # r0 at its worst case, nine held
     sent = statements_in(result["trace"])
     assert [s.split(" ")[0] for s in sent] == ["WITH"], sent
-    assert "UPDATE budget_counters" in sent[0] and "unnest" in sent[0]
+    assert "UPDATE budget_counters" in sent[0] and "json_to_recordset" in sent[0]
     assert result["after"] == [[150 + 9 * 12, 0]]
     assert result["rows"] == [["r0", "settled", "expired"]] + [
         [f"r{k}", "settled", "ok"] for k in range(1, 10)]
@@ -960,7 +960,7 @@ def test_on_postgresql_admissions_under_one_budget_arriving_together_are_one_sta
     result = under_gevent(ADMIT_GROUP, tmp_path, postgres.new_database())
     sent = [s for s in statements_in(result["trace"])  # (the budgets' list is read first)
             if "budget_counters" in s or "ledger" in s]
-    assert len(sent) == 1 and "unnest" in sent[0] and "INSERT INTO ledger" in sent[0], sent
+    assert len(sent) == 1 and "json_to_recordset" in sent[0] and "INSERT INTO ledger" in sent[0], sent
     rows = {int(k): v for k, v in result["rows"].items()}
     assert [rows[ledger_id] for ledger_id, _ in result["roomy"]] == [
         f"k2-{k}" for k in range(10)]
@@ -969,3 +969,14 @@ def test_on_postgresql_admissions_under_one_budget_arriving_together_are_one_sta
     assert result["tight"][6:] == ["refused"] * 4  # in the order they came
     assert result["counters"] == {"1": [0, 900], "2": [0, 1500]}
     assert len(rows) == 16
+
+
+def test_a_model_name_with_nul_or_a_lone_surrogate_is_written_to_the_ledger(budgets, db):
+    """PostgreSQL refuses NUL in text, and UTF-8 cannot hold a lone surrogate: the ledger
+    keeps such a name (the client's) with a replacement character in their place, and the
+    row is written with its batch."""
+    for name, model in (("nul", "gpt\x00-4o"), ("surrogate", "gpt\ud800"), ("plain", "m")):
+        budgets.settle(budgets.admit(ask(model=model, request_id=name), 1, 2), Spent(1, 1))
+    assert budgets.flush() == 3
+    assert [(row.request_id, row.model) for row in ledger(db)] == [
+        ("nul", "gpt\ufffd-4o"), ("surrogate", "gpt\ufffd"), ("plain", "m")]
