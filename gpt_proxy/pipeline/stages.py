@@ -246,8 +246,8 @@ def start(turn: Turn, on_close: Callable[[Outcome], None] | None = None) -> Rela
         finally:
             first = outcome.first_token_at  # the ledger's times count from admission
             try:  # settle never raises (a settlement the database refuses is kept)...
-                state.budgets.settle(hold, replace(
-                    spent(outcome, hold.ask, getattr(stream, "upstream", "demo"), body),
+                state.budgets.settle(hold, spent(
+                    outcome, hold.ask, getattr(stream, "upstream", "demo"), body,
                     ttft_ms=None if first is None else max(0, int((
                         state.budgets.clock() - (time.monotonic() - first) - hold.started)
                         * 1000))))
@@ -320,11 +320,12 @@ def prompt_bound(body: dict) -> int:
     return len(data) + images * IMAGE_TOKENS
 
 
-def spent(outcome: Outcome, ask: Ask, upstream: str, body: dict) -> Spent:
+def spent(outcome: Outcome, ask: Ask, upstream: str, body: dict,
+          ttft_ms: int | None = None) -> Spent:
     """What a relayed reply came to: the usage the upstream reported (as its operation reads
     it); without it (the client left, the upstream broke off or sent none) the prompt's bound
     (the ask's, or worked out from `body` now when no budget needed it before) plus one
-    token per text chunk relayed."""
+    token per text chunk relayed. `ttft_ms`: to its first token, for the ledger."""
     measured = getattr(outcome, "measured", None) or Usage()
     result = ("client_left" if outcome.client_left else
               f"error:{outcome.error.code}" if outcome.error is not None else "ok")
@@ -335,12 +336,15 @@ def spent(outcome: Outcome, ask: Ask, upstream: str, body: dict) -> Spent:
     if measured.input_tokens is not None and (measured.output_tokens is not None
                                                or ask.completion_tokens == 0):
         return Spent(measured.input_tokens, measured.output_tokens or 0, cached,
-                     images=measured.images, outcome=result, upstream=upstream)
+                     images=measured.images, outcome=result, upstream=upstream,
+                     ttft_ms=ttft_ms)
     if measured.images:  # images counted from the answer; no token usage reported
-        return Spent(0, 0, images=measured.images, outcome=result, upstream=upstream)
+        return Spent(0, 0, images=measured.images, outcome=result, upstream=upstream,
+                     ttft_ms=ttft_ms)
     prompt = ask.prompt_tokens if ask.prompt_tokens is not None else prompt_bound(body)
     return Spent(prompt, len(outcome.content) + len(outcome.reasoning),
-                 outcome=result + ("" if result != "ok" else ":no_usage"), upstream=upstream)
+                 outcome=result + ("" if result != "ok" else ":no_usage"), upstream=upstream,
+                 ttft_ms=ttft_ms)
 
 
 def _count(value: object) -> bool:

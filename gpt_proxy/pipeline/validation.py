@@ -17,11 +17,13 @@ import math
 import re
 from dataclasses import dataclass
 
+from flask import request
 from werkzeug.routing import BaseConverter
 
 from ..base.config import Config
 from ..base.errors import BadRequest, NotFound, PayloadTooLarge
 from ..identity.accounts import keyword_ok
+from ..identity.callers import ADMIN_PREFIX, caller
 
 MAX_ID = 2**31 - 1  # the largest INTEGER of PostgreSQL (SQLite's are 64-bit: the lower bound)
 _ID = re.compile(r"[1-9][0-9]{0,9}")
@@ -65,10 +67,6 @@ def refuse_unknown_ids() -> None:
     """Before a view (after the credential checks): an id that cannot exist is "unknown",
     named as the route names it (`key_id`: unknown_key). An admin route asked by someone who
     is not an admin is left to its view, whose 403 comes first, as for an id that exists."""
-    from flask import request
-
-    from ..identity.callers import ADMIN_PREFIX, caller
-
     if request.path.startswith(ADMIN_PREFIX) and not caller().is_admin:
         return
     for name, value in (request.view_args or {}).items():

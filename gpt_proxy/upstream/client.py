@@ -24,6 +24,7 @@ from urllib.parse import quote
 import requests
 import requests.auth
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, ReadTimeoutError
 
 from ..base.config import Config, UpstreamSpec
@@ -479,13 +480,16 @@ MAX_TEMPLATES = 64
 def _with_body(template: requests.PreparedRequest, data: bytes) -> requests.PreparedRequest:
     """A copy of the prepared `template` carrying `data`. Like `template.copy()`, without
     copying its cookie jar: the session keeps no cookies, so the jar is always empty, and
-    requests only reads it (a redirect copies it before changing it)."""
-    request = requests.PreparedRequest()
+    requests only reads it (a redirect copies it before changing it). Built attribute by
+    attribute, every one `PreparedRequest.__init__` sets (its empty hooks and a header
+    mapping rebuilt key by key were a quarter of the cost, and thrown away at once)."""
+    request = requests.PreparedRequest.__new__(requests.PreparedRequest)
+    headers = CaseInsensitiveDict.__new__(CaseInsensitiveDict)
+    headers._store = template.headers._store.copy()  # lower-cased name -> (name, value)
+    headers["Content-Length"] = str(len(data))
     request.method, request.url, request.hooks = template.method, template.url, template.hooks
-    request.headers = template.headers.copy()
-    request.headers["Content-Length"] = str(len(data))
-    request._cookies = template._cookies
-    request.body = data
+    request.headers, request._cookies, request.body = headers, template._cookies, data
+    request._body_position = None
     return request
 CONNECT_BACKOFF = 0.05  # seconds before the first retry of a connection that failed
 
