@@ -980,3 +980,26 @@ def test_a_model_name_with_nul_or_a_lone_surrogate_is_written_to_the_ledger(budg
     assert budgets.flush() == 3
     assert [(row.request_id, row.model) for row in ledger(db)] == [
         ("nul", "gpt\ufffd-4o"), ("surrogate", "gpt\ufffd"), ("plain", "m")]
+
+
+def test_a_database_refusing_every_row_is_probed_a_few_times_and_the_batch_kept(
+        budgets, db, monkeypatch, caplog):
+    """Refused for good (a full disk, say: not something a retry cures), a batch is tried a
+    row at a time; when the first PROBE_ALONE rows are all refused the database refuses
+    everything, not a row: the batch is kept whole (not left out row by row), and the rest
+    is not tried one by one."""
+    monkeypatch.setattr("gpt_proxy.money.budgets.LEDGER_FLUSH_SECONDS", 3600)  # by hand
+    settle_unbudgeted(budgets, 5)
+    real, tries = db.raw_write, []
+
+    def refused(**how):
+        tries.append(1)
+        raise DatabaseError("the database (sqlite:///x.db) cannot be written: disk full")
+    monkeypatch.setattr(db, "raw_write", refused)
+    assert budgets.flush() == 0
+    assert len(tries) == 1 + 3  # the batch, then three rows alone
+    assert "ledger: 5 rows not written yet (kept, tried again)" in caplog.text
+    assert "left out" not in caplog.text
+    monkeypatch.setattr(db, "raw_write", real)
+    assert budgets.flush() == 5
+    assert [row.request_id for row in ledger(db)] == [f"r{i}" for i in range(5)]

@@ -977,8 +977,9 @@ class Budgets:
                       "at what it held" if isinstance(item, _Settlement) else "")
             if self.metrics is not None and isinstance(item, _Settlement):
                 self.metrics.settlement_failed()
-        if kept:
-            self._keep_all([item for item, _ in kept], kept[0][1])
+        if kept:  # in the order they came
+            keep = {id(item) for item, _ in kept}
+            self._keep_all([item for item in batch if id(item) in keep], kept[0][1])
         return written
 
     def _keep_all(self, batch: list, exc: Exception) -> None:
