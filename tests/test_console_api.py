@@ -288,7 +288,10 @@ def test_a_user_sees_only_their_own(console):
     for extra in (f"&user={bob.id}", f"&key={people['bob'][1].id}", "&by=key"):
         assert totals(ann_client.get(f"/api/usage/series?{span}{extra}").get_json()) == \
             totals(own)
-    assert totals(own) == ledger_sums(state, "user_id = :u", {"u": ann.id})
+    # within the span: at 00:30 in BUDGET_TZ its first day began 9 days and 30 minutes ago,
+    # after the oldest of ann's rows (9 days and an hour ago)
+    assert totals(own) == ledger_sums(state, "user_id = :u AND created >= :lo", {
+        "u": ann.id, "lo": state.budgets.usage.day_start(today - dt.timedelta(days=9))})
     names = {s["name"] for s in ann_client.get(f"/api/usage/series?{span}&by=key")
              .get_json()["series"]}
     assert "bob-key" not in names
