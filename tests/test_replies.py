@@ -271,8 +271,9 @@ def test_a_reply_kept_after_its_end_expires_in_redis(made, upstream, redis_url):
           "the ended reply's log is kept RESUME_KEEP_SECONDS")
     until(lambda: client.get(f"/api/replies/{reply_id}").status_code == 404,
           "the reply expires")
-    # and every key of it: a GET that read the reply in the moment it expired may have taken
-    # a follower's lease (`:attached`), which lives ATTACH_LEASE seconds, not forever
+    # and every key of it: a GET while the reply was still ending in this worker (its last
+    # events being written) takes a follower's lease (`:attached`), which lives its
+    # ATTACH_LEASE seconds, a moment longer than the reply
     until(lambda: not list(keys.scan_iter(f"gpt_proxy:reply:{reply_id}*")),
           "every key of the expired reply expires")
 
