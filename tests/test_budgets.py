@@ -960,7 +960,8 @@ def test_on_postgresql_admissions_under_one_budget_arriving_together_are_one_sta
     result = under_gevent(ADMIT_GROUP, tmp_path, postgres.new_database())
     sent = [s for s in statements_in(result["trace"])  # (the budgets' list is read first)
             if "budget_counters" in s or "ledger" in s]
-    assert len(sent) == 1 and "json_to_recordset" in sent[0] and "INSERT INTO ledger" in sent[0], sent
+    assert len(sent) == 1, sent
+    assert "json_to_recordset" in sent[0] and "INSERT INTO ledger" in sent[0]
     rows = {int(k): v for k, v in result["rows"].items()}
     assert [rows[ledger_id] for ledger_id, _ in result["roomy"]] == [
         f"k2-{k}" for k in range(10)]

@@ -333,10 +333,10 @@ _RESERVE_AND_OPEN = (
     "CAST(:expires AS DOUBLE PRECISION), CAST(:holds AS TEXT) FROM reserved RETURNING id) "
     "SELECT opened.id, reserved.spent, reserved.reserved FROM opened, reserved")
 # PostgreSQL under gevent, several requests under the same one budget admitted together
-# (`Budgets._admit_group`): their reservations' sum reserved by the one conditional write, and
-# their open rows inserted from one JSON array (ids drawn first, so each request learns its own), in
-# one statement. No row back: the sum has no room and nothing was written; each request is
-# then admitted alone, in turn, as it would have been.
+# (`Budgets._admit_group`): their reservations' sum reserved by the one conditional write,
+# and their open rows inserted from one JSON array (ids drawn first, so each request learns
+# its own), in one statement. No row back: the sum has no room and nothing was written; each
+# request is then admitted alone, in turn, as it would have been.
 _RESERVE_AND_OPEN_GROUP = (
     "WITH reserved AS (" + _RESERVE + "), v AS (SELECT * FROM json_to_recordset("
     "CAST(:rows AS JSON)) AS v(n INTEGER, request_id VARCHAR(64), "
@@ -359,12 +359,13 @@ _SETTLE_COUNTER = (
 # counter in one statement, a transaction of its own (autocommit), one round trip for the
 # batch instead of BEGIN, one UPDATE per row, the counter's and COMMIT. The rows come as one
 # JSON array (`json_to_recordset`: the same text, so the same prepared statement, for any
-# number of rows, at half the client's CPU of an array per column); each row is settled only if still open, and the counter moves by what the rows
-# settled here held and charged (sums computed once, before the counter is taken: a counter
-# that waited for another's lock is re-checked on its whole key, with those same sums), and
-# not at all when none was. The statement returns the rows it settled, each with the number
-# of counter rows it moved (checked to be 1). Ledger rows are never taken by an admission, so
-# taking them first keeps the one lock order.
+# number of rows, at half the client's CPU of an array per column); each row is settled only
+# if still open, and the counter moves by what the rows settled here held and charged (sums
+# computed once, before the counter is taken: a counter that waited for another's lock is
+# re-checked on its whole key, with those same sums), and not at all when none was. The
+# statement returns the rows it settled, each with the number of counter rows it moved
+# (checked to be 1). Ledger rows are never taken by an admission, so taking them first keeps
+# the one lock order.
 _SETTLE_TOGETHER = (
     "WITH v AS (SELECT * FROM json_to_recordset(CAST(:rows AS JSON)) AS v(id INTEGER, "
     "finished DOUBLE PRECISION, upstream VARCHAR(64), prompt_tokens BIGINT, "
@@ -517,8 +518,9 @@ class Budgets:
 
     def admit(self, ask: Ask, user_id: int | None, key_id: int | None,
               applying: list[Budget] | None = None) -> Hold:
-        """Reserve `ask`'s worst case against every budget that applies (one transaction,
-        shared with the worker's other admissions of the moment on SQLite under gevent);
+        """Reserve `ask`'s worst case against every budget that applies (one transaction, or
+        one statement for one budget on PostgreSQL; under gevent, written together with the
+        worker's other admissions of the moment, `_admit_together`);
         OverBudget naming the first budget without room. `applying`: `self.applying(user_id,
         key_id)` as the caller already read it (the ask was bounded for that list)."""
         now = self.clock()
@@ -541,12 +543,12 @@ class Budgets:
                 and hub.on_gevent()):
             hold.ledger_id = self._admit_together(_Admission(hold, amounts, now))
             return hold
-        if self.db.sqlite is None and len(amounts) == 1:
-            hold.ledger_id = self._admit_in_one_statement(hold, amounts[0], now)
-            return hold
         try:
-            hold.ledger_id = self._transaction(
-                lambda conn: self._reserve(conn, hold, amounts, now, undo=False))
+            if self.db.sqlite is None and len(amounts) == 1:
+                hold.ledger_id = self._admit_in_one_statement(hold, amounts[0], now)
+            else:
+                hold.ledger_id = self._transaction(
+                    lambda conn: self._reserve(conn, hold, amounts, now, undo=False))
         except OverBudget as refusal:
             self._refused(refusal)
             raise
@@ -584,20 +586,16 @@ class Budgets:
         return {**_whose(hold, now), "expires": now + self.hold_seconds,
                 "holds": json.dumps(hold.holds)}
 
-    def _admit_in_one_statement(self, hold: Hold, amount: tuple, now: float,
-                                told: bool = True) -> int:
+    def _admit_in_one_statement(self, hold: Hold, amount: tuple, now: float) -> int:
         """PostgreSQL, one budget (`_RESERVE_AND_OPEN`): the ledger row's id, or the refusal
-        (counted in the metrics unless `told` is False: its caller counts it)."""
+        (counted in the metrics by the caller)."""
         budget, key, ends, reserve = amount
         params = {"budget_id": budget.id, "window_key": key, "amount": reserve, "ends": ends,
                   **self._open_row(hold, now)}
         rows = self._transaction(lambda conn: conn.execute(_RESERVE_AND_OPEN, params),
                                  autocommit=True)
         if len(rows) != 1:  # no room: nothing was written
-            refusal = self._refusal(budget, ends, now)
-            if told:
-                self._refused(refusal)
-            raise refusal
+            raise self._refusal(budget, ends, now)
         ledger_id, spent, reserved = rows[0]
         hold.remaining = [(budget, max(0, budget.limit - spent - reserved))]
         return ledger_id
@@ -617,7 +615,7 @@ class Budgets:
                 for admission in group:  # alone, in turn: the sum had no room
                     try:
                         admission.ledger_id = self._admit_in_one_statement(
-                            admission.hold, admission.amounts[0], admission.now, told=False)
+                            admission.hold, admission.amounts[0], admission.now)
                     except OverBudget as refusal:
                         admission.refusal = refusal
             except DatabaseError as exc:
@@ -650,11 +648,12 @@ class Budgets:
             self.metrics.budget_refused(refusal.budget_label)
 
     def _admit_together(self, admission: _Admission) -> int:
-        """SQLite under gevent: this admission joins the others of the worker that come
-        while one is written, and they are written in one transaction (each request's own
-        reservations all or none, see `_reserve`'s undo): SQLite takes the whole database's
-        write lock for any transaction, so one per request only multiplied its fixed cost.
-        The ledger row's id, or this request's refusal or the transaction's error."""
+        """Under gevent: this admission joins the others of the worker that come while one
+        is written, and they are written together (`_admit_batches`): on SQLite in one
+        transaction (each request's own reservations all or none, see `_reserve`'s undo),
+        SQLite taking the whole database's write lock for any transaction; on PostgreSQL (a
+        request under one budget) a statement per counter (`_admit_groups`). The ledger
+        row's id, or this request's refusal or the database's error."""
         from gevent import spawn
         from gevent.event import AsyncResult
 
@@ -677,7 +676,8 @@ class Budgets:
             raise
 
     def _admit_batches(self) -> None:
-        """Write the admissions waiting, one transaction per batch, until none waits."""
+        """Write the admissions waiting, a batch at a time (SQLite: one transaction;
+        PostgreSQL: `_admit_groups`), until none waits."""
         try:
             while self._admitting:
                 batch = [a for a in self._admitting if not a.cancelled]
