@@ -670,6 +670,24 @@ def counted(**how):
     return write(**how)
 db.raw_write = counted
 """
+# What the PostgreSQL scripts add: `reader`, an engine of its own (its reads are not in the
+# trace), and `traced(path)`, libpq's own trace of the pool's one connection within the block.
+ON_POSTGRESQL = """
+from contextlib import contextmanager
+import sqlalchemy
+reader = sqlalchemy.create_engine(sys.argv[2].replace("postgresql://", "postgresql+psycopg://"))
+
+@contextmanager
+def traced(path):
+    with db.read() as conn:
+        driver = conn.connection.dbapi_connection  # the pool's one connection
+    with open(path, "w") as out:
+        driver.pgconn.trace(out.fileno())
+        try:
+            yield path
+        finally:
+            driver.pgconn.untrace()
+"""
 
 
 def under_gevent(script: str, folder: Path, database_url: str | None = None):
@@ -807,8 +825,7 @@ def test_a_request_gone_while_its_admission_was_written_gives_its_reservation_ba
     assert ledger == [["settled", "failed"]] * (2 if url else 1)  # (r0 made the counter)
 
 
-SETTLE_TOGETHER = """
-import sqlalchemy
+SETTLE_TOGETHER = ON_POSTGRESQL + """
 now = [time.time()]
 budgets = Budgets(db, default_price=default_price("0.15/0.6"), hold_seconds=600,
                   clock=lambda: now[0])
@@ -818,23 +835,17 @@ now[0] += 300
 holds += [budgets.admit(Ask("m", 100, 50, "test", f"r{k}"), 1, 1) for k in range(1, 10)]
 now[0] += 350  # r0 is past its expiry (a worker that died, as far as a sweep can tell)
 swept = budgets.sweep()
-reader = sqlalchemy.create_engine(sys.argv[2].replace("postgresql://", "postgresql+psycopg://"))
 
 def counters():
     with reader.connect() as conn:
         return [list(r) for r in conn.exec_driver_sql(
             "SELECT spent, reserved FROM budget_counters")]
 before = counters()
-with db.read() as conn:
-    driver = conn.connection.dbapi_connection  # the pool's one connection
-trace = folder / "trace"
-with open(trace, "w") as out:
-    driver.pgconn.trace(out.fileno())
+with traced(folder / "trace") as trace:
     gevent.joinall([gevent.spawn(budgets.settle, hold, Spent(10, 2)) for hold in holds])
     deadline = time.monotonic() + 10
     while counters() == before and time.monotonic() < deadline:
         gevent.sleep(0.001)
-    driver.pgconn.untrace()
 with reader.connect() as conn:
     rows = [list(r) for r in conn.exec_driver_sql(
         "SELECT request_id, state, outcome FROM ledger ORDER BY request_id")]
@@ -919,15 +930,11 @@ def test_a_row_the_database_refuses_alone_holds_up_no_other(budgets, db, monkeyp
     assert counter(db, tokens) == (0, 150)  # still held, until the sweep settles it
 
 
-ADMIT_GROUP = """
-import sqlalchemy
+ADMIT_GROUP = ON_POSTGRESQL + """
 budgets.set_budget("key", 1, "tokens", "total", 6 * 150)  # room for 6 of the 10
 budgets.set_budget("key", 2, "tokens", "total", 10**6)  # room for all
-reader = sqlalchemy.create_engine(sys.argv[2].replace("postgresql://", "postgresql+psycopg://"))
 budgets.admit(Ask("m", 100, 50, "test", "first"), 1, 3)  # no budget: the sweep's turn
 budgets.applying(1, 1), budgets.applying(1, 2)  # their budgets, read (and kept a moment)
-with db.read() as conn:
-    driver = conn.connection.dbapi_connection  # the pool's one connection
 
 def one(key, k):
     try:
@@ -935,11 +942,8 @@ def one(key, k):
         return [hold.ledger_id, hold.remaining[0][1]]
     except OverBudget:
         return "refused"
-trace = folder / "trace"
-with open(trace, "w") as out:
-    driver.pgconn.trace(out.fileno())
+with traced(folder / "trace") as trace:
     roomy = [g.get() for g in gevent.joinall([gevent.spawn(one, 2, k) for k in range(10)])]
-    driver.pgconn.untrace()
 tight = [g.get() for g in gevent.joinall([gevent.spawn(one, 1, k) for k in range(10)])]
 with reader.connect() as conn:
     rows = {r[0]: r[1] for r in conn.exec_driver_sql("SELECT id, request_id FROM ledger")}
